@@ -1,0 +1,93 @@
+"""Structured logging set-up and the per-decision audit event.
+
+One JSON line per decision. The event carries argument *keys* only; tokens, the
+Authorization header and argument values never enter an event. A final processor drops
+any field whose name marks it as secret, as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import structlog
+
+from authz.model import Decision, Grant, McpRequest
+
+_SECRET_FIELDS = frozenset(
+    {"token", "authorization", "arguments", "args", "params", "body", "raw_body", "password"}
+)
+
+
+def _drop_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if key.lower() in _SECRET_FIELDS:
+            del event[key]
+    return event
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog once at start-up: JSON lines, UTC ISO time."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            structlog.processors.format_exc_info,
+            _drop_secrets,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditContext:
+    decision_id: str
+    request_id: str | None
+    http_method: str
+    path: str
+
+
+_audit = structlog.get_logger("mcp_authz.audit")
+
+
+def log_decision(
+    ctx: AuditContext,
+    decision: Decision,
+    *,
+    grant: Grant | None,
+    request: McpRequest | None,
+    policy_name: str | None,
+    policy_hash: str | None,
+    duration_ms: float,
+) -> None:
+    _audit.info(
+        "decision",
+        decision_id=ctx.decision_id,
+        request_id=ctx.request_id,
+        http_method=ctx.http_method,
+        path=ctx.path,
+        grant_id=grant.id if grant else None,
+        grant_label=grant.label if grant else None,
+        method=request.method if request else None,
+        tool=request.tool if request else None,
+        arg_keys=sorted(request.arguments) if request else [],
+        decision=decision.outcome.value,
+        kind=decision.kind.value if decision.kind else None,
+        rule=decision.rule,
+        message=decision.message or None,
+        retry_after=decision.retry_after,
+        policy=policy_name,
+        policy_hash=policy_hash,
+        duration_ms=round(duration_ms, 3),
+    )

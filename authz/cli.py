@@ -1,0 +1,154 @@
+"""`mcp-authz` command line: serve, demo, check-policy, grant, schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from authz.grants import GrantsError, hash_token, load_grants
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from authz.audit import configure_logging
+    from authz.config import ConfigError
+    from authz.server import serve
+    from authz.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.build(
+            config=args.config,
+            grpc=args.grpc,
+            admin=args.admin,
+            reload_interval=args.reload_interval,
+            log_level=args.log_level,
+        )
+    except SettingsError as exc:
+        print(f"mcp-authz serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"mcp-authz serve: invalid configuration: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"mcp-authz serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from authz.demo import run_demo
+
+    return run_demo(args.config, args.port, args.outputs)
+
+
+def _cmd_check_policy(args: argparse.Namespace) -> int:
+    from authz.policy import check_policy_files
+
+    problems = check_policy_files([Path(p) for p in args.files])
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    for path in args.files:
+        print(f"{path}: ok")
+    return 0
+
+
+def _cmd_schema(_args: argparse.Namespace) -> int:
+    from authz.policy import policy_json_schema
+
+    print(json.dumps(policy_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_grant_hash(_args: argparse.Namespace) -> int:
+    token = sys.stdin.readline().rstrip("\r\n")
+    if not token:
+        print("mcp-authz grant hash: read an empty token from stdin", file=sys.stderr)
+        return 2
+    print(hash_token(token))
+    return 0
+
+
+def _cmd_grant_add(args: argparse.Namespace) -> int:
+    path = Path(args.config) / "grants.json"
+    if path.exists():
+        document = json.loads(path.read_text())
+    else:
+        document = {"version": "1", "grants": []}
+    token = "mcp_" + secrets.token_urlsafe(32)
+    document["grants"].append(
+        {
+            "id": args.id,
+            "label": args.label or args.id,
+            "token_sha256": hash_token(token),
+            "policy": args.policy,
+        }
+    )
+    raw = (json.dumps(document, indent=2) + "\n").encode()
+    try:
+        load_grants(raw)
+    except GrantsError as exc:
+        print(f"mcp-authz grant add: {exc}", file=sys.stderr)
+        return 1
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(raw)
+    tmp.replace(path)
+    print(f"grant {args.id!r} added to {path}; its token (shown once, store it now):")
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-authz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ext_authz sidecar")
+    serve.add_argument("--config", help="configuration directory (grants.json, policies/)")
+    serve.add_argument("--grpc", help="gRPC listen address HOST:PORT (default 127.0.0.1:9001)")
+    serve.add_argument("--admin", help="admin HTTP address HOST:PORT (default 127.0.0.1:9002)")
+    serve.add_argument("--reload-interval", type=float, help="seconds between config polls")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.set_defaults(func=_cmd_serve)
+
+    demo = sub.add_parser("demo", help="run Envoy + sidecar + ImageGen upstream locally")
+    demo.add_argument("--config", type=Path, help="configuration directory (default deploy/config)")
+    demo.add_argument("--port", type=int, help="Envoy listener port (default: a free port)")
+    demo.add_argument("--outputs", type=Path, help="where generated images are saved")
+    demo.set_defaults(func=_cmd_demo)
+
+    check = sub.add_parser("check-policy", help="validate policy files; non-zero on any error")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=_cmd_check_policy)
+
+    schema = sub.add_parser("schema", help="print the policy document's JSON Schema")
+    schema.set_defaults(func=_cmd_schema)
+
+    grant = sub.add_parser("grant", help="manage grants")
+    grant_sub = grant.add_subparsers(dest="grant_command", required=True)
+    ghash = grant_sub.add_parser("hash", help="print the sha256 of a token read from stdin")
+    ghash.set_defaults(func=_cmd_grant_hash)
+    gadd = grant_sub.add_parser("add", help="create a grant with a new random token")
+    gadd.add_argument("--config", required=True, help="configuration directory")
+    gadd.add_argument("--id", required=True)
+    gadd.add_argument("--label")
+    gadd.add_argument("--policy", required=True)
+    gadd.set_defaults(func=_cmd_grant_add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The mounted configuration directory: grants.json + policies/NAME.json, hot-reloaded.
+
+Layout::
+
+    CONFIG_DIR/grants.json
+    CONFIG_DIR/policies/<policy name>.json
+
+The whole directory is one unit. A change is applied only when every file in it is valid;
+otherwise the last good set stays in force and the error is reported (log + readiness).
+Kubernetes ConfigMap/Secret mounts (``..data`` symlink swaps) work because files are read
+through their paths on every poll and compared by content, not by mtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from authz.grants import GrantsError, GrantTable, load_grants
+from authz.policy import Policy, PolicyError, load_policy
+
+log = structlog.get_logger("mcp_authz.config")
+
+GRANTS_FILE = "grants.json"
+POLICIES_DIR = "policies"
+
+
+class ConfigError(ValueError):
+    """The configuration directory cannot be loaded; the message names file and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSet:
+    grants: GrantTable
+    policies: Mapping[str, Policy]
+    fingerprint: str
+    loaded_at: float
+
+    def policy(self, name: str) -> Policy | None:
+        return self.policies.get(name)
+
+
+def _read_files(root: Path) -> dict[str, bytes]:
+    """Read every configuration file under root into {relative path: bytes}."""
+    files: dict[str, bytes] = {}
+    grants = root / GRANTS_FILE
+    try:
+        files[GRANTS_FILE] = grants.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{grants}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{grants}: cannot read: {exc.strerror}") from exc
+    policy_dir = root / POLICIES_DIR
+    if policy_dir.is_dir():
+        for path in sorted(policy_dir.iterdir()):
+            if path.name.startswith(".") or path.suffix != ".json" or not path.is_file():
+                continue
+            try:
+                files[f"{POLICIES_DIR}/{path.name}"] = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return files
+
+
+def _fingerprint(files: Mapping[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
+
+
+def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
+    try:
+        grants = load_grants(files[GRANTS_FILE])
+    except GrantsError as exc:
+        raise ConfigError(f"{root / GRANTS_FILE}: {exc}") from exc
+    policies: dict[str, Policy] = {}
+    for rel, raw in files.items():
+        if not rel.startswith(POLICIES_DIR + "/"):
+            continue
+        name = rel[len(POLICIES_DIR) + 1 : -len(".json")]
+        try:
+            policies[name] = load_policy(raw, name=name)
+        except PolicyError as exc:
+            raise ConfigError(f"{root / rel}: {exc}") from exc
+    return ConfigSet(
+        grants=grants,
+        policies=policies,
+        fingerprint=_fingerprint(files),
+        loaded_at=time.time(),
+    )
+
+
+def load_config(root: Path) -> ConfigSet:
+    """Load and validate the whole directory once, or raise ConfigError."""
+    return _build(root, _read_files(root))
+
+
+@dataclass
+class ReloadStatus:
+    last_error: str | None = None
+    last_error_at: float | None = None
+    reloads: int = 0
+    failures: int = 0
+
+
+@dataclass
+class ConfigSource:
+    """Holds the current ConfigSet and polls the directory for changes."""
+
+    root: Path
+    current: ConfigSet
+    interval: float = 1.0
+    status: ReloadStatus = field(default_factory=ReloadStatus)
+    on_change: Callable[[ConfigSet], None] | None = None
+    _task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, root: Path, interval: float = 1.0) -> ConfigSource:
+        return cls(root=root, current=load_config(root), interval=interval)
+
+    def poll(self) -> bool:
+        """Check the directory once. Returns True when a new set was applied."""
+        try:
+            files = _read_files(self.root)
+            fingerprint = _fingerprint(files)
+            if fingerprint == self.current.fingerprint:
+                if self.status.last_error is not None:
+                    # reverted to the good set: nothing to report any more
+                    self.status.last_error = None
+                    self.status.last_error_at = None
+                return False
+            candidate = _build(self.root, files)
+            # A ConfigMap swap may land between two reads; only apply a stable view.
+            if _fingerprint(_read_files(self.root)) != candidate.fingerprint:
+                return False
+        except ConfigError as exc:
+            message = str(exc)
+            if message != self.status.last_error:
+                self.status.failures += 1
+                log.error(
+                    "config_rejected",
+                    error=message,
+                    kept_fingerprint=self.current.fingerprint[:12],
+                )
+            self.status.last_error = message
+            self.status.last_error_at = time.time()
+            return False
+        self.current = candidate
+        self.status.reloads += 1
+        self.status.last_error = None
+        self.status.last_error_at = None
+        log.info(
+            "config_applied",
+            fingerprint=candidate.fingerprint[:12],
+            grants=len(candidate.grants),
+            policies=sorted(candidate.policies),
+        )
+        if self.on_change is not None:
+            self.on_change(candidate)
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.to_thread(self.poll)
+            except Exception:  # never let the reloader die; the last good set stays
+                log.exception("config_poll_failed")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,118 @@
+"""`mcp-authz demo`: the whole layout on localhost, with demo grants and live decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO
+
+from authz.grants import hash_token
+from authz.stack import Ports, Stack, StackError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "deploy" / "config"
+
+DEMO_TOKENS = {
+    "demo-artist": "mcp-demo-artist-token",
+    "demo-limited": "mcp-demo-limited-token",
+}
+"""Well-known tokens of the demo grants in deploy/config/grants.json (demo use only)."""
+
+
+def _known_demo_tokens(config_dir: Path) -> dict[str, str]:
+    try:
+        grants = json.loads((config_dir / "grants.json").read_text())["grants"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    hashes = {g.get("token_sha256"): g.get("id") for g in grants if isinstance(g, dict)}
+    return {
+        str(hashes[hash_token(token)]): token
+        for token in DEMO_TOKENS.values()
+        if hash_token(token) in hashes
+    }
+
+
+def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", errors="replace").rstrip()
+        try:
+            event = json.loads(line)
+        except ValueError:
+            out.write(f"  {line}\n")
+            out.flush()
+            continue
+        if event.get("event") != "decision":
+            out.write(f"  [{event.get('level', 'info')}] {event.get('event')}\n")
+        else:
+            what = event.get("tool") or event.get("method") or event.get("http_method")
+            rule = f"  rule={event['rule']}" if event.get("rule") else ""
+            out.write(
+                f"  {event['decision'].upper():5}  grant={event.get('grant_id')}  "
+                f"{what}{rule}  {event.get('duration_ms')}ms\n"
+            )
+        out.flush()
+
+
+def run_demo(config_dir: Path | None, port: int | None, outputs: Path | None) -> int:
+    config = (config_dir or DEFAULT_CONFIG).resolve()
+    outputs_dir = (outputs or Path.cwd() / "outputs").resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="mcp-authz-demo-"))
+    offline = not os.environ.get("GOOGLE_API_KEY")
+    read_fd, write_fd = os.pipe()
+    reader = os.fdopen(read_fd, "rb")
+    writer = os.fdopen(write_fd, "wb")
+    ports = Ports()
+    if port is not None:
+        ports.envoy = port
+    stack = Stack(
+        config_dir=config,
+        outputs_dir=outputs_dir,
+        workdir=workdir,
+        ports=ports,
+        offline_gemini=offline,
+        sidecar_stdout=writer,
+        reload_interval=1.0,
+    )
+    pump = threading.Thread(target=_pump_decisions, args=(reader, sys.stdout), daemon=True)
+    pump.start()
+    print("mcp-authz demo: starting Envoy, the policy sidecar and the ImageGen MCP server…")
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"demo failed to start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        writer.close()
+    tokens = _known_demo_tokens(config)
+    print()
+    print(f"  MCP URL     {stack.mcp_url}")
+    print(f"  config      {config}  (edit policies; changes apply without a restart)")
+    print(f"  outputs     {outputs_dir}")
+    print(f"  Gemini      {'offline endpoint' if offline else 'real API (GOOGLE_API_KEY)'}")
+    print(f"  logs        {workdir}")
+    for grant_id, token in tokens.items():
+        print(f"  grant {grant_id:<10} Authorization: Bearer {token}")
+    if not tokens:
+        print("  (no demo grants in this config: use your own tokens)")
+    print("\nDecisions (Ctrl-C to stop):")
+    sys.stdout.flush()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            for name, proc in list(stack.procs.items()):
+                if proc.popen.poll() is not None:
+                    print(f"{name} exited with {proc.popen.returncode}; stopping", file=sys.stderr)
+                    stop.set()
+    finally:
+        print("\nstopping…")
+        stack.stop()
+        print("stopped.")
+    return 0

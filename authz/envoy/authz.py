@@ -1,0 +1,188 @@
+"""Envoy ext_authz v3 edge: CheckRequest → HttpRequest, Verdict → CheckResponse.
+
+This module and its sibling ext_proc module are the only places that touch protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from authz._pb.envoy.config.core.v3 import base_pb2
+from authz._pb.envoy.service.auth.v3 import external_auth_pb2
+from authz._pb.envoy.type.v3 import http_status_pb2
+from authz.model import DenyKind, RequestId
+from authz.service import HttpRequest, Verdict
+from google.protobuf import struct_pb2
+
+try:  # google.rpc.status: generated into authz._pb or taken from googleapis-common-protos
+    from authz._pb.google.rpc import status_pb2
+except ImportError:  # pragma: no cover - depends on how stubs were generated
+    from google.rpc import status_pb2  # type: ignore[no-redef]
+
+METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
+GRANT_HEADER = "x-mcp-grant"
+DECISION_HEADER = "x-mcp-authz-decision-id"
+PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+
+_GRPC_OK = 0
+_GRPC_PERMISSION_DENIED = 7
+_GRPC_UNAUTHENTICATED = 16
+
+_JSONRPC_UNAUTHORIZED = -32001
+_JSONRPC_FORBIDDEN = -32003
+_JSONRPC_INTERNAL = -32603
+
+DENIED_PREFIX = "[POLICY DENIED] "
+
+
+def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpRequest:
+    http = check.attributes.request.http
+    headers = {key.lower(): value for key, value in http.headers.items()}
+    body = bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8")
+    return HttpRequest(
+        method=http.method.upper(),
+        path=http.path,
+        headers=headers,
+        body=body,
+        partial_body=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
+        request_id=headers.get("x-request-id") or http.id or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpDenial:
+    """A denial as the client will see it: status, headers and a JSON body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: str
+
+
+def _jsonrpc_error(request_id: RequestId, code: int, message: str) -> str:
+    payload = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _tool_denied(request_id: RequestId, text: str) -> str:
+    payload: dict[str, Any] = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "result": {"content": [{"type": "text", "text": text}], "isError": True},
+    }
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def denial(verdict: Verdict) -> HttpDenial:
+    """Render a denied Verdict as the HTTP response the agent receives (pure)."""
+    decision = verdict.decision
+    request = verdict.request
+    request_id = request.id if request is not None else verdict.reply_id
+    rule = f" (rule: {decision.rule})" if decision.rule else ""
+    text = f"{DENIED_PREFIX}{decision.message}{rule}"
+    headers: list[tuple[str, str]] = [
+        ("content-type", "application/json"),
+        (DECISION_HEADER, verdict.decision_id),
+    ]
+    kind = decision.kind
+    if kind is DenyKind.UNAUTHENTICATED:
+        challenge = 'Bearer realm="mcp-authz"'
+        if decision.message.startswith("unknown"):
+            challenge += ', error="invalid_token"'
+        headers.append(("www-authenticate", challenge))
+        return HttpDenial(401, tuple(headers), _jsonrpc_error(None, _JSONRPC_UNAUTHORIZED, text))
+
+    if decision.retry_after is not None:
+        headers.append(("retry-after", str(decision.retry_after)))
+
+    # A denied tools/call is a tool result: many MCP clients drop the session on a 4xx.
+    if request is not None and request.is_tool_call and kind in (
+        DenyKind.POLICY,
+        DenyKind.RATE_LIMITED,
+        DenyKind.UNAVAILABLE,
+    ):
+        if decision.retry_after is not None:
+            text += f"; retry after {decision.retry_after}s"
+        return HttpDenial(200, tuple(headers), _tool_denied(request_id, text))
+
+    if kind is DenyKind.BAD_REQUEST:
+        code = decision.rpc_code if decision.rpc_code is not None else -32600
+        return HttpDenial(400, tuple(headers), _jsonrpc_error(request_id, code, text))
+    if kind is DenyKind.TOO_LARGE:
+        return HttpDenial(413, tuple(headers), _jsonrpc_error(None, -32600, text))
+    if kind is DenyKind.UNSUPPORTED_MEDIA:
+        return HttpDenial(415, tuple(headers), _jsonrpc_error(None, -32600, text))
+    if kind is DenyKind.METHOD_NOT_ALLOWED:
+        headers.append(("allow", "GET, POST, DELETE"))
+        return HttpDenial(405, tuple(headers), _jsonrpc_error(None, -32600, text))
+    if kind is DenyKind.RATE_LIMITED:
+        return HttpDenial(429, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text))
+    if kind is DenyKind.UNAVAILABLE:
+        return HttpDenial(503, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_INTERNAL, text))
+    return HttpDenial(403, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text))
+
+
+def _header(key: str, value: str, *, overwrite: bool = True) -> base_pb2.HeaderValueOption:
+    action = (
+        base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+        if overwrite
+        else base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+    )
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value), append_action=action
+    )
+
+
+def _metadata(verdict: Verdict) -> struct_pb2.Struct:
+    meta = struct_pb2.Struct()
+    fields: dict[str, Any] = {
+        "decision_id": verdict.decision_id,
+        "decision": verdict.decision.outcome.value,
+    }
+    if verdict.decision.rule:
+        fields["rule"] = verdict.decision.rule
+    if verdict.grant is not None:
+        fields["grant_id"] = verdict.grant.id
+        fields["policy"] = verdict.grant.policy
+    if verdict.request is not None:
+        fields["mcp_method"] = verdict.request.method
+        if verdict.request.tool is not None:
+            fields["tool"] = verdict.request.tool
+    meta.update(fields)
+    return meta
+
+
+def check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
+    """Render a Verdict as Envoy's CheckResponse."""
+    if verdict.decision.allowed:
+        assert verdict.grant is not None
+        ok = external_auth_pb2.OkHttpResponse(
+            headers=[
+                _header(GRANT_HEADER, verdict.grant.id),
+                _header(DECISION_HEADER, verdict.decision_id),
+            ],
+            headers_to_remove=["authorization"],
+            response_headers_to_add=[_header(DECISION_HEADER, verdict.decision_id)],
+        )
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=_GRPC_OK),
+            ok_response=ok,
+            dynamic_metadata=_metadata(verdict),
+        )
+    rendered = denial(verdict)
+    grpc_code = (
+        _GRPC_UNAUTHENTICATED
+        if verdict.decision.kind is DenyKind.UNAUTHENTICATED
+        else _GRPC_PERMISSION_DENIED
+    )
+    denied = external_auth_pb2.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(code=rendered.status),  # type: ignore[arg-type]
+        headers=[_header(k, v) for k, v in rendered.headers],
+        body=rendered.body,
+    )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=grpc_code, message=verdict.decision.message),
+        denied_response=denied,
+        dynamic_metadata=_metadata(verdict),
+    )

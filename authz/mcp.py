@@ -1,0 +1,280 @@
+"""Strict parsing of one MCP JSON-RPC message from raw request bytes (pure).
+
+The sidecar must never decide on a different message than the one the upstream executes.
+So anything that two JSON parsers could read differently is rejected instead of guessed:
+duplicate keys at any depth, invalid UTF-8, a byte-order mark, lone surrogates, NaN and
+Infinity, numbers that overflow, excessive nesting, trailing data, batches and JSON-RPC
+members the specification does not define.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authz.model import JsonValue, McpRequest, RequestId
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+
+MAX_DEPTH = 64
+MAX_NUMBER_LITERAL = 64
+"""Longest accepted number literal, in characters (guards against overlong numbers)."""
+
+_REQUEST_MEMBERS = frozenset({"jsonrpc", "id", "method", "params"})
+_RESPONSE_MEMBERS = frozenset({"jsonrpc", "id", "result", "error"})
+
+RESPONSE_METHOD = "(response)"
+"""Pseudo-method for a client's JSON-RPC response to a server-initiated request."""
+
+
+class McpParseError(ValueError):
+    """The body is not exactly one well-formed MCP JSON-RPC message."""
+
+    def __init__(self, code: int, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_LITERAL:
+        raise ValueError("number literal too long")
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_LITERAL:
+        raise ValueError("number literal too long")
+    return int(literal)
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs_no_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_parse_float,
+    parse_int=_parse_int,
+    strict=True,
+)
+
+
+def _depth_and_text_ok(value: JsonValue) -> int:
+    """Return the nesting depth; raise on lone surrogates in any string or key."""
+    depth = 0
+    stack: list[tuple[JsonValue, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            depth = max(depth, level)
+            for key, child in node.items():
+                _check_text(key)
+                stack.append((child, level + 1))
+        elif isinstance(node, list):
+            depth = max(depth, level)
+            stack.extend((child, level + 1) for child in node)
+        elif isinstance(node, str):
+            _check_text(node)
+    return depth
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("string contains a lone surrogate escape") from exc
+
+
+def parse_json(body: bytes) -> JsonValue:
+    """Parse bytes as one strict JSON value or raise McpParseError(-32700)."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise McpParseError(PARSE_ERROR, "parse error: byte-order mark is not allowed")
+    try:
+        text = body.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise McpParseError(
+            PARSE_ERROR, f"parse error: invalid UTF-8 at byte {exc.start}"
+        ) from exc
+    try:
+        value = _DECODER.decode(text)
+    except _DuplicateKey as exc:
+        raise McpParseError(PARSE_ERROR, f"parse error: duplicate key {str(exc)!r}") from exc
+    except RecursionError as exc:
+        raise McpParseError(PARSE_ERROR, "parse error: nesting too deep") from exc
+    except json.JSONDecodeError as exc:
+        raise McpParseError(
+            PARSE_ERROR, f"parse error: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except ValueError as exc:
+        raise McpParseError(PARSE_ERROR, f"parse error: {exc}") from exc
+    try:
+        depth = _depth_and_text_ok(value)
+    except ValueError as exc:
+        raise McpParseError(PARSE_ERROR, f"parse error: {exc}") from exc
+    if depth > MAX_DEPTH:
+        raise McpParseError(PARSE_ERROR, f"parse error: nesting deeper than {MAX_DEPTH}")
+    return value
+
+
+def _request_id(message: Mapping[str, JsonValue]) -> RequestId:
+    """The id to echo in an error, or None when the id itself is unusable."""
+    raw = message.get("id")
+    if isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool)):
+        return raw
+    return None
+
+
+def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
+    """Parse one MCP JSON-RPC message. Raises McpParseError with a JSON-RPC error code."""
+    value = parse_json(body)
+    if isinstance(value, list):
+        raise McpParseError(
+            INVALID_REQUEST,
+            "invalid request: JSON-RPC batches are not supported (removed in MCP 2025-06-18)",
+        )
+    if not isinstance(value, dict):
+        raise McpParseError(INVALID_REQUEST, "invalid request: message must be a JSON object")
+    rid = _request_id(value)
+    if value.get("jsonrpc") != "2.0":
+        raise McpParseError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', rid)
+
+    if "method" not in value:
+        return _parse_response(value, rid, session_id)
+
+    extra = sorted(set(value) - _REQUEST_MEMBERS)
+    if extra:
+        raise McpParseError(
+            INVALID_REQUEST, f"invalid request: unexpected member {extra[0]!r}", rid
+        )
+    method = value["method"]
+    if not isinstance(method, str) or not method:
+        raise McpParseError(INVALID_REQUEST, 'invalid request: "method" must be a string', rid)
+
+    is_notification = "id" not in value
+    if not is_notification:
+        raw_id = value["id"]
+        if not (isinstance(raw_id, str) or (isinstance(raw_id, int) and not isinstance(raw_id, bool))):
+            raise McpParseError(
+                INVALID_REQUEST, 'invalid request: "id" must be a string or an integer'
+            )
+
+    params: Mapping[str, JsonValue] = {}
+    if "params" in value:
+        if not isinstance(value["params"], dict):
+            raise McpParseError(
+                INVALID_REQUEST, 'invalid request: "params" must be an object', rid
+            )
+        params = value["params"]
+
+    tool: str | None = None
+    arguments: Mapping[str, JsonValue] = {}
+    if method == "tools/call":
+        if is_notification:
+            raise McpParseError(
+                INVALID_REQUEST, "invalid request: tools/call must carry an id", None
+            )
+        name = params.get("name")
+        if not isinstance(name, str) or not name:
+            raise McpParseError(
+                INVALID_PARAMS, 'invalid params: "params.name" must be a non-empty string', rid
+            )
+        tool = name
+        raw_args = params.get("arguments", {})
+        if raw_args is None:
+            raw_args = {}
+        if not isinstance(raw_args, dict):
+            raise McpParseError(
+                INVALID_PARAMS, 'invalid params: "params.arguments" must be an object', rid
+            )
+        arguments = raw_args
+
+    return McpRequest(
+        method=method,
+        id=None if is_notification else rid,
+        is_notification=is_notification,
+        params=params,
+        tool=tool,
+        arguments=arguments,
+        session_id=session_id,
+    )
+
+
+def _parse_response(
+    value: Mapping[str, JsonValue], rid: RequestId, session_id: str | None
+) -> McpRequest:
+    extra = sorted(set(value) - _RESPONSE_MEMBERS)
+    if extra:
+        raise McpParseError(
+            INVALID_REQUEST, f"invalid request: unexpected member {extra[0]!r}", rid
+        )
+    if ("result" in value) == ("error" in value):
+        raise McpParseError(
+            INVALID_REQUEST,
+            'invalid request: a message needs "method", or exactly one of "result"/"error"',
+            rid,
+        )
+    if "id" not in value or rid is None:
+        raise McpParseError(
+            INVALID_REQUEST, 'invalid request: a response needs a string or integer "id"'
+        )
+    return McpRequest(
+        method=RESPONSE_METHOD, id=rid, is_notification=False, session_id=session_id
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMismatch:
+    header: str
+    message: str
+
+
+def check_mirror_headers(
+    request: McpRequest, headers: Mapping[str, str]
+) -> HeaderMismatch | None:
+    """Compare `Mcp-Method` / `Mcp-Name` headers with the body. The body is authoritative.
+
+    Returns the first disagreement, or None. A header that is present must match exactly.
+    """
+    method_header = headers.get("mcp-method")
+    if method_header is not None and method_header != request.method:
+        return HeaderMismatch("Mcp-Method", "Mcp-Method header disagrees with the body")
+    name_header = headers.get("mcp-name")
+    if name_header is not None:
+        expected = _mirrored_name(request)
+        if expected is None or name_header != expected:
+            return HeaderMismatch("Mcp-Name", "Mcp-Name header disagrees with the body")
+    return None
+
+
+def _mirrored_name(request: McpRequest) -> str | None:
+    if request.method in ("tools/call", "prompts/get"):
+        name = request.params.get("name")
+        return name if isinstance(name, str) else None
+    if request.method == "resources/read":
+        uri = request.params.get("uri")
+        return uri if isinstance(uri, str) else None
+    return None

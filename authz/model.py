@@ -1,0 +1,140 @@
+"""Domain types shared by the parser, the engine, the counter stores and the Envoy edge.
+
+Nothing here knows about protobuf, gRPC, Redis or files.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+JsonValue = Any
+"""A value produced by the strict JSON parser (dict, list, str, int, float, bool, None)."""
+
+RequestId = str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class McpRequest:
+    """One parsed MCP JSON-RPC message (never a batch).
+
+    `tool` is set for `tools/call` only; `arguments` is the `params.arguments` object of a
+    `tools/call` (an empty mapping when absent).
+    """
+
+    method: str
+    id: RequestId
+    is_notification: bool
+    params: Mapping[str, JsonValue] = field(default_factory=dict)
+    tool: str | None = None
+    arguments: Mapping[str, JsonValue] = field(default_factory=dict)
+    session_id: str | None = None
+
+    @property
+    def is_tool_call(self) -> bool:
+        return self.method == "tools/call"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A credential's entitlement: which policy applies to the caller."""
+
+    id: str
+    label: str
+    policy: str
+
+
+class Outcome(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class DenyKind(enum.Enum):
+    """Why a request was denied; the Envoy edge maps each kind to an HTTP shape."""
+
+    UNAUTHENTICATED = "unauthenticated"  # 401 + WWW-Authenticate
+    BAD_REQUEST = "bad_request"  # malformed JSON / JSON-RPC / header mismatch
+    POLICY = "policy"  # a policy rule denied the call
+    RATE_LIMITED = "rate_limited"  # a limit is exhausted (Retry-After)
+    UNAVAILABLE = "unavailable"  # the sidecar cannot decide (fail closed)
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # HTTP method not served
+    TOO_LARGE = "too_large"  # body truncated by Envoy (partial)
+    UNSUPPORTED_MEDIA = "unsupported_media"  # wrong Content-Type or a Content-Encoding
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One unit of quota a call wants from one bucket.
+
+    `bucket` identifies the counter bucket: (counter, scope, scope key, window seconds).
+    Limits that share a counter name and scope key share a bucket.
+    """
+
+    counter: str
+    scope: str
+    scope_key: str
+    window_seconds: int
+    max: int
+    cost: int
+    rule: str
+    on_deny: str | None = None
+
+    @property
+    def bucket(self) -> tuple[str, str, str, int]:
+        return (self.counter, self.scope, self.scope_key, self.window_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Quota taken for one allowed call: which buckets, in which windows, how much."""
+
+    entries: tuple[tuple[tuple[str, str, str, int], int, int], ...] = ()
+    """(bucket, window_start_epoch_seconds, cost) per bucket."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """A reservation failed: this claim has no room left in its current window."""
+
+    claim: Claim
+    retry_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    rule: str | None = None
+    message: str = ""
+    kind: DenyKind | None = None
+    retry_after: int | None = None
+    claims: tuple[Claim, ...] = ()
+    reservation: Reservation | None = None
+    rpc_code: int | None = None
+    """JSON-RPC error code for denials rendered as JSON-RPC errors (parse errors etc.)."""
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is Outcome.ALLOW
+
+    @staticmethod
+    def allow(rule: str | None = None, claims: tuple[Claim, ...] = ()) -> Decision:
+        return Decision(Outcome.ALLOW, rule=rule, claims=claims)
+
+    @staticmethod
+    def deny(
+        kind: DenyKind,
+        message: str,
+        rule: str | None = None,
+        retry_after: int | None = None,
+        rpc_code: int | None = None,
+    ) -> Decision:
+        return Decision(
+            Outcome.DENY,
+            rule=rule,
+            message=message,
+            kind=kind,
+            retry_after=retry_after,
+            rpc_code=rpc_code,
+        )

@@ -1,0 +1,157 @@
+"""Process wiring: grpc.aio (ext_authz + health), the admin HTTP endpoint, reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import grpc
+import structlog
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz.config import ConfigSource
+from authz.counters.base import CounterStore
+from authz.counters.memory import MemoryCounterStore
+from authz.envoy.authz import check_response, http_request_from_check
+from authz.service import Authorizer
+from authz.settings import Settings
+
+log = structlog.get_logger("mcp_authz.server")
+
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+
+    async def Check(  # noqa: N802 - gRPC method name
+        self, request: external_auth_pb2.CheckRequest, context: Any
+    ) -> external_auth_pb2.CheckResponse:
+        verdict = await self._authorizer.check(http_request_from_check(request))
+        return check_response(verdict)
+
+
+def readiness(config: ConfigSource, counters: CounterStore) -> dict[str, Any]:
+    current = config.current
+    return {
+        "ready": True,
+        "config": {
+            "dir": str(config.root),
+            "fingerprint": current.fingerprint,
+            "loaded_at": current.loaded_at,
+            "grants": len(current.grants),
+            "policies": {
+                name: policy.content_hash for name, policy in sorted(current.policies.items())
+            },
+            "reloads": config.status.reloads,
+            "last_error": config.status.last_error,
+            "last_error_at": config.status.last_error_at,
+        },
+        "counters": counters.describe(),
+    }
+
+
+def admin_app(config: ConfigSource, counters: CounterStore) -> Starlette:
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> JSONResponse:
+        return JSONResponse(readiness(config, counters))
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+
+
+class Sidecar:
+    """One sidecar process: gRPC server, admin HTTP server and config reloader."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = ConfigSource.open(settings.config_dir, interval=settings.reload_interval)
+        self.counters: CounterStore = MemoryCounterStore()
+        self.authorizer = Authorizer(self.config, self.counters)
+        self.health = HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._admin: uvicorn.Server | None = None
+        self._admin_task: asyncio.Task[None] | None = None
+        self.grpc_port: int | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
+                ("grpc.max_send_message_length", s.grpc_max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationService(self.authorizer), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.grpc_port = server.add_insecure_port(s.grpc_address)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC address {s.grpc_address}")
+        await server.start()
+        self._grpc = server
+        for service in ("", AUTHZ_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+        admin = uvicorn.Server(
+            uvicorn.Config(
+                admin_app(self.config, self.counters),
+                host=s.admin_host,
+                port=s.admin_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._admin = admin
+        self._admin_task = asyncio.get_running_loop().create_task(admin.serve())
+        self.config.start()
+        log.info(
+            "sidecar_started",
+            grpc=f"{s.grpc_host}:{self.grpc_port}",
+            admin=f"{s.admin_host}:{s.admin_port}",
+            config=str(s.config_dir),
+            grants=len(self.config.current.grants),
+            policies=sorted(self.config.current.policies),
+        )
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.config.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._admin is not None:
+            self._admin.should_exit = True
+        if self._admin_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._admin_task
+        await self.counters.close()
+        log.info("sidecar_stopped")
+
+
+async def serve(settings: Settings) -> None:
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    started = time.monotonic()
+    await sidecar.stop()
+    log.info("shutdown_complete", seconds=round(time.monotonic() - started, 3))

@@ -1,0 +1,72 @@
+"""Every knob of the sidecar, parsed once into one typed object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_GRPC = "127.0.0.1:9001"
+DEFAULT_ADMIN = "127.0.0.1:9002"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def parse_hostport(value: str, *, option: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{option}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config_dir: Path
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9001
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9002
+    reload_interval: float = 1.0
+    log_level: str = "info"
+    grpc_max_message_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        config: str | None,
+        grpc: str | None,
+        admin: str | None,
+        reload_interval: float | None = None,
+        log_level: str | None = None,
+    ) -> Settings:
+        """Flags win over environment variables (MCP_AUTHZ_*), which win over defaults."""
+        config_dir = config or os.environ.get("MCP_AUTHZ_CONFIG")
+        if not config_dir:
+            raise SettingsError("--config: a configuration directory is required")
+        grpc_host, grpc_port = parse_hostport(
+            grpc or os.environ.get("MCP_AUTHZ_GRPC", DEFAULT_GRPC), option="--grpc"
+        )
+        admin_host, admin_port = parse_hostport(
+            admin or os.environ.get("MCP_AUTHZ_ADMIN", DEFAULT_ADMIN), option="--admin"
+        )
+        interval = reload_interval
+        if interval is None:
+            interval = float(os.environ.get("MCP_AUTHZ_RELOAD_INTERVAL", "1.0"))
+        if interval <= 0:
+            raise SettingsError("--reload-interval: must be positive")
+        return cls(
+            config_dir=Path(config_dir),
+            grpc_host=grpc_host,
+            grpc_port=grpc_port,
+            admin_host=admin_host,
+            admin_port=admin_port,
+            reload_interval=interval,
+            log_level=(log_level or os.environ.get("MCP_AUTHZ_LOG_LEVEL", "info")).lower(),
+        )

