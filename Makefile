@@ -1,0 +1,46 @@
+# Two entry points for a fresh machine with Python 3.11: `make demo` and `make test`.
+# Both create and fill .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit test-e2e lint fmt protos schema clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/mcp-authz demo $(DEMO_ARGS)
+
+test: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+test-e2e: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/e2e $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check authz imagegen_upstream tests scripts
+	$(BIN)/ruff format --check authz imagegen_upstream tests scripts
+	$(BIN)/mypy authz
+
+fmt: venv
+	$(BIN)/ruff format authz imagegen_upstream tests scripts
+	$(BIN)/ruff check --fix authz imagegen_upstream tests scripts
+
+protos: venv
+	$(BIN)/python scripts/gen_protos.py
+
+schema: venv
+	$(BIN)/python scripts/export_schema.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
