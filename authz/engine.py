@@ -1,0 +1,233 @@
+"""The decision: one MCP request, one grant, one policy → `Decision` (pure, sync, no I/O).
+
+`decide` never touches counters: an allowed tool call carries `claims`, which the caller
+reserves in a `CounterStore` and passes to `settle` for the final decision.
+
+Order for `tools/call` (as in Intercept): hide → default → for the tool's own entry, then
+the "*" entry: require → deny_if → rules → then limits (own, "*", all_tools), all at once.
+
+Rule pointers (RFC 6901, `~` → `~0`, `/` → `~1` in tool and counter names):
+`/tools/<tool>/require/<i>`, `/tools/<tool>/deny_if/<i>`, `/tools/<tool>/rules/<i>`,
+`/tools/<tool>/limits/<counter>`, `/all_tools/limits/<counter>`, and the fixed
+`(no policy)`, `(hidden)`, `(default deny)`. Messages carry no argument values from the
+request (policy values are fine) and no "[POLICY DENIED]" prefix: the edge adds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from authz import conditions
+from authz.model import Claim, Decision, DenyKind, Exhausted, Grant, McpRequest, Reservation
+from authz.policy import (
+    GLOBAL_STATE_SCOPE,
+    STATE_PREFIX,
+    WILDCARD,
+    WINDOW_SECONDS,
+    ActionRule,
+    Limit,
+    Policy,
+    Rule,
+    ToolPolicy,
+)
+
+__all__ = ["NO_POLICY", "decide", "pointer", "settle"]
+
+NO_POLICY = "(no policy)"
+HIDDEN = "(hidden)"
+DEFAULT_DENY = "(default deny)"
+
+GLOBAL_SCOPE_KEY = "*"
+
+
+def pointer(*parts: str | int) -> str:
+    """A JSON Pointer (RFC 6901) to a policy element: `pointer('tools', 'a/b')` → `/tools/a~1b`."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision:
+    """Evaluate one request against the grant's policy (None: the policy is not loaded).
+
+    Non-`tools/call` methods are allowed. An allowed tool call carries one `Claim` per
+    applicable limit (cost 1, or the `increment` of an Intercept `state` rule); the caller
+    reserves them and calls `settle`. Scope keys: grant → `grant.id`; session →
+    `request.session_id`, or `grant.id` when the request has no session (so a session limit
+    without sessions behaves per grant); global → `"*"`.
+    """
+    if policy is None:
+        return Decision.deny(
+            DenyKind.POLICY,
+            f"grant {grant.label or grant.id!r} uses policy {grant.policy!r}, which is not "
+            "loaded; every call is denied until it is",
+            rule=NO_POLICY,
+        )
+    if not request.is_tool_call:
+        return Decision.allow()
+    tool = request.tool
+    if not tool:
+        return Decision.deny(DenyKind.BAD_REQUEST, "tools/call without a tool name")
+    if policy.is_hidden(tool):
+        return Decision.deny(DenyKind.POLICY, f"tool {tool!r} is hidden by policy", rule=HIDDEN)
+    own = policy.tool(tool)
+    if own is None and policy.default == "deny":
+        return Decision.deny(
+            DenyKind.POLICY, f"tool {tool!r} is not permitted by policy", rule=DEFAULT_DENY
+        )
+
+    entries: list[tuple[str, ToolPolicy]] = []
+    if own is not None:
+        entries.append((tool, own))
+    wildcard = policy.wildcard
+    if wildcard is not None and tool != WILDCARD:
+        entries.append((WILDCARD, wildcard))
+
+    args = request.arguments
+    for key, entry in entries:
+        denial = _check_entry(tool, key, entry, args)
+        if denial is not None:
+            return denial
+
+    claims: list[Claim] = []
+    for key, entry in entries:
+        for limit in entry.limits:
+            claims.append(_limit_claim(limit, pointer("tools", key, "limits", limit.counter),
+                                       grant, request))
+        for i, rule in enumerate(entry.rules):
+            claim_or_denial = _rule_claim(tool, key, i, rule, args)
+            if isinstance(claim_or_denial, Decision):
+                return claim_or_denial
+            if claim_or_denial is not None:
+                claims.append(claim_or_denial)
+    for limit in policy.all_tools_limits:
+        claims.append(_limit_claim(limit, pointer("all_tools", "limits", limit.counter),
+                                   grant, request))
+    return Decision.allow(claims=tuple(claims))
+
+
+def settle(decision: Decision, result: Reservation | Exhausted) -> Decision:
+    """The final decision once the counter store has answered for `decision.claims`.
+
+    A `Reservation` keeps the call allowed and records what was taken (to release on
+    upstream failure); `Exhausted` denies it as RATE_LIMITED with the claim's rule, its
+    `on_deny` (or a message naming the limit) and the seconds until the window ends.
+    A decision that is already a deny is returned unchanged.
+    """
+    if not decision.allowed:
+        return decision
+    if isinstance(result, Reservation):
+        return dataclasses.replace(decision, reservation=result)
+    claim = result.claim
+    message = claim.on_deny or (
+        f"rate limit {claim.counter!r} exceeded: {claim.max} per "
+        f"{_window_name(claim.window_seconds)} {_scope_phrase(claim.scope)}; "
+        f"retry after {result.retry_after}s"
+    )
+    return Decision.deny(
+        DenyKind.RATE_LIMITED, message, rule=claim.rule, retry_after=result.retry_after
+    )
+
+
+# -- rules -----------------------------------------------------------------------------
+
+
+def _check_entry(
+    tool: str, key: str, entry: ToolPolicy, args: Mapping[str, Any]
+) -> Decision | None:
+    for i, rule in enumerate(entry.require):
+        if not conditions.all_match(rule.conditions, args):
+            default = f"tool {tool!r} requires {_describe(rule)}"
+            return _policy_deny(rule.on_deny or default, pointer("tools", key, "require", i))
+    for i, rule in enumerate(entry.deny_if):
+        if conditions.all_match(rule.conditions, args):
+            if rule.conditions:
+                default = f"tool {tool!r} is denied when {_describe(rule)}"
+            else:
+                default = f"tool {tool!r} is denied by policy"
+            return _policy_deny(rule.on_deny or default, pointer("tools", key, "deny_if", i))
+    for i, action_rule in enumerate(entry.rules):
+        denied = action_rule.action == "deny" or not conditions.all_match(
+            action_rule.arg_conditions, args
+        )
+        if denied:
+            default = f"tool {tool!r} denied by rule {action_rule.label!r}"
+            return _policy_deny(
+                action_rule.on_deny or default, pointer("tools", key, "rules", i)
+            )
+    return None
+
+
+def _describe(rule: Rule) -> str:
+    text = " and ".join(c.describe() for c in rule.conditions)
+    return f"{text} (rule {rule.name!r})" if rule.name else text
+
+
+def _policy_deny(message: str, rule: str) -> Decision:
+    return Decision.deny(DenyKind.POLICY, message, rule=rule)
+
+
+# -- limits → claims -------------------------------------------------------------------
+
+
+def _scope_key(scope: str, grant: Grant, request: McpRequest) -> str:
+    if scope == "grant":
+        return grant.id
+    if scope == "session":
+        return request.session_id or grant.id
+    return GLOBAL_SCOPE_KEY
+
+
+def _limit_claim(limit: Limit, rule: str, grant: Grant, request: McpRequest) -> Claim:
+    return Claim(
+        counter=limit.counter,
+        scope=limit.scope,
+        scope_key=_scope_key(limit.scope, grant, request),
+        window_seconds=WINDOW_SECONDS[limit.window],
+        max=limit.max,
+        cost=1,
+        rule=rule,
+        on_deny=limit.on_deny,
+    )
+
+
+def _rule_claim(
+    tool: str, key: str, index: int, rule: ActionRule, args: Mapping[str, Any]
+) -> Claim | Decision | None:
+    """The claim of an Intercept `state`/`rate_limit` rule: a global counter per tool."""
+    limit = rule.counter_limit()
+    if limit is None:
+        return None
+    where = pointer("tools", key, "rules", index)
+    cost = limit.increment
+    if limit.increment_from is not None:
+        amount = conditions.resolve(args, limit.increment_from)
+        if not conditions.is_number(amount) or amount < 0:
+            return _policy_deny(
+                f"tool {tool!r}: rule {rule.label!r} counts {limit.increment_from}, which "
+                "must be a non-negative number",
+                where,
+            )
+        cost = int(amount)
+    scope = GLOBAL_STATE_SCOPE if key == WILDCARD else key
+    return Claim(
+        counter=f"{STATE_PREFIX}{scope}.{limit.counter}",
+        scope="global",
+        scope_key=GLOBAL_SCOPE_KEY,
+        window_seconds=WINDOW_SECONDS[limit.window],
+        max=limit.max,
+        cost=cost,
+        rule=where,
+        on_deny=rule.on_deny,
+    )
+
+
+def _window_name(seconds: int) -> str:
+    for name, length in WINDOW_SECONDS.items():
+        if length == seconds:
+            return name
+    return f"{seconds}s"
+
+
+def _scope_phrase(scope: str) -> str:
+    return {"grant": "per grant", "session": "per session"}.get(scope, "across all callers")

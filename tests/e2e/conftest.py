@@ -1,0 +1,135 @@
+"""End-to-end fixtures: the real Envoy, sidecar, upstream and offline Gemini as processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from authz.grants import hash_token
+from authz.stack import Stack
+
+SEED_POLICY = (
+    '{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":'
+    '[{"counter":"image.generate.gemini_rate","window":"minute","max":30,"scope":"grant"}]}}}'
+)
+
+POLICIES: dict[str, Any] = {
+    "seed": SEED_POLICY,
+    "open": {
+        "version": "1",
+        "default": "allow",
+        "hide": ["image.generate.replicate"],
+    },
+    "conditions": {
+        "version": "1",
+        "default": "deny",
+        "tools": {
+            "image.generate.gemini": {
+                "require": [
+                    {
+                        "conditions": [
+                            {"path": "args.model", "op": "in", "value": ["gemini-2.5-flash-image-preview"]}
+                        ],
+                        "on_deny": "only the preview model is allowed",
+                    }
+                ],
+                "deny_if": [
+                    {
+                        "conditions": [{"path": "args.prompt", "op": "regex", "value": "(?i)forbidden"}],
+                        "on_deny": "this prompt is not allowed",
+                    }
+                ],
+            }
+        },
+    },
+    "reloadable": {"version": "1", "default": "deny"},
+}
+
+GRANTS = {
+    "seed-a": "seed",
+    "seed-b": "seed",
+    "open": "open",
+    "cond": "conditions",
+    "orphan": "does-not-exist",
+    "reload": "reloadable",
+    "eras": "open",
+}
+
+
+def token_for(grant_id: str) -> str:
+    return f"test-token-{grant_id}"
+
+
+def write_config(root: Path) -> Path:
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    for name, doc in POLICIES.items():
+        text = doc if isinstance(doc, str) else json.dumps(doc, indent=2)
+        (root / "policies" / f"{name}.json").write_text(text)
+    grants = [
+        {"id": gid, "label": gid, "token_sha256": hash_token(token_for(gid)), "policy": policy}
+        for gid, policy in GRANTS.items()
+    ]
+    (root / "grants.json").write_text(json.dumps({"version": "1", "grants": grants}, indent=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("stack")
+    config = write_config(base / "config")
+    record = base / "executed.jsonl"
+    record.touch()
+    the_stack = Stack(
+        config_dir=config,
+        outputs_dir=base / "outputs",
+        workdir=base / "work",
+        extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
+        reload_interval=0.2,
+    )
+    with the_stack:
+        yield the_stack
+
+
+def executed(stack: Stack) -> list[dict[str, Any]]:
+    """Every tool execution the upstream actually started (its own record)."""
+    path = Path(stack.extra_env["IMAGEGEN_RECORD_FILE"])
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def audit_events(stack: Stack) -> list[dict[str, Any]]:
+    events = []
+    for line in stack.log_path("sidecar").read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "decision":
+            events.append(event)
+    return events
+
+
+@asynccontextmanager
+async def mcp_client(
+    stack: Stack, token: str | None, *, mode: str = "legacy"
+) -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        transport = streamable_http_client(stack.mcp_url, http_client=http)
+        async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+            yield client
+
+
+def wait_for_fresh_window(min_seconds_left: float = 20.0) -> None:
+    """Sleep into the next UTC minute if too little of this one is left for a quota test."""
+    left = 60 - (time.time() % 60)
+    if left < min_seconds_left:
+        time.sleep(left + 0.2)
