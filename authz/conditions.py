@@ -7,20 +7,20 @@ a non-object is *missing*. A present `null` counts as missing for `exists` only.
 
 Operators (the README quotes this table):
 
-| op         | policy value  | the condition holds when the argument at `path` ...                      |
-|------------|---------------|--------------------------------------------------------------------------|
-| `eq`       | any JSON      | equals the value (JSON equality: 1 == 1.0, true != 1, "1" != 1)          |
-| `neq`      | any JSON      | is present and does not equal the value                                  |
-| `in`       | list          | equals one of the list's elements                                        |
-| `not_in`   | list          | is present and equals none of the list's elements                        |
-| `lt`       | number        | is a number less than the value                                          |
-| `lte`      | number        | is a number less than or equal to the value                              |
-| `gt`       | number        | is a number greater than the value                                       |
-| `gte`      | number        | is a number greater than or equal to the value                           |
-| `regex`    | string        | is a string in which the pattern matches anywhere (search, not fullmatch) |
-| `contains` | any JSON      | is a string containing the value as a substring (value must be a string), |
-|            |               | or a list with an element equal to the value                             |
-| `exists`   | true / false  | `true`: is present and not null; `false`: is missing or null             |
+| op         | value        | holds when the argument at `path` ...                         |
+|------------|--------------|---------------------------------------------------------------|
+| `eq`       | any JSON     | equals the value (JSON: 1 == 1.0, true != 1, "1" != 1)        |
+| `neq`      | any JSON     | is present and does not equal the value                       |
+| `in`       | list         | equals an element of the list                                 |
+| `not_in`   | list         | is present and equals no element of the list                  |
+| `lt`       | number       | is a number less than the value                               |
+| `lte`      | number       | is a number less than or equal to the value                   |
+| `gt`       | number       | is a number greater than the value                            |
+| `gte`      | number       | is a number greater than or equal to the value                |
+| `regex`    | string       | is a string the pattern matches anywhere (search, unanchored) |
+| `contains` | any JSON     | is a string with the (string) value as a substring, or a list |
+|            |              | with an element equal to the value                            |
+| `exists`   | true / false | true: is present and not null; false: is missing or null      |
 
 Rules that hold for every operator:
 - A missing path makes the condition false, except for `exists` (`exists: false` is true).
@@ -31,7 +31,6 @@ Rules that hold for every operator:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
@@ -85,12 +84,8 @@ class ConditionLike(Protocol):
 
 
 def is_number(value: object) -> bool:
-    """True for JSON numbers: int or finite float, never bool."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return isinstance(value, float) and math.isfinite(value)
+    """True for JSON numbers: int or float, never bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def json_equal(a: object, b: object) -> bool:
@@ -113,7 +108,7 @@ def json_equal(a: object, b: object) -> bool:
 def value_problem(op: str, value: object) -> str | None:
     """Why `value` is unusable with `op` (a message saying what would fix it), or None."""
     if op in LIST_OPS and not isinstance(value, list | tuple):
-        return f"'{op}' needs a list value, e.g. [\"a\", \"b\"]; got {json_type(value)}"
+        return f'\'{op}\' needs a list value, e.g. ["a", "b"]; got {json_type(value)}'
     if op in NUMERIC_OPS and not is_number(value):
         return f"'{op}' needs a number value, e.g. 100; got {json_type(value)}"
     if op == "exists" and not isinstance(value, bool):
@@ -199,9 +194,7 @@ _COMPARE: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
 }
 
 
-def evaluate(
-    op: str, actual: Any, expected: Any, pattern: re.Pattern[str] | None = None
-) -> bool:
+def evaluate(op: str, actual: Any, expected: Any, pattern: re.Pattern[str] | None = None) -> bool:
     """Apply `op` to a resolved argument (`MISSING` allowed); never raises.
 
     `pattern` is the pre-compiled `regex` value; without it the pattern is compiled here.

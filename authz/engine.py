@@ -53,7 +53,7 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     Non-`tools/call` methods are allowed. An allowed tool call carries one `Claim` per
     applicable limit (cost 1, or the `increment` of an Intercept `state` rule); the caller
     reserves them and calls `settle`. Scope keys: grant → `grant.id`; session →
-    `request.session_id`, or `grant.id` when the request has no session (so a session limit
+    `<grant.id>/<request.session_id>`, or `grant.id` when the request has no session (so a session limit
     without sessions behaves per grant); global → `"*"`.
     """
     if policy is None:
@@ -92,8 +92,9 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     claims: list[Claim] = []
     for key, entry in entries:
         for limit in entry.limits:
-            claims.append(_limit_claim(limit, pointer("tools", key, "limits", limit.counter),
-                                       grant, request))
+            claims.append(
+                _limit_claim(limit, pointer("tools", key, "limits", limit.counter), grant, request)
+            )
         for i, rule in enumerate(entry.rules):
             claim_or_denial = _rule_claim(tool, key, i, rule, args)
             if isinstance(claim_or_denial, Decision):
@@ -101,8 +102,9 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             if claim_or_denial is not None:
                 claims.append(claim_or_denial)
     for limit in policy.all_tools_limits:
-        claims.append(_limit_claim(limit, pointer("all_tools", "limits", limit.counter),
-                                   grant, request))
+        claims.append(
+            _limit_claim(limit, pointer("all_tools", "limits", limit.counter), grant, request)
+        )
     return Decision.allow(claims=tuple(claims))
 
 
@@ -152,9 +154,7 @@ def _check_entry(
         )
         if denied:
             default = f"tool {tool!r} denied by rule {action_rule.label!r}"
-            return _policy_deny(
-                action_rule.on_deny or default, pointer("tools", key, "rules", i)
-            )
+            return _policy_deny(action_rule.on_deny or default, pointer("tools", key, "rules", i))
     return None
 
 
@@ -174,7 +174,8 @@ def _scope_key(scope: str, grant: Grant, request: McpRequest) -> str:
     if scope == "grant":
         return grant.id
     if scope == "session":
-        return request.session_id or grant.id
+        # keyed under the grant: a caller cannot spend another grant's session bucket
+        return f"{grant.id}/{request.session_id}" if request.session_id else grant.id
     return GLOBAL_SCOPE_KEY
 
 

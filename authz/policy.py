@@ -86,6 +86,9 @@ WILDCARD: Final = "*"
 GLOBAL_STATE_SCOPE: Final = "_global"
 """Intercept's name for the counter scope of `"*"` rules: `state._global.<counter>`."""
 
+_RelProblem = tuple[tuple[str | int, ...], str]
+"""A problem at a location relative to the object being validated."""
+
 Problem = tuple[str, str]
 """(JSON path such as `$.tools['x'].limits[0].max`, message saying what would fix it)."""
 
@@ -105,7 +108,7 @@ class PolicyError(Exception):
         return "\n".join(f"{path}: {message}" for path, message in self.problems)
 
 
-def _problems(*items: tuple[tuple[str | int, ...], str]) -> PydanticCustomError:
+def _problems(*items: _RelProblem) -> PydanticCustomError:
     """A validation error carrying problems at locations relative to the validated object."""
     return PydanticCustomError(
         "policy", "{summary}", {"summary": items[0][1], "problems": list(items)}
@@ -239,7 +242,7 @@ OnDeny = Annotated[
 ]
 
 
-def _no_state_paths(conds: Sequence[Condition], where: str) -> list[tuple[tuple[str | int, ...], str]]:
+def _no_state_paths(conds: Sequence[Condition], where: str) -> list[_RelProblem]:
     return [
         (
             ("conditions", i, "path"),
@@ -378,7 +381,7 @@ class ActionRule(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> ActionRule:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[_RelProblem] = []
         if self.rate_limit is not None:
             problems += _rate_limit_problems(self.rate_limit)
             if self.conditions or self.state is not None:
@@ -393,7 +396,7 @@ class ActionRule(_Model):
                 problems.append((("rate_limit",), "rate_limit cannot be used with action 'deny'"))
         else:
             if not self.name:
-                problems.append((("name",), "rule must have a name; add \"name\": \"...\""))
+                problems.append((("name",), 'rule must have a name; add "name": "..."'))
             if self.action == "deny" and self.conditions:
                 problems.append(
                     (("conditions",), "deny rules must not have conditions; remove them")
@@ -437,11 +440,11 @@ class ActionRule(_Model):
         return None
 
 
-def _rate_limit_problems(text: str) -> list[tuple[tuple[str | int, ...], str]]:
+def _rate_limit_problems(text: str) -> list[_RelProblem]:
     m = _RATE_LIMIT.match(text)
     if m is None:
         return [(("rate_limit",), f"rate_limit must be 'N/window' (e.g. '5/hour'); got {text!r}")]
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+    problems: list[_RelProblem] = []
     if int(m["count"]) <= 0:
         problems.append(
             (("rate_limit",), f"rate_limit count must be a positive integer; got {m['count']!r}")
@@ -463,9 +466,9 @@ Limits = Annotated[
 ]
 
 
-def _duplicate_counters(limits: Sequence[Limit]) -> list[tuple[tuple[str | int, ...], str]]:
+def _duplicate_counters(limits: Sequence[Limit]) -> list[_RelProblem]:
     seen: dict[str, int] = {}
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+    problems: list[_RelProblem] = []
     for i, limit in enumerate(limits):
         if limit.counter in seen:
             problems.append(
@@ -561,7 +564,7 @@ class PolicyDocument(_Model):
         default=(),
         title="Hide",
         description=(
-            "Tool names removed from tools/list and denied on tools/call; the entry \"*\" "
+            'Tool names removed from tools/list and denied on tools/call; the entry "*" '
             '(or the string "*") hides every tool.'
         ),
     )
@@ -585,13 +588,17 @@ class PolicyDocument(_Model):
         if value == WILDCARD:
             return (WILDCARD,)
         if not isinstance(value, list | tuple):
-            return value  # the type check reports it
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+            raise _problems(
+                ((), f'must be a list of tool names or "*"; got {conditions.json_type(value)}')
+            )
+        problems: list[_RelProblem] = []
         seen: set[str] = set()
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                continue
-            if not item.strip():
+                problems.append(
+                    ((i,), f"must be a tool name (a string); got {conditions.json_type(item)}")
+                )
+            elif not item.strip():
                 problems.append(((i,), "entry must not be empty; remove it or name a tool"))
             elif item in seen:
                 problems.append(((i,), f"duplicate entry {item!r}; remove the duplicate"))
@@ -602,7 +609,7 @@ class PolicyDocument(_Model):
 
     @model_validator(mode="after")
     def _state_paths(self) -> PolicyDocument:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[_RelProblem] = []
         for key, tool in self.tools.items():
             scope = GLOBAL_STATE_SCOPE if key == WILDCARD else key
             counters = {r.state.counter for r in tool.rules if r.state is not None}
@@ -652,10 +659,11 @@ class PolicyDocument(_Model):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A validated policy: its name, the sha256 of its bytes, and the document."""
+    """A validated policy: its name, the sha256 (`content_hash`) of its bytes, the document."""
 
     name: str
-    sha256: str
+    content_hash: str
+    """sha256 hex digest of the document bytes as loaded."""
     document: PolicyDocument
 
     @property
@@ -707,9 +715,7 @@ def _reject_constant(name: str) -> Any:
 def _find_duplicates(value: Any, loc: tuple[str | int, ...], out: list[Problem]) -> None:
     if isinstance(value, dict):
         for key in getattr(value, "duplicates", ()):
-            out.append(
-                (json_path((*loc, key)), f"duplicate key {key!r}; each key may appear once")
-            )
+            out.append((json_path((*loc, key)), f"duplicate key {key!r}; each key may appear once"))
         for key, item in value.items():
             _find_duplicates(item, (*loc, key), out)
     elif isinstance(value, list):
@@ -725,9 +731,7 @@ def _parse(raw: bytes) -> tuple[Any, list[Problem]]:
     try:
         data = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        return None, [
-            ("$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
-        ]
+        return None, [("$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
     except ValueError as exc:
         return None, [("$", str(exc))]
     problems: list[Problem] = []
@@ -743,7 +747,12 @@ def load_policy(data: bytes | str | Mapping[str, Any], *, name: str) -> Policy:
     sorted keys, no spaces). Duplicate keys are only detectable in bytes/str input.
     """
     if isinstance(data, Mapping):
-        raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        try:
+            raw = json.dumps(
+                data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(name, [("$", f"not a JSON document: {exc}")]) from None
         raw_bytes = raw.encode()
         parsed: Any = data
         problems: list[Problem] = []
@@ -763,7 +772,7 @@ def load_policy(data: bytes | str | Mapping[str, Any], *, name: str) -> Policy:
         problems.extend(_from_validation_error(exc))
     if problems:
         raise PolicyError(name, problems)
-    return Policy(name=name, sha256=hashlib.sha256(raw_bytes).hexdigest(), document=document)
+    return Policy(name=name, content_hash=hashlib.sha256(raw_bytes).hexdigest(), document=document)
 
 
 def check_policy_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -844,8 +853,10 @@ def _fields_at(loc: Sequence[str | int]) -> list[str]:
             if field is None:
                 return []
             tp = field.annotation
-        elif typing.get_origin(tp) in (dict, tuple, list):
-            tp = typing.get_args(tp)[-1] if typing.get_origin(tp) is dict else typing.get_args(tp)[0]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        elif typing.get_origin(tp) in (tuple, list):
+            tp = typing.get_args(tp)[0]
         else:
             return []
     tp = _container(tp)

@@ -21,7 +21,13 @@ import uvicorn
 
 from imagegen_upstream import __version__
 from imagegen_upstream.server import build_app
-from imagegen_upstream.settings import ENV_ALLOWED_HOSTS, ENV_RECORD_FILE, Settings, from_env, split_csv
+from imagegen_upstream.settings import (
+    ENV_ALLOWED_HOSTS,
+    ENV_RECORD_FILE,
+    Settings,
+    from_env,
+    split_csv,
+)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

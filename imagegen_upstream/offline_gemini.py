@@ -97,7 +97,9 @@ def prompt_from_instances(body: dict[str, Any]) -> str:
 
 
 def imagen_size(aspect_ratio: Any) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d{1,2}):(\d{1,2})", aspect_ratio if isinstance(aspect_ratio, str) else "")
+    match = re.fullmatch(
+        r"(\d{1,2}):(\d{1,2})", aspect_ratio if isinstance(aspect_ratio, str) else ""
+    )
     if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
         return IMAGE_SIDE, IMAGE_SIDE
     w, h = int(match.group(1)), int(match.group(2))
@@ -250,7 +252,9 @@ class _Handler(BaseHTTPRequestHandler):
 def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> OfflineGeminiServer:
     """Start a server on a daemon thread; call `.shutdown()` and `.server_close()` to stop."""
     server = OfflineGeminiServer((host, port))
-    thread = threading.Thread(target=server.serve_forever, name="offline-gemini", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="offline-gemini", daemon=True
+    )
     thread.start()
     return server
 

@@ -181,7 +181,12 @@ async def generate_openai(req: ImageRequest, tool: str) -> ProviderImage:
     prompt = req.prompt
     if req.negative_prompt:
         prompt = f"{prompt}\n\nAvoid: {req.negative_prompt}"
-    payload: dict[str, Any] = {"model": model, "prompt": prompt, "n": 1, "size": f"{width}x{height}"}
+    payload: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "n": 1,
+        "size": f"{width}x{height}",
+    }
     if req.quality:
         payload["quality"] = req.quality
     if model.startswith("dall-e"):
@@ -253,7 +258,9 @@ async def generate_replicate(req: ImageRequest, tool: str) -> ProviderImage:
     base = env_or("REPLICATE_BASE_URL", REPLICATE_DEFAULT_BASE).rstrip("/")
     model = req.model or env_or("REPLICATE_MODEL", REPLICATE_DEFAULT_MODEL)
     if not _REPLICATE_MODEL.match(model):
-        raise ProviderError(f"Replicate model must be owner/name or owner/name:version, got {model!r}")
+        raise ProviderError(
+            f"Replicate model must be owner/name or owner/name:version, got {model!r}"
+        )
     inputs: dict[str, Any] = {"prompt": req.prompt}
     size = dimensions(req, None)
     if req.aspect_ratio:
@@ -275,7 +282,8 @@ async def generate_replicate(req: ImageRequest, tool: str) -> ProviderImage:
     deadline = time.monotonic() + timeout_s()
     async with httpx.AsyncClient(timeout=timeout_s()) as client:
         prediction = _json(
-            "Replicate", await _send(client, "Replicate", "POST", url, json=payload, headers=headers)
+            "Replicate",
+            await _send(client, "Replicate", "POST", url, json=payload, headers=headers),
         )
         while prediction.get("status") not in ("succeeded", "failed", "canceled"):
             pred_id = str(prediction.get("id") or "")

@@ -11,6 +11,7 @@ from mcp.server import MCPServer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from imagegen_upstream import __version__
 from imagegen_upstream.record import ExecutionRecorder
@@ -29,21 +30,23 @@ def build_server(settings: Settings) -> MCPServer:
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
     )
     ImageTools(settings.outputs, ExecutionRecorder(settings.record_file)).register(server)
-
-    @server.custom_route("/healthz", methods=["GET"])
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "server": SERVER_NAME})
-
     return server
+
+
+async def healthz(request: Request) -> Response:
+    """Plain HTTP liveness probe (not MCP): `GET /healthz`."""
+    return JSONResponse({"status": "ok", "server": SERVER_NAME})
 
 
 def build_app(settings: Settings, server: MCPServer | None = None) -> Starlette:
     """The ASGI app uvicorn serves; its lifespan runs the SDK session manager."""
     server = server or build_server(settings)
-    return server.streamable_http_app(
+    app = server.streamable_http_app(
         streamable_http_path=settings.path,
         json_response=settings.json_response,
         stateless_http=settings.stateless_http,
         transport_security=settings.transport_security(),
         host=settings.host,
     )
+    app.router.routes.append(Route("/healthz", healthz, methods=["GET"]))
+    return app

@@ -24,7 +24,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from imagegen_upstream.offline_gemini import OfflineGeminiServer, draw_png
+from imagegen_upstream.offline_gemini import OfflineGeminiServer, draw_png, start_in_thread
 
 
 @contextlib.contextmanager
@@ -51,9 +51,7 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Ite
 
 @contextlib.contextmanager
 def offline_gemini(host: str = "127.0.0.1") -> Iterator[OfflineGeminiServer]:
-    server = OfflineGeminiServer((host, 0))
-    thread = threading.Thread(target=server.serve_forever, name="offline-gemini", daemon=True)
-    thread.start()
+    server = start_in_thread(host, 0)
     try:
         yield server
     finally:
@@ -115,7 +113,9 @@ class _StubHandler(BaseHTTPRequestHandler):
             prediction["status"] = "succeeded"
             self._json(200, prediction)
         elif match := _FILE.match(self.path):
-            prompt = self.server.predictions.get(match.group(1), {}).get("input", {}).get("prompt", "")
+            prompt = (
+                self.server.predictions.get(match.group(1), {}).get("input", {}).get("prompt", "")
+            )
             data = b"not an image" if "[stub:not-image]" in prompt else draw_png(prompt, "stub")
             self._send(200, data, "image/png")
         else:
@@ -165,7 +165,9 @@ class _StubHandler(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def provider_stub(host: str = "127.0.0.1") -> Iterator[ProviderStub]:
     server = ProviderStub(host)
-    thread = threading.Thread(target=server.serve_forever, name="provider-stub", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="provider-stub", daemon=True
+    )
     thread.start()
     try:
         yield server

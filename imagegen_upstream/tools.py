@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +20,7 @@ from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, T
 from pydantic import Field
 
 from imagegen_upstream.files import InvalidImageError, UnsafePathError, save_png
-from imagegen_upstream.gemini import generate_gemini
+from imagegen_upstream.gemini import GeminiClients, generate_gemini
 from imagegen_upstream.providers import (
     ImageRequest,
     ProviderError,
@@ -56,6 +57,17 @@ Format = Annotated[
 AspectRatio = Annotated[str | None, Field(pattern=r"^\d{1,2}:\d{1,2}$", description='e.g. "16:9".')]
 Text = Annotated[str | None, Field(max_length=2000)]
 
+DESCRIPTIONS = {
+    OPENAI: "Generate an image with OpenAI (default gpt-image-1). Requires OPENAI_API_KEY. "
+    "Saves a PNG under the outputs folder; returnBase64 adds an image part.",
+    GOOGLE: "Generate an image with Google Imagen (default imagen-4.0-generate-001). "
+    "Requires GOOGLE_API_KEY. Saves a PNG; returnBase64 adds an image part.",
+    GEMINI: "Generate an image with Google Gemini via google-genai (default "
+    "gemini-2.5-flash-image-preview). Requires GOOGLE_API_KEY. Saves a PNG.",
+    REPLICATE: "Generate an image with Replicate (default black-forest-labs/flux-1.1-pro). "
+    "Requires REPLICATE_API_TOKEN. Saves a PNG; returnBase64 adds an image part.",
+}
+
 _ANNOTATIONS = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
 )
@@ -71,6 +83,7 @@ class ImageTools:
     def __init__(self, outputs: Path, recorder: ExecutionRecorder) -> None:
         self.outputs = outputs
         self.recorder = recorder
+        self.gemini_clients = GeminiClients()
 
     def _record(self, tool: str, ctx: Context) -> None:
         params = ctx.request_context.params or {}
@@ -128,12 +141,20 @@ class ImageTools:
             filenameHint: FilenameHint = None,
         ) -> CallToolResult:
             req = ImageRequest(
-                prompt, model, size, width, height, None, format, quality, style, background,
-                negativePrompt, seed,
-            )  # fmt: skip
-            return await run(
-                ctx, OPENAI, "openai", lambda: generate_openai(req, OPENAI), returnBase64, filenameHint
+                prompt=prompt,
+                model=model,
+                size=size,
+                width=width,
+                height=height,
+                format=format,
+                quality=quality,
+                style=style,
+                background=background,
+                negative_prompt=negativePrompt,
+                seed=seed,
             )
+            call = partial(generate_openai, req, OPENAI)
+            return await run(ctx, OPENAI, "openai", call, returnBase64, filenameHint)
 
         async def google(
             ctx: Context,
@@ -153,12 +174,21 @@ class ImageTools:
             filenameHint: FilenameHint = None,
         ) -> CallToolResult:
             req = ImageRequest(
-                prompt, model, size, width, height, aspectRatio, format, quality, style,
-                background, negativePrompt, seed,
-            )  # fmt: skip
-            return await run(
-                ctx, GOOGLE, "google", lambda: generate_imagen(req, GOOGLE), returnBase64, filenameHint
+                prompt=prompt,
+                model=model,
+                size=size,
+                width=width,
+                height=height,
+                aspect_ratio=aspectRatio,
+                format=format,
+                quality=quality,
+                style=style,
+                background=background,
+                negative_prompt=negativePrompt,
+                seed=seed,
             )
+            call = partial(generate_imagen, req, GOOGLE)
+            return await run(ctx, GOOGLE, "google", call, returnBase64, filenameHint)
 
         async def gemini(
             ctx: Context,
@@ -167,14 +197,8 @@ class ImageTools:
             returnBase64: ReturnBase64 = False,
             filenameHint: FilenameHint = None,
         ) -> CallToolResult:
-            return await run(
-                ctx,
-                GEMINI,
-                "google(gemini)",
-                lambda: generate_gemini(prompt, model, GEMINI),
-                returnBase64,
-                filenameHint,
-            )
+            call = partial(generate_gemini, prompt, model, GEMINI, self.gemini_clients)
+            return await run(ctx, GEMINI, "google(gemini)", call, returnBase64, filenameHint)
 
         async def replicate(
             ctx: Context,
@@ -190,30 +214,29 @@ class ImageTools:
             filenameHint: FilenameHint = None,
         ) -> CallToolResult:
             req = ImageRequest(
-                prompt, model, size, width, height, aspectRatio, format, seed=seed
+                prompt=prompt,
+                model=model,
+                size=size,
+                width=width,
+                height=height,
+                aspect_ratio=aspectRatio,
+                format=format,
+                seed=seed,
             )
-            return await run(
-                ctx,
-                REPLICATE,
-                "replicate",
-                lambda: generate_replicate(req, REPLICATE),
-                returnBase64,
-                filenameHint,
-            )
+            call = partial(generate_replicate, req, REPLICATE)
+            return await run(ctx, REPLICATE, "replicate", call, returnBase64, filenameHint)
 
-        descriptions = {
-            OPENAI: (openai, "Generate an image with OpenAI (default gpt-image-1). "
-                     "Requires OPENAI_API_KEY. Saves a PNG; optional base64 image part."),
-            GOOGLE: (google, "Generate an image with Google Imagen (default imagen-4.0-generate-001)."
-                     " Requires GOOGLE_API_KEY. Saves a PNG; optional base64 image part."),
-            GEMINI: (gemini, "Generate an image with Google Gemini via google-genai (default "
-                     "gemini-2.5-flash-image-preview). Requires GOOGLE_API_KEY."),
-            REPLICATE: (replicate, "Generate an image with Replicate (default "
-                        "black-forest-labs/flux-1.1-pro). Requires REPLICATE_API_TOKEN."),
-        }  # fmt: skip
+        functions: dict[str, Callable[..., Awaitable[CallToolResult]]] = {
+            OPENAI: openai,
+            GOOGLE: google,
+            GEMINI: gemini,
+            REPLICATE: replicate,
+        }
         for name in TOOL_NAMES:
-            fn, description = descriptions[name]
             server.add_tool(
-                fn, name=name, description=description, annotations=_ANNOTATIONS,
+                functions[name],
+                name=name,
+                description=DESCRIPTIONS[name],
+                annotations=_ANNOTATIONS,
                 structured_output=False,
-            )  # fmt: skip
+            )

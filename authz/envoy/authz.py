@@ -102,7 +102,7 @@ def denial(verdict: Verdict) -> HttpDenial:
         DenyKind.RATE_LIMITED,
         DenyKind.UNAVAILABLE,
     ):
-        if decision.retry_after is not None:
+        if decision.retry_after is not None and "retry after" not in text:
             text += f"; retry after {decision.retry_after}s"
         return HttpDenial(200, tuple(headers), _tool_denied(request_id, text))
 

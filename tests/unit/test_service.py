@@ -38,7 +38,7 @@ def authorizer(tmp_path: Path) -> Authorizer:
         {"id": "g2", "label": "G2", "token_sha256": hash_token("orphan"), "policy": "gone"},
     ]}
     (tmp_path / "grants.json").write_text(json.dumps(grants))
-    return Authorizer(ConfigSource.open(tmp_path), MemoryCounterStore(), clock=lambda: 1_000_020.0)
+    return Authorizer(ConfigSource.open(tmp_path), MemoryCounterStore(), clock=lambda: 1_000_040.0)
 
 
 async def _check(authorizer: Authorizer, body: bytes, **headers: str) -> Verdict:
@@ -52,7 +52,7 @@ async def test_allow_then_rate_limited(authorizer: Authorizer) -> None:
     third = await _check(authorizer, _call(rid=9))
     assert first.decision.allowed and second.decision.allowed
     assert third.decision.kind is DenyKind.RATE_LIMITED
-    assert third.decision.retry_after == 40  # window ends at 1_000_020 rounded up to :60
+    assert third.decision.retry_after == 40  # 1_000_040 is 20 s into its minute
 
     response = check_response(third)
     assert response.HasField("denied_response")

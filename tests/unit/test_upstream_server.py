@@ -184,43 +184,53 @@ async def test_model_argument_and_env_override_reach_the_endpoint(
     assert gemini.recent()[-1]["model"] == "gemini-arg-model"
 
 
-@pytest.mark.parametrize(
-    ("tool", "variable"),
-    [
-        ("image.generate.gemini", "GOOGLE_API_KEY"),
-        ("image.generate.google", "GOOGLE_API_KEY"),
-        ("image.generate.openai", "OPENAI_API_KEY"),
-        ("image.generate.replicate", "REPLICATE_API_TOKEN"),
-    ],
-)
+MISSING_KEYS = [
+    ("image.generate.gemini", "GOOGLE_API_KEY"),
+    ("image.generate.google", "GOOGLE_API_KEY"),
+    ("image.generate.openai", "OPENAI_API_KEY"),
+    ("image.generate.replicate", "REPLICATE_API_TOKEN"),
+]
+
+
 async def test_missing_key_is_a_tool_error_naming_the_variable(
-    sse_upstream: Upstream, era: str, tool: str, variable: str, monkeypatch: pytest.MonkeyPatch
+    sse_upstream: Upstream, era: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(variable)
-    before = set(sse_upstream.outputs.glob("*.png")) if sse_upstream.outputs.exists() else set()
-    result = await call(sse_upstream.mcp, era, tool, {"prompt": "no key"})
-    assert variable in error_text(result)
-    after = set(sse_upstream.outputs.glob("*.png")) if sse_upstream.outputs.exists() else set()
-    assert after == before
+    for name in ("GOOGLE_API_KEY", "OPENAI_API_KEY", "REPLICATE_API_TOKEN"):
+        monkeypatch.delenv(name)
+    sse_upstream.outputs.mkdir(parents=True, exist_ok=True)
+    before = set(sse_upstream.outputs.iterdir())
+    async with Client(sse_upstream.mcp, mode=era) as client:
+        for tool, variable in MISSING_KEYS:
+            result = await client.call_tool(tool, {"prompt": "no key"})
+            assert variable in error_text(result), tool
+    assert set(sse_upstream.outputs.iterdir()) == before
 
 
-@pytest.mark.parametrize(
-    "hint", ["../../etc/passwd", "/abs/x", "..", "a/../../b", "..\\..\\win", "x\x00y\n", "é" * 500]
-)
-async def test_filename_hint_stays_inside_outputs(
-    sse_upstream: Upstream, era: str, hint: str
-) -> None:
-    args = {"prompt": "hint", "filenameHint": hint}
-    _, path = saved_image(await call(sse_upstream.mcp, era, "image.generate.gemini", args), sse_upstream.outputs)
-    assert path.resolve().is_relative_to(sse_upstream.outputs.resolve())
-    assert len(path.name) < 100
-    assert not any(c in path.name for c in "/\\\x00\n")
+HOSTILE_HINTS = [
+    "../../etc/passwd", "/abs/x", "..", "a/../../b", "..\\..\\win", "x\x00y\n", "é" * 500, "~root",
+]  # fmt: skip
+
+
+async def test_filename_hint_stays_inside_outputs(sse_upstream: Upstream, era: str) -> None:
+    async with Client(sse_upstream.mcp, mode=era) as client:
+        for hint in HOSTILE_HINTS:
+            args = {"prompt": "hint", "filenameHint": hint}
+            result = await client.call_tool("image.generate.gemini", args)
+            _, path = saved_image(result, sse_upstream.outputs)
+            assert path.resolve().is_relative_to(sse_upstream.outputs.resolve())
+            assert len(path.name) < 100
+            assert not any(c in path.name for c in "/\\\x00\n"), path.name
 
 
 async def test_openai_against_the_http_stub(
     upstream: Upstream, era: str, stub: ProviderStub
 ) -> None:
-    args = {"prompt": "a lighthouse", "size": "512x512", "filenameHint": "light", "returnBase64": True}
+    args = {
+        "prompt": "a lighthouse",
+        "size": "512x512",
+        "filenameHint": "light",
+        "returnBase64": True,
+    }
     result = await call(upstream.mcp, era, "image.generate.openai", args)
     match, path = saved_image(result, upstream.outputs)
     assert (match["provider"], match["model"]) == ("openai", "gpt-image-1")
@@ -244,7 +254,11 @@ async def test_replicate_against_the_http_stub_with_polling(
     assert paths[0] == "/v1/models/owner/model/predictions"
     assert paths[1].startswith("/v1/predictions/")
     assert paths[2].startswith("/files/")
-    assert stub.requests[-3]["body"]["input"] == {"prompt": args["prompt"], "width": 640, "height": 480}
+    assert stub.requests[-3]["body"]["input"] == {
+        "prompt": args["prompt"],
+        "width": 640,
+        "height": 480,
+    }
 
 
 async def test_google_imagen_against_the_offline_endpoint(
@@ -260,22 +274,33 @@ async def test_google_imagen_against_the_offline_endpoint(
     assert (seen["method"], seen["api_version"]) == ("predict", "v1beta")
 
 
-@pytest.mark.parametrize(
-    ("tool", "prompt", "expected"),
-    [
-        ("image.generate.openai", "[stub:error]", "OpenAI API error: HTTP 400: Your request was rejected"),
-        ("image.generate.openai", "[stub:not-image]", "not an image"),
-        ("image.generate.replicate", "[stub:error]", "Replicate API error: HTTP 422"),
-        ("image.generate.gemini", "[offline:error]", "Gemini API error: HTTP 500"),
-        ("image.generate.gemini", "[offline:no-image]", "returned no inline image"),
-        ("image.generate.google", "[offline:no-image]", "Google Imagen returned no image"),
-    ],
-)
-async def test_provider_failures_are_clear_tool_errors(
-    sse_upstream: Upstream, era: str, tool: str, prompt: str, expected: str
-) -> None:
-    result = await call(sse_upstream.mcp, era, tool, {"prompt": prompt})
-    assert expected in error_text(result)
+PROVIDER_FAILURES = [
+    (
+        "image.generate.openai",
+        "[stub:error]",
+        "OpenAI API error: HTTP 400: Your request was rejected",
+    ),
+    ("image.generate.openai", "[stub:not-image]", "not an image"),
+    ("image.generate.replicate", "[stub:error]", "Replicate API error: HTTP 422"),
+    ("image.generate.gemini", "[offline:error]", "Gemini API error: HTTP 500"),
+    ("image.generate.gemini", "[offline:no-image]", "returned no inline image"),
+    ("image.generate.google", "[offline:no-image]", "Google Imagen returned no image"),
+]
+BAD_MODELS = [
+    ("image.generate.gemini", "../../v1/x"),
+    ("image.generate.google", "a/b"),
+    ("image.generate.replicate", "owner/../../x"),
+]
+
+
+async def test_provider_failures_are_clear_tool_errors(sse_upstream: Upstream, era: str) -> None:
+    async with Client(sse_upstream.mcp, mode=era) as client:
+        for tool, prompt, expected in PROVIDER_FAILURES:
+            result = await client.call_tool(tool, {"prompt": prompt})
+            assert expected in error_text(result), (tool, prompt)
+        for tool, model in BAD_MODELS:
+            result = await client.call_tool(tool, {"prompt": "p", "model": model})
+            assert "model" in error_text(result), (tool, model)
 
 
 async def test_unreachable_provider_is_a_tool_error(
@@ -325,7 +350,12 @@ def _raw_post(url: str, era: str, host: str | None) -> httpx.Response:
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {}}}}  # fmt: skip
-    return httpx.post(url, json=body, headers=headers, timeout=10)
+    response = httpx.post(url, json=body, headers=headers, timeout=10)
+    if session := response.headers.get("mcp-session-id"):
+        # Close the handshake-era session so the module's server shuts down promptly.
+        closed = httpx.delete(url, headers={"Mcp-Session-Id": session, "Host": "localhost"})
+        assert closed.status_code == 200
+    return response
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "127.0.0.2:1"])
@@ -336,8 +366,8 @@ def test_unknown_host_is_rejected_in_both_eras(upstream: Upstream, era: str, hos
 
 
 @pytest.mark.parametrize("host", ["localhost", "localhost:10000", "127.0.0.1:80", "[::1]:8080"])
-def test_loopback_hosts_are_accepted(upstream: Upstream, era: str, host: str) -> None:
-    assert _raw_post(upstream.mcp, era, host).status_code == 200
+def test_loopback_hosts_are_accepted(sse_upstream: Upstream, era: str, host: str) -> None:
+    assert _raw_post(sse_upstream.mcp, era, host).status_code == 200
 
 
 @pytest.mark.parametrize("host", ["envoy.test", "envoy.test:10000"])
@@ -357,4 +387,4 @@ def test_sse_mode_answers_with_an_event_stream(sse_upstream: Upstream) -> None:
     response = _raw_post(sse_upstream.mcp, "legacy", None)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert "mcp-session-id" in response.headers
+    assert response.headers["mcp-session-id"]

@@ -1,0 +1,14 @@
+"""Counter stores: one small interface (`CounterStore`) and its implementations."""
+
+from authz.counters.base import Bucket, CounterStore
+from authz.counters.memory import MemoryCounterStore
+from authz.counters.windows import retry_after, window_end, window_start
+
+__all__ = [
+    "Bucket",
+    "CounterStore",
+    "MemoryCounterStore",
+    "retry_after",
+    "window_end",
+    "window_start",
+]

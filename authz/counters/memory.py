@@ -1,0 +1,116 @@
+"""A single-process counter store: a dict of buckets, each holding its current window.
+
+Atomicity: `reserve` and `release` never await, so within one asyncio event loop each runs
+to completion before any other coroutine touches the store. The store is not thread-safe;
+use it from one event loop.
+
+Memory stays bounded by the buckets of live windows: every `sweep_interval` seconds (of the
+`now` passed to `reserve`) buckets whose window has ended are dropped, and so are
+outstanding reservations, which are kept (at most `max_outstanding`, oldest dropped first)
+only so that `release` can tell a reservation it issued, and has not yet given back, from
+any other: releasing one it does not know is a no-op, which errs on the side of the limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from authz.counters.base import Bucket
+from authz.counters.windows import retry_after, window_start
+from authz.model import Claim, Exhausted, Reservation
+
+__all__ = ["MemoryCounterStore"]
+
+
+class MemoryCounterStore:
+    """`CounterStore` in process memory: for one sidecar replica, tests and the demo."""
+
+    def __init__(self, *, sweep_interval: float = 60.0, max_outstanding: int = 100_000) -> None:
+        self._sweep_interval = sweep_interval
+        self._max_outstanding = max_outstanding
+        self._counts: dict[Bucket, tuple[int, int]] = {}  # bucket -> (window start, count)
+        self._outstanding: dict[int, tuple[Reservation, int]] = {}  # id -> (it, expires at)
+        self._next_sweep = -math.inf
+
+    async def reserve(self, claims: Sequence[Claim], now: float) -> Reservation | Exhausted:
+        """Take every claim in the window containing `now`, or none (see `CounterStore`)."""
+        self._maybe_sweep(now)
+        if not claims:
+            return Reservation()
+        costs: dict[Bucket, int] = {}
+        for claim in claims:
+            costs[claim.bucket] = max(costs.get(claim.bucket, 0), claim.cost)
+        current = {bucket: self._current(bucket, now) for bucket in costs}
+        for claim in claims:
+            _, count = current[claim.bucket]
+            if count + costs[claim.bucket] > claim.max:
+                return Exhausted(claim=claim, retry_after=retry_after(now, claim.window_seconds))
+        entries = []
+        for bucket, cost in costs.items():
+            start, count = current[bucket]
+            self._counts[bucket] = (start, count + cost)
+            entries.append((bucket, start, cost))
+        reservation = Reservation(entries=tuple(entries))
+        self._track(reservation)
+        return reservation
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give back a reservation this store issued, once; never below zero."""
+        tracked = self._outstanding.pop(id(reservation), None)
+        if tracked is None or tracked[0] is not reservation:
+            return
+        for bucket, start, cost in reservation.entries:
+            stored = self._counts.get(bucket)
+            if stored is not None and stored[0] == start:
+                self._counts[bucket] = (start, max(0, stored[1] - cost))
+
+    async def close(self) -> None:
+        self._counts.clear()
+        self._outstanding.clear()
+
+    def describe(self) -> str:
+        return f"memory ({len(self._counts)} buckets)"
+
+    def count(self, bucket: Bucket, now: float) -> int:
+        """The bucket's count in the window containing `now` (for tests and debugging)."""
+        return self._current(bucket, now)[1]
+
+    @property
+    def bucket_count(self) -> int:
+        """How many buckets are held (live or not yet swept)."""
+        return len(self._counts)
+
+    def sweep(self, now: float) -> None:
+        """Drop buckets and outstanding reservations whose window has ended."""
+        self._counts = {
+            bucket: (start, count)
+            for bucket, (start, count) in self._counts.items()
+            if start + bucket[3] > now
+        }
+        self._outstanding = {
+            key: (reservation, expires)
+            for key, (reservation, expires) in self._outstanding.items()
+            if expires > now
+        }
+        self._next_sweep = now + self._sweep_interval
+
+    def _maybe_sweep(self, now: float) -> None:
+        if now >= self._next_sweep:
+            self.sweep(now)
+
+    def _current(self, bucket: Bucket, now: float) -> tuple[int, int]:
+        """(window start, count) for `now`; a stored newer window (clock skew) wins."""
+        start = window_start(now, bucket[3])
+        stored = self._counts.get(bucket)
+        if stored is None or stored[0] < start:
+            return start, 0
+        return stored
+
+    def _track(self, reservation: Reservation) -> None:
+        if not reservation.entries:
+            return
+        expires = max(start + bucket[3] for bucket, start, _ in reservation.entries)
+        self._outstanding[id(reservation)] = (reservation, expires)
+        while len(self._outstanding) > self._max_outstanding:
+            del self._outstanding[next(iter(self._outstanding))]

@@ -1,0 +1,564 @@
+"""Loading and validating policy documents: every problem names its JSON path."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from authz.policy import (
+    PolicyError,
+    check_policy_files,
+    json_path,
+    load_policy,
+    policy_json_schema,
+)
+
+SEED = (
+    b'{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":[{"counter":'
+    b'"image.generate.gemini_rate","window":"minute","max":30,"scope":"grant"}]}}}'
+)
+T = "$.tools['image.generate.gemini']"
+
+# POLICY.md's GitHub and Stripe examples from PolicyLayer Intercept, rendered as JSON.
+INTERCEPT_GITHUB: dict[str, Any] = {
+    "version": "1",
+    "description": "GitHub MCP server policies",
+    "hide": ["transfer_repository", "list_webhooks"],
+    "tools": {
+        "create_issue": {
+            "rules": [
+                {
+                    "name": "hourly issue limit",
+                    "rate_limit": "5/hour",
+                    "on_deny": "Hourly limit of 5 new issues reached",
+                }
+            ]
+        },
+        "delete_repository": {
+            "rules": [
+                {
+                    "name": "block repo deletion",
+                    "action": "deny",
+                    "on_deny": "Repository deletion is not permitted via AI agents",
+                }
+            ]
+        },
+        "*": {"rules": [{"name": "global rate limit", "rate_limit": "60/minute"}]},
+    },
+}
+INTERCEPT_STRIPE: dict[str, Any] = {
+    "version": "1",
+    "description": "Stripe MCP server policies",
+    "tools": {
+        "create_charge": {
+            "rules": [
+                {
+                    "name": "max single charge",
+                    "conditions": [{"path": "args.amount", "op": "lte", "value": 50000}],
+                    "on_deny": "Single charge cannot exceed $500.00",
+                },
+                {
+                    "name": "daily spend cap",
+                    "conditions": [
+                        {"path": "state.create_charge.daily_spend", "op": "lte", "value": 1000000}
+                    ],
+                    "state": {
+                        "counter": "daily_spend",
+                        "window": "day",
+                        "increment_from": "args.amount",
+                    },
+                },
+                {
+                    "name": "allowed currencies",
+                    "conditions": [{"path": "args.currency", "op": "in", "value": ["usd", "eur"]}],
+                },
+            ]
+        },
+        "delete_customer": {"rules": [{"name": "block", "action": "deny"}]},
+        "*": {
+            "rules": [
+                {
+                    "name": "global rate limit",
+                    "conditions": [
+                        {"path": "state._global.calls_per_minute", "op": "lte", "value": 60}
+                    ],
+                    "state": {"counter": "calls_per_minute", "window": "minute"},
+                }
+            ]
+        },
+    },
+}
+
+
+def base() -> dict[str, Any]:
+    return {
+        "version": "1",
+        "tools": {
+            "image.generate.gemini": {
+                "require": [{"conditions": [{"path": "args.mode", "op": "eq", "value": "safe"}]}],
+                "deny_if": [{"conditions": [{"path": "args.n", "op": "gt", "value": 4}]}],
+                "limits": [{"counter": "c", "window": "minute", "max": 3}],
+            }
+        },
+    }
+
+
+def problems_of(data: Any) -> list[tuple[str, str]]:
+    with pytest.raises(PolicyError) as info:
+        load_policy(data if isinstance(data, bytes) else json.dumps(data), name="t")
+    return info.value.problems
+
+
+def test_seed_loads_verbatim() -> None:
+    policy = load_policy(SEED, name="imagegen")
+    assert policy.name == "imagegen"
+    assert policy.content_hash == hashlib.sha256(SEED).hexdigest()
+    assert policy.default == "deny"
+    tool = policy.tool("image.generate.gemini")
+    assert tool is not None
+    (limit,) = tool.limits
+    assert (limit.counter, limit.window, limit.max, limit.scope) == (
+        "image.generate.gemini_rate",
+        "minute",
+        30,
+        "grant",
+    )
+
+
+def test_seed_validates_against_committed_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads(SEED), policy_json_schema())
+
+
+def test_defaults_follow_intercept() -> None:
+    policy = load_policy(
+        {"version": "1", "all_tools": {"limits": [{"counter": "c", "window": "day", "max": 1}]}},
+        name="d",
+    )
+    assert policy.default == "allow"
+    assert policy.document.tools == {}
+    assert policy.all_tools_limits[0].scope == "global"
+
+
+@pytest.mark.parametrize("doc", [INTERCEPT_GITHUB, INTERCEPT_STRIPE], ids=["github", "stripe"])
+def test_intercept_v1_documents_load_unchanged(doc: dict[str, Any]) -> None:
+    policy = load_policy(json.dumps(doc), name="intercept")
+    assert policy.document.description == doc["description"]
+
+
+def test_intercept_rule_limits() -> None:
+    policy = load_policy(INTERCEPT_STRIPE, name="s")
+    create = policy.tool("create_charge")
+    assert create is not None
+    limit = create.rules[1].counter_limit()
+    assert limit is not None
+    assert (limit.counter, limit.max, limit.increment_from) == (
+        "daily_spend",
+        1000000,
+        "args.amount",
+    )
+    assert create.rules[0].counter_limit() is None
+    github = load_policy(INTERCEPT_GITHUB, name="g").tool("create_issue")
+    assert github is not None
+    rate = github.rules[0].counter_limit()
+    assert rate is not None
+    assert (rate.counter, rate.window, rate.max, rate.increment) == ("_rate_hour", "hour", 5, 1)
+
+
+def test_lt_on_state_counter_allows_one_less() -> None:
+    rule = {
+        "name": "r",
+        "conditions": [{"path": "state.t.n", "op": "lt", "value": 5}],
+        "state": {"counter": "n", "window": "hour"},
+    }
+    tool = load_policy({"version": "1", "tools": {"t": {"rules": [rule]}}}, name="x").tool("t")
+    assert tool is not None
+    limit = tool.rules[0].counter_limit()
+    assert limit is not None and limit.max == 4
+
+
+@pytest.mark.parametrize("hide", ["*", ["*"], ["a", "*"]])
+def test_hide_star_as_string_or_element(hide: Any) -> None:
+    policy = load_policy({"version": "1", "hide": hide}, name="h")
+    assert policy.hides_all and policy.is_hidden("anything")
+
+
+def test_regex_compiled_at_load_and_models_frozen() -> None:
+    doc = base()
+    doc["tools"]["image.generate.gemini"]["require"][0]["conditions"][0] = {
+        "path": "args.p",
+        "op": "regex",
+        "value": "^feat/",
+    }
+    policy = load_policy(doc, name="r")
+    tool = policy.tool("image.generate.gemini")
+    assert tool is not None
+    cond = tool.require[0].conditions[0]
+    assert isinstance(cond.pattern, re.Pattern) and cond.pattern.pattern == "^feat/"
+    with pytest.raises(pydantic.ValidationError):
+        setattr(cond, "op", "eq")  # noqa: B010
+
+
+def mutate(path: str, value: Any) -> dict[str, Any]:
+    """base() with the dotted/indexed `path` set to `value` (`...` deletes the key)."""
+    doc = copy.deepcopy(base())
+    parts: list[Any] = [int(p) if p.isdigit() else p for p in path.split("/")]
+    target: Any = doc
+    for part in parts[:-1]:
+        target = target[part]
+    if value is ...:
+        del target[parts[-1]]
+    else:
+        target[parts[-1]] = value
+    return doc
+
+
+G = "tools/image.generate.gemini"
+C0 = f"{G}/require/0/conditions/0"
+
+# (mutation path, new value, expected JSON path, expected fragment of the message)
+ERRORS: list[tuple[str, Any, str, str]] = [
+    ("version", "2", "$.version", "must be '1'"),
+    ("version", 1, "$.version", "must be '1'"),
+    ("version", ..., "$.version", "required field 'version' is missing"),
+    ("default", "maybe", "$.default", "must be 'allow' or 'deny'"),
+    ("hide", "all", "$.hide", 'must be a list of tool names or "*"; got string'),
+    ("hide", ["a", 1], "$.hide[1]", "must be a tool name (a string); got number"),
+    ("hide", ["a", "a"], "$.hide[1]", "duplicate entry 'a'"),
+    ("hide", [""], "$.hide[0]", "must not be empty"),
+    ("tools", [], "$.tools", "must be an object"),
+    ("bogus", 1, "$.bogus", "unknown field 'bogus'; allowed here: version, description"),
+    ("all_tools", {"x": 1}, "$.all_tools.x", "unknown field 'x'; allowed here: limits"),
+    (f"{G}/allow", [], f"{T}.allow", "allowed here: require, deny_if, rules, limits"),
+    (f"{G}/require/0/when", 1, f"{T}.require[0].when", "allowed here: name, conditions"),
+    (f"{C0}/values", 1, f"{T}.require[0].conditions[0].values", "allowed here: path, op, value"),
+    (f"{G}/limits/0/per", 1, f"{T}.limits[0].per", "allowed here: counter, window, max"),
+    (f"{C0}/op", "equals", f"{T}.require[0].conditions[0].op", "use one of: eq, neq, in"),
+    (f"{C0}/op", 3, f"{T}.require[0].conditions[0].op", "must be a string"),
+    (f"{C0}/path", "mode", f"{T}.require[0].conditions[0].path", "must start with 'args.'"),
+    (f"{C0}/path", "args.a..b", f"{T}.require[0].conditions[0].path", "empty segment"),
+    (f"{C0}/path", "state.x.y", f"{T}.require[0].conditions[0].path", "use 'limits'"),
+    (
+        f"{G}/deny_if/0/conditions/0/op",
+        "in",
+        f"{T}.deny_if[0].conditions[0].value",
+        "'in' needs a list",
+    ),
+    (f"{C0}/op", "not_in", f"{T}.require[0].conditions[0].value", "'not_in' needs a list"),
+    (f"{C0}/op", "lt", f"{T}.require[0].conditions[0].value", "'lt' needs a number"),
+    (f"{C0}/op", "exists", f"{T}.require[0].conditions[0].value", "'exists' needs true or false"),
+    (
+        f"{G}/limits/0/window",
+        "week",
+        f"{T}.limits[0].window",
+        "'second', 'minute', 'hour' or 'day'",
+    ),
+    (f"{G}/limits/0/max", -1, f"{T}.limits[0].max", "must be >= 0"),
+    (f"{G}/limits/0/max", 2.5, f"{T}.limits[0].max", "must be an integer"),
+    (f"{G}/limits/0/max", "3", f"{T}.limits[0].max", "must be an integer"),
+    (f"{G}/limits/0/max", True, f"{T}.limits[0].max", "must be an integer"),
+    (f"{G}/limits/0/scope", "user", f"{T}.limits[0].scope", "'grant', 'session' or 'global'"),
+    (f"{G}/limits/0/counter", "", f"{T}.limits[0].counter", "must not be empty"),
+    (f"{G}/limits/0/counter", ..., f"{T}.limits[0].counter", "required field 'counter'"),
+    (
+        f"{G}/limits/1",
+        {"counter": "c", "window": "hour", "max": 1},
+        f"{T}.limits[1].counter",
+        "duplicate counter 'c' (also limits[0])",
+    ),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "path", "fragment"), ERRORS)
+def test_validation_error_names_path(where: str, value: Any, path: str, fragment: str) -> None:
+    doc = mutate(where, value) if not where.endswith("/1") else _append_limit(value)
+    found = problems_of(doc)
+    assert any(p == path and fragment in m for p, m in found), found
+
+
+def test_invalid_regex_named() -> None:
+    doc = mutate(f"{C0}/op", "regex")
+    load_policy(doc, name="ok")  # 'safe' is a valid pattern
+    doc = mutate(f"{C0}/value", "(unclosed")
+    doc["tools"]["image.generate.gemini"]["require"][0]["conditions"][0]["op"] = "regex"
+    assert problems_of(doc) == [
+        (
+            f"{T}.require[0].conditions[0].value",
+            "invalid regex '(unclosed': missing ), unterminated subpattern at position 0; "
+            "fix the pattern",
+        )
+    ]
+
+
+@pytest.mark.parametrize("value", [True, None, [1, "a"], {"k": 1}, 1.5])
+def test_eq_takes_any_json_value(value: Any) -> None:
+    load_policy(mutate(f"{C0}/value", value), name="ok")
+
+
+def _append_limit(limit: dict[str, Any]) -> dict[str, Any]:
+    doc = base()
+    doc["tools"]["image.generate.gemini"]["limits"].append(limit)
+    return doc
+
+
+def intercept_rule(rule: dict[str, Any], tool: str = "t") -> dict[str, Any]:
+    return {"version": "1", "tools": {tool: {"rules": [rule]}}}
+
+
+R = "$.tools.t.rules[0]"
+STATE_RULE = {"counter": "n", "window": "hour"}
+# (Intercept rule, expected path, fragment): Intercept's validate.go errors, path-qualified.
+INTERCEPT_ERRORS: list[tuple[dict[str, Any], str, str]] = [
+    ({"action": "deny"}, f"{R}.name", "rule must have a name"),
+    ({"name": "x", "action": "block"}, f"{R}.action", "must be 'evaluate' or 'deny'"),
+    (
+        {
+            "name": "x",
+            "action": "deny",
+            "conditions": [{"path": "args.a", "op": "exists", "value": True}],
+        },
+        f"{R}.conditions",
+        "deny rules must not have conditions",
+    ),
+    ({"name": "x"}, f"{R}.conditions", "evaluate rules need at least one condition"),
+    ({"name": "x", "rate_limit": "5 per hour"}, f"{R}.rate_limit", "must be 'N/window'"),
+    ({"name": "x", "rate_limit": "0/hour"}, f"{R}.rate_limit", "positive integer"),
+    ({"name": "x", "rate_limit": "5/week"}, f"{R}.rate_limit", "window must be one of"),
+    (
+        {"name": "x", "rate_limit": "5/hour", "action": "deny"},
+        f"{R}.rate_limit",
+        "cannot be used with action 'deny'",
+    ),
+    (
+        {"name": "x", "rate_limit": "5/hour", "state": STATE_RULE},
+        f"{R}.rate_limit",
+        "cannot be combined with conditions or state",
+    ),
+    (
+        {"name": "x", "conditions": [{"path": "state.t.n", "op": "lte", "value": 1}]},
+        f"{R}.conditions[0].path",
+        "no matching state block found",
+    ),
+    (
+        {
+            "name": "x",
+            "conditions": [{"path": "state.t.n", "op": "gt", "value": 1}],
+            "state": STATE_RULE,
+        },
+        f"{R}.conditions[0].op",
+        "only be limited with 'lt' or 'lte'",
+    ),
+    (
+        {
+            "name": "x",
+            "conditions": [{"path": "state.t.n", "op": "lte", "value": "1"}],
+            "state": STATE_RULE,
+        },
+        f"{R}.conditions[0].value",
+        "'lte' needs a number",
+    ),
+    (
+        {
+            "name": "x",
+            "conditions": [{"path": "args.a", "op": "exists", "value": True}],
+            "state": {"counter": "", "window": "hour"},
+        },
+        f"{R}.state.counter",
+        "counter must not be empty",
+    ),
+    (
+        {
+            "name": "x",
+            "conditions": [{"path": "args.a", "op": "exists", "value": True}],
+            "state": {"counter": "n", "window": "month"},
+        },
+        f"{R}.state.window",
+        "must be 'second', 'minute', 'hour' or 'day'",
+    ),
+    (
+        {
+            "name": "x",
+            "conditions": [{"path": "args.a", "op": "exists", "value": True}],
+            "state": {"counter": "n", "window": "hour", "increment_from": "amount"},
+        },
+        f"{R}.state.increment_from",
+        "must start with 'args.'",
+    ),
+    (
+        {
+            "name": "x",
+            "conditions": [{"path": "args.a", "op": "exists", "value": True}],
+            "state": {"counter": "n", "window": "hour", "reset": 1},
+        },
+        f"{R}.state.reset",
+        "allowed here: counter, window, increment, increment_from",
+    ),
+    (
+        {"name": "x", "rate_limit": "5/hour", "priority": 1},
+        f"{R}.priority",
+        "allowed here: name, action",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule", "path", "fragment"), INTERCEPT_ERRORS)
+def test_intercept_rule_errors(rule: dict[str, Any], path: str, fragment: str) -> None:
+    found = problems_of(intercept_rule(rule))
+    assert any(p == path and fragment in m for p, m in found), found
+
+
+def test_duplicate_state_counters_in_one_tool() -> None:
+    doc = {
+        "version": "1",
+        "tools": {"t": {"rules": [{"rate_limit": "5/hour"}, {"rate_limit": "9/hour"}]}},
+    }
+    assert problems_of(doc) == [
+        (
+            "$.tools.t.rules[1]",
+            "duplicate state counter '_rate_hour' (also used by rules[0]); use different "
+            "counter names or windows",
+        )
+    ]
+
+
+def test_state_condition_on_another_rules_counter_is_unsupported() -> None:
+    doc = {
+        "version": "1",
+        "tools": {
+            "t": {
+                "rules": [
+                    {
+                        "name": "counts",
+                        "conditions": [{"path": "state.t.n", "op": "lte", "value": 5}],
+                        "state": STATE_RULE,
+                    },
+                    {
+                        "name": "reads",
+                        "conditions": [{"path": "state.t.n", "op": "lte", "value": 3}],
+                    },
+                ]
+            }
+        },
+    }
+    ((path, message),) = problems_of(doc)
+    assert path == "$.tools.t.rules[1].conditions[0].path"
+    assert "move this condition into that rule" in message
+
+
+def test_wildcard_state_scope_is_global() -> None:
+    bad = {
+        "version": "1",
+        "tools": {
+            "*": {
+                "rules": [
+                    {
+                        "name": "g",
+                        "conditions": [{"path": "state.*.n", "op": "lte", "value": 5}],
+                        "state": STATE_RULE,
+                    }
+                ]
+            }
+        },
+    }
+    ((path, message),) = problems_of(bad)
+    assert path == "$.tools['*'].rules[0].conditions[0].path"
+    assert "state._global.<counter>" in message
+
+
+def test_all_problems_reported_at_once() -> None:
+    doc = base()
+    doc["version"] = "2"
+    doc["extra"] = True
+    doc["tools"]["image.generate.gemini"]["limits"][0]["max"] = -5
+    paths = [p for p, _ in problems_of(doc)]
+    assert paths == ["$.version", f"{T}.limits[0].max", "$.extra"]
+
+
+def test_duplicate_keys_rejected_with_path() -> None:
+    raw = (
+        b'{"version":"1","tools":{"a.b":{"limits":[{"counter":"c","window":"day",'
+        b'"max":1,"max":2}]}},"default":"deny","default":"allow"}'
+    )
+    assert problems_of(raw) == [
+        ("$.default", "duplicate key 'default'; each key may appear once"),
+        ("$.tools['a.b'].limits[0].max", "duplicate key 'max'; each key may appear once"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"version": "1",\n  "tools": {,}}', "invalid JSON at line 2, column 13"),
+        (b"", "invalid JSON at line 1, column 1"),
+        (b'{"version":"1","x":NaN}', "NaN is not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
+        (b"[]", "a policy must be a JSON object; got array"),
+    ],
+)
+def test_unparseable_documents(raw: bytes, message: str) -> None:
+    ((path, found),) = problems_of(raw)
+    assert path == "$" and found.startswith(message)
+
+
+@pytest.mark.parametrize("value", [{1, 2}, float("nan")])
+def test_mapping_input_must_be_json(value: Any) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy({"version": "1", "description": value}, name="m")
+    ((path, message),) = info.value.problems
+    assert path == "$" and message.startswith("not a JSON document")
+
+
+def test_error_string_lists_each_problem() -> None:
+    doc = base()
+    doc["tools"]["image.generate.gemini"]["deny_if"][0]["conditions"].append(
+        {"path": "args.x", "op": "in", "value": "a"}
+    )
+    with pytest.raises(PolicyError) as info:
+        load_policy(json.dumps(doc), name="t")
+    assert str(info.value) == (
+        f"{T}.deny_if[0].conditions[1].value: 'in' needs a list value, e.g. "
+        '["a", "b"]; got string'
+    )
+    assert info.value.name == "t"
+
+
+def test_json_path_quoting() -> None:
+    assert json_path(("tools", "a'b", "x", 0)) == "$.tools['a\\'b'].x[0]"
+    assert json_path(()) == "$"
+
+
+def test_check_policy_files(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_bytes(SEED)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version":"1","default":"nope"}')
+    assert check_policy_files([good]) == []
+    found = check_policy_files([good, bad, tmp_path / "missing.json"])
+    assert found[0] == f"{bad}: $.default: must be 'allow' or 'deny'; got 'nope'"
+    assert found[1].startswith(f"{tmp_path / 'missing.json'}: cannot read:")
+    assert len(found) == 2
+
+
+def test_committed_schema_matches_generated() -> None:
+    committed = Path(__file__).resolve().parents[2] / "authz" / "schema" / "policy.schema.json"
+    expected = json.dumps(policy_json_schema(), indent=2, sort_keys=True, ensure_ascii=False)
+    assert committed.read_text(encoding="utf-8") == expected + "\n", (
+        "run: python scripts/export_schema.py"
+    )
+
+
+def test_schema_describes_every_field() -> None:
+    schema = policy_json_schema()
+    models = [schema, *schema["$defs"].values()]
+    for model in models:
+        assert model.get("description"), model.get("title")
+        for name, prop in model.get("properties", {}).items():
+            assert prop.get("title") and prop.get("description"), name
+        assert model.get("additionalProperties") is False
