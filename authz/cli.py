@@ -9,6 +9,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from authz.grants import GrantsError, hash_token, load_grants
 
@@ -79,10 +80,8 @@ def _cmd_grant_hash(_args: argparse.Namespace) -> int:
 
 def _cmd_grant_add(args: argparse.Namespace) -> int:
     path = Path(args.config) / "grants.json"
-    if path.exists():
-        document = json.loads(path.read_text())
-    else:
-        document = {"version": "1", "grants": []}
+    empty: dict[str, Any] = {"version": "1", "grants": []}
+    document = json.loads(path.read_text()) if path.exists() else empty
     token = "mcp_" + secrets.token_urlsafe(32)
     document["grants"].append(
         {

@@ -53,8 +53,8 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     Non-`tools/call` methods are allowed. An allowed tool call carries one `Claim` per
     applicable limit (cost 1, or the `increment` of an Intercept `state` rule); the caller
     reserves them and calls `settle`. Scope keys: grant → `grant.id`; session →
-    `<grant.id>/<request.session_id>`, or `grant.id` when the request has no session (so a session limit
-    without sessions behaves per grant); global → `"*"`.
+    `<grant.id>/<request.session_id>`, or `grant.id` when the request has no session (so a
+    session limit without sessions behaves per grant); global → `"*"`.
     """
     if policy is None:
         return Decision.deny(

@@ -116,9 +116,7 @@ def parse_json(body: bytes) -> JsonValue:
     try:
         text = body.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
-        raise McpParseError(
-            PARSE_ERROR, f"parse error: invalid UTF-8 at byte {exc.start}"
-        ) from exc
+        raise McpParseError(PARSE_ERROR, f"parse error: invalid UTF-8 at byte {exc.start}") from exc
     try:
         value = _DECODER.decode(text)
     except _DuplicateKey as exc:
@@ -177,7 +175,9 @@ def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
     is_notification = "id" not in value
     if not is_notification:
         raw_id = value["id"]
-        if not (isinstance(raw_id, str) or (isinstance(raw_id, int) and not isinstance(raw_id, bool))):
+        if not (
+            isinstance(raw_id, str) or (isinstance(raw_id, int) and not isinstance(raw_id, bool))
+        ):
             raise McpParseError(
                 INVALID_REQUEST, 'invalid request: "id" must be a string or an integer'
             )
@@ -185,9 +185,7 @@ def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
     params: Mapping[str, JsonValue] = {}
     if "params" in value:
         if not isinstance(value["params"], dict):
-            raise McpParseError(
-                INVALID_REQUEST, 'invalid request: "params" must be an object', rid
-            )
+            raise McpParseError(INVALID_REQUEST, 'invalid request: "params" must be an object', rid)
         params = value["params"]
 
     tool: str | None = None
@@ -241,9 +239,7 @@ def _parse_response(
         raise McpParseError(
             INVALID_REQUEST, 'invalid request: a response needs a string or integer "id"'
         )
-    return McpRequest(
-        method=RESPONSE_METHOD, id=rid, is_notification=False, session_id=session_id
-    )
+    return McpRequest(method=RESPONSE_METHOD, id=rid, is_notification=False, session_id=session_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +248,7 @@ class HeaderMismatch:
     message: str
 
 
-def check_mirror_headers(
-    request: McpRequest, headers: Mapping[str, str]
-) -> HeaderMismatch | None:
+def check_mirror_headers(request: McpRequest, headers: Mapping[str, str]) -> HeaderMismatch | None:
     """Compare `Mcp-Method` / `Mcp-Name` headers with the body. The body is authoritative.
 
     Returns the first disagreement, or None. A header that is present must match exactly.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -31,11 +32,11 @@ log = structlog.get_logger("mcp_authz.server")
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
-    async def Check(  # noqa: N802 - gRPC method name
+    async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
         verdict = await self._authorizer.check(http_request_from_check(request))
@@ -72,6 +73,14 @@ def admin_app(config: ConfigSource, counters: CounterStore) -> Starlette:
     return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
 
 
+class _AdminServer(uvicorn.Server):
+    """uvicorn inside our event loop: the sidecar owns SIGINT/SIGTERM, not uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class Sidecar:
     """One sidecar process: gRPC server, admin HTTP server and config reloader."""
 
@@ -95,7 +104,7 @@ class Sidecar:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
             AuthorizationService(self.authorizer), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -107,7 +116,7 @@ class Sidecar:
         for service in ("", AUTHZ_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-        admin = uvicorn.Server(
+        admin = _AdminServer(
             uvicorn.Config(
                 admin_app(self.config, self.counters),
                 host=s.admin_host,
@@ -117,7 +126,6 @@ class Sidecar:
                 lifespan="off",
             )
         )
-        admin.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._admin = admin
         self._admin_task = asyncio.get_running_loop().create_task(admin.serve())
         self.config.start()

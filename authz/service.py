@@ -106,9 +106,7 @@ class Authorizer:
         token = bearer_token(http.headers.get("authorization"))
         grant = config.grants.lookup(token) if token is not None else None
         if grant is None:
-            message = (
-                "missing bearer token" if token is None else "unknown bearer token"
-            )
+            message = "missing bearer token" if token is None else "unknown bearer token"
             return Verdict(
                 Decision.deny(DenyKind.UNAUTHENTICATED, message, rule="(auth)"), decision_id
             )
@@ -136,9 +134,7 @@ class Authorizer:
             request = parse_message(http.body, session_id=http.headers.get("mcp-session-id"))
         except McpParseError as exc:
             return Verdict(
-                Decision.deny(
-                    DenyKind.BAD_REQUEST, exc.message, rule="(parse)", rpc_code=exc.code
-                ),
+                Decision.deny(DenyKind.BAD_REQUEST, exc.message, rule="(parse)", rpc_code=exc.code),
                 decision_id,
                 grant,
                 reply_id=exc.request_id,
@@ -176,7 +172,8 @@ class Authorizer:
     def _bad_envelope(http: HttpRequest) -> Decision | None:
         if http.partial_body:
             return Decision.deny(
-                DenyKind.TOO_LARGE, "request body is larger than the sidecar accepts",
+                DenyKind.TOO_LARGE,
+                "request body is larger than the sidecar accepts",
                 rule="(body)",
             )
         encoding = http.headers.get("content-encoding", "identity").strip().lower()

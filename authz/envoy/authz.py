@@ -9,17 +9,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import struct_pb2
+
 from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz._pb.envoy.type.v3 import http_status_pb2
+from authz._pb.google.rpc import status_pb2
 from authz.model import DenyKind, RequestId
 from authz.service import HttpRequest, Verdict
-from google.protobuf import struct_pb2
-
-try:  # google.rpc.status: generated into authz._pb or taken from googleapis-common-protos
-    from authz._pb.google.rpc import status_pb2
-except ImportError:  # pragma: no cover - depends on how stubs were generated
-    from google.rpc import status_pb2  # type: ignore[no-redef]
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 GRANT_HEADER = "x-mcp-grant"
@@ -97,10 +94,15 @@ def denial(verdict: Verdict) -> HttpDenial:
         headers.append(("retry-after", str(decision.retry_after)))
 
     # A denied tools/call is a tool result: many MCP clients drop the session on a 4xx.
-    if request is not None and request.is_tool_call and kind in (
-        DenyKind.POLICY,
-        DenyKind.RATE_LIMITED,
-        DenyKind.UNAVAILABLE,
+    if (
+        request is not None
+        and request.is_tool_call
+        and kind
+        in (
+            DenyKind.POLICY,
+            DenyKind.RATE_LIMITED,
+            DenyKind.UNAVAILABLE,
+        )
     ):
         if decision.retry_after is not None and "retry after" not in text:
             text += f"; retry after {decision.retry_after}s"

@@ -37,14 +37,20 @@ POLICIES: dict[str, Any] = {
                 "require": [
                     {
                         "conditions": [
-                            {"path": "args.model", "op": "in", "value": ["gemini-2.5-flash-image-preview"]}
+                            {
+                                "path": "args.model",
+                                "op": "in",
+                                "value": ["gemini-2.5-flash-image-preview"],
+                            }
                         ],
                         "on_deny": "only the preview model is allowed",
                     }
                 ],
                 "deny_if": [
                     {
-                        "conditions": [{"path": "args.prompt", "op": "regex", "value": "(?i)forbidden"}],
+                        "conditions": [
+                            {"path": "args.prompt", "op": "regex", "value": "(?i)forbidden"}
+                        ],
                         "on_deny": "this prompt is not allowed",
                     }
                 ],

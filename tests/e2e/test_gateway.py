@@ -143,7 +143,7 @@ async def test_conditions(stack: Stack) -> None:
 
 async def test_grant_without_policy_denies_everything(stack: Stack) -> None:
     before = executed(stack)
-    status, headers, body = stack.post_raw(
+    status, _, body = stack.post_raw(
         _call_body("image.generate.gemini", {"prompt": "x"}, rid=42),
         headers={**JSON, "authorization": f"Bearer {token_for('orphan')}"},
     )
@@ -255,8 +255,17 @@ def test_audit_line_has_no_token_or_argument_values(stack: Stack) -> None:
     assert event["arg_keys"] == ["prompt"]
     assert event["grant_id"] == "seed-b"
     assert event["decision"] == "deny" and event["rule"] == "(default deny)"
-    for key in ("time", "decision_id", "request_id", "grant_label", "method", "message",
-                "policy", "policy_hash", "duration_ms"):
+    for key in (
+        "time",
+        "decision_id",
+        "request_id",
+        "grant_label",
+        "method",
+        "message",
+        "policy",
+        "policy_hash",
+        "duration_ms",
+    ):
         assert key in event, key
 
 

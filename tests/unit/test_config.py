@@ -40,7 +40,7 @@ def test_loads_directory(tmp_path: Path) -> None:
 
 
 def test_missing_grants_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="grants.json"):
+    with pytest.raises(ConfigError, match=r"grants\.json"):
         load_config(tmp_path)
 
 

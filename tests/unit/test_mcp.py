@@ -47,7 +47,11 @@ REJECTED: list[tuple[str, bytes, int]] = [
     ("lone surrogate", b'{"jsonrpc":"2.0","id":1,"method":"ping\\ud800"}', PARSE_ERROR),
     ("NaN", b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":NaN}}', PARSE_ERROR),
     ("Infinity", b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":-Infinity}}', PARSE_ERROR),
-    ("float overflow", b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1e999}}', PARSE_ERROR),
+    (
+        "float overflow",
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1e999}}',
+        PARSE_ERROR,
+    ),
     (
         "overlong integer",
         b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + b"9" * 5000 + b"}}",
@@ -68,7 +72,11 @@ REJECTED: list[tuple[str, bytes, int]] = [
     ),
     ("very deep", b"[" * 100_000 + b"]" * 100_000, PARSE_ERROR),
     ("batch", b"[" + CALL + b"]", INVALID_REQUEST),
-    ("batch hiding a call", b'[{"jsonrpc":"2.0","id":1,"method":"ping"},' + CALL + b"]", INVALID_REQUEST),
+    (
+        "batch hiding a call",
+        b'[{"jsonrpc":"2.0","id":1,"method":"ping"},' + CALL + b"]",
+        INVALID_REQUEST,
+    ),
     ("empty batch", b"[]", INVALID_REQUEST),
     ("scalar", b"42", INVALID_REQUEST),
     ("missing jsonrpc", b'{"id":1,"method":"ping"}', INVALID_REQUEST),
@@ -80,7 +88,11 @@ REJECTED: list[tuple[str, bytes, int]] = [
     ("object id", b'{"jsonrpc":"2.0","id":{},"method":"ping"}', INVALID_REQUEST),
     ("method not string", b'{"jsonrpc":"2.0","id":1,"method":5}', INVALID_REQUEST),
     ("empty method", b'{"jsonrpc":"2.0","id":1,"method":""}', INVALID_REQUEST),
-    ("params array", b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["a"]}', INVALID_REQUEST),
+    (
+        "params array",
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["a"]}',
+        INVALID_REQUEST,
+    ),
     ("params null", b'{"jsonrpc":"2.0","id":1,"method":"ping","params":null}', INVALID_REQUEST),
     ("extra member", b'{"jsonrpc":"2.0","id":1,"method":"ping","tool":"x"}', INVALID_REQUEST),
     (
@@ -88,7 +100,11 @@ REJECTED: list[tuple[str, bytes, int]] = [
         b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"a"}}',
         INVALID_REQUEST,
     ),
-    ("tools/call without name", b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}', INVALID_PARAMS),
+    (
+        "tools/call without name",
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}',
+        INVALID_PARAMS,
+    ),
     (
         "tools/call name not string",
         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["a"]}}',
@@ -105,7 +121,9 @@ REJECTED: list[tuple[str, bytes, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "code"), [(b, c) for _, b, c in REJECTED], ids=[n for n, _, _ in REJECTED])
+@pytest.mark.parametrize(
+    ("body", "code"), [(b, c) for _, b, c in REJECTED], ids=[n for n, _, _ in REJECTED]
+)
 def test_rejected(body: bytes, code: int) -> None:
     with pytest.raises(McpParseError) as info:
         parse_message(body)

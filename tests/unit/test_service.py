@@ -24,8 +24,12 @@ JSON_HEADERS = {"content-type": "application/json", "authorization": "Bearer tok
 
 def _call(tool: str = "image.generate.gemini", rid: int = 1) -> bytes:
     return json.dumps(
-        {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
-         "params": {"name": tool, "arguments": {"prompt": "x"}}}
+        {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": {"prompt": "x"}},
+        }
     ).encode()
 
 
@@ -33,10 +37,13 @@ def _call(tool: str = "image.generate.gemini", rid: int = 1) -> bytes:
 def authorizer(tmp_path: Path) -> Authorizer:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "seed.json").write_text(SEED)
-    grants = {"version": "1", "grants": [
-        {"id": "g1", "label": "G1", "token_sha256": hash_token("tok"), "policy": "seed"},
-        {"id": "g2", "label": "G2", "token_sha256": hash_token("orphan"), "policy": "gone"},
-    ]}
+    grants = {
+        "version": "1",
+        "grants": [
+            {"id": "g1", "label": "G1", "token_sha256": hash_token("tok"), "policy": "seed"},
+            {"id": "g2", "label": "G2", "token_sha256": hash_token("orphan"), "policy": "gone"},
+        ],
+    }
     (tmp_path / "grants.json").write_text(json.dumps(grants))
     return Authorizer(ConfigSource.open(tmp_path), MemoryCounterStore(), clock=lambda: 1_000_040.0)
 
@@ -82,7 +89,9 @@ async def test_allowed_response_strips_authorization_and_sets_grant(authorizer: 
     ("headers", "status"),
     [({"authorization": ""}, 401), ({"authorization": "Bearer nope"}, 401)],
 )
-async def test_unauthenticated(authorizer: Authorizer, headers: dict[str, str], status: int) -> None:
+async def test_unauthenticated(
+    authorizer: Authorizer, headers: dict[str, str], status: int
+) -> None:
     verdict = await _check(authorizer, _call(), **headers)
     response = check_response(verdict)
     assert response.denied_response.status.code == status
@@ -123,7 +132,7 @@ async def test_counter_store_failure_fails_closed(authorizer: Authorizer) -> Non
         async def reserve(self, claims, now):  # type: ignore[no-untyped-def]
             raise ConnectionError("store down")
 
-    authorizer._counters = Broken()  # noqa: SLF001
+    authorizer._counters = Broken()
     verdict = await _check(authorizer, _call())
     assert verdict.decision.kind is DenyKind.UNAVAILABLE
     body = json.loads(check_response(verdict).denied_response.body)
