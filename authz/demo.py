@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -22,6 +23,18 @@ DEMO_TOKENS = {
     "demo-limited": "mcp-demo-limited-token",
 }
 """Well-known tokens of the demo grants in deploy/config/grants.json (demo use only)."""
+
+
+DEFAULT_PORT = 10000
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _known_demo_tokens(config_dir: Path) -> dict[str, str]:
@@ -67,8 +80,9 @@ def run_demo(config_dir: Path | None, port: int | None, outputs: Path | None) ->
     reader = os.fdopen(read_fd, "rb")
     writer = os.fdopen(write_fd, "wb")
     ports = Ports()
-    if port is not None:
-        ports.envoy = port
+    ports.envoy = (
+        port if port is not None else (DEFAULT_PORT if _port_free(DEFAULT_PORT) else ports.envoy)
+    )
     stack = Stack(
         config_dir=config,
         outputs_dir=outputs_dir,

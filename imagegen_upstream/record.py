@@ -13,7 +13,12 @@ from pathlib import Path
 
 
 class ExecutionRecorder:
-    """Appends `{"tool", "time", "arg_keys", "protocol_version"}` lines, flushed per line."""
+    """Appends one JSON line per execution, flushed per line.
+
+    Fields: tool, time, arg_keys, protocol_version, grant (the `x-mcp-grant` header the
+    gateway set, if any) and authorization_present (whether an Authorization header
+    reached the upstream; behind the gateway it must be false).
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -23,7 +28,15 @@ class ExecutionRecorder:
     def enabled(self) -> bool:
         return self.path is not None
 
-    def record(self, tool: str, arg_keys: Iterable[str], protocol_version: str | None) -> None:
+    def record(
+        self,
+        tool: str,
+        arg_keys: Iterable[str],
+        protocol_version: str | None,
+        *,
+        grant: str | None = None,
+        authorization_present: bool = False,
+    ) -> None:
         if self.path is None:
             return
         line = json.dumps(
@@ -32,6 +45,8 @@ class ExecutionRecorder:
                 "time": time.time(),
                 "arg_keys": sorted(arg_keys),
                 "protocol_version": protocol_version,
+                "grant": grant,
+                "authorization_present": authorization_present,
             },
             separators=(",", ":"),
         )

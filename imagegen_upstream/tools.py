@@ -89,7 +89,15 @@ class ImageTools:
         params = ctx.request_context.params or {}
         arguments = params.get("arguments") or {}
         keys = list(arguments) if isinstance(arguments, dict) else []
-        self.recorder.record(tool, keys, ctx.protocol_version)
+        http_request = getattr(ctx.request_context, "request", None)
+        headers = getattr(http_request, "headers", None)
+        self.recorder.record(
+            tool,
+            keys,
+            ctx.protocol_version,
+            grant=headers.get("x-mcp-grant") if headers is not None else None,
+            authorization_present=headers is not None and "authorization" in headers,
+        )
 
     async def run(
         self,

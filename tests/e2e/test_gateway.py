@@ -32,14 +32,20 @@ def _images(stack: Stack) -> list[Path]:
     return sorted(stack.outputs_dir.rglob("*.png"))
 
 
-def _call_body(tool: str, arguments: dict[str, object], rid: int = 1) -> bytes:
+STATELESS_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def _call_body(
+    tool: str, arguments: dict[str, object], rid: int = 1, *, stateless: bool = False
+) -> bytes:
+    params: dict[str, object] = {"name": tool, "arguments": arguments}
+    if stateless:
+        params["_meta"] = STATELESS_META
     return json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": rid,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        }
+        {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
     ).encode()
 
 
@@ -53,6 +59,26 @@ async def test_allowed_call_generates_an_image_in_both_eras(stack: Stack, mode: 
     assert not result.is_error, _text(result)
     assert "provider=google(gemini)" in _text(result)
     assert len(_images(stack)) == before + 1
+    # the upstream saw the gateway's grant header and never the caller's token
+    last = executed(stack)[-1]
+    assert last["grant"] == "eras"
+    assert last["authorization_present"] is False
+
+
+async def test_client_supplied_grant_header_is_overwritten(stack: Stack) -> None:
+    status, _, body = stack.post_raw(
+        _call_body("image.generate.gemini", {"prompt": "spoof"}, stateless=True),
+        headers={
+            **JSON,
+            "authorization": f"Bearer {token_for('eras')}",
+            "x-mcp-grant": "seed-a",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call",
+            "mcp-name": "image.generate.gemini",
+        },
+    )
+    assert status == 200, body
+    assert executed(stack)[-1]["grant"] == "eras"
 
 
 async def test_seed_policy_31st_call_denied_while_other_grant_keeps_30(stack: Stack) -> None:
