@@ -50,7 +50,8 @@ def pointer(*parts: str | int) -> str:
 def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision:
     """Evaluate one request against the grant's policy (None: the policy is not loaded).
 
-    Non-`tools/call` methods are allowed. An allowed tool call carries one `Claim` per
+    Non-`tools/call` methods follow the policy's `methods` section (all allowed when it is
+    absent). An allowed tool call carries one `Claim` per
     applicable limit (cost 1, or the `increment` of an Intercept `state` rule); the caller
     reserves them and calls `settle`. Scope keys: grant → `grant.id`; session →
     `<grant.id>/<request.session_id>`, or `grant.id` when the request has no session (so a
@@ -64,7 +65,12 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             rule=NO_POLICY,
         )
     if not request.is_tool_call:
-        return Decision.allow()
+        allowed, rule = policy.document.methods.decide(request.method)
+        if allowed:
+            return Decision.allow()
+        return Decision.deny(
+            DenyKind.POLICY, f"method {request.method!r} is not permitted by policy", rule=rule
+        )
     tool = request.tool
     if not tool:
         return Decision.deny(DenyKind.BAD_REQUEST, "tools/call without a tool name")

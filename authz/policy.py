@@ -58,6 +58,7 @@ __all__ = [
     "Condition",
     "CounterState",
     "Limit",
+    "MethodsPolicy",
     "Policy",
     "PolicyDocument",
     "PolicyError",
@@ -538,6 +539,59 @@ class AllTools(_Model):
     limits: Limits = ()
 
 
+class MethodsPolicy(_Model):
+    """mcp-authz extension: what happens to JSON-RPC methods other than `tools/call`.
+
+    `deny` wins over `allow`; a method in neither list gets `default`. Names are compared
+    exactly (case-sensitive, as MCP methods are). A client's JSON-RPC *response* to a
+    server request (sampling, elicitation) is matched as the method `(response)`.
+    `tools/call` is governed by `default`/`tools` and cannot be listed here.
+    """
+
+    default: Literal["allow", "deny"] = Field(
+        default="allow",
+        title="Default",
+        description="Posture for methods in neither list: 'allow' (the default) or 'deny'.",
+    )
+    allow: tuple[StrictStr, ...] = Field(
+        default=(), title="Allow", description="Methods allowed even when default is 'deny'."
+    )
+    deny: tuple[StrictStr, ...] = Field(
+        default=(), title="Deny", description="Methods always denied."
+    )
+
+    @field_validator("allow", "deny", mode="after")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[_RelProblem] = []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            if not item or item != item.strip():
+                problems.append(((i,), "must be a method name without surrounding spaces"))
+            elif item == "tools/call":
+                problems.append(
+                    (
+                        (i,),
+                        "tools/call is governed by 'default' and 'tools', not 'methods'; "
+                        "remove it here",
+                    )
+                )
+            elif item in seen:
+                problems.append(((i,), f"duplicate entry {item!r}; remove the duplicate"))
+            seen.add(item)
+        if problems:
+            raise _problems(*problems)
+        return value
+
+    def decide(self, method: str) -> tuple[bool, str]:
+        """(allowed, rule pointer) for a non-tool method."""
+        if method in self.deny:
+            return False, f"/methods/deny/{self.deny.index(method)}"
+        if method in self.allow:
+            return True, f"/methods/allow/{self.allow.index(method)}"
+        return self.default == "allow", "/methods/default"
+
+
 class PolicyDocument(_Model):
     """A version "1" policy document."""
 
@@ -572,6 +626,14 @@ class PolicyDocument(_Model):
         default_factory=AllTools,
         title="All tools",
         description="Limits applied to every tool call.",
+    )
+    methods: MethodsPolicy = Field(
+        default_factory=MethodsPolicy,
+        title="Methods",
+        description=(
+            "mcp-authz extension: allow or deny JSON-RPC methods other than tools/call "
+            "(default: all allowed)."
+        ),
     )
     tools: dict[str, ToolPolicy] = Field(
         default_factory=dict,

@@ -58,6 +58,15 @@ POLICIES: dict[str, Any] = {
         },
     },
     "reloadable": {"version": "1", "default": "deny"},
+    "strict": {
+        "version": "1",
+        "default": "deny",
+        "tools": {"image.generate.gemini": {}},
+        "methods": {
+            "default": "deny",
+            "allow": ["initialize", "notifications/initialized", "tools/list"],
+        },
+    },
 }
 
 GRANTS = {
@@ -68,6 +77,7 @@ GRANTS = {
     "orphan": "does-not-exist",
     "reload": "reloadable",
     "eras": "open",
+    "strict": "strict",
 }
 
 

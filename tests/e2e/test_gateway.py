@@ -339,3 +339,18 @@ def test_sidecar_down_means_503_not_allow(stack: Stack) -> None:
     finally:
         stack.start_sidecar()
         stack.wait_path_ready()
+
+
+async def test_strict_methods_deny_unlisted_methods(stack: Stack) -> None:
+    async with mcp_client(stack, token_for("strict")) as client:
+        tools = await client.list_tools()
+        assert tools.tools
+        result = await client.call_tool("image.generate.gemini", {"prompt": "strict cat"})
+        assert not result.is_error, _text(result)
+    headers = {**JSON, "authorization": f"Bearer {token_for('strict')}"}
+    status, _, body = stack.post_raw(b'{"jsonrpc":"2.0","id":5,"method":"prompts/list"}', headers)
+    assert status == 403
+    error = json.loads(body)["error"]
+    assert error["message"].startswith("[POLICY DENIED] ")
+    assert "/methods/default" in error["message"]
+    assert json.loads(body)["id"] == 5

@@ -609,3 +609,53 @@ async def test_seed_end_to_end_with_memory_store() -> None:
     other = Grant(id="g-2", label="bob", policy="imagegen")
     decision = decide(policy, other, call(GEM))
     assert settle(decision, await store.reserve(decision.claims, now)).allowed
+
+
+def _method(name: str, notification: bool = False) -> McpRequest:
+    return McpRequest(method=name, id=None if notification else 1, is_notification=notification)
+
+
+STRICT_METHODS = {
+    "version": "1",
+    "default": "deny",
+    "methods": {
+        "default": "deny",
+        "allow": ["initialize", "notifications/initialized", "tools/list", "ping"],
+        "deny": ["ping"],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "allowed", "rule"),
+    [
+        ("initialize", True, None),
+        ("tools/list", True, None),
+        ("notifications/initialized", True, None),
+        ("ping", False, "/methods/deny/0"),  # deny wins over allow
+        ("resources/list", False, "/methods/default"),
+        ("Tools/List", False, "/methods/default"),  # exact, case-sensitive
+        ("(response)", False, "/methods/default"),
+    ],
+)
+def test_methods_extension(method: str, allowed: bool, rule: str | None) -> None:
+    policy = load_policy(STRICT_METHODS, name="strict")
+    decision = decide(policy, GRANT, _method(method))
+    assert decision.allowed is allowed
+    assert decision.rule == rule
+    if not allowed:
+        assert decision.kind is DenyKind.POLICY
+        assert method in decision.message
+
+
+def test_methods_absent_allows_every_non_tool_method() -> None:
+    policy = load_policy(SEED, name="seed")
+    for method in ("initialize", "resources/read", "whatever/else", "(response)"):
+        assert decide(policy, GRANT, _method(method)).allowed
+
+
+def test_methods_do_not_govern_tool_calls() -> None:
+    policy = load_policy(
+        {"version": "1", "default": "allow", "methods": {"default": "deny"}}, name="p"
+    )
+    assert decide(policy, GRANT, call("anything")).allowed

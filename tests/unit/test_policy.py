@@ -562,3 +562,22 @@ def test_schema_describes_every_field() -> None:
         for name, prop in model.get("properties", {}).items():
             assert prop.get("title") and prop.get("description"), name
         assert model.get("additionalProperties") is False
+
+
+@pytest.mark.parametrize(
+    ("methods", "path", "fragment"),
+    [
+        ({"default": "block"}, "$.methods.default", "deny"),
+        ({"allow": ["tools/call"]}, "$.methods.allow[0]", "tools/call is governed"),
+        ({"deny": ["ping", "ping"]}, "$.methods.deny[1]", "duplicate"),
+        ({"deny": [" ping"]}, "$.methods.deny[0]", "surrounding spaces"),
+        ({"allow": "ping"}, "$.methods.allow", ""),
+        ({"other": 1}, "$.methods.other", "unknown field"),
+    ],
+)
+def test_methods_validation(methods: dict[str, Any], path: str, fragment: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy({"version": "1", "methods": methods}, name="p")
+    text = str(info.value)
+    assert path in text
+    assert fragment in text
