@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= parser policy
 
 .PHONY: venv demo test test-unit test-e2e lint fmt protos schema clean
 
@@ -44,3 +46,10 @@ schema: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Coverage-guided fuzzing (atheris): FUZZ_SECONDS per target, fails on any crash.
+# `make fuzz FUZZ_SECONDS=300 FUZZ_TARGETS=policy FUZZ_ARGS=-seed=1` (see fuzz/README.md).
+.PHONY: fuzz
+fuzz: venv
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS) -- $(FUZZ_ARGS)

@@ -83,6 +83,8 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
         grants = load_grants(files[GRANTS_FILE])
     except GrantsError as exc:
         raise ConfigError(f"{root / GRANTS_FILE}: {exc}") from exc
+    except Exception as exc:  # e.g. RecursionError from deeply nested JSON: still rejected
+        raise ConfigError(f"{root / GRANTS_FILE}: cannot be loaded: {exc!r}") from exc
     policies: dict[str, Policy] = {}
     for rel, raw in files.items():
         if not rel.startswith(POLICIES_DIR + "/"):
@@ -92,6 +94,8 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
             policies[name] = load_policy(raw, name=name)
         except PolicyError as exc:
             raise ConfigError(f"{root / rel}: {exc}") from exc
+        except Exception as exc:  # e.g. RecursionError from deeply nested JSON: still rejected
+            raise ConfigError(f"{root / rel}: cannot be loaded: {exc!r}") from exc
     return ConfigSet(
         grants=grants,
         policies=policies,

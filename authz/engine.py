@@ -65,11 +65,13 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             rule=NO_POLICY,
         )
     if not request.is_tool_call:
-        allowed, rule = policy.document.methods.decide(request.method)
+        allowed, method_rule = policy.document.methods.decide(request.method)
         if allowed:
             return Decision.allow()
         return Decision.deny(
-            DenyKind.POLICY, f"method {request.method!r} is not permitted by policy", rule=rule
+            DenyKind.POLICY,
+            f"method {request.method!r} is not permitted by policy",
+            rule=method_rule,
         )
     tool = request.tool
     if not tool:

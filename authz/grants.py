@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from authz.model import Grant
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] ([!-~]+)$")
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] ([!-~]+)")
+"""Used with fullmatch: `$` alone would also match before a trailing newline."""
 
 
 class GrantsError(ValueError):
@@ -116,7 +117,7 @@ def bearer_token(authorization: str | None) -> str | None:
     """
     if authorization is None:
         return None
-    match = _BEARER.match(authorization)
+    match = _BEARER.fullmatch(authorization)
     if match is None:
         return None
     token = match.group(1)

@@ -4,13 +4,18 @@ The sidecar must never decide on a different message than the one the upstream e
 So anything that two JSON parsers could read differently is rejected instead of guessed:
 duplicate keys at any depth, invalid UTF-8, a byte-order mark, lone surrogates, NaN and
 Infinity, numbers that overflow, excessive nesting, trailing data, batches and JSON-RPC
-members the specification does not define.
+members the specification does not define. Method names must be MCP methods spelled
+exactly (no case or whitespace variants) and tool names must use the charset of the MCP
+specification (2025-11-25), so a confusable name never reaches the policy or the upstream.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +24,7 @@ from authz.model import JsonValue, McpRequest, RequestId
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 
 MAX_DEPTH = 64
@@ -30,6 +36,85 @@ _RESPONSE_MEMBERS = frozenset({"jsonrpc", "id", "result", "error"})
 
 RESPONSE_METHOD = "(response)"
 """Pseudo-method for a client's JSON-RPC response to a server-initiated request."""
+
+REQUEST_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "prompts/list",
+        "prompts/get",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+        "logging/setLevel",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+        "server/discover",
+        "subscriptions/listen",
+    }
+)
+"""Client-to-server requests of MCP 2024-11-05 through 2026-07-28, spelled exactly."""
+
+NOTIFICATION_METHODS = frozenset(
+    {
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+        "notifications/tasks/status",
+    }
+)
+"""Client-to-server notifications of the same revisions."""
+
+KNOWN_METHODS = REQUEST_METHODS | NOTIFICATION_METHODS
+
+METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_./-]{0,127}")
+"""A well-formed method name (use with `fullmatch`): ASCII, no whitespace, at most 128."""
+
+_FOLDED_KNOWN = {name.casefold(): name for name in KNOWN_METHODS}
+
+
+def _check_method_name(method: str, is_notification: bool, rid: RequestId) -> None:
+    """Reject names the upstream could read as a different method than the policy would.
+
+    Known MCP methods must be spelled exactly and used in their own role (a request method
+    with an id, a notification method without). A name that is only a case or whitespace
+    variant of a known method, a JSON-RPC reserved `rpc.*` name, or a name outside the
+    METHOD_NAME charset is rejected with -32601. Any other well-formed name is an unknown
+    method: it is parsed, and the policy's `methods` section decides (see engine).
+    """
+    if method in KNOWN_METHODS:
+        expected = NOTIFICATION_METHODS if is_notification else REQUEST_METHODS
+        if method in expected:
+            return
+        kind = "a notification" if method in NOTIFICATION_METHODS else "a request"
+        raise McpParseError(
+            METHOD_NOT_FOUND, f"method not found: {method} is {kind} method in MCP", rid
+        )
+    if METHOD_NAME.fullmatch(method) is None or method.startswith("rpc."):
+        raise McpParseError(
+            METHOD_NOT_FOUND, "method not found: malformed or reserved method name", rid
+        )
+    if method.casefold() in _FOLDED_KNOWN:
+        raise McpParseError(
+            METHOD_NOT_FOUND,
+            f"method not found: method names are exact; did you mean "
+            f"{_FOLDED_KNOWN[method.casefold()]!r}?",
+            rid,
+        )
+
+
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+"""Tool names as the MCP specification (2025-11-25) says they SHOULD be: ASCII letters,
+digits, `_`, `-` and `.`, 1 to 128 characters. Anything else (whitespace, zero-width or
+confusable characters, fullwidth forms) is rejected with -32602; use with `fullmatch`."""
 
 
 class McpParseError(ValueError):
@@ -181,24 +266,31 @@ def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
             raise McpParseError(
                 INVALID_REQUEST, 'invalid request: "id" must be a string or an integer'
             )
+    if method == "tools/call" and is_notification:
+        raise McpParseError(INVALID_REQUEST, "invalid request: tools/call must carry an id", None)
+    _check_method_name(method, is_notification, rid)
 
     params: Mapping[str, JsonValue] = {}
     if "params" in value:
         if not isinstance(value["params"], dict):
             raise McpParseError(INVALID_REQUEST, 'invalid request: "params" must be an object', rid)
         params = value["params"]
+    if "_meta" in params and not isinstance(params["_meta"], dict):
+        raise McpParseError(INVALID_PARAMS, 'invalid params: "params._meta" must be an object', rid)
 
     tool: str | None = None
     arguments: Mapping[str, JsonValue] = {}
     if method == "tools/call":
-        if is_notification:
-            raise McpParseError(
-                INVALID_REQUEST, "invalid request: tools/call must carry an id", None
-            )
         name = params.get("name")
         if not isinstance(name, str) or not name:
             raise McpParseError(
                 INVALID_PARAMS, 'invalid params: "params.name" must be a non-empty string', rid
+            )
+        if TOOL_NAME.fullmatch(name) is None:
+            raise McpParseError(
+                INVALID_PARAMS,
+                'invalid params: "params.name" must be 1-128 characters of A-Z a-z 0-9 _ - .',
+                rid,
             )
         tool = name
         raw_args = params.get("arguments", {})
@@ -251,7 +343,10 @@ class HeaderMismatch:
 def check_mirror_headers(request: McpRequest, headers: Mapping[str, str]) -> HeaderMismatch | None:
     """Compare `Mcp-Method` / `Mcp-Name` headers with the body. The body is authoritative.
 
-    Returns the first disagreement, or None. A header that is present must match exactly.
+    Returns the first disagreement, or None. A header that is present must match exactly;
+    `Mcp-Name` may carry the `=?base64?...?=` form of the MCP SDK, which is decoded the way
+    the SDK decodes it (canonical base64 of UTF-8, anything else never matches). Repeated
+    headers reach the sidecar joined by a comma, so they never match either.
     """
     method_header = headers.get("mcp-method")
     if method_header is not None and method_header != request.method:
@@ -259,9 +354,34 @@ def check_mirror_headers(request: McpRequest, headers: Mapping[str, str]) -> Hea
     name_header = headers.get("mcp-name")
     if name_header is not None:
         expected = _mirrored_name(request)
-        if expected is None or name_header != expected:
+        if expected is None or decode_header_value(name_header) != expected:
             return HeaderMismatch("Mcp-Name", "Mcp-Name header disagrees with the body")
     return None
+
+
+_B64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>.*)\?=")
+
+
+def decode_header_value(value: str) -> str | None:
+    """A mirrored header value as the MCP SDK reads it, or None when it is malformed.
+
+    Plain values are returned unchanged; `=?base64?<payload>?=` is decoded from canonical
+    base64 as UTF-8.
+    """
+    match = _B64_SENTINEL.fullmatch(value)
+    if match is None:
+        return value
+    payload = match.group("payload")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if base64.b64encode(raw).decode("ascii") != payload:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _mirrored_name(request: McpRequest) -> str | None:

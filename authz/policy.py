@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -785,17 +786,50 @@ def _find_duplicates(value: Any, loc: tuple[str | int, ...], out: list[Problem])
             _find_duplicates(item, (*loc, i), out)
 
 
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError(f"number {literal} is out of range; use a smaller number")
+    return value
+
+
+MAX_DOCUMENT_DEPTH: Final = 64
+"""Deepest nesting accepted in a policy document (guards the recursive validators)."""
+
+
+def _too_deep(data: Any) -> Problem | None:
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(data, 1, ())]
+    while stack:
+        node, level, loc = stack.pop()
+        if isinstance(node, dict | list):
+            if level > MAX_DOCUMENT_DEPTH:
+                return (json_path(loc), f"nesting deeper than {MAX_DOCUMENT_DEPTH} levels")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((child, level + 1, (*loc, key)) for key, child in items)
+    return None
+
+
 def _parse(raw: bytes) -> tuple[Any, list[Problem]]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return None, [("$", f"not valid UTF-8 at byte {exc.start}; save the file as UTF-8")]
     try:
-        data = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_reject_constant)
+        data = json.loads(
+            text,
+            object_pairs_hook=_object_pairs,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
     except json.JSONDecodeError as exc:
         return None, [("$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
     except ValueError as exc:
         return None, [("$", str(exc))]
+    except RecursionError:
+        return None, [("$", f"nesting deeper than {MAX_DOCUMENT_DEPTH} levels")]
+    depth_problem = _too_deep(data)
+    if depth_problem is not None:
+        return None, [depth_problem]
     problems: list[Problem] = []
     _find_duplicates(data, (), problems)
     return data, problems
@@ -815,13 +849,20 @@ def load_policy(data: bytes | str | Mapping[str, Any], *, name: str) -> Policy:
             )
         except (TypeError, ValueError) as exc:
             raise PolicyError(name, [("$", f"not a JSON document: {exc}")]) from None
+        except RecursionError:
+            raise PolicyError(
+                name, [("$", f"nesting deeper than {MAX_DOCUMENT_DEPTH} levels")]
+            ) from None
+        too_deep = _too_deep(data)
+        if too_deep is not None:
+            raise PolicyError(name, [too_deep])
         raw_bytes = raw.encode()
         parsed: Any = data
         problems: list[Problem] = []
     else:
         raw_bytes = data.encode() if isinstance(data, str) else bytes(data)
         parsed, problems = _parse(raw_bytes)
-        if parsed is None:
+        if parsed is None and problems:  # unparsable; a JSON `null` is reported below
             raise PolicyError(name, problems)
     if not isinstance(parsed, Mapping):
         problems.append(

@@ -1,4 +1,4 @@
-"""The check pipeline: auth → parse → policy engine → counters, for one HTTP request.
+"""The check pipeline: HTTP shape → auth → parse → policy engine → counters, for one request.
 
 It knows nothing about protobuf (the Envoy edge builds an HttpRequest and renders the
 Verdict) and nothing about which counter store it has. Any unexpected error becomes a
@@ -7,8 +7,10 @@ fail-closed denial.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from authz.audit import AuditContext, log_decision
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.grants import bearer_token
-from authz.mcp import McpParseError, check_mirror_headers, parse_message
+from authz.mcp import INVALID_REQUEST, McpParseError, check_mirror_headers, parse_message
 from authz.model import Decision, DenyKind, Grant, McpRequest, RequestId
 from authz.policy import Policy
 
@@ -30,6 +32,42 @@ HEADER_MISMATCH = -32020
 
 BODYLESS_METHODS = frozenset({"GET", "DELETE"})
 """GET opens the server's SSE stream, DELETE ends a session: no body, grant still needed."""
+
+MCP_PATH = "/mcp"
+"""The one endpoint path the sidecar allows (plus an optional query string). Envoy has
+already normalised the path (dot segments, merged slashes, decoded unreserved escapes;
+escaped slashes are rejected), so the comparison is exact."""
+
+PATH_RULE = "(path)"
+"""Rule of a request for any path other than the MCP endpoint (rendered as 404)."""
+
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-method-override", "x-http-method")
+"""Headers some frameworks use to change the HTTP method: the method is what was sent."""
+
+QUERY_CREDENTIAL_NAMES = frozenset(
+    {
+        "access_token",
+        "token",
+        "id_token",
+        "refresh_token",
+        "auth",
+        "auth_token",
+        "authorization",
+        "bearer",
+        "bearer_token",
+        "api_key",
+        "apikey",
+        "api-key",
+        "x-api-key",
+        "client_secret",
+    }
+)
+"""Query parameters that carry credentials. Tokens in URLs end up in logs and histories;
+a request with one is refused (400), whether or not the token is valid."""
+
+_SESSION_ID = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")
+"""`Mcp-Session-Id`: visible ASCII (MCP spec) without a comma, because Envoy joins repeated
+headers with a comma and the upstream would read only one of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +141,9 @@ class Authorizer:
 
     async def _check(self, http: HttpRequest, decision_id: str) -> Verdict:
         config = self._config.current
+        refused = _bad_http(http)
+        if refused is not None:
+            return Verdict(refused, decision_id)
         token = bearer_token(http.headers.get("authorization"))
         grant = config.grants.lookup(token) if token is not None else None
         if grant is None:
@@ -113,6 +154,17 @@ class Authorizer:
         policy = config.policy(grant.policy)
 
         if http.method in BODYLESS_METHODS:
+            if http.body:
+                return Verdict(
+                    Decision.deny(
+                        DenyKind.BAD_REQUEST,
+                        f"a {http.method} request must not carry a body",
+                        rule="(body)",
+                        rpc_code=INVALID_REQUEST,
+                    ),
+                    decision_id,
+                    grant,
+                )
             if policy is None:
                 return Verdict(_no_policy(grant), decision_id, grant, None, None)
             return Verdict(Decision.allow(), decision_id, grant, None, policy)
@@ -183,13 +235,68 @@ class Authorizer:
                 "compressed request bodies are not accepted (Content-Encoding)",
                 rule="(body)",
             )
-        if _media_type(http.headers.get("content-type")) != "application/json":
+        content_type = http.headers.get("content-type")
+        if _media_type(content_type) != "application/json" or not _utf8_charset(content_type):
             return Decision.deny(
                 DenyKind.UNSUPPORTED_MEDIA,
-                "Content-Type must be application/json",
+                "Content-Type must be application/json (charset, if given, utf-8)",
                 rule="(body)",
             )
         return None
+
+
+def _utf8_charset(value: str | None) -> bool:
+    """False when the Content-Type names a charset other than UTF-8 (the body is read as UTF-8)."""
+    for parameter in (value or "").split(";")[1:]:
+        name, _, raw = parameter.partition("=")
+        if name.strip().lower() == "charset" and raw.strip().strip('"').lower() != "utf-8":
+            return False
+    return True
+
+
+def _query_names(query: str) -> list[str]:
+    """Parameter names of a query string, decoded and lower-cased; `;` separates too."""
+    names = []
+    for part in re.split(r"[&;]", query):
+        name = part.partition("=")[0]
+        names.append(urllib.parse.unquote_plus(name).strip().lower())
+    return names
+
+
+def _bad_http(http: HttpRequest) -> Decision | None:
+    """HTTP-level refusals, before the caller is identified: path, overrides, URL tokens."""
+    path, _, query = http.path.partition("?")
+    if path != MCP_PATH:
+        return Decision.deny(
+            DenyKind.BAD_REQUEST,
+            f"not found: the MCP endpoint is {MCP_PATH}",
+            rule=PATH_RULE,
+            rpc_code=INVALID_REQUEST,
+        )
+    for header in METHOD_OVERRIDE_HEADERS:
+        if header in http.headers:
+            return Decision.deny(
+                DenyKind.BAD_REQUEST,
+                "HTTP method override headers are not accepted",
+                rule="(http)",
+                rpc_code=INVALID_REQUEST,
+            )
+    if any(name in QUERY_CREDENTIAL_NAMES for name in _query_names(query)):
+        return Decision.deny(
+            DenyKind.BAD_REQUEST,
+            "credentials in the URL are not accepted; use the Authorization header",
+            rule="(http)",
+            rpc_code=INVALID_REQUEST,
+        )
+    session = http.headers.get("mcp-session-id")
+    if session is not None and _SESSION_ID.fullmatch(session) is None:
+        return Decision.deny(
+            DenyKind.BAD_REQUEST,
+            "Mcp-Session-Id must be one value of visible ASCII characters",
+            rule="(headers)",
+            rpc_code=INVALID_REQUEST,
+        )
+    return None
 
 
 def _no_policy(grant: Grant) -> Decision:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -316,3 +317,90 @@ class Stack:
             return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
         except (urllib.error.URLError, ConnectionError):
             return 0, {}, b""
+
+    # -- fault injection and sampling (fault tests, bench/soak.py) ----------------------
+
+    def pid(self, name: str) -> int:
+        """The OS pid of a running process of the stack (`sidecar`, `envoy`, ...)."""
+        proc = self.procs.get(name)
+        if proc is None or proc.popen.poll() is not None:
+            raise StackError(f"{name} is not running")
+        return proc.popen.pid
+
+    def signal_process(self, name: str, sig: signal.Signals) -> None:
+        """Send `sig` to the process group of `name` (each process has its own session)."""
+        os.killpg(self.pid(name), sig)
+
+    def pause(self, name: str) -> None:
+        """Freeze `name` with SIGSTOP: it keeps its sockets but answers nothing."""
+        self.signal_process(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """Thaw a process frozen by `pause` (SIGCONT)."""
+        self.signal_process(name, signal.SIGCONT)
+
+    def kill(self, name: str, timeout: float = 5.0) -> int:
+        """SIGKILL `name` (no graceful shutdown), wait for it and forget it; returns its code."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            raise StackError(f"{name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        return proc.popen.wait(timeout)
+
+    def restart(self, name: str) -> None:
+        """Start `name` again (after `kill` or `stop_process`) on the same ports.
+
+        Envoy keeps running: its clusters reconnect to the new process on the next request.
+        """
+        starters = {
+            "sidecar": self.start_sidecar,
+            "upstream": self.start_upstream,
+            "gemini": self.start_gemini,
+        }
+        if name not in starters:
+            raise StackError(f"cannot restart {name!r}; restartable: {sorted(starters)}")
+        self.stop_process(name)
+        starters[name]()
+
+    def envoy_stats(self, pattern: str) -> dict[str, int]:
+        """Envoy's counters and gauges whose name matches the regex `pattern` (admin /stats).
+
+        Unlike the access log (flushed every few seconds), these are current at once.
+        """
+        query = urllib.parse.urlencode({"filter": pattern})
+        url = f"http://{LOOPBACK}:{self.ports.envoy_admin}/stats?{query}"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+        stats: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                stats[name] = int(value)
+        return stats
+
+    def sample(self, name: str) -> ProcSample:
+        """RSS, open file descriptors and threads of `name`, read from /proc (Linux)."""
+        return proc_sample(self.pid(name))
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    rss_kb: int
+    """VmRSS from /proc/PID/status, in KiB."""
+    fds: int
+    """Entries in /proc/PID/fd."""
+    threads: int
+
+
+def proc_sample(pid: int) -> ProcSample:
+    """Read one `ProcSample` of a process from /proc (Linux only)."""
+    rss_kb = threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmRSS":
+            rss_kb = int(value.split()[0])
+        elif key == "Threads":
+            threads = int(value.strip())
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return ProcSample(rss_kb=rss_kb, fds=fds, threads=threads)

@@ -15,8 +15,9 @@ from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
+from authz.mcp import METHOD_NOT_FOUND
 from authz.model import DenyKind, RequestId
-from authz.service import HttpRequest, Verdict
+from authz.service import PATH_RULE, HttpRequest, Verdict
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 GRANT_HEADER = "x-mcp-grant"
@@ -39,7 +40,9 @@ def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpReques
     headers = {key.lower(): value for key, value in http.headers.items()}
     body = bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8")
     return HttpRequest(
-        method=http.method.upper(),
+        # HTTP methods are case-sensitive: "post" is not POST (the upstream would not treat
+        # it as one either), so the method is passed on exactly as Envoy received it.
+        method=http.method,
         path=http.path,
         headers=headers,
         body=body,
@@ -110,7 +113,9 @@ def denial(verdict: Verdict) -> HttpDenial:
 
     if kind is DenyKind.BAD_REQUEST:
         code = decision.rpc_code if decision.rpc_code is not None else -32600
-        return HttpDenial(400, tuple(headers), _jsonrpc_error(request_id, code, text))
+        # Not the MCP endpoint, or not an MCP method: 404, as the MCP SDK answers -32601.
+        status = 404 if decision.rule == PATH_RULE or code == METHOD_NOT_FOUND else 400
+        return HttpDenial(status, tuple(headers), _jsonrpc_error(request_id, code, text))
     if kind is DenyKind.TOO_LARGE:
         return HttpDenial(413, tuple(headers), _jsonrpc_error(None, -32600, text))
     if kind is DenyKind.UNSUPPORTED_MEDIA:

@@ -175,11 +175,23 @@ def test_repo_config_key_choices() -> None:
         "allow_partial_message": False,
         "pack_as_bytes": True,
     }
-    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
-    assert route["match"] == {"prefix": "/"}
+    # paths: normalised, slashes merged, escaped slashes and underscore headers refused
+    assert hcm["normalize_path"] is True
+    assert hcm["merge_slashes"] is True
+    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == (
+        "REJECT_REQUEST"
+    )
+    # only /mcp is routed to the upstream; every other path is a 404 from Envoy itself
+    route, fallback = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert route["match"] == {"path": "/mcp"}
     assert route["route"]["cluster"] == UPSTREAM_CLUSTER
     assert route["route"]["timeout"] == "0s"
     assert route["route"]["idle_timeout"] == "300s"
+    assert fallback["match"] == {"prefix": "/"}
+    assert fallback["direct_response"]["status"] == 404
+    assert "route" not in fallback
+    json.loads(fallback["direct_response"]["body"]["inline_string"])
     log_format = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
     assert log_format["authz"] == "%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%"
     assert log_format["response_code"] == "%RESPONSE_CODE%"
@@ -516,3 +528,43 @@ def test_envoy_smoke_authz_down_gives_503(smoke_stack: SmokeStack) -> None:
         assert stack.post(b"{}")[0] == 503
     assert set(statuses) <= {200, 503}
     assert len(stack.upstream.requests) == statuses.count(200) + 1
+
+
+def _post_path(
+    stack: SmokeStack, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, stack.envoy_port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body=b"{}",
+            headers={"content-type": "application/json", **(headers or {})},
+        )
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_envoy_smoke_routes_only_the_mcp_path(smoke_stack: SmokeStack) -> None:
+    """Even with an authz server that allows everything, only /mcp reaches the upstream."""
+    stack = smoke_stack
+    # normalised forms of /mcp are routed (with the normalised path)
+    for path in ("/mcp?x=1", "//mcp", "/./mcp", "/a/../mcp", "/%6Dcp"):
+        assert _post_path(stack, path)[0] == 200, path
+    checked_paths = [r.attributes.request.http.path for r in stack.authz.requests]
+    assert checked_paths == ["/mcp?x=1", "/mcp", "/mcp", "/mcp", "/mcp"]
+    assert len(stack.upstream.requests) == 5
+    # anything else: a 404 from Envoy's own route, never the upstream
+    for path in ("/mcp/", "/MCP", "/healthz", "/mcp;x"):
+        status, body = _post_path(stack, path)
+        assert status == 404, path
+        assert json.loads(body)["error"]["code"] == -32600
+    # escaped slashes and header names with underscores are refused before authz
+    before = len(stack.authz.requests)
+    assert _post_path(stack, "/mcp%2F")[0] == 400
+    assert _post_path(stack, "/mcp%5C")[0] == 400
+    assert _post_path(stack, "/mcp", {"x_mcp_grant": "someone"})[0] == 400
+    assert len(stack.authz.requests) == before
+    assert len(stack.upstream.requests) == 5

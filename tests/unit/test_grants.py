@@ -66,6 +66,11 @@ def test_invalid_documents_name_the_field(raw: bytes, fragment: str) -> None:
         ("Basic abc", None),
         ("Bearer\tabc", None),
         ("Bearer ab\u00e9", None),
+        ("Bearer abc\n", None),  # `$` alone would match before the newline
+        ("Bearer abc\r\n", None),
+        ("\nBearer abc", None),
+        ("Bearer abc,", None),
+        (" Bearer abc", None),
     ],
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:

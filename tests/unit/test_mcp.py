@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from mcp.shared.inbound import decode_header_value as sdk_decode_header_value
+from mcp_types.methods import SPEC_CLIENT_METHODS, SPEC_CLIENT_NOTIFICATION_METHODS
 
 from authz.mcp import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_DEPTH,
+    METHOD_NOT_FOUND,
+    NOTIFICATION_METHODS,
     PARSE_ERROR,
+    REQUEST_METHODS,
     RESPONSE_METHOD,
     McpParseError,
     check_mirror_headers,
+    decode_header_value,
     parse_message,
 )
 
@@ -116,6 +124,30 @@ REJECTED: list[tuple[str, bytes, int]] = [
         INVALID_PARAMS,
     ),
     ("response with both", b'{"jsonrpc":"2.0","id":1,"result":{},"error":{}}', INVALID_REQUEST),
+    ("method title case", b'{"jsonrpc":"2.0","id":1,"method":"Tools/Call"}', METHOD_NOT_FOUND),
+    ("method upper case", b'{"jsonrpc":"2.0","id":1,"method":"TOOLS/LIST"}', METHOD_NOT_FOUND),
+    ("method trailing space", b'{"jsonrpc":"2.0","id":1,"method":"ping "}', METHOD_NOT_FOUND),
+    ("method escaped nul", b'{"jsonrpc":"2.0","id":1,"method":"ping\\u0000"}', METHOD_NOT_FOUND),
+    ("case variant", b'{"jsonrpc":"2.0","id":1,"method":"Tools/List"}', METHOD_NOT_FOUND),
+    ("space in method", b'{"jsonrpc":"2.0","id":1,"method":"tools/list "}', METHOD_NOT_FOUND),
+    ("non-ascii method", b'{"jsonrpc":"2.0","id":1,"method":"tools/l\\u0131st"}', METHOD_NOT_FOUND),
+    ("reserved rpc method", b'{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}', METHOD_NOT_FOUND),
+    (
+        "notification method as request",
+        b'{"jsonrpc":"2.0","id":1,"method":"notifications/initialized"}',
+        METHOD_NOT_FOUND,
+    ),
+    ("request method as notification", b'{"jsonrpc":"2.0","method":"ping"}', METHOD_NOT_FOUND),
+    (
+        "_meta not an object",
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":"x"}}',
+        INVALID_PARAMS,
+    ),
+    (
+        "_meta null",
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":null}}',
+        INVALID_PARAMS,
+    ),
     ("response without id", b'{"jsonrpc":"2.0","result":{}}', INVALID_REQUEST),
     ("neither method nor result", b'{"jsonrpc":"2.0","id":1}', INVALID_REQUEST),
 ]
@@ -129,6 +161,65 @@ def test_rejected(body: bytes, code: int) -> None:
         parse_message(body)
     assert info.value.code == code
     assert info.value.message
+
+
+BAD_TOOL_NAMES = [
+    "image.generate.openai ",
+    " image.generate.openai",
+    "image generate",
+    "image.generate.openai\t",
+    "image.generate.openai\n",
+    "image.generate.open\u200bai",  # zero-width space
+    "image.generate.open\u200dai",  # zero-width joiner
+    "image.generate.op\u0435nai",  # Cyrillic ie
+    "\uff49mage.generate.openai",  # fullwidth i
+    "image.generate.openai\u00a0",  # no-break space
+    "image.generate.openai\x00",
+    "image/generate/openai",
+    "image.generate.openai,x",
+    "\u0661",  # Arabic-Indic digit one: a Unicode digit, not [0-9]
+    "a" * 129,
+]
+
+
+@pytest.mark.parametrize("name", BAD_TOOL_NAMES)
+def test_tool_names_outside_the_spec_charset_are_invalid_params(name: str) -> None:
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": name}}
+    ).encode()
+    with pytest.raises(McpParseError) as info:
+        parse_message(body)
+    assert info.value.code == INVALID_PARAMS
+    assert info.value.request_id == 3
+
+
+@pytest.mark.parametrize("name", ["a", "A-Z_0.9", "image.generate.gemini", "x" * 128, "..", "-"])
+def test_tool_names_in_the_spec_charset_are_accepted(name: str) -> None:
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": name}}
+    ).encode()
+    assert parse_message(body).tool == name
+
+
+@pytest.mark.parametrize("method", sorted(REQUEST_METHODS))
+def test_every_mcp_request_method_is_accepted(method: str) -> None:
+    params = {"name": "t"} if method == "tools/call" else {}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    assert parse_message(body.encode()).method == method
+
+
+@pytest.mark.parametrize("method", sorted(NOTIFICATION_METHODS))
+def test_every_mcp_notification_method_is_accepted(method: str) -> None:
+    request = parse_message(json.dumps({"jsonrpc": "2.0", "method": method}).encode())
+    assert request.is_notification and request.method == method
+
+
+def test_meta_object_is_passed_through() -> None:
+    request = parse_message(
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a",'
+        b'"_meta":{"name":"b","arguments":{"x":1},"progressToken":1}}}'
+    )
+    assert request.tool == "a" and request.arguments == {}
 
 
 def test_tool_call() -> None:
@@ -176,6 +267,10 @@ def test_error_echoes_usable_id() -> None:
         ({"mcp-method": "TOOLS/CALL"}, False),
         ({"mcp-method": "tools/call", "mcp-name": "image.generate.openai"}, False),
         ({"mcp-name": "image.generate.gemini "}, False),
+        ({"mcp-name": "=?base64?aW1hZ2UuZ2VuZXJhdGUuZ2VtaW5p?="}, True),
+        ({"mcp-name": "=?base64?aW1hZ2UuZ2VuZXJhdGUub3BlbmFp?="}, False),  # openai
+        ({"mcp-name": "image.generate.gemini,image.generate.gemini"}, False),  # sent twice
+        ({"mcp-method": "tools/call,tools/call"}, False),
     ],
 )
 def test_mirror_headers(headers: dict[str, str], ok: bool) -> None:
@@ -187,3 +282,56 @@ def test_mcp_name_on_method_without_name() -> None:
     request = parse_message(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
     assert check_mirror_headers(request, {"mcp-name": "x"}) is not None
     assert check_mirror_headers(request, {"mcp-method": "tools/list"}) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "decoded"),
+    [
+        ("plain", "plain"),
+        ("=?base64?aMOp?=", "h\u00e9"),
+        ("=?base64?aMOp", "=?base64?aMOp"),  # no sentinel: verbatim
+        ("=?base64?aMOq?=", "h\u00ea"),
+        ("=?base64?aMO?=", None),  # bad padding
+        ("=?base64?aMOp!?=", None),  # not base64
+        ("=?base64?aMOr?=", "h\u00eb"),
+        ("=?base64?aR==?=", None),  # non-canonical (trailing bits set)
+        ("=?base64?/w==?=", None),  # not UTF-8
+        ("=?base64??=", ""),
+    ],
+)
+def test_decode_header_value_like_the_sdk(value: str, decoded: str | None) -> None:
+    assert decode_header_value(value) == decoded
+    assert sdk_decode_header_value(value) == decoded  # the upstream reads it the same way
+
+
+def test_known_methods_cover_the_sdk() -> None:
+    """Every client method the upstream's SDK serves is known here (an SDK upgrade that adds
+    one fails this test instead of being denied silently)."""
+    assert set(SPEC_CLIENT_METHODS) <= REQUEST_METHODS
+    assert set(SPEC_CLIENT_NOTIFICATION_METHODS) <= NOTIFICATION_METHODS
+
+
+@pytest.mark.parametrize(
+    ("body", "method", "notification"),
+    [
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/execute"}', "tools/execute", False),
+        (
+            b'{"jsonrpc":"2.0","method":"notifications/tools/call"}',
+            "notifications/tools/call",
+            True,
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":"x","method":"vendor.ext/do_thing"}',
+            "vendor.ext/do_thing",
+            False,
+        ),
+    ],
+)
+def test_well_formed_unknown_methods_reach_the_policy(
+    body: bytes, method: str, notification: bool
+) -> None:
+    """Unknown but well-formed methods are parsed; the policy's `methods` section decides."""
+    request = parse_message(body)
+    assert request.method == method
+    assert request.is_notification is notification
+    assert request.tool is None

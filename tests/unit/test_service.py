@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,10 +141,121 @@ async def test_counter_store_failure_fails_closed(authorizer: Authorizer) -> Non
     assert "quota state is unavailable" in body["result"]["content"][0]["text"]
 
 
+async def _status(authorizer: Authorizer, http: HttpRequest) -> tuple[int, Any]:
+    verdict = await authorizer.check(http)
+    denied = check_response(verdict).denied_response
+    return denied.status.code, json.loads(denied.body) if denied.body else {}
+
+
+@pytest.mark.parametrize(
+    "path", ["/mcp/", "/MCP", "/", "/healthz", "/mcp;x=1", "/mcp%2F", "/mcp/..", "/mcpx", ""]
+)
+async def test_only_the_mcp_path_is_served(authorizer: Authorizer, path: str) -> None:
+    status, body = await _status(authorizer, HttpRequest("POST", path, JSON_HEADERS, _call()))
+    assert status == 404
+    assert body["error"]["code"] == -32600
+    # before identity: the same without a token
+    status, _ = await _status(authorizer, HttpRequest("GET", path, {}, b""))
+    assert status == 404
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/mcp?", "/mcp?x=1", "/mcp?session=abc&y"])
+async def test_mcp_path_with_a_query_is_served(authorizer: Authorizer, path: str) -> None:
+    verdict = await authorizer.check(HttpRequest("POST", path, JSON_HEADERS, _call()))
+    assert verdict.decision.allowed
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "access_token=tok",
+        "token=tok",
+        "x=1&token=tok",
+        "x=1;access_token=tok",
+        "ACCESS_TOKEN=tok",
+        "access%5Ftoken=tok",
+        "api_key=k",
+        "access_token",
+        "authorization=Bearer%20tok",
+    ],
+)
+async def test_credentials_in_the_query_are_refused(authorizer: Authorizer, query: str) -> None:
+    for headers in (JSON_HEADERS, {"content-type": "application/json"}):
+        status, body = await _status(
+            authorizer, HttpRequest("POST", f"/mcp?{query}", headers, _call())
+        )
+        assert status == 400
+        assert "credentials in the URL" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("header", ["x-http-method-override", "x-method-override", "x-http-method"])
+async def test_method_override_headers_are_refused(authorizer: Authorizer, header: str) -> None:
+    http = HttpRequest("POST", "/mcp", {**JSON_HEADERS, header: "GET"}, _call())
+    assert (await _status(authorizer, http))[0] == 400
+
+
+async def test_bodyless_methods_must_be_bodyless(authorizer: Authorizer) -> None:
+    for method in ("GET", "DELETE"):
+        status, body = await _status(authorizer, HttpRequest(method, "/mcp", JSON_HEADERS, _call()))
+        assert status == 400 and "must not carry a body" in body["error"]["message"]
+        empty = await authorizer.check(HttpRequest(method, "/mcp", JSON_HEADERS, b""))
+        assert empty.decision.allowed
+
+
+@pytest.mark.parametrize(
+    ("content_type", "ok"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ('application/json;charset="UTF-8"', True),
+        ("Application/JSON", True),
+        ("application/json; charset=utf-16", False),
+        ("application/json; charset=latin-1", False),
+        ("application/json,text/plain", False),
+        ("application/json-seq", False),
+        ("text/json", False),
+    ],
+)
+async def test_content_type(authorizer: Authorizer, content_type: str, ok: bool) -> None:
+    verdict = await _check(authorizer, _call(), content_type=content_type)
+    assert verdict.decision.allowed is ok
+    if not ok:
+        assert check_response(verdict).denied_response.status.code == 415
+
+
+@pytest.mark.parametrize(
+    ("session", "ok"),
+    [("0123abcd", True), ("s-1,s-2", False), ("a b", False), ("", False), ("\u00e9", False)],
+)
+async def test_session_id_must_be_one_visible_ascii_value(
+    authorizer: Authorizer, session: str, ok: bool
+) -> None:
+    verdict = await _check(authorizer, _call(), mcp_session_id=session)
+    assert verdict.decision.allowed is ok
+
+
+async def test_unknown_method_is_404_with_method_not_found(authorizer: Authorizer) -> None:
+    status, body = await _status(
+        authorizer,
+        HttpRequest(
+            "POST", "/mcp", JSON_HEADERS, b'{"jsonrpc":"2.0","id":4,"method":"Tools/Call"}'
+        ),
+    )
+    assert status == 404
+    assert body["id"] == 4 and body["error"]["code"] == -32601
+
+
+async def test_bad_tool_name_is_invalid_params(authorizer: Authorizer) -> None:
+    status, body = await _status(
+        authorizer, HttpRequest("POST", "/mcp", JSON_HEADERS, _call("image.generate.gemini "))
+    )
+    assert status == 400 and body["error"]["code"] == -32602
+
+
 def test_check_request_to_http_request() -> None:
     check = external_auth_pb2.CheckRequest()
     http = check.attributes.request.http
-    http.method = "post"
+    http.method = "POST"
     http.path = "/mcp?x=1"
     http.headers["Content-Type"] = "application/json"
     http.headers["x-envoy-auth-partial-body"] = "true"
@@ -155,3 +267,15 @@ def test_check_request_to_http_request() -> None:
     assert request.body == b'{"a":1}'
     assert request.partial_body is True
     assert request.request_id == "rid-1"
+
+
+async def test_http_method_is_case_sensitive(authorizer: Authorizer) -> None:
+    check = external_auth_pb2.CheckRequest()
+    check.attributes.request.http.method = "post"
+    check.attributes.request.http.path = "/mcp"
+    check.attributes.request.http.headers.update(JSON_HEADERS)
+    check.attributes.request.http.raw_body = _call()
+    request = http_request_from_check(check)
+    assert request.method == "post"  # not upper-cased: "post" is not POST
+    verdict = await authorizer.check(request)
+    assert check_response(verdict).denied_response.status.code == 405

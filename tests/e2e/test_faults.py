@@ -1,0 +1,534 @@
+"""Faults, reloads and load on the real processes: nothing denied ever reaches the upstream.
+
+Every case checks the upstream's own execution record (`executed`) for the grant `guard`,
+whose policies always deny `image.generate.replicate`, and the exact result the agent gets
+(status and body). `image.generate.openai` is the cheap allowed tool: the upstream runs it
+(records it) and answers `isError` for lack of an API key, without generating an image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authz.grants import hash_token
+from authz.stack import Stack
+from tests.e2e.conftest import audit_events, executed, mcp_client
+
+pytestmark = pytest.mark.e2e
+
+OPENAI = "image.generate.openai"  # allowed for guard; cheap (no key: the upstream says so)
+REPLICATE = "image.generate.replicate"  # denied for guard by every policy version below
+DENIED = "[POLICY DENIED] "
+
+GUARD_V1 = {"version": "1", "default": "deny", "tools": {OPENAI: {}}}
+GUARD_VARIANTS: list[dict[str, Any]] = [
+    GUARD_V1,
+    {"version": "1", "default": "allow", "hide": [REPLICATE]},
+    {
+        "version": "1",
+        "default": "allow",
+        "tools": {REPLICATE: {"deny_if": [{"conditions": [], "on_deny": "never replicate"}]}},
+    },
+    {
+        "version": "1",
+        "default": "allow",
+        "tools": {
+            REPLICATE: {
+                "require": [{"conditions": [{"path": "args.never", "op": "eq", "value": "x-42"}]}]
+            }
+        },
+    },
+]
+"""Every version of guard's policy: all allow OPENAI and deny REPLICATE, by different rules."""
+
+GUARD_PAUSED = {
+    "version": "1",
+    "default": "deny",
+    "tools": {OPENAI: {"deny_if": [{"conditions": [], "on_deny": "openai is paused"}]}},
+}
+"""A valid fix that is visibly different from GUARD_V1 (it denies OPENAI too)."""
+
+FLIP_ON: list[dict[str, Any]] = [
+    {"version": "1", "default": "deny", "tools": {OPENAI: {}}},
+    {"version": "1", "default": "allow", "hide": [REPLICATE]},
+]
+FLIP_OFF: list[dict[str, Any]] = [
+    {"version": "1", "default": "deny"},
+    {
+        "version": "1",
+        "default": "allow",
+        "tools": {OPENAI: {"deny_if": [{"conditions": [], "on_deny": "flipped off"}]}},
+    },
+]
+
+QUOTA = {
+    "version": "1",
+    "default": "deny",
+    "tools": {OPENAI: {"limits": [{"counter": "c", "window": "day", "max": 2, "scope": "grant"}]}},
+}
+
+POLICIES: dict[str, dict[str, Any]] = {"guard": GUARD_V1, "flip": FLIP_ON[0], "quota": QUOTA}
+GRANTS = {"guard": "guard", "flip": "flip", "quota": "quota", "reset": "quota"}
+
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def token(grant: str) -> str:
+    return f"faults-token-{grant}"
+
+
+def policy_bytes(doc: dict[str, Any], indent: int | None = 2) -> bytes:
+    return json.dumps(doc, indent=indent).encode()
+
+
+def grants_bytes(extra: tuple[str, ...] = ()) -> bytes:
+    entries = [
+        {"id": gid, "label": gid, "token_sha256": hash_token(token(gid)), "policy": policy}
+        for gid, policy in [*GRANTS.items(), *((e, "guard") for e in extra)]
+    ]
+    return json.dumps({"version": "1", "grants": entries}, indent=2).encode()
+
+
+def write_faults_config(root: Path) -> Path:
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    for name, doc in POLICIES.items():
+        (root / "policies" / f"{name}.json").write_bytes(policy_bytes(doc))
+    (root / "grants.json").write_bytes(grants_bytes())
+    return root
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write a hidden temp file next to `path` and rename it over `path` (as editors do)."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("faults")
+    record = base / "executed.jsonl"
+    record.touch()
+    the_stack = Stack(
+        config_dir=write_faults_config(base / "config"),
+        outputs_dir=base / "outputs",
+        workdir=base / "work",
+        extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
+        reload_interval=0.2,
+    )
+    with the_stack:
+        yield the_stack
+
+
+@pytest.fixture(autouse=True)
+def healthy(stack: Stack) -> Iterator[None]:
+    """Each case starts and leaves the stack as the module built it: all up, config v1."""
+    stack.wait_path_ready()
+    yield
+    for name in ("sidecar", "upstream"):
+        proc = stack.procs.get(name)
+        if proc is None or proc.popen.poll() is not None:
+            stack.restart(name)
+    restore_config(stack)
+
+
+def restore_config(stack: Stack) -> None:
+    root = stack.config_dir
+    for path in (root / "policies").iterdir():
+        if path.stem not in POLICIES:
+            path.unlink()
+    for name, doc in POLICIES.items():
+        path = root / "policies" / f"{name}.json"
+        if path.read_bytes() != policy_bytes(doc):
+            replace_atomically(path, policy_bytes(doc))
+    grants = root / "grants.json"
+    if not grants.exists() or grants.read_bytes() != grants_bytes():
+        replace_atomically(grants, grants_bytes())
+    wait_until(lambda: ready_with(stack, "guard", policy_bytes(GUARD_V1), error=None))
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def config_state(stack: Stack) -> dict[str, Any]:
+    config: dict[str, Any] = stack.readiness()["config"]  # type: ignore[assignment]
+    return config
+
+
+def ready_with(stack: Stack, policy: str, raw: bytes, error: str | None) -> bool:
+    """/readyz shows `raw` as the loaded `policy` and `error` (None, or a substring)."""
+    state = config_state(stack)
+    if state["policies"].get(policy) != hashlib.sha256(raw).hexdigest():
+        return False
+    if error is None:
+        return state["last_error"] is None
+    return error in (state["last_error"] or "")
+
+
+def call(stack: Stack, grant: str, tool: str, rid: int = 1) -> tuple[int, dict[str, str], bytes]:
+    """A stateless-era `tools/call` as raw HTTP through Envoy."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": {"prompt": "a fault"}, "_meta": META},
+    }
+    return stack.post_raw(
+        json.dumps(body).encode(),
+        headers={
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {token(grant)}",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call",
+            "mcp-name": tool,
+        },
+    )
+
+
+def list_tools(stack: Stack, grant: str) -> tuple[int, dict[str, str], bytes]:
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"_meta": META}}
+    return stack.post_raw(
+        json.dumps(body).encode(),
+        headers={
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {token(grant)}",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/list",
+        },
+    )
+
+
+def outcome(status: int, body: bytes) -> tuple[str, str]:
+    """("allowed" | "denied" | "http-<status>", text) for a `tools/call` reply."""
+    if status != 200:
+        return f"http-{status}", body.decode(errors="replace")
+    result = json.loads(body)["result"]
+    text = "\n".join(part.get("text", "") for part in result["content"])
+    return ("denied" if text.startswith(DENIED) else "allowed"), text
+
+
+def assert_allowed(reply: tuple[int, dict[str, str], bytes]) -> None:
+    kind, text = outcome(reply[0], reply[2])
+    assert kind == "allowed", (reply[0], text)
+    assert text.startswith("OPENAI_API_KEY is not set"), text  # the upstream ran it
+
+
+def assert_denied(reply: tuple[int, dict[str, str], bytes], rule: str) -> None:
+    kind, text = outcome(reply[0], reply[2])
+    assert kind == "denied", (reply[0], text)
+    assert f"(rule: {rule})" in text, text
+
+
+def runs(stack: Stack, since: int, grant: str | None = None) -> list[tuple[str, str]]:
+    """(grant, tool) of each upstream execution after the first `since` records."""
+    return [
+        (e["grant"], e["tool"])
+        for e in executed(stack)[since:]
+        if grant is None or e["grant"] == grant
+    ]
+
+
+AUTHZ_ERRORS = "http.mcp_ingress.ext_authz.error"
+UPSTREAM_CONNECT_FAIL = "cluster.imagegen_upstream.upstream_cx_connect_fail"
+
+
+def envoy_counter(stack: Stack, name: str) -> int:
+    """One of Envoy's counters (the access log is flushed too late to assert on)."""
+    return stack.envoy_stats(f"^{name.replace('.', '[.]')}$").get(name, 0)
+
+
+# -- the sidecar dies, hangs, comes back -------------------------------------------------
+
+
+def test_sidecar_killed_fails_closed_and_recovers_without_envoy_restart(stack: Stack) -> None:
+    envoy_pid = stack.pid("envoy")
+    assert_allowed(call(stack, "guard", OPENAI))
+    for _ in range(2):
+        assert_allowed(call(stack, "reset", OPENAI))
+    assert_denied(call(stack, "reset", OPENAI), f"/tools/{OPENAI}/limits/c")
+    since = len(executed(stack))
+
+    errors = envoy_counter(stack, AUTHZ_ERRORS)
+    assert stack.kill("sidecar") == -9
+    replies = [call(stack, "guard", tool, rid) for rid, tool in enumerate([OPENAI, REPLICATE] * 3)]
+    for status, headers, body in replies:
+        assert (status, body) == (503, b"")  # Envoy's status_on_error; no body, no content-type
+        assert "content-type" not in headers
+    # Envoy counted each as an ext_authz error (access log: UAEX, ext_authz_error)
+    assert envoy_counter(stack, AUTHZ_ERRORS) - errors == len(replies)
+    assert runs(stack, since) == []
+
+    stack.restart("sidecar")
+    assert stack.pid("envoy") == envoy_pid
+    assert_allowed(call(stack, "guard", OPENAI))
+    assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
+    # counters live in the sidecar's memory: the restarted process starts from zero
+    assert_allowed(call(stack, "reset", OPENAI))
+    assert runs(stack, since) == [("guard", OPENAI), ("reset", OPENAI)]
+
+
+def test_sidecar_killed_and_restarted_mid_traffic(stack: Stack) -> None:
+    """Checks in flight when the sidecar dies fail closed; none turns into an allow."""
+    since = len(executed(stack))
+    deadline = time.monotonic() + 2.0
+    replies: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        for i in range(400):
+            if time.monotonic() > deadline:
+                return
+            tool = (OPENAI, REPLICATE)[(i + worker) % 2]
+            status, _, body = call(stack, "guard", tool, rid=i)
+            kind = "503" if (status, body) == (503, b"") else outcome(status, body)[0]
+            with lock:
+                replies.append((tool, kind))
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.4)
+    stack.kill("sidecar")
+    time.sleep(0.4)
+    stack.restart("sidecar")
+    for thread in threads:
+        thread.join(30)
+
+    by = Counter(replies)
+    assert set(by) <= {
+        (OPENAI, "allowed"),
+        (REPLICATE, "denied"),
+        (OPENAI, "503"),
+        (REPLICATE, "503"),
+    }
+    assert by[(OPENAI, "503")] + by[(REPLICATE, "503")] > 0, by  # the outage was seen
+    assert Counter(runs(stack, since)) == Counter({("guard", OPENAI): by[(OPENAI, "allowed")]})
+
+
+def test_sidecar_frozen_past_the_timeout_fails_closed_then_recovers(stack: Stack) -> None:
+    since = len(executed(stack))
+    errors = envoy_counter(stack, AUTHZ_ERRORS)
+    decisions = len(audit_events(stack))
+    stack.pause("sidecar")
+    try:
+
+        def timed(tool: str) -> tuple[float, tuple[int, dict[str, str], bytes]]:
+            started = time.monotonic()
+            reply = call(stack, "guard", tool)
+            return time.monotonic() - started, reply
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(timed, [OPENAI, REPLICATE, OPENAI, REPLICATE]))
+    finally:
+        stack.resume("sidecar")
+    for elapsed, (status, _, body) in results:
+        assert (status, body) == (503, b"")
+        assert 0.9 <= elapsed < 2.5, elapsed  # ext_authz timeout: 1 s in deploy/envoy.yaml
+    assert envoy_counter(stack, AUTHZ_ERRORS) - errors == len(results)
+
+    assert_allowed(call(stack, "guard", OPENAI))
+    assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
+    time.sleep(0.5)  # anything the thawed sidecar still had queued has been answered by now
+    assert runs(stack, since) == [("guard", OPENAI)]
+    # Envoy reset the timed-out Check streams, so the thawed sidecar never decided them (no
+    # quota taken for them either): only the two calls after SIGCONT were decided.
+    assert len(audit_events(stack)) - decisions == 2
+
+
+# -- reloads under load ------------------------------------------------------------------
+
+
+def test_reload_under_concurrent_load_never_lets_a_denied_call_through(stack: Stack) -> None:
+    root = stack.config_dir
+    since = len(executed(stack))
+    reloads_before = config_state(stack)["reloads"]
+    deadline = time.monotonic() + 6.0
+    stop = threading.Event()
+    replies: list[tuple[str, str, int, str, str]] = []  # (grant, tool, status, kind, text)
+    lock = threading.Lock()
+
+    def writer() -> None:
+        """Flip `flip` on/off and rotate `guard` and grants.json, in place and by rename."""
+        flips = itertools.cycle([*FLIP_ON, *FLIP_OFF][i] for i in (0, 2, 1, 3))
+        guards = itertools.cycle(GUARD_VARIANTS)
+        for i in range(400):  # bounded by count and by time
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            write = replace_atomically if i % 2 else Path.write_bytes
+            write(root / "policies" / "flip.json", policy_bytes(next(flips), indent=i % 3))
+            write(root / "policies" / "guard.json", policy_bytes(next(guards), indent=i % 3))
+            if i % 5 == 0:
+                replace_atomically(root / "grants.json", grants_bytes(("extra",) * (i % 2)))
+            time.sleep(0.07)
+
+    def raw_client(worker: int) -> None:
+        plan = [("guard", OPENAI), ("guard", REPLICATE), ("flip", OPENAI), ("guard", "list")]
+        for i in range(300):
+            if time.monotonic() > deadline:
+                return
+            grant, tool = plan[(i + worker) % len(plan)]
+            if tool == "list":
+                status, _, body = list_tools(stack, grant)
+                ok = status == 200 and len(json.loads(body)["result"]["tools"]) == 4
+                kind, text = ("allowed" if ok else f"http-{status}"), body[:200].decode()
+            else:
+                status, _, body = call(stack, grant, tool, rid=i)
+                kind, text = outcome(status, body)
+            with lock:
+                replies.append((grant, tool, status, kind, text))
+
+    async def sdk_session() -> None:
+        async with mcp_client(stack, token("flip"), mode="legacy") as client:
+            for _ in range(300):
+                if time.monotonic() > deadline:
+                    return
+                result = await client.call_tool(OPENAI, {"prompt": "sdk"})
+                text = "\n".join(getattr(part, "text", "") for part in result.content)
+                kind = "denied" if text.startswith(DENIED) else "allowed"
+                with lock:
+                    replies.append(("flip", OPENAI, 200, kind, text))
+
+    threads = [threading.Thread(target=writer)]
+    threads += [threading.Thread(target=raw_client, args=(w,)) for w in range(7)]
+    threads.append(threading.Thread(target=asyncio.run, args=(sdk_session(),)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    stop.set()
+    assert not any(thread.is_alive() for thread in threads)
+
+    by = Counter((grant, tool, kind) for grant, tool, _, kind, _ in replies)
+    # every reply is a valid allow or a clean policy denial: no 5xx, no transport errors
+    assert {kind for _, _, _, kind, _ in replies} <= {"allowed", "denied"}, by
+    # guard's policy was rewritten all along, yet every version applied cleanly: its allowed
+    # calls never saw a gap ("(no policy)", 401) and its denied tool was never run
+    assert by[("guard", REPLICATE, "allowed")] == 0, by
+    assert by[("guard", OPENAI, "denied")] == 0, by
+    assert ("guard", REPLICATE) not in runs(stack, since)
+    # flip was really flipped under load, and each denial names a rule of an "off" version
+    assert by[("flip", OPENAI, "allowed")] > 0 and by[("flip", OPENAI, "denied")] > 0, by
+    off_rules = ("(rule: (default deny))", f"(rule: /tools/{OPENAI}/deny_if/0)")
+    flip_denials = [text for g, _, _, k, text in replies if g == "flip" and k == "denied"]
+    assert all(any(rule in text for rule in off_rules) for text in flip_denials), flip_denials
+    # the upstream ran exactly the calls that were answered as allowed, nothing more
+    ran = Counter(runs(stack, since))
+    assert ran == Counter(
+        {(g, t): n for (g, t, k), n in by.items() if k == "allowed" and t != "list"}
+    )
+    assert config_state(stack)["reloads"] - reloads_before >= 10
+    assert len(replies) >= 200
+
+
+# -- broken configuration ----------------------------------------------------------------
+
+CORRUPTIONS = {
+    "truncated": policy_bytes(GUARD_V1)[:-7],
+    "invalid-field": b'{"version": "1", "default": "deny", "tools": {}, "bogus": true}',
+    "bad-operator": json.dumps(
+        {"version": "1", "tools": {OPENAI: {"require": [{"conditions": [{"path": "args.a"}]}]}}}
+    ).encode(),
+    "empty": b"",
+    "binary-garbage": bytes(range(256)) * 4,
+    "json-null": b"null",
+    "nesting-bomb": b"[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupted_policy_keeps_the_last_good_one(stack: Stack, corruption: str) -> None:
+    path = stack.config_dir / "policies" / "guard.json"
+    good = path.read_bytes()
+    since = len(executed(stack))
+    path.write_bytes(CORRUPTIONS[corruption])  # in place, as a bad edit would
+    wait_until(lambda: ready_with(stack, "guard", good, error="policies/guard.json"))
+
+    # decisions unchanged: the last good policy is in force
+    assert_allowed(call(stack, "guard", OPENAI))
+    assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
+    where, _, error = config_state(stack)["last_error"].partition(": ")
+    assert where == str(path) and error.strip(), error  # names the file and the problem
+
+    fixed = policy_bytes(GUARD_PAUSED)
+    path.write_bytes(fixed)
+    wait_until(lambda: ready_with(stack, "guard", fixed, error=None))
+    assert_denied(call(stack, "guard", OPENAI), f"/tools/{OPENAI}/deny_if/0")
+    assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
+    assert runs(stack, since) == [("guard", OPENAI)]
+
+
+def test_deleted_grants_file_keeps_the_last_good_grants(stack: Stack) -> None:
+    grants = stack.config_dir / "grants.json"
+    since = len(executed(stack))
+    grants.unlink()
+    wait_until(lambda: "grants.json: file not found" in (config_state(stack)["last_error"] or ""))
+    assert config_state(stack)["grants"] == len(GRANTS)
+    # the tokens of the last good grants keep working, with their policies
+    assert_allowed(call(stack, "guard", OPENAI))
+    assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
+    # a policy change still cannot apply while the directory as a whole is invalid
+    (stack.config_dir / "policies" / "guard.json").write_bytes(policy_bytes(GUARD_PAUSED))
+    time.sleep(0.5)
+    assert ready_with(stack, "guard", policy_bytes(GUARD_V1), error="grants.json")
+    assert_allowed(call(stack, "guard", OPENAI))
+
+    replace_atomically(grants, grants_bytes())
+    wait_until(lambda: ready_with(stack, "guard", policy_bytes(GUARD_PAUSED), error=None))
+    assert_denied(call(stack, "guard", OPENAI), f"/tools/{OPENAI}/deny_if/0")
+    assert runs(stack, since) == [("guard", OPENAI)] * 2
+
+
+# -- the upstream is down ----------------------------------------------------------------
+
+
+def test_upstream_down_is_503_and_the_allowed_call_still_takes_quota(stack: Stack) -> None:
+    day = int(time.time() // 86_400)
+    since = len(executed(stack))
+    connect_fails = envoy_counter(stack, UPSTREAM_CONNECT_FAIL)
+    stack.kill("upstream")
+    status, headers, body = call(stack, "quota", OPENAI)  # allowed by policy: quota 1 of 2
+    assert status == 503
+    assert headers["content-type"] == "text/plain"
+    assert body.startswith(b"upstream connect error")
+    assert "x-mcp-authz-decision-id" in headers  # the sidecar allowed it; routing failed
+    assert envoy_counter(stack, UPSTREAM_CONNECT_FAIL) == connect_fails + 1
+    # a denial does not need the upstream: it is still a clean policy answer
+    assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
+    assert runs(stack, since) == []
+
+    stack.restart("upstream")
+    assert_allowed(call(stack, "quota", OPENAI))  # quota 2 of 2
+    # No give-back in this release: the call the upstream never ran used up quota too.
+    reply = call(stack, "quota", OPENAI)
+    if int(time.time() // 86_400) != day:
+        pytest.skip("crossed a UTC day boundary; the day window turned over")
+    assert_denied(reply, f"/tools/{OPENAI}/limits/c")
+    assert int(reply[1]["retry-after"]) >= 1
+    assert runs(stack, since) == [("quota", OPENAI)]
