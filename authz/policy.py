@@ -665,7 +665,8 @@ class PolicyDocument(_Model):
                 problems.append(((i,), "entry must not be empty; remove it or name a tool"))
             elif item in seen:
                 problems.append(((i,), f"duplicate entry {item!r}; remove the duplicate"))
-            seen.add(item)
+            else:
+                seen.add(item)
         if problems:
             raise _problems(*problems)
         return value

@@ -19,7 +19,8 @@ messages never carry argument values.
 
 Profiles: `HYPOTHESIS_PROFILE=ci` (the default when `CI` is set) is derandomized and keeps
 no example database, so CI runs the same examples every time; `dev` (the default
-elsewhere) explores new examples on each run and remembers failures in `.hypothesis/`.
+elsewhere) explores new examples on each run and remembers failures in `.hypothesis/`;
+`thorough` is `dev` with 20 times the examples (minutes, for a local hunt).
 """
 
 from __future__ import annotations
@@ -65,13 +66,15 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") 
 _PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     "ci": {"derandomize": True, "database": None},
     "dev": {},
+    "thorough": {},
 }
+_SCALE = {"thorough": 20}
 
 
 def fast(max_examples: int) -> settings:
     """Settings for one property: bounded examples, no deadline, the selected profile."""
     return settings(
-        max_examples=max_examples,
+        max_examples=max_examples * _SCALE.get(PROFILE, 1),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         print_blob=True,
