@@ -17,6 +17,7 @@ from authz.policy import Policy, load_policy
 ROOT = Path(__file__).resolve().parent.parent
 GRANT = Grant(id="g-1", label="fuzz", policy="fuzz")
 FIXED_RULES = frozenset({"(no policy)", "(hidden)", "(default deny)"})
+RULE_PREFIXES = ("/tools/", "/all_tools/", "/methods/")
 
 
 def _cond(path: str, op: str, value: Any) -> dict[str, Any]:
@@ -28,6 +29,11 @@ RICH_POLICY: dict[str, Any] = {
     "version": "1",
     "default": "deny",
     "hide": ["image.generate.replicate"],
+    "methods": {
+        "default": "deny",
+        "allow": ["initialize", "ping", "tools/list", "notifications/initialized", "x/y"],
+        "deny": ["x/y", "(response)"],
+    },
     "all_tools": {"limits": [{"counter": "all", "window": "hour", "max": 100, "scope": "grant"}]},
     "tools": {
         "image.generate.gemini": {
@@ -81,10 +87,15 @@ def check_decision(policy: Policy | None, request: McpRequest) -> Decision:
         rule = decision.rule
         if decision.kind is None or decision.claims or not isinstance(rule, str):
             raise AssertionError(f"malformed deny: {decision!r}")
-        if rule not in FIXED_RULES and not rule.startswith(("/tools/", "/all_tools/")):
+        if rule not in FIXED_RULES and not rule.startswith(RULE_PREFIXES):
             raise AssertionError(f"deny names no rule pointer: {decision!r}")
-    if policy is not None and not request.is_tool_call and not decision.allowed:
-        raise AssertionError(f"a non-tool method was denied: {decision!r}")
+    if policy is not None and not request.is_tool_call:
+        methods = policy.document.methods  # deny wins, then allow, then the default
+        allowed = request.method not in methods.deny and (
+            request.method in methods.allow or methods.default == "allow"
+        )
+        if decision.allowed is not allowed:
+            raise AssertionError(f"method {request.method!r} decided against 'methods'")
     return decision
 
 

@@ -234,7 +234,8 @@ odd_tool_names = st.sampled_from(["a/b", "x~y", "*", "ünï", "t ", "\uff54", "t
     min_size=1, max_size=8
 )
 request_ids = json_ints | st.text(max_size=8)
-OTHER_METHODS = ["initialize", "tools/list", "ping", "resources/read", "prompts/get"]
+# Known MCP methods, and well-formed unknown ones (decided by the policy's `methods`).
+OTHER_METHODS = ["initialize", "tools/list", "ping", "resources/read", "prompts/get", "x/y"]
 NOTIFICATIONS = ["notifications/initialized", "notifications/cancelled"]
 
 
@@ -426,6 +427,12 @@ def tool_entries(key: str) -> st.SearchStrategy[dict[str, Any]]:
 
 
 policy_tools = tool_names | odd_tool_names
+method_names = st.sampled_from([*OTHER_METHODS, *NOTIFICATIONS, "(response)", "custom"])
+methods_sections = _optional(
+    default=st.sampled_from(["allow", "deny"]),
+    allow=st.lists(method_names, max_size=3, unique=True),
+    deny=st.lists(method_names, max_size=2, unique=True),
+)
 hide_lists = (
     st.lists(policy_tools.filter(str.strip), max_size=3, unique=True)
     | st.just("*")
@@ -440,6 +447,7 @@ policy_documents = st.lists(policy_tools, max_size=3, unique=True).flatmap(
             description=messages_text,
             hide=hide_lists,
             all_tools=st.fixed_dictionaries({"limits": limits}),
+            methods=methods_sections,
         ),
     )
 )
@@ -503,6 +511,7 @@ FIXED_POLICIES = [
             {
                 "version": "1",
                 "hide": "*",
+                "methods": {"default": "deny", "allow": ["initialize", "ping"], "deny": ["ping"]},
                 "tools": {"t": {"deny_if": [{"conditions": []}]}},
             },
             {
@@ -584,6 +593,7 @@ def summary(verdict: Verdict) -> tuple[Outcome, str | None, DenyKind | None]:
 
 PARSE_CODES = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS}
 FIXED_RULES = {"(no policy)", "(hidden)", "(default deny)"}
+RULE_PREFIXES = ("/tools/", "/all_tools/", "/methods/")
 
 
 def parse_or_error(body: bytes) -> McpRequest | McpParseError:
@@ -607,11 +617,15 @@ def check_decision(policy: Policy | None, request: McpRequest) -> Decision:
     else:
         assert decision.kind is not None and not decision.claims
         assert isinstance(decision.rule, str)
-        assert decision.rule in FIXED_RULES or decision.rule.startswith(("/tools/", "/all_tools/"))
+        assert decision.rule in FIXED_RULES or decision.rule.startswith(RULE_PREFIXES)
     if policy is None:
         assert decision.rule == "(no policy)"
     elif not request.is_tool_call:
-        assert decision.allowed and not decision.claims
+        methods = policy.document.methods  # deny wins, then allow, then the default
+        allowed = request.method not in methods.deny and (
+            request.method in methods.allow or methods.default == "allow"
+        )
+        assert decision.allowed is allowed and not decision.claims
     else:
         assert request.tool
         hidden = policy.is_hidden(request.tool)
