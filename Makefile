@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= parser policy
 
-.PHONY: venv demo test test-unit test-e2e lint fmt protos schema clean
+.PHONY: venv system-deps demo test test-unit test-e2e lint fmt protos schema clean
 
 venv: $(STAMP)
 
@@ -17,16 +17,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# redis-server (Debian's package) for the tests that run a real Redis.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
+	@command -v redis-server >/dev/null || { echo "redis-server is required for the tests"; exit 1; }
+
 demo: venv
 	$(BIN)/mcp-authz demo $(DEMO_ARGS)
 
-test: venv
+test: venv system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: venv system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/unit $(PYTEST_ARGS)
 
-test-e2e: venv
+test-e2e: venv system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/e2e $(PYTEST_ARGS)
 
 lint: venv

@@ -70,7 +70,9 @@ def log_decision(
     policy_name: str | None,
     policy_hash: str | None,
     duration_ms: float,
+    fail_open: bool = False,
 ) -> None:
+    extra = {"fail_open": True} if fail_open else {}
     _audit.info(
         "decision",
         decision_id=ctx.decision_id,
@@ -90,4 +92,5 @@ def log_decision(
         policy=policy_name,
         policy_hash=policy_hash,
         duration_ms=round(duration_ms, 3),
+        **extra,
     )

@@ -27,6 +27,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             admin=args.admin,
             reload_interval=args.reload_interval,
             log_level=args.log_level,
+            redis_url=args.redis_url,
+            redis_cluster=args.redis_cluster or None,
+            redis_prefix=args.redis_prefix,
+            redis_timeout=args.redis_timeout,
+            redis_fail_open=args.redis_fail_open or None,
         )
     except SettingsError as exc:
         print(f"mcp-authz serve: {exc}", file=sys.stderr)
@@ -115,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin", help="admin HTTP address HOST:PORT (default 127.0.0.1:9002)")
     serve.add_argument("--reload-interval", type=float, help="seconds between config polls")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--redis-url", help="share rate counters in Redis, e.g. redis://127.0.0.1:6379/0"
+    )
+    serve.add_argument(
+        "--redis-cluster", action="store_true", help="the Redis URL is a Redis Cluster node"
+    )
+    serve.add_argument("--redis-prefix", help="key prefix (default mcp-authz)")
+    serve.add_argument(
+        "--redis-timeout", type=float, help="seconds per Redis operation (default 0.25)"
+    )
+    serve.add_argument(
+        "--redis-fail-open",
+        action="store_true",
+        help="allow tool calls (logged as fail-open) when Redis cannot answer; default: deny",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser("demo", help="run Envoy + sidecar + ImageGen upstream locally")

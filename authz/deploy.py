@@ -9,9 +9,11 @@ name), and leaves every other setting exactly as in the file.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ def render_envoy_config(
     authz_port: int,
     upstream_host: str,
     upstream_port: int,
+    extra_authz_ports: Sequence[int] = (),
     source: Path | None = None,
 ) -> EnvoyConfig:
     """Load ``source`` (default: :func:`repo_envoy_config_path`) and retarget it.
@@ -60,7 +63,9 @@ def render_envoy_config(
 
     - ``admin.address.socket_address.port_value`` (the admin host stays loopback);
     - the ``mcp_ingress`` listener's address and port;
-    - the single endpoint of the ``mcp_authz`` and ``imagegen_upstream`` clusters.
+    - the single endpoint of the ``mcp_authz`` and ``imagegen_upstream`` clusters;
+    - with ``extra_authz_ports``, further ``mcp_authz`` endpoints on ``authz_host`` (several
+      sidecar replicas behind one Envoy), copies of the first one but for the port.
     """
     for name, host in (
         ("listen_host", listen_host),
@@ -74,6 +79,7 @@ def render_envoy_config(
         ("admin_port", admin_port),
         ("authz_port", authz_port),
         ("upstream_port", upstream_port),
+        *(("extra_authz_ports", extra) for extra in extra_authz_ports),
     ):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise EnvoyConfigError(f"{name} must be a TCP port (1-65535), got {port!r}")
@@ -97,7 +103,18 @@ def render_envoy_config(
     ):
         cluster = _named(clusters, cluster_name, "cluster")
         _retarget(_single_endpoint(cluster, cluster_name), host, port)
+    if extra_authz_ports:
+        _add_endpoints(_named(clusters, AUTHZ_CLUSTER, "cluster"), extra_authz_ports)
     return cfg
+
+
+def _add_endpoints(cluster: dict[str, Any], ports: Sequence[int]) -> None:
+    group = next(g for g in cluster["load_assignment"]["endpoints"] if g.get("lb_endpoints"))
+    template = group["lb_endpoints"][0]
+    for port in ports:
+        endpoint = copy.deepcopy(template)
+        endpoint["endpoint"]["address"]["socket_address"]["port_value"] = port
+        group["lb_endpoints"].append(endpoint)
 
 
 def write_envoy_config(cfg: EnvoyConfig, path: Path) -> None:

@@ -8,8 +8,9 @@ the "*" entry: require → deny_if → rules → then limits (own, "*", all_tool
 
 Rule pointers (RFC 6901, `~` → `~0`, `/` → `~1` in tool and counter names):
 `/tools/<tool>/require/<i>`, `/tools/<tool>/deny_if/<i>`, `/tools/<tool>/rules/<i>`,
-`/tools/<tool>/limits/<counter>`, `/all_tools/limits/<counter>`, and the fixed
-`(no policy)`, `(hidden)`, `(default deny)`. Messages carry no argument values from the
+`/tools/<tool>/limits/<counter>`, `/all_tools/limits/<counter>` (and `.../cost` when a
+limit's cost argument is unusable), and the fixed `(no policy)`, `(hidden)`,
+`(default deny)`. Messages carry no argument values from the
 request (policy values are fine) and no "[POLICY DENIED]" prefix: the edge adds it.
 """
 
@@ -28,9 +29,11 @@ from authz.policy import (
     WINDOW_SECONDS,
     ActionRule,
     Limit,
+    LimitCost,
     Policy,
     Rule,
     ToolPolicy,
+    non_negative_int,
 )
 
 __all__ = ["NO_POLICY", "decide", "pointer", "settle"]
@@ -52,8 +55,10 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
 
     Non-`tools/call` methods follow the policy's `methods` section (all allowed when it is
     absent). An allowed tool call carries one `Claim` per
-    applicable limit (cost 1, or the `increment` of an Intercept `state` rule); the caller
-    reserves them and calls `settle`. Scope keys: grant → `grant.id`; session →
+    applicable limit (the limit's `cost`, 1 by default, or the `increment` of an Intercept
+    `state` rule); the caller reserves them and calls `settle`. A limit whose cost is read
+    from an argument that is present but not a non-negative integer denies the call
+    (POLICY, rule `.../limits/<counter>/cost`). Scope keys: grant → `grant.id`; session →
     `<grant.id>/<request.session_id>`, or `grant.id` when the request has no session (so a
     session limit without sessions behaves per grant); global → `"*"`.
     """
@@ -100,9 +105,10 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     claims: list[Claim] = []
     for key, entry in entries:
         for limit in entry.limits:
-            claims.append(
-                _limit_claim(limit, pointer("tools", key, "limits", limit.counter), grant, request)
-            )
+            claim = _limit_claim(tool, limit, ("tools", key, "limits"), grant, request)
+            if isinstance(claim, Decision):
+                return claim
+            claims.append(claim)
         for i, rule in enumerate(entry.rules):
             claim_or_denial = _rule_claim(tool, key, i, rule, args)
             if isinstance(claim_or_denial, Decision):
@@ -110,9 +116,10 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             if claim_or_denial is not None:
                 claims.append(claim_or_denial)
     for limit in policy.all_tools_limits:
-        claims.append(
-            _limit_claim(limit, pointer("all_tools", "limits", limit.counter), grant, request)
-        )
+        claim = _limit_claim(tool, limit, ("all_tools", "limits"), grant, request)
+        if isinstance(claim, Decision):
+            return claim
+        claims.append(claim)
     return Decision.allow(claims=tuple(claims))
 
 
@@ -187,17 +194,47 @@ def _scope_key(scope: str, grant: Grant, request: McpRequest) -> str:
     return GLOBAL_SCOPE_KEY
 
 
-def _limit_claim(limit: Limit, rule: str, grant: Grant, request: McpRequest) -> Claim:
+def _limit_claim(
+    tool: str, limit: Limit, where: tuple[str, ...], grant: Grant, request: McpRequest
+) -> Claim | Decision:
+    """The claim of a limit at `where + (counter,)`, or a denial for an unusable cost.
+
+    A cost above `max` is not checked here: it can never fit, so the store reports the
+    limit as exhausted.
+    """
+    cost = _limit_cost(limit.cost, request.arguments)
+    if cost is None:
+        assert isinstance(limit.cost, LimitCost)
+        return _policy_deny(
+            f"tool {tool!r}: limit {limit.counter!r} counts {limit.cost.from_}, which must "
+            "be a non-negative integer",
+            pointer(*where, limit.counter, "cost"),
+        )
     return Claim(
         counter=limit.counter,
         scope=limit.scope,
         scope_key=_scope_key(limit.scope, grant, request),
         window_seconds=WINDOW_SECONDS[limit.window],
         max=limit.max,
-        cost=1,
-        rule=rule,
+        cost=cost,
+        rule=pointer(*where, limit.counter),
         on_deny=limit.on_deny,
     )
+
+
+def _limit_cost(cost: int | LimitCost, args: Mapping[str, Any]) -> int | None:
+    """The units one call takes; None when the cost argument is present but unusable.
+
+    A missing argument costs `default`; a present one must be a non-negative integer (an
+    integral float such as 3.0 counts as 3; null, strings, booleans, fractions and negative
+    numbers do not).
+    """
+    if isinstance(cost, int):
+        return cost
+    value = conditions.resolve(args, cost.from_)
+    if value is conditions.MISSING:
+        return cost.default
+    return non_negative_int(value)
 
 
 def _rule_claim(

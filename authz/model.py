@@ -92,6 +92,9 @@ class Reservation:
 
     entries: tuple[tuple[tuple[str, str, str, int], int, int], ...] = ()
     """(bucket, window_start_epoch_seconds, cost) per bucket."""
+    token: str = ""
+    """Identifies this reservation to the store that issued it, so that `release` is
+    idempotent across processes (e.g. a Redis-backed store); empty when nothing was taken."""
 
 
 @dataclass(frozen=True, slots=True)

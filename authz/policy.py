@@ -59,6 +59,7 @@ __all__ = [
     "Condition",
     "CounterState",
     "Limit",
+    "LimitCost",
     "MethodsPolicy",
     "Policy",
     "PolicyDocument",
@@ -70,6 +71,7 @@ __all__ = [
     "check_policy_files",
     "json_path",
     "load_policy",
+    "non_negative_int",
     "policy_json_schema",
 ]
 
@@ -273,8 +275,68 @@ class Rule(_Model):
         return self
 
 
+def non_negative_int(value: object) -> int | None:
+    """`value` as a non-negative integer, or None when it is not one.
+
+    JSON has one number type, so an integral float counts (3.0 → 3); booleans, strings,
+    fractions (2.5), negative numbers and non-finite floats do not.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+_COST_SHAPE: Final = '{"from": "args.<key>", "default": 1}'
+
+
+def _count_problem(value: object) -> str | None:
+    """Why `value` is not a usable non-negative integer (for `cost` and `cost.default`)."""
+    if non_negative_int(value) is not None:
+        return None
+    if isinstance(value, bool):
+        return f"must be a non-negative integer; got {_show(value)} (a boolean is not a number)"
+    if conditions.is_number(value):
+        assert isinstance(value, int | float)
+        if value < 0:
+            return f"must be a non-negative integer; got {_show(value)}"
+        return f"must be a non-negative integer (a whole number); got {_show(value)}"
+    return f"must be a non-negative integer; got {conditions.json_type(value)}"
+
+
+class LimitCost(_Model):
+    """mcp-authz extension: a limit cost read from the call's arguments.
+
+    The argument at `from` must be a non-negative integer (3.0 counts as 3); when it is
+    missing the call costs `default`. Any other value (a fraction, a string, a boolean,
+    null, a negative number) denies the call with the rule `.../limits/<counter>/cost`.
+    """
+
+    from_: StrictStr = Field(
+        alias="from",
+        title="From",
+        description=(
+            "An args.<key>[.<key>...] path inside the tools/call arguments whose value is "
+            "the cost, e.g. args.count."
+        ),
+        json_schema_extra={"pattern": r"^args\.[^.]+(\.[^.]+)*$"},
+    )
+    default: StrictInt = Field(
+        default=1,
+        ge=0,
+        title="Default",
+        description="The cost when the argument is missing (default 1).",
+    )
+
+
+LIMIT_COST_KEYS: Final = ("from", "default")
+
+
 class Limit(_Model):
-    """A counter of allowed calls per fixed window; the call is denied past `max`."""
+    """A counter per fixed window; a call takes `cost` units (default 1), denied past `max`."""
 
     counter: StrictStr = Field(
         min_length=1,
@@ -289,7 +351,9 @@ class Limit(_Model):
         description="Fixed window aligned to the UTC epoch: second, minute, hour or day.",
     )
     max: StrictInt = Field(
-        ge=0, title="Maximum", description="Calls allowed per window (0 denies every call)."
+        ge=0,
+        title="Maximum",
+        description="Units (calls, at cost 1) allowed per window (0 denies every call).",
     )
     scope: Scope = Field(
         default="global",
@@ -300,7 +364,59 @@ class Limit(_Model):
             "caller; the default, as in Intercept)."
         ),
     )
+    cost: Annotated[StrictInt, Field(ge=0)] | LimitCost = Field(
+        default=1,
+        title="Cost",
+        description=(
+            "mcp-authz extension: units of the bucket one call takes (default 1). A "
+            'non-negative integer, or {"from": "args.<key>", "default": N} to read it '
+            "from the call's arguments (N when the argument is missing). A call whose "
+            "argument is not a non-negative integer is denied."
+        ),
+    )
     on_deny: OnDeny = None
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _valid_cost(cls, value: object) -> object:
+        if isinstance(value, LimitCost):
+            return value
+        if not isinstance(value, Mapping):
+            problem = _count_problem(value)
+            if problem is not None:
+                if not conditions.is_number(value) and not isinstance(value, bool):
+                    problem = (
+                        f"must be a non-negative integer or an object {_COST_SHAPE}; "
+                        f"got {conditions.json_type(value)}"
+                    )
+                raise _problems(((), problem))
+            return non_negative_int(value)
+        problems: list[_RelProblem] = [
+            ((str(key),), f"unknown field {key!r}; allowed here: {', '.join(LIMIT_COST_KEYS)}")
+            for key in value
+            if key not in LIMIT_COST_KEYS
+        ]
+        source = value.get("from")
+        if "from" not in value:
+            problems.append(
+                (("from",), "required field 'from' is missing; add an args path, e.g. 'args.n'")
+            )
+        elif not isinstance(source, str):
+            problems.append(
+                (
+                    ("from",),
+                    f"must be an args path string such as 'args.n'; got "
+                    f"{conditions.json_type(source)}",
+                )
+            )
+        elif (path_problem := conditions.path_problem(source)) is not None:
+            problems.append((("from",), path_problem))
+        default = value.get("default", 1)
+        if (default_problem := _count_problem(default)) is not None:
+            problems.append((("default",), default_problem))
+        if problems:
+            raise _problems(*problems)
+        return {"from": source, "default": non_negative_int(default)}
 
 
 class CounterState(_Model):

@@ -43,10 +43,61 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         return check_response(verdict)
 
 
-def readiness(config: ConfigSource, counters: CounterStore) -> dict[str, Any]:
+class StoreHealth:
+    """Watches the counter store in the background; readiness reports what it saw."""
+
+    def __init__(self, store: CounterStore, *, shared: bool, interval: float = 1.0) -> None:
+        self.store = store
+        self.shared = shared
+        self.interval = interval
+        self.ok = True
+        self.last_error: str | None = None
+        self.changed_at = time.time()
+        self._task: asyncio.Task[None] | None = None
+
+    async def probe(self) -> bool:
+        ping = getattr(self.store, "ping", None)
+        if ping is None:
+            return True
+        try:
+            ok = bool(await ping())
+            error = None if ok else "ping failed"
+        except Exception as exc:  # any store error means: not available
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        if ok != self.ok:
+            self.changed_at = time.time()
+            if ok:
+                log.info("counter_store_recovered", store=self.store.describe())
+            else:
+                log.error("counter_store_unavailable", store=self.store.describe(), error=error)
+        self.ok, self.last_error = ok, error
+        return ok
+
+    async def run(self) -> None:
+        while True:
+            await self.probe()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self.shared and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def readiness(
+    config: ConfigSource, counters: CounterStore, health: StoreHealth, fail_open: bool
+) -> tuple[bool, dict[str, Any]]:
+    """(ready, report). Not ready while a shared store is down and calls fail closed."""
     current = config.current
-    return {
-        "ready": True,
+    ready = health.ok or fail_open
+    return ready, {
+        "ready": ready,
         "config": {
             "dir": str(config.root),
             "fingerprint": current.fingerprint,
@@ -60,17 +111,41 @@ def readiness(config: ConfigSource, counters: CounterStore) -> dict[str, Any]:
             "last_error_at": config.status.last_error_at,
         },
         "counters": counters.describe(),
+        "counter_store": {
+            "ok": health.ok,
+            "last_error": health.last_error,
+            "since": health.changed_at,
+            "on_failure": "allow (fail-open)" if fail_open else "deny (fail-closed)",
+        },
     }
 
 
-def admin_app(config: ConfigSource, counters: CounterStore) -> Starlette:
+def admin_app(
+    config: ConfigSource, counters: CounterStore, health: StoreHealth, fail_open: bool
+) -> Starlette:
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> JSONResponse:
-        return JSONResponse(readiness(config, counters))
+        if health.shared:
+            await health.probe()
+        ready, report = readiness(config, counters, health, fail_open)
+        return JSONResponse(report, status_code=200 if ready else 503)
 
     return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+
+
+def build_counter_store(settings: Settings) -> CounterStore:
+    if settings.redis_url is None:
+        return MemoryCounterStore()
+    from authz.counters.redis import RedisCounterStore
+
+    return RedisCounterStore.from_url(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+    )
 
 
 class _AdminServer(uvicorn.Server):
@@ -87,8 +162,9 @@ class Sidecar:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config = ConfigSource.open(settings.config_dir, interval=settings.reload_interval)
-        self.counters: CounterStore = MemoryCounterStore()
-        self.authorizer = Authorizer(self.config, self.counters)
+        self.counters: CounterStore = build_counter_store(settings)
+        self.store_health = StoreHealth(self.counters, shared=settings.redis_url is not None)
+        self.authorizer = Authorizer(self.config, self.counters, fail_open=settings.redis_fail_open)
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._admin: uvicorn.Server | None = None
@@ -118,7 +194,7 @@ class Sidecar:
 
         admin = _AdminServer(
             uvicorn.Config(
-                admin_app(self.config, self.counters),
+                admin_app(self.config, self.counters, self.store_health, s.redis_fail_open),
                 host=s.admin_host,
                 port=s.admin_port,
                 log_level="warning",
@@ -129,6 +205,7 @@ class Sidecar:
         self._admin = admin
         self._admin_task = asyncio.get_running_loop().create_task(admin.serve())
         self.config.start()
+        self.store_health.start()
         log.info(
             "sidecar_started",
             grpc=f"{s.grpc_host}:{self.grpc_port}",
@@ -136,11 +213,14 @@ class Sidecar:
             config=str(s.config_dir),
             grants=len(self.config.current.grants),
             policies=sorted(self.config.current.policies),
+            counters=self.counters.describe(),
+            on_store_failure="allow" if s.redis_fail_open else "deny",
         )
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.config.stop()
+        await self.store_health.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._admin is not None:

@@ -27,6 +27,8 @@ from authz.policy import Policy
 
 log = structlog.get_logger("mcp_authz.service")
 
+FAIL_OPEN_RULE = "(counters fail-open)"
+
 HEADER_MISMATCH = -32020
 """JSON-RPC code for Mcp-* headers that disagree with the body (as the MCP SDK uses)."""
 
@@ -90,6 +92,8 @@ class Verdict:
     grant: Grant | None = None
     request: McpRequest | None = None
     policy: Policy | None = None
+    fail_open: bool = False
+    """Allowed without quota because the counter store could not answer (fail-open mode)."""
     reply_id: RequestId = None
     """The id to echo when the body could not be parsed into a request."""
 
@@ -108,10 +112,13 @@ class Authorizer:
         config: ConfigSource,
         counters: CounterStore,
         clock: Callable[[], float] = time.time,
+        *,
+        fail_open: bool = False,
     ) -> None:
         self._config = config
         self._counters = counters
         self._clock = clock
+        self._fail_open = fail_open
 
     async def check(self, http: HttpRequest) -> Verdict:
         started = time.perf_counter()
@@ -136,6 +143,7 @@ class Authorizer:
             policy_name=verdict.grant.policy if verdict.grant else None,
             policy_hash=verdict.policy.content_hash if verdict.policy else None,
             duration_ms=(time.perf_counter() - started) * 1000,
+            fail_open=verdict.fail_open,
         )
         return verdict
 
@@ -209,12 +217,27 @@ class Authorizer:
         if decision.allowed and decision.claims:
             try:
                 result = await self._counters.reserve(decision.claims, self._clock())
-            except Exception:
-                log.exception("counter_store_failed", decision_id=decision_id)
+            except Exception as exc:
+                log.warning(
+                    "counter_store_failed",
+                    decision_id=decision_id,
+                    error=type(exc).__name__,
+                    fail_open=self._fail_open,
+                )
+                if self._fail_open:
+                    return Verdict(
+                        Decision.allow(rule=FAIL_OPEN_RULE),
+                        decision_id,
+                        grant,
+                        request,
+                        policy,
+                        fail_open=True,
+                    )
                 decision = Decision.deny(
                     DenyKind.UNAVAILABLE,
-                    "quota state is unavailable; the call was not run",
+                    "quota state is unavailable, so the call was not run; retry shortly",
                     rule="(counters)",
+                    retry_after=1,
                 )
             else:
                 decision = engine.settle(decision, result)

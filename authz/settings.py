@@ -31,6 +31,14 @@ class Settings:
     reload_interval: float = 1.0
     log_level: str = "info"
     grpc_max_message_bytes: int = 8 * 1024 * 1024
+    redis_url: str | None = None
+    """Shared counter store; None keeps the in-process memory store."""
+    redis_cluster: bool = False
+    redis_prefix: str = "mcp-authz"
+    redis_timeout: float = 0.25
+    """Seconds one Redis operation may take before the call fails closed (or open)."""
+    redis_fail_open: bool = False
+    """Allow tool calls (logged as fail-open) when the counter store cannot answer."""
 
     @property
     def grpc_address(self) -> str:
@@ -45,6 +53,11 @@ class Settings:
         admin: str | None,
         reload_interval: float | None = None,
         log_level: str | None = None,
+        redis_url: str | None = None,
+        redis_cluster: bool | None = None,
+        redis_prefix: str | None = None,
+        redis_timeout: float | None = None,
+        redis_fail_open: bool | None = None,
     ) -> Settings:
         """Flags win over environment variables (MCP_AUTHZ_*), which win over defaults."""
         config_dir = config or os.environ.get("MCP_AUTHZ_CONFIG")
@@ -61,7 +74,25 @@ class Settings:
             interval = float(os.environ.get("MCP_AUTHZ_RELOAD_INTERVAL", "1.0"))
         if interval <= 0:
             raise SettingsError("--reload-interval: must be positive")
+        url = redis_url or os.environ.get("MCP_AUTHZ_REDIS_URL") or None
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"--redis-url: expected redis://, rediss:// or unix:// URL, got {url!r}"
+            )
+        timeout = redis_timeout
+        if timeout is None:
+            timeout = float(os.environ.get("MCP_AUTHZ_REDIS_TIMEOUT", "0.25"))
+        if not 0 < timeout <= 10:
+            raise SettingsError("--redis-timeout: must be between 0 and 10 seconds")
+        prefix = redis_prefix or os.environ.get("MCP_AUTHZ_REDIS_PREFIX", "mcp-authz")
+        if not prefix or any(c in prefix for c in "{} \t\r\n"):
+            raise SettingsError("--redis-prefix: must be non-empty, without braces or spaces")
         return cls(
+            redis_url=url,
+            redis_cluster=_flag(redis_cluster, "MCP_AUTHZ_REDIS_CLUSTER"),
+            redis_prefix=prefix,
+            redis_timeout=timeout,
+            redis_fail_open=_flag(redis_fail_open, "MCP_AUTHZ_REDIS_FAIL_OPEN"),
             config_dir=Path(config_dir),
             grpc_host=grpc_host,
             grpc_port=grpc_port,
@@ -70,3 +101,9 @@ class Settings:
             reload_interval=interval,
             log_level=(log_level or os.environ.get("MCP_AUTHZ_LOG_LEVEL", "info")).lower(),
         )
+
+
+def _flag(value: bool | None, env: str) -> bool:
+    if value is not None:
+        return value
+    return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")

@@ -7,6 +7,7 @@ and the same `deploy/envoy.yaml` (only addresses and ports are rewritten).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -67,6 +68,10 @@ class Proc:
     log_path: Path | None
 
 
+def sidecar_name(index: int) -> str:
+    return "sidecar" if index == 0 else f"sidecar-{index + 1}"
+
+
 def _python_main(module: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
@@ -83,7 +88,24 @@ class Stack:
     sidecar_stdout: IO[bytes] | None = None
     """Where the sidecar's audit stream goes; None means a log file in workdir."""
     reload_interval: float = 0.5
+    sidecar_args: Sequence[str] = ()
+    """Extra `mcp-authz serve` arguments for every sidecar (e.g. `--redis-url URL`)."""
+    replicas: int = 1
+    """Sidecar processes behind Envoy: endpoints of one `mcp_authz` cluster."""
     procs: dict[str, Proc] = field(default_factory=dict)
+    replica_ports: list[tuple[int, int]] = field(default_factory=list)
+    """(gRPC, admin) ports of every sidecar; the first is `ports.authz_grpc/authz_admin`."""
+
+    def __post_init__(self) -> None:
+        self.replica_ports = [(self.ports.authz_grpc, self.ports.authz_admin)]
+        self.replica_ports += [(free_port(), free_port()) for _ in range(self.replicas - 1)]
+
+    @property
+    def sidecar_names(self) -> list[str]:
+        return [sidecar_name(i) for i in range(self.replicas)]
+
+    def replica_admin_url(self, index: int) -> str:
+        return f"http://{LOOPBACK}:{self.replica_ports[index][1]}"
 
     @property
     def mcp_url(self) -> str:
@@ -158,21 +180,25 @@ class Stack:
         self._spawn("upstream", argv, self.upstream_env())
         self._wait_tcp("upstream", self.ports.upstream)
 
-    def start_sidecar(self) -> None:
+    def start_sidecar(self, index: int = 0) -> None:
+        grpc_port, admin_port = self.replica_ports[index]
         argv = [
             *_python_main("authz.cli"),
             "serve",
             "--config",
             str(self.config_dir),
             "--grpc",
-            f"{LOOPBACK}:{self.ports.authz_grpc}",
+            f"{LOOPBACK}:{grpc_port}",
             "--admin",
-            f"{LOOPBACK}:{self.ports.authz_admin}",
+            f"{LOOPBACK}:{admin_port}",
             "--reload-interval",
             str(self.reload_interval),
+            *self.sidecar_args,
         ]
-        self._spawn("sidecar", argv, {"PYTHONUNBUFFERED": "1"}, stdout=self.sidecar_stdout)
-        self._wait_http("sidecar", f"{self.admin_url}/readyz")
+        name = sidecar_name(index)
+        stdout = self.sidecar_stdout if index == 0 else None
+        self._spawn(name, argv, {"PYTHONUNBUFFERED": "1"}, stdout=stdout)
+        self._wait_http(name, f"{self.replica_admin_url(index)}/healthz")
 
     def envoy_config_path(self) -> Path:
         return self.workdir / "envoy.json"
@@ -186,6 +212,7 @@ class Stack:
             authz_port=self.ports.authz_grpc,
             upstream_host=LOOPBACK,
             upstream_port=self.ports.upstream,
+            extra_authz_ports=[grpc for grpc, _ in self.replica_ports[1:]],
         )
         path = self.envoy_config_path()
         write_envoy_config(cfg, path)
@@ -226,7 +253,8 @@ class Stack:
             if self.offline_gemini:
                 self.start_gemini()
             self.start_upstream()
-            self.start_sidecar()
+            for index in range(self.replicas):
+                self.start_sidecar(index)
             self.start_envoy()
         except BaseException:
             self.stop()
@@ -247,7 +275,7 @@ class Stack:
             proc.popen.wait(timeout)
 
     def stop(self) -> None:
-        for name in ("envoy", "sidecar", "upstream", "gemini"):
+        for name in ("envoy", *self.sidecar_names, "upstream", "gemini"):
             self.stop_process(name)
 
     def __enter__(self) -> Stack:
@@ -353,11 +381,12 @@ class Stack:
 
         Envoy keeps running: its clusters reconnect to the new process on the next request.
         """
-        starters = {
-            "sidecar": self.start_sidecar,
+        starters: dict[str, Callable[[], None]] = {
             "upstream": self.start_upstream,
             "gemini": self.start_gemini,
         }
+        for index, sidecar in enumerate(self.sidecar_names):
+            starters[sidecar] = functools.partial(self.start_sidecar, index)
         if name not in starters:
             raise StackError(f"cannot restart {name!r}; restartable: {sorted(starters)}")
         self.stop_process(name)

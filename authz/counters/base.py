@@ -42,3 +42,14 @@ class CounterStore(Protocol):
     def describe(self) -> str:
         """One line for readiness and logs, e.g. `memory (12 buckets)`."""
         ...
+
+
+class CounterStoreUnavailable(Exception):
+    """The store could not answer (down, slow, erroring); the caller must fail closed.
+
+    A shared store (e.g. Redis) raises it from `reserve` and `release`, with the client's
+    error as `__cause__`. The memory store never raises it.
+    """
+
+
+__all__ += ["CounterStoreUnavailable"]

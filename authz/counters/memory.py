@@ -6,14 +6,18 @@ use it from one event loop.
 
 Memory stays bounded by the buckets of live windows: every `sweep_interval` seconds (of the
 `now` passed to `reserve`) buckets whose window has ended are dropped, and so are
-outstanding reservations, which are kept (at most `max_outstanding`, oldest dropped first)
-only so that `release` can tell a reservation it issued, and has not yet given back, from
-any other: releasing one it does not know is a no-op, which errs on the side of the limit.
+outstanding reservations, which are kept by `Reservation.token` (at most `max_outstanding`,
+oldest dropped first) only so that `release` can tell a reservation it issued, and has not
+yet given back, from any other. `release` gives back what the store recorded under the token,
+not what the reservation object claims; releasing an unknown, forgotten or already released
+token is a no-op, which errs on the side of the limit. A call that takes nothing (no claims,
+or every cost 0) gets an empty token. This store never raises `CounterStoreUnavailable`.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 
 from authz.counters.base import Bucket
@@ -30,7 +34,8 @@ class MemoryCounterStore:
         self._sweep_interval = sweep_interval
         self._max_outstanding = max_outstanding
         self._counts: dict[Bucket, tuple[int, int]] = {}  # bucket -> (window start, count)
-        self._outstanding: dict[int, tuple[Reservation, int]] = {}  # id -> (it, expires at)
+        # token -> ((bucket, window start, cost) taken, expires at)
+        self._outstanding: dict[str, tuple[tuple[tuple[Bucket, int, int], ...], int]] = {}
         self._next_sweep = -math.inf
 
     async def reserve(self, claims: Sequence[Claim], now: float) -> Reservation | Exhausted:
@@ -51,16 +56,18 @@ class MemoryCounterStore:
             start, count = current[bucket]
             self._counts[bucket] = (start, count + cost)
             entries.append((bucket, start, cost))
-        reservation = Reservation(entries=tuple(entries))
+        if not any(cost for _, _, cost in entries):
+            return Reservation(entries=tuple(entries))  # nothing taken: nothing to give back
+        reservation = Reservation(entries=tuple(entries), token=secrets.token_hex(16))
         self._track(reservation)
         return reservation
 
     async def release(self, reservation: Reservation) -> None:
         """Give back a reservation this store issued, once; never below zero."""
-        tracked = self._outstanding.pop(id(reservation), None)
-        if tracked is None or tracked[0] is not reservation:
+        tracked = self._outstanding.pop(reservation.token, None) if reservation.token else None
+        if tracked is None:
             return
-        for bucket, start, cost in reservation.entries:
+        for bucket, start, cost in tracked[0]:
             stored = self._counts.get(bucket)
             if stored is not None and stored[0] == start:
                 self._counts[bucket] = (start, max(0, stored[1] - cost))
@@ -89,8 +96,8 @@ class MemoryCounterStore:
             if start + bucket[3] > now
         }
         self._outstanding = {
-            key: (reservation, expires)
-            for key, (reservation, expires) in self._outstanding.items()
+            token: (entries, expires)
+            for token, (entries, expires) in self._outstanding.items()
             if expires > now
         }
         self._next_sweep = now + self._sweep_interval
@@ -108,9 +115,7 @@ class MemoryCounterStore:
         return stored
 
     def _track(self, reservation: Reservation) -> None:
-        if not reservation.entries:
-            return
         expires = max(start + bucket[3] for bucket, start, _ in reservation.entries)
-        self._outstanding[id(reservation)] = (reservation, expires)
+        self._outstanding[reservation.token] = (reservation.entries, expires)
         while len(self._outstanding) > self._max_outstanding:
             del self._outstanding[next(iter(self._outstanding))]

@@ -22,6 +22,8 @@ from authz.service import PATH_RULE, HttpRequest, Verdict
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 GRANT_HEADER = "x-mcp-grant"
 DECISION_HEADER = "x-mcp-authz-decision-id"
+FAIL_OPEN_HEADER = "x-mcp-authz-fail-open"
+"""On the client's response when a call was allowed without quota (counter store down)."""
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 
 _GRPC_OK = 0
@@ -164,13 +166,16 @@ def check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
     """Render a Verdict as Envoy's CheckResponse."""
     if verdict.decision.allowed:
         assert verdict.grant is not None
+        response_headers = [_header(DECISION_HEADER, verdict.decision_id)]
+        if verdict.fail_open:
+            response_headers.append(_header(FAIL_OPEN_HEADER, "true"))
         ok = external_auth_pb2.OkHttpResponse(
             headers=[
                 _header(GRANT_HEADER, verdict.grant.id),
                 _header(DECISION_HEADER, verdict.decision_id),
             ],
-            headers_to_remove=["authorization"],
-            response_headers_to_add=[_header(DECISION_HEADER, verdict.decision_id)],
+            headers_to_remove=["authorization", FAIL_OPEN_HEADER],
+            response_headers_to_add=response_headers,
         )
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=_GRPC_OK),

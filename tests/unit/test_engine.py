@@ -530,6 +530,179 @@ def test_intercept_rule_claims() -> None:
         )
 
 
+# -- limit cost (mcp-authz extension) --------------------------------------------------
+
+N = {"from": "args.n"}
+# (id, the limit's cost (... omits it), call arguments, expected claim cost; None: denied)
+COST_CASES: list[tuple[str, Any, dict[str, Any], int | None]] = [
+    ("omitted-costs-one", ..., {"n": 4}, 1),
+    ("number", 3, {}, 3),
+    ("number-zero", 0, {}, 0),
+    ("number-above-max", 9, {}, 9),  # never fits: the store reports it exhausted
+    ("from-present", N, {"n": 4}, 4),
+    ("from-zero", N, {"n": 0}, 0),
+    ("from-integral-float", N, {"n": 3.0}, 3),
+    ("from-nested", {"from": "args.opts.count"}, {"opts": {"count": 2}}, 2),
+    ("from-above-max", N, {"n": 50}, 50),
+    ("from-missing-default-omitted", N, {}, 1),
+    ("from-missing-default", {"from": "args.n", "default": 4}, {"m": 2}, 4),
+    ("from-missing-default-zero", {"from": "args.n", "default": 0}, {}, 0),
+    ("from-missing-default-ignored-when-present", {"from": "args.n", "default": 4}, {"n": 2}, 2),
+    ("from-through-non-object-is-missing", {"from": "args.opts.count"}, {"opts": "x"}, 1),
+    ("from-float", N, {"n": 2.5}, None),
+    ("from-string", N, {"n": "3"}, None),
+    ("from-true", N, {"n": True}, None),
+    ("from-false", N, {"n": False}, None),
+    ("from-negative", N, {"n": -1}, None),
+    ("from-negative-float", N, {"n": -2.0}, None),
+    ("from-null", N, {"n": None}, None),  # present: null is not missing
+    ("from-list", N, {"n": [3]}, None),
+    ("from-object", N, {"n": {"v": 3}}, None),
+    ("from-invalid-default-unused", {"from": "args.n", "default": 7}, {"n": "7"}, None),
+]
+
+
+def _cost_policy(where: str, cost: Any) -> dict[str, Any]:
+    lim = limit("images", max_=5, scope="grant")
+    if cost is not ...:
+        lim["cost"] = cost
+    if where == "all_tools":
+        return {"version": "1", "all_tools": {"limits": [lim]}}
+    return {"version": "1", "tools": {"t": {"limits": [lim]}}}
+
+
+@pytest.mark.parametrize("where", ["tools", "all_tools"])
+@pytest.mark.parametrize(
+    ("cost", "args", "expected"),
+    [case[1:] for case in COST_CASES],
+    ids=[case[0] for case in COST_CASES],
+)
+def test_limit_cost(where: str, cost: Any, args: dict[str, Any], expected: int | None) -> None:
+    policy = load_policy(_cost_policy(where, cost), name="p")
+    decision = decide(policy, GRANT, call("t", args))
+    base = "/tools/t/limits/images" if where == "tools" else "/all_tools/limits/images"
+    if expected is None:
+        assert decision.outcome is Outcome.DENY
+        assert decision.kind is DenyKind.POLICY
+        assert decision.rule == base + "/cost"
+        assert decision.claims == ()
+        path = cost["from"]
+        assert decision.message == (
+            f"tool 't': limit 'images' counts {path}, which must be a non-negative integer"
+        )
+        assert not any(ch.isdigit() for ch in decision.message)  # no argument values
+        return
+    assert decision.allowed, decision
+    (claim,) = decision.claims
+    assert claim.rule == base
+    assert claim.cost == expected and type(claim.cost) is int
+    assert (claim.counter, claim.max, claim.scope_key) == ("images", 5, "g-1")
+
+
+def test_cost_denial_pointers_are_escaped() -> None:
+    bad = {"from": "args.n"}
+    policy = {
+        "version": "1",
+        "all_tools": {"limits": [limit("all/n~", cost=bad)]},
+        "tools": {
+            "a/b~c": {"limits": [limit("x~y/z", cost=bad)]},
+            "*": {"limits": [limit("st/ar", cost={"from": "args.m"})]},
+        },
+    }
+    loaded = load_policy(policy, name="p")
+
+    def rule(args: dict[str, Any]) -> str | None:
+        decision = decide(loaded, GRANT, call("a/b~c", args))
+        assert decision.kind is DenyKind.POLICY, decision
+        return decision.rule
+
+    # the first unusable cost in claim order denies: own entry, then "*", then all_tools
+    assert rule({"n": "x"}) == "/tools/a~1b~0c/limits/x~0y~1z/cost"
+    assert rule({"m": 1.5}) == "/tools/*/limits/st~1ar/cost"
+    other = decide(loaded, GRANT, call("other", {"n": -1}))
+    assert other.rule == "/all_tools/limits/all~1n~0/cost"
+    assert other.message == (
+        "tool 'other': limit 'all/n~' counts args.n, which must be a non-negative integer"
+    )
+
+
+def test_cost_checked_after_policy_rules() -> None:
+    policy = {
+        "version": "1",
+        "tools": {
+            "t": {
+                "deny_if": [{"conditions": [cond("args.mode", "eq", "x")]}],
+                "limits": [limit("c", cost={"from": "args.n"})],
+            }
+        },
+    }
+    decision = decide(load_policy(policy, name="p"), GRANT, call("t", {"mode": "x", "n": "1"}))
+    assert decision.rule == D0
+
+
+def test_claims_carry_each_limits_cost() -> None:
+    policy = {
+        "version": "1",
+        "all_tools": {"limits": [limit("calls", max_=100)]},
+        "tools": {
+            "t": {
+                "limits": [
+                    limit("images", max_=10, cost={"from": "args.count", "default": 1}),
+                    limit("credits", max_=1000, cost=25),
+                ]
+            }
+        },
+    }
+    claims = claims_for(policy, call("t", {"count": 4}))
+    assert [(c.counter, c.cost) for c in claims] == [("images", 4), ("credits", 25), ("calls", 1)]
+
+
+async def test_weighted_limit_with_memory_store() -> None:
+    from authz.counters import MemoryCounterStore
+
+    policy = load_policy(
+        {
+            "version": "1",
+            "tools": {"t": {"limits": [limit("images", max_=5, cost={"from": "args.count"})]}},
+        },
+        name="p",
+    )
+    store = MemoryCounterStore()
+    now = 1_800_000_000.0
+
+    async def run(args: dict[str, Any]) -> Decision:
+        decision = decide(policy, GRANT, call("t", args))
+        return settle(decision, await store.reserve(decision.claims, now))
+
+    assert (await run({"count": 3})).allowed
+    denied = await run({"count": 3})  # 3 + 3 > 5
+    assert denied.kind is DenyKind.RATE_LIMITED and denied.rule == "/tools/t/limits/images"
+    assert (await run({"count": 2})).allowed  # exactly full
+    assert (await run({"count": 0})).allowed  # free calls still fit
+    assert (await run({})).kind is DenyKind.RATE_LIMITED  # missing: default 1
+    assert (await run({"count": 9})).kind is DenyKind.RATE_LIMITED
+
+
+async def test_same_bucket_claims_take_the_largest_cost() -> None:
+    from authz.counters import MemoryCounterStore
+
+    shared = limit("shared", max_=10, scope="grant")
+    policy = load_policy(
+        {
+            "version": "1",
+            "all_tools": {"limits": [shared]},
+            "tools": {"t": {"limits": [{**shared, "cost": {"from": "args.n"}}]}},
+        },
+        name="p",
+    )
+    decision = decide(policy, GRANT, call("t", {"n": 4}))
+    assert [c.cost for c in decision.claims] == [4, 1]
+    assert decision.claims[0].bucket == decision.claims[1].bucket
+    reservation = await MemoryCounterStore().reserve(decision.claims, 1_800_000_000.0)
+    assert isinstance(reservation, Reservation)
+    assert [cost for _, _, cost in reservation.entries] == [4]
+
+
 # -- settle ----------------------------------------------------------------------------
 
 SEED_CLAIM = Claim(

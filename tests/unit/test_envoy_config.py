@@ -238,7 +238,12 @@ class AuthzRecorder:
 
 
 class DenyOnHeaderAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc, unused-ignore]
-    """Denies (403 + JSON body) when ``x-deny`` is present, otherwise allows and adds a header."""
+    """Denies (JSON body) when ``x-deny`` is present, otherwise allows and adds a header.
+
+    ``x-deny: 1`` denies with 403, ``x-deny: <status>`` with that status. Like the real sidecar,
+    every answer carries ``decision_id`` and ``decision`` in its dynamic metadata; with
+    ``x-deny-no-metadata`` a denial carries none.
+    """
 
     def __init__(self, recorder: AuthzRecorder) -> None:
         self.recorder = recorder
@@ -250,10 +255,12 @@ class DenyOnHeaderAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: 
             self.recorder.requests.append(request)
         http_req = request.attributes.request.http
         if "x-deny" in http_req.headers:
-            return external_auth_pb2.CheckResponse(
+            value = http_req.headers["x-deny"]
+            code = http_status_pb2.Forbidden if value == "1" else int(value)
+            denied = external_auth_pb2.CheckResponse(
                 status=status_pb2.Status(code=grpc.StatusCode.PERMISSION_DENIED.value[0]),
                 denied_response=external_auth_pb2.DeniedHttpResponse(
-                    status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
+                    status=http_status_pb2.HttpStatus(code=code),  # type: ignore[arg-type]
                     headers=[
                         base_pb2.HeaderValueOption(
                             header=base_pb2.HeaderValue(
@@ -264,6 +271,9 @@ class DenyOnHeaderAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: 
                     body=DENY_BODY,
                 ),
             )
+            if "x-deny-no-metadata" not in http_req.headers:
+                denied.dynamic_metadata.update({"decision_id": "smoke-deny", "decision": "deny"})
+            return denied
         response = external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=0),
             ok_response=external_auth_pb2.OkHttpResponse(
@@ -275,7 +285,9 @@ class DenyOnHeaderAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: 
                 ]
             ),
         )
-        response.dynamic_metadata.update({"decision": "allow", "rule": "smoke"})
+        response.dynamic_metadata.update(
+            {"decision_id": "smoke-allow", "decision": "allow", "rule": "smoke"}
+        )
         return response
 
 
@@ -298,6 +310,10 @@ def make_upstream(recorder: UpstreamRecorder) -> ThreadingHTTPServer:
             body = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
             recorder.requests.append((headers, body))
+            if "x-reset" in headers:  # close without answering: Envoy's flag UC
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             payload = json.dumps({"ok": True}).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")

@@ -13,6 +13,7 @@ import pydantic
 import pytest
 
 from authz.policy import (
+    LimitCost,
     PolicyError,
     check_policy_files,
     json_path,
@@ -25,6 +26,7 @@ SEED = (
     b'"image.generate.gemini_rate","window":"minute","max":30,"scope":"grant"}]}}}'
 )
 T = "$.tools['image.generate.gemini']"
+GEM = "image.generate.gemini"
 
 # POLICY.md's GitHub and Stripe examples from PolicyLayer Intercept, rendered as JSON.
 INTERCEPT_GITHUB: dict[str, Any] = {
@@ -273,6 +275,59 @@ ERRORS: list[tuple[str, Any, str, str]] = [
         f"{T}.limits[1].counter",
         "duplicate counter 'c' (also limits[0])",
     ),
+    # limit cost (mcp-authz extension)
+    (f"{G}/limits/0/cost", -1, f"{T}.limits[0].cost", "must be a non-negative integer; got -1"),
+    (f"{G}/limits/0/cost", 2.5, f"{T}.limits[0].cost", "(a whole number); got 2.5"),
+    (f"{G}/limits/0/cost", True, f"{T}.limits[0].cost", "got true (a boolean is not a number)"),
+    (f"{G}/limits/0/cost", "3", f"{T}.limits[0].cost", 'or an object {"from": "args.<key>"'),
+    (f"{G}/limits/0/cost", None, f"{T}.limits[0].cost", "got null"),
+    (f"{G}/limits/0/cost", [2], f"{T}.limits[0].cost", "got array"),
+    (f"{G}/limits/0/cost", {}, f"{T}.limits[0].cost.from", "required field 'from' is missing"),
+    (f"{G}/limits/0/cost", {"from": "n"}, f"{T}.limits[0].cost.from", "must start with 'args.'"),
+    (f"{G}/limits/0/cost", {"from": "args.a..b"}, f"{T}.limits[0].cost.from", "empty segment"),
+    (
+        f"{G}/limits/0/cost",
+        {"from": "state.t.n"},
+        f"{T}.limits[0].cost.from",
+        "must start with 'args.'",
+    ),
+    (f"{G}/limits/0/cost", {"from": 3}, f"{T}.limits[0].cost.from", "got number"),
+    (
+        f"{G}/limits/0/cost",
+        {"from": "args.n", "max": 9},
+        f"{T}.limits[0].cost.max",
+        "unknown field 'max'; allowed here: from, default",
+    ),
+    (
+        f"{G}/limits/0/cost",
+        {"from": "args.n", "default": -1},
+        f"{T}.limits[0].cost.default",
+        "must be a non-negative integer; got -1",
+    ),
+    (
+        f"{G}/limits/0/cost",
+        {"from": "args.n", "default": 0.5},
+        f"{T}.limits[0].cost.default",
+        "(a whole number); got 0.5",
+    ),
+    (
+        f"{G}/limits/0/cost",
+        {"from": "args.n", "default": False},
+        f"{T}.limits[0].cost.default",
+        "got false (a boolean is not a number)",
+    ),
+    (
+        f"{G}/limits/0/cost",
+        {"from": "args.n", "default": "1"},
+        f"{T}.limits[0].cost.default",
+        "must be a non-negative integer; got string",
+    ),
+    (
+        f"{G}/limits/0/cost",
+        {"from": "args.n", "default": None},
+        f"{T}.limits[0].cost.default",
+        "got null",
+    ),
 ]
 
 
@@ -281,6 +336,58 @@ def test_validation_error_names_path(where: str, value: Any, path: str, fragment
     doc = mutate(where, value) if not where.endswith("/1") else _append_limit(value)
     found = problems_of(doc)
     assert any(p == path and fragment in m for p, m in found), found
+
+
+def test_all_tools_cost_problems_name_their_path() -> None:
+    doc = {
+        "version": "1",
+        "all_tools": {
+            "limits": [
+                {"counter": "a", "window": "day", "max": 9, "cost": -3},
+                {"counter": "b", "window": "day", "max": 9, "cost": {"from": "n", "x": 1}},
+            ]
+        },
+    }
+    assert problems_of(doc) == [
+        ("$.all_tools.limits[0].cost", "must be a non-negative integer; got -3"),
+        ("$.all_tools.limits[1].cost.x", "unknown field 'x'; allowed here: from, default"),
+        (
+            "$.all_tools.limits[1].cost.from",
+            "path must start with 'args.' (e.g. 'args.mode'); got 'n'",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [
+        (..., 1),  # omitted: a v1 limit costs 1
+        (0, 0),
+        (4, 4),
+        (3.0, 3),  # JSON has one number type: an integral float is an integer
+        ({"from": "args.n"}, LimitCost.model_validate({"from": "args.n", "default": 1})),
+        (
+            {"from": "args.opts.count", "default": 2.0},
+            LimitCost.model_validate({"from": "args.opts.count", "default": 2}),
+        ),
+        (
+            {"default": 0, "from": "args.n"},
+            LimitCost.model_validate({"from": "args.n", "default": 0}),
+        ),
+    ],
+)
+def test_limit_cost_loads(cost: Any, expected: Any) -> None:
+    tool_doc = base() if cost is ... else mutate(f"{G}/limits/0/cost", cost)
+    for doc in (tool_doc, _all_tools_limit(cost)):
+        policy = load_policy(json.dumps(doc), name="c")
+        limits = policy.all_tools_limits or policy.document.tools[GEM].limits
+        assert limits[0].cost == expected
+        assert type(limits[0].cost) is type(expected)
+
+
+def test_limit_cost_above_max_loads() -> None:
+    # a cost above max can never fit: the counter reports it exhausted, it is not invalid
+    load_policy(mutate(f"{G}/limits/0/cost", 99), name="big")
 
 
 def test_invalid_regex_named() -> None:
@@ -300,6 +407,13 @@ def test_invalid_regex_named() -> None:
 @pytest.mark.parametrize("value", [True, None, [1, "a"], {"k": 1}, 1.5])
 def test_eq_takes_any_json_value(value: Any) -> None:
     load_policy(mutate(f"{C0}/value", value), name="ok")
+
+
+def _all_tools_limit(cost: Any) -> dict[str, Any]:
+    limit: dict[str, Any] = {"counter": "all", "window": "day", "max": 5}
+    if cost is not ...:
+        limit["cost"] = cost
+    return {"version": "1", "all_tools": {"limits": [limit]}}
 
 
 def _append_limit(limit: dict[str, Any]) -> dict[str, Any]:
@@ -552,6 +666,33 @@ def test_committed_schema_matches_generated() -> None:
     assert committed.read_text(encoding="utf-8") == expected + "\n", (
         "run: python scripts/export_schema.py"
     )
+
+
+@pytest.mark.parametrize(
+    ("cost", "valid"),
+    [
+        (2, True),
+        (3.0, True),
+        ({"from": "args.n"}, True),
+        ({"from": "args.n.m", "default": 0}, True),
+        (-1, False),
+        (2.5, False),
+        ("3", False),
+        ({"from": "n"}, False),
+        ({"default": 1}, False),
+        ({"from": "args.n", "default": -1}, False),
+        ({"from": "args.n", "extra": 1}, False),
+    ],
+)
+def test_schema_describes_limit_cost(cost: Any, valid: bool) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = mutate(f"{G}/limits/0/cost", cost)
+    errors = list(jsonschema.Draft202012Validator(policy_json_schema()).iter_errors(doc))
+    assert (not errors) is valid, errors
+    if valid:
+        load_policy(json.dumps(doc), name="s")
+    else:
+        problems_of(doc)
 
 
 def test_schema_describes_every_field() -> None:

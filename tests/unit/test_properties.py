@@ -210,21 +210,28 @@ keys = st.sampled_from(KEY_POOL) | st.text(max_size=6)
 json_ints = st.integers(-(10**18), 10**18)
 json_floats = st.floats(allow_nan=False, allow_infinity=False)
 json_scalars = st.none() | st.booleans() | json_ints | json_floats | st.text(max_size=12)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
-    max_leaves=12,
-)
+
+
+def json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4)
+
+
+def pair_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Lists, and objects as `Obj` pairs (so that a tree may hold duplicate keys)."""
+    return st.lists(inner, max_size=4) | st.lists(st.tuples(keys, inner), max_size=4).map(Obj)
+
+
+def dup_prone_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Objects over four keys only, so that duplicate keys are common."""
+    pairs = st.tuples(st.sampled_from(["a", "b", "é", "/"]), inner)
+    return st.lists(inner, max_size=3) | st.lists(pairs, max_size=4).map(Obj)
+
+
+json_values = st.recursive(json_scalars, json_containers, max_leaves=12)
 NUMBER_LITERAL = r"-?(0|[1-9][0-9]{0,20})(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,4})?"
 number_literals = st.from_regex(NUMBER_LITERAL, fullmatch=True)
 # Values whose numbers may be any literal (overflowing, underflowing, -0, exponents…).
-raw_values = st.recursive(
-    json_scalars | number_literals.map(Raw),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.builds(Obj, st.lists(st.tuples(keys, inner), max_size=4))
-    ),
-    max_leaves=12,
-)
+raw_values = st.recursive(json_scalars | number_literals.map(Raw), pair_containers, max_leaves=12)
 arguments = st.dictionaries(keys, json_values, max_size=5)
 
 # Tool names the parser accepts (the MCP charset) and names it must refuse (-32602).
@@ -689,7 +696,7 @@ def test_arbitrary_bytes(body: bytes, policy: Policy | None) -> None:
 @given(
     value=st.recursive(
         json_scalars | st.text(alphabet=st.characters(categories=["Cs", "Cc", "L"]), max_size=4),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+        json_containers,
         max_leaves=20,
     ),
     ascii_only=st.booleans(),
@@ -813,7 +820,7 @@ def _untree(node: Any) -> Any:
     return node
 
 
-@fast(150)
+@fast(100)
 @given(case=with_duplicate_key(), rnd=st.randoms(use_true_random=False), policy=fixed_policies)
 def test_duplicate_keys_are_rejected(
     case: tuple[Any, str, str], rnd: random.Random, policy: Policy
@@ -831,12 +838,7 @@ def test_duplicate_keys_are_rejected(
 
 dup_prone_trees = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from([1.0, "x", "/", "é"]),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.builds(
-            Obj, st.lists(st.tuples(st.sampled_from(["a", "b", "é", "/"]), inner), max_size=4)
-        )
-    ),
+    dup_prone_containers,
     max_leaves=10,
 )
 

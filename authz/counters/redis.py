@@ -1,0 +1,371 @@
+"""A counter store in Redis: several sidecar replicas share exact quotas.
+
+Semantics are those of `CounterStore` (see `authz.counters.base`), with one difference:
+**windows follow the Redis server's clock.** The scripts read `TIME` on the server and
+compute each window start there; the `now` passed to `reserve` is ignored, so replicas with
+skewed clocks can never split a window. `Reservation.entries` records the server's window
+starts, and `retry_after` counts (rounded up, at least 1) to the end of the bucket's window on
+the server's clock.
+
+Atomicity: one `reserve` is ONE Lua script (EVALSHA via `register_script`): it reads every
+bucket of the call, checks every claim, and then either takes every cost or nothing. There
+is no read-then-write race between replicas. `release` is a second script.
+
+Key layout (`P` is the prefix, default `mcp-authz`; `{c}` is the hash tag, see below):
+
+    P:{c}:b:<window s>:<scope>:<counter>:<scope key>   hash {w: window start, c: count}
+    P:{c}:r:<token>                                    hash {<bucket key>: "<start>:<cost>"}
+    P:{c}:health                                       never written; `ping` reads it
+
+Scope, counter and scope key are percent-encoded (UTF-8, every byte outside
+`A-Z a-z 0-9 _ . - ~`), so no grant id, session id or counter name can add a `:`, a brace
+or whitespace to a key: distinct buckets get distinct keys and every key keeps its slot. A
+bucket key expires (PEXPIREAT) at its window's end plus `EXPIRE_MARGIN_MS`, and is reset by
+the next reserve if it still holds an older window. A reservation record holds what the call
+took, expires with the latest of its windows, and is deleted by the first `release`:
+
+- `release` gives back, for each bucket key the caller names that the record also names,
+  the recorded cost, only while the bucket still holds the recorded window, never below 0;
+  then deletes the record. Unknown, expired or already released tokens are a no-op. A
+  forged `Reservation` can therefore never give back more than was taken.
+- Cost: any integer >= 0. A bucket fits when `count + cost <= max`, so a cost-0 claim fits
+  unless the bucket is already above `max` (only after a policy lowered it mid-window);
+  buckets whose cost is 0 are never written, and a call that takes nothing gets no record and
+  an empty token. Counts are exact up to 2**53.
+
+**Redis Cluster.** A script may only touch keys of one slot, and one call mixes scopes
+(grant, session and global buckets). Every key of a prefix therefore carries the same hash
+tag `{c}`: all counters of a deployment live on ONE shard (which may have replicas for
+failover). That is provably atomic, but it does not spread counter load over shards: the
+limit is one primary's throughput (tens of thousands of scripts per second), well above
+what the sidecars in front of one MCP service send. The alternative, if it ever matters:
+tag grant and session buckets by grant (`{g:<grant>}`, a session key embeds its grant) and
+global buckets by counter, and make a call that spans tags a two-phase reservation (take
+on each shard in a fixed order with the same token, give back the taken ones on the first
+refusal). That never admits over a limit, but a refused call can briefly hold quota and
+make a concurrent call fail spuriously, so it is not exact under contention.
+
+Failure: every operation has a deadline (`timeout`, default 0.25 s), `from_url` sets the
+same socket connect/read timeouts and disables client retries (a retried reserve could
+take twice). Any Redis error, timeout or refused connection is raised as
+`CounterStoreUnavailable`; the caller fails closed. A reserve that timed out may still have
+been applied on the server: that quota is lost until the window ends, which errs on the
+side of the limit. Scripts are reloaded transparently after a Redis restart (NOSCRIPT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from authz.counters.base import Bucket, CounterStoreUnavailable
+from authz.model import Claim, Exhausted, Reservation
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_TIMEOUT",
+    "EXPIRE_MARGIN_MS",
+    "RedisCounterStore",
+]
+
+DEFAULT_PREFIX: Final = "mcp-authz"
+DEFAULT_TIMEOUT: Final = 0.25
+"""Seconds per operation (and per socket connect/read with `from_url`)."""
+EXPIRE_MARGIN_MS: Final = 1000
+"""Keys outlive their window by this much (ms); a stale key is reset before use anyway."""
+HASH_TAG: Final = "{c}"
+
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_BAD_PREFIX = re.compile(r"[{}\s\x00-\x1f\x7f]")
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+_FMT = "local function fmt(x) return string.format('%.0f', x) end\n"
+
+RESERVE_LUA: Final = (
+    _FMT
+    + """
+-- KEYS[1]: the reservation record; KEYS[1 + i]: distinct bucket i (i = 1..n).
+-- ARGV: margin ms, n, then (window seconds, cost) per bucket, then m, then
+-- (bucket index, max) per claim in claim order.
+-- Reply: {1, start_1, ..., start_n} or {0, index of the first exhausted claim, retry after}.
+if redis.replicate_commands then redis.replicate_commands() end
+local time = redis.call('TIME')
+local sec, usec = tonumber(time[1]), tonumber(time[2])
+local margin = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local windows, costs, starts, counts = {}, {}, {}, {}
+for i = 1, n do
+  local window = tonumber(ARGV[1 + 2 * i])
+  local start = sec - (sec % window)
+  local count = 0
+  local stored = redis.call('HMGET', KEYS[1 + i], 'w', 'c')
+  local w = tonumber(stored[1])
+  if w and w >= start then
+    start = w  -- this window (or a newer one, if the server clock stepped back)
+    count = tonumber(stored[2]) or 0
+  end
+  windows[i], costs[i], starts[i], counts[i] = window, tonumber(ARGV[2 + 2 * i]), start, count
+end
+local base = 3 + 2 * n
+for j = 1, tonumber(ARGV[base]) do
+  local i = tonumber(ARGV[base + 2 * j - 1])
+  if counts[i] + costs[i] > tonumber(ARGV[base + 2 * j]) then
+    local retry = math.ceil(((starts[i] + windows[i] - sec) * 1000000 - usec) / 1000000)
+    if retry < 1 then retry = 1 end
+    return {0, j, retry}
+  end
+end
+local reply, taken, last_end = {1}, {}, 0
+for i = 1, n do
+  reply[1 + i] = starts[i]
+  if costs[i] > 0 then
+    local key, window_end = KEYS[1 + i], starts[i] + windows[i]
+    redis.call('HSET', key, 'w', fmt(starts[i]), 'c', fmt(counts[i] + costs[i]))
+    redis.call('PEXPIREAT', key, fmt(window_end * 1000 + margin))
+    taken[#taken + 1] = key
+    taken[#taken + 1] = fmt(starts[i]) .. ':' .. fmt(costs[i])
+    if window_end > last_end then last_end = window_end end
+  end
+end
+if #taken > 0 then
+  redis.call('HSET', KEYS[1], unpack(taken))
+  redis.call('PEXPIREAT', KEYS[1], fmt(last_end * 1000 + margin))
+end
+return reply
+"""
+)
+
+RELEASE_LUA: Final = (
+    _FMT
+    + """
+-- KEYS[1]: the reservation record; KEYS[2..]: the bucket keys the caller says it took.
+-- Gives back what the record says, for the named buckets still in the recorded window.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #KEYS do
+  local taken = redis.call('HGET', KEYS[1], KEYS[i])
+  if taken then
+    local sep = string.find(taken, ':', 1, true)
+    local start, cost = string.sub(taken, 1, sep - 1), tonumber(string.sub(taken, sep + 1))
+    local stored = redis.call('HMGET', KEYS[i], 'w', 'c')
+    if stored[1] == start then
+      local count = (tonumber(stored[2]) or 0) - cost
+      if count < 0 then count = 0 end
+      redis.call('HSET', KEYS[i], 'c', fmt(count))
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+)
+
+COUNT_LUA: Final = """
+-- KEYS[1]: a bucket; ARGV[1]: its window seconds. Reply: its count in the current window.
+local sec = tonumber(redis.call('TIME')[1])
+local stored = redis.call('HMGET', KEYS[1], 'w', 'c')
+local w = tonumber(stored[1])
+if w and w >= sec - (sec % tonumber(ARGV[1])) then return tonumber(stored[2]) or 0 end
+return 0
+"""
+
+
+def _component(text: str) -> str:
+    """One key component: percent-encoded, so it holds no `:`, brace, `%` or whitespace."""
+    return quote(text, safe="", errors="surrogatepass")
+
+
+def _redact(url: str) -> str:
+    """The URL without user name or password."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _client_url(client: Redis | RedisCluster) -> str:
+    if isinstance(client, RedisCluster):
+        nodes = sorted(client.nodes_manager.startup_nodes)
+        return "redis://" + ",".join(nodes) if nodes else "redis://?"
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    host = kwargs.get("host", "localhost")
+    if ":" in str(host):
+        host = f"[{host}]"
+    return f"redis://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+class RedisCounterStore:
+    """`CounterStore` in Redis (standalone or Cluster): exact quotas across replicas.
+
+    The store owns `client` (`close` closes it). `timeout` bounds every operation.
+    """
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_TIMEOUT,
+        url: str | None = None,
+    ) -> None:
+        if not prefix or _BAD_PREFIX.search(prefix):
+            raise ValueError(
+                f"Redis key prefix must be non-empty, without braces or whitespace: {prefix!r}"
+            )
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._client = client
+        self._prefix = prefix
+        self._timeout = timeout
+        self._kind = "redis-cluster" if isinstance(client, RedisCluster) else "redis"
+        self._url = _redact(url) if url is not None else _client_url(client)
+        self._base = f"{prefix}:{HASH_TAG}:"
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+        self._count = client.register_script(COUNT_LUA)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool = False,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> RedisCounterStore:
+        """A store on a new client for `url` (`redis://`, `rediss://`, `unix://`).
+
+        With `cluster`, `url` names any node of a Redis Cluster. Connect and read timeouts
+        are `timeout`; the client never retries (the store's callers fail fast instead).
+        """
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        client: Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(url, **options)
+        else:
+            client = Redis.from_url(url, **options)
+        return cls(client, prefix=prefix, timeout=timeout, url=url)
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def bucket_key(self, bucket: Bucket) -> str:
+        """The Redis key of a bucket: `<prefix>:{c}:b:<window>:<scope>:<counter>:<key>`."""
+        counter, scope, scope_key, window = bucket
+        return (
+            f"{self._base}b:{int(window)}:{_component(scope)}:"
+            f"{_component(counter)}:{_component(scope_key)}"
+        )
+
+    def reservation_key(self, token: str) -> str:
+        """The Redis key that records what the reservation `token` took."""
+        return f"{self._base}r:{token}"
+
+    async def reserve(self, claims: Sequence[Claim], now: float) -> Reservation | Exhausted:
+        """Take every claim at once, or none, in the windows of the Redis server's clock.
+
+        `now` is ignored: window starts and `retry_after` come from Redis `TIME`.
+        Raises `CounterStoreUnavailable` when Redis cannot answer within the timeout.
+        """
+        if not claims:
+            return Reservation()
+        index: dict[Bucket, int] = {}
+        costs: list[int] = []
+        claim_args: list[int] = []
+        for claim in claims:
+            if claim.cost < 0:
+                raise ValueError(f"claim cost must be >= 0, got {claim.cost} ({claim.rule})")
+            if claim.window_seconds <= 0:
+                raise ValueError(f"window must be positive, got {claim.window_seconds}")
+            i = index.setdefault(claim.bucket, len(index))
+            if i == len(costs):
+                costs.append(claim.cost)
+            else:
+                costs[i] = max(costs[i], claim.cost)
+            claim_args += [i + 1, claim.max]
+        buckets = list(index)
+        token = secrets.token_hex(16)
+        keys = [self.reservation_key(token), *(self.bucket_key(b) for b in buckets)]
+        args: list[int] = [EXPIRE_MARGIN_MS, len(buckets)]
+        for bucket, cost in zip(buckets, costs, strict=True):
+            args += [bucket[3], cost]
+        args += [len(claims), *claim_args]
+        reply = await self._call(self._reserve, keys, args)
+        if not isinstance(reply, list) or not reply:
+            raise CounterStoreUnavailable(f"{self.describe()}: unexpected reply {reply!r}")
+        if int(reply[0]) == 0:
+            return Exhausted(claim=claims[int(reply[1]) - 1], retry_after=int(reply[2]))
+        starts = [int(start) for start in reply[1:]]
+        entries = tuple(zip(buckets, starts, costs, strict=True))
+        return Reservation(entries=entries, token=token if any(costs) else "")
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give back what `reservation` took, once (see the module docstring).
+
+        Raises `CounterStoreUnavailable` when Redis cannot answer within the timeout.
+        """
+        token = reservation.token
+        if not _TOKEN.fullmatch(token):
+            return  # nothing was taken, or not a token this store issues
+        bucket_keys = dict.fromkeys(
+            self.bucket_key(bucket) for bucket, _, cost in reservation.entries if cost > 0
+        )
+        await self._call(self._release, [self.reservation_key(token), *bucket_keys], [])
+
+    async def count(self, bucket: Bucket) -> int:
+        """The bucket's count in its current window on the server (tests, debugging)."""
+        return int(await self._call(self._count, [self.bucket_key(bucket)], [bucket[3]]))
+
+    async def ping(self) -> bool:
+        """Readiness: True when the shard holding the counters answers within the timeout.
+
+        Reads a key with the counters' hash tag, so on a cluster it asks that shard. Never
+        raises.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._client.exists(f"{self._base}health")
+        except _FAILURES:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def describe(self) -> str:
+        return f"{self._kind} {self._url} prefix={self._prefix}"
+
+    async def _call(self, script: Any, keys: list[str], args: list[int]) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await script(keys=keys, args=args)
+        except _FAILURES as exc:
+            detail = str(exc) or "timed out"
+            raise CounterStoreUnavailable(
+                f"{self.describe()}: {type(exc).__name__}: {detail}"
+            ) from exc
