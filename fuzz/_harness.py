@@ -80,6 +80,7 @@ def check_decision(policy: Policy | None, request: McpRequest) -> Decision:
     decision = decide(policy, GRANT, request)
     if decide(policy, GRANT, request) != decision:
         raise AssertionError("decide is not deterministic")
+    decision.message.encode("utf-8")  # the deny body and the audit line are UTF-8
     if decision.allowed:
         if decision.kind is not None or policy is None:
             raise AssertionError(f"malformed allow: {decision!r}")

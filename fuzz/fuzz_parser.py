@@ -56,7 +56,7 @@ def request_key(request: McpRequest) -> tuple[Any, ...]:
 
 def mirrored_name(request: McpRequest) -> str | None:
     member = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-    name = request.params.get(member.get(request.method, ""))
+    name = request.params.get(member[request.method]) if request.method in member else None
     return name if isinstance(name, str) else None
 
 

@@ -349,6 +349,7 @@ class RedisCounterStore:
         """
         try:
             async with asyncio.timeout(self._timeout):
+                await self._ready()
                 await self._client.exists(f"{self._base}health")
         except _FAILURES:
             return False
@@ -360,9 +361,19 @@ class RedisCounterStore:
     def describe(self) -> str:
         return f"{self._kind} {self._url} prefix={self._prefix}"
 
+    async def _ready(self) -> None:
+        """Discover a cluster's slots before the first command (no-op once done).
+
+        redis-py's async cluster client routes commands issued concurrently with its lazy
+        first discovery without their slot, and some fail; discovering first avoids that.
+        """
+        if isinstance(self._client, RedisCluster):
+            await self._client.initialize()
+
     async def _call(self, script: Any, keys: list[str], args: list[int]) -> Any:
         try:
             async with asyncio.timeout(self._timeout):
+                await self._ready()
                 return await script(keys=keys, args=args)
         except _FAILURES as exc:
             detail = str(exc) or "timed out"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import itertools
 import json
 import os
@@ -21,8 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.grants import hash_token
 from authz.stack import Stack
 from tests.e2e.conftest import audit_events, executed, mcp_client
@@ -74,14 +77,27 @@ FLIP_OFF: list[dict[str, Any]] = [
     },
 ]
 
+CLOSED = {
+    "version": "1",
+    "default": "deny",
+    "tools": {OPENAI: {}},
+    "methods": {"default": "deny", "allow": ["initialize"]},
+}
+"""Denies tools/list (a JSON-RPC error, 403) through the `methods` extension."""
+
 QUOTA = {
     "version": "1",
     "default": "deny",
     "tools": {OPENAI: {"limits": [{"counter": "c", "window": "day", "max": 2, "scope": "grant"}]}},
 }
 
-POLICIES: dict[str, dict[str, Any]] = {"guard": GUARD_V1, "flip": FLIP_ON[0], "quota": QUOTA}
-GRANTS = {"guard": "guard", "flip": "flip", "quota": "quota", "reset": "quota"}
+POLICIES: dict[str, dict[str, Any]] = {
+    "guard": GUARD_V1,
+    "flip": FLIP_ON[0],
+    "quota": QUOTA,
+    "closed": CLOSED,
+}
+GRANTS = {"guard": "guard", "flip": "flip", "quota": "quota", "reset": "quota", "closed": "closed"}
 
 META = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -255,6 +271,26 @@ def runs(stack: Stack, since: int, grant: str | None = None) -> list[tuple[str, 
     ]
 
 
+SIDECAR_UNAVAILABLE = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"[POLICY DENIED] the policy'
+    b' sidecar is unavailable; the call was not run. Retry later."}}'
+)
+"""Envoy's reply when the sidecar is down, too slow or erroring (deploy/envoy.yaml mapper)."""
+
+
+def is_sidecar_unavailable(reply: tuple[int, dict[str, str], bytes]) -> bool:
+    return (reply[0], reply[2]) == (503, SIDECAR_UNAVAILABLE)
+
+
+def assert_sidecar_unavailable(reply: tuple[int, dict[str, str], bytes]) -> None:
+    """503, a JSON-RPC error the agent can read, Retry-After, and no decision of the sidecar."""
+    status, headers, body = reply
+    assert (status, body) == (503, SIDECAR_UNAVAILABLE), reply
+    assert headers["content-type"] == "application/json"
+    assert headers["retry-after"] == "2"
+    assert "x-mcp-authz-decision-id" not in headers
+
+
 AUTHZ_ERRORS = "http.mcp_ingress.ext_authz.error"
 UPSTREAM_CONNECT_FAIL = "cluster.imagegen_upstream.upstream_cx_connect_fail"
 
@@ -278,9 +314,8 @@ def test_sidecar_killed_fails_closed_and_recovers_without_envoy_restart(stack: S
     errors = envoy_counter(stack, AUTHZ_ERRORS)
     assert stack.kill("sidecar") == -9
     replies = [call(stack, "guard", tool, rid) for rid, tool in enumerate([OPENAI, REPLICATE] * 3)]
-    for status, headers, body in replies:
-        assert (status, body) == (503, b"")  # Envoy's status_on_error; no body, no content-type
-        assert "content-type" not in headers
+    for reply in replies:
+        assert_sidecar_unavailable(reply)  # Envoy's status_on_error, with a JSON-RPC body
     # Envoy counted each as an ext_authz error (access log: UAEX, ext_authz_error)
     assert envoy_counter(stack, AUTHZ_ERRORS) - errors == len(replies)
     assert runs(stack, since) == []
@@ -306,8 +341,8 @@ def test_sidecar_killed_and_restarted_mid_traffic(stack: Stack) -> None:
             if time.monotonic() > deadline:
                 return
             tool = (OPENAI, REPLICATE)[(i + worker) % 2]
-            status, _, body = call(stack, "guard", tool, rid=i)
-            kind = "503" if (status, body) == (503, b"") else outcome(status, body)[0]
+            reply = call(stack, "guard", tool, rid=i)
+            kind = "503" if is_sidecar_unavailable(reply) else outcome(reply[0], reply[2])[0]
             with lock:
                 replies.append((tool, kind))
 
@@ -348,8 +383,8 @@ def test_sidecar_frozen_past_the_timeout_fails_closed_then_recovers(stack: Stack
             results = list(pool.map(timed, [OPENAI, REPLICATE, OPENAI, REPLICATE]))
     finally:
         stack.resume("sidecar")
-    for elapsed, (status, _, body) in results:
-        assert (status, body) == (503, b"")
+    for elapsed, reply in results:
+        assert_sidecar_unavailable(reply)
         assert 0.9 <= elapsed < 2.5, elapsed  # ext_authz timeout: 1 s in deploy/envoy.yaml
     assert envoy_counter(stack, AUTHZ_ERRORS) - errors == len(results)
 
@@ -360,6 +395,131 @@ def test_sidecar_frozen_past_the_timeout_fails_closed_then_recovers(stack: Stack
     # Envoy reset the timed-out Check streams, so the thawed sidecar never decided them (no
     # quota taken for them either): only the two calls after SIGCONT were decided.
     assert len(audit_events(stack)) - decisions == 2
+
+
+# -- Envoy's rewriting of its own errors never touches a sidecar denial -------------------
+
+DECISION_HEADER = "x-mcp-authz-decision-id"
+ENVOY_ADDS = {"content-length", "date", "server", "x-request-id", "connection"}
+"""Response headers Envoy adds to every local reply (connection: close after some 4xx)."""
+LIST_BODY = json.dumps(
+    {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"_meta": META}}
+).encode()
+CALL_BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": REPLICATE, "arguments": {"prompt": "a fault"}, "_meta": META},
+    }
+).encode()
+
+
+def rpc_headers(grant: str | None, method: str = "tools/list", **extra: str) -> dict[str, str]:
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": method,
+        **extra,
+    }
+    if grant is not None:
+        headers["authorization"] = f"Bearer {token(grant)}"
+    return headers
+
+
+SIDECAR_DENIALS: dict[str, tuple[str, str, dict[str, str], bytes, int]] = {
+    # id: (HTTP method, path, headers, body, status the sidecar renders)
+    "no-token": ("POST", "/mcp", rpc_headers(None), LIST_BODY, 401),
+    "unknown-token": (
+        "POST",
+        "/mcp",
+        rpc_headers(None, authorization="Bearer not-a-token"),
+        LIST_BODY,
+        401,
+    ),
+    "not-mcp-path": ("POST", "/elsewhere", rpc_headers("guard"), LIST_BODY, 404),
+    "http-method": ("PUT", "/mcp", rpc_headers("guard"), LIST_BODY, 405),
+    "media-type": (
+        "POST",
+        "/mcp",
+        rpc_headers("guard", **{"content-type": "text/plain"}),
+        LIST_BODY,
+        415,
+    ),
+    "unparsable": ("POST", "/mcp", rpc_headers("guard"), b'{"jsonrpc": "2.0", "id": 1,', 400),
+    "method-denied": ("POST", "/mcp", rpc_headers("closed"), LIST_BODY, 403),
+    "tool-denied": (
+        "POST",
+        "/mcp",
+        rpc_headers("guard", "tools/call", **{"mcp-name": REPLICATE}),
+        CALL_BODY,
+        200,
+    ),
+}
+
+
+def through_envoy(
+    stack: Stack, method: str, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request through Envoy: status, every response header (lower-cased, in order), body."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.envoy, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return (
+            response.status,
+            [(k.lower(), v) for k, v in response.getheaders()],
+            response.read(),
+        )
+    finally:
+        conn.close()
+
+
+def straight_to_sidecar(
+    stack: Stack, method: str, path: str, headers: dict[str, str], body: bytes
+) -> external_auth_pb2.CheckResponse:
+    """The same request as a Check sent to the sidecar itself, bypassing Envoy."""
+    request = external_auth_pb2.CheckRequest()
+    http_request = request.attributes.request.http
+    http_request.method = method
+    http_request.path = path
+    http_request.raw_body = body
+    http_request.headers.update({k.lower(): v for k, v in headers.items()})
+    http_request.headers["content-length"] = str(len(body))
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.authz_grpc}") as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+        response: external_auth_pb2.CheckResponse = stub.Check(request, timeout=5)
+        return response
+
+
+@pytest.mark.parametrize("case", sorted(SIDECAR_DENIALS))
+def test_sidecar_denials_reach_the_agent_byte_for_byte(stack: Stack, case: str) -> None:
+    """Denials are Envoy local replies (flag UAEX) like the sidecar-unavailable 503, but none
+    of Envoy's local-reply mappers touches them: what the sidecar rendered is what arrives."""
+    method, path, headers, body, expected = SIDECAR_DENIALS[case]
+    since = len(executed(stack))
+    status, got_headers, got_body = through_envoy(stack, method, path, headers, body)
+    sent = straight_to_sidecar(stack, method, path, headers, body)
+
+    assert sent.HasField("denied_response"), sent
+    denied = sent.denied_response
+    assert status == denied.status.code == expected
+    assert got_body == denied.body.encode()  # byte for byte
+    # Every header the sidecar set arrives unchanged (the decision id is per decision), and
+    # Envoy adds only its usual ones: no Retry-After, no content-type of its own.
+    decision_ids = [v for k, v in got_headers if k == DECISION_HEADER]
+    assert len(decision_ids) == 1 and len(decision_ids[0]) == 24, got_headers
+    sidecar_set = sorted(
+        (o.header.key.lower(), "<id>" if o.header.key == DECISION_HEADER else o.header.value)
+        for o in denied.headers
+    )
+    arrived = sorted(
+        (k, "<id>" if k == DECISION_HEADER else v) for k, v in got_headers if k not in ENVOY_ADDS
+    )
+    assert arrived == sidecar_set
+    assert dict(got_headers)["content-length"] == str(len(got_body))
+    assert runs(stack, since) == []
 
 
 # -- reloads under load ------------------------------------------------------------------
@@ -514,9 +674,18 @@ def test_upstream_down_is_503_and_the_allowed_call_still_takes_quota(stack: Stac
     connect_fails = envoy_counter(stack, UPSTREAM_CONNECT_FAIL)
     stack.kill("upstream")
     status, headers, body = call(stack, "quota", OPENAI)  # allowed by policy: quota 1 of 2
-    assert status == 503
-    assert headers["content-type"] == "text/plain"
-    assert body.startswith(b"upstream connect error")
+    assert status == 503  # Envoy's status for a refused connection (flag UF), kept
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {
+            "code": -32603,
+            # not a policy decision: no [POLICY DENIED] prefix
+            "message": "the MCP server is unavailable; the call was not delivered to it."
+            " Retry later.",
+        },
+    }
     assert "x-mcp-authz-decision-id" in headers  # the sidecar allowed it; routing failed
     assert envoy_counter(stack, UPSTREAM_CONNECT_FAIL) == connect_fails + 1
     # a denial does not need the upstream: it is still a clean policy answer

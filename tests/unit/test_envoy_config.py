@@ -35,10 +35,37 @@ from authz.deploy import (
     repo_envoy_config_path,
     write_envoy_config,
 )
+from authz.envoy.authz import check_response
+from authz.model import Decision, DenyKind
+from authz.service import Verdict
 
 LOOPBACK = "127.0.0.1"
 DENY_BODY = '{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"denied by test"}}'
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+SIDECAR_UNAVAILABLE = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"[POLICY DENIED] the policy'
+    b' sidecar is unavailable; the call was not run. Retry later."}}'
+)
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+NOT_DECIDED = {
+    "matcher": {
+        "filter": EXT_AUTHZ,
+        "path": [{"key": "decision_id"}],
+        "value": {"present_match": False},
+    },
+    "match_if_key_not_found": True,
+}
+"""Matches when the sidecar attached no decision_id (it attaches one to every answer)."""
+ALLOWED = {
+    "matcher": {
+        "filter": EXT_AUTHZ,
+        "path": [{"key": "decision"}],
+        "value": {"string_match": {"exact": "allow"}},
+    },
+    "match_if_key_not_found": False,
+}
+"""Matches only when the sidecar allowed the request."""
+ENVOY_RESPONSE_HEADERS = {"content-length", "date", "server", "x-request-id", "connection"}
 
 
 def envoy_binary() -> str:
@@ -213,6 +240,83 @@ def test_repo_config_key_choices() -> None:
     assert "http_protocol_options" in upstream_options["explicit_http_config"]
 
 
+def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
+    res = cfg["static_resources"]
+    listener = res["listeners"][_index_by_name(res["listeners"], LISTENER_NAME)]
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def test_local_reply_mappers_cannot_match_a_sidecar_denial() -> None:
+    """Envoy's own errors get JSON-RPC bodies; the sidecar's denials (local replies too) never.
+
+    Every mapper requires either "no decision_id" or "decision == allow" in the ext_authz
+    metadata; every sidecar denial carries a decision_id with decision "deny".
+    """
+    local_reply = _hcm(load_envoy_config())["local_reply_config"]
+    # A top-level body_format would rewrite every local reply, the sidecar's denials included.
+    assert set(local_reply) == {"mappers"}
+    mappers = local_reply["mappers"]
+    for mapper in mappers:
+        filters = mapper["filter"]["and_filter"]["filters"]
+        guards = [f["metadata_filter"] for f in filters if "metadata_filter" in f]
+        assert guards in ([NOT_DECIDED], [ALLOWED]), mapper
+        assert "status_code" not in mapper  # the status stays the one Envoy chose
+        assert "body" not in mapper
+        fmt = mapper["body_format_override"]
+        assert set(fmt) == {"content_type", "text_format_source"}
+        assert fmt["content_type"] == "application/json"
+        text = fmt["text_format_source"]["inline_string"]
+        assert "%" not in text  # a constant: no command operator can break the JSON
+        message = json.loads(text)
+        assert set(message) == {"jsonrpc", "id", "error"}
+        assert (message["jsonrpc"], message["id"]) == ("2.0", None)
+        assert set(message["error"]) == {"code", "message"}
+
+    # The sidecar-unavailable mapper: UAEX, no decision, and Envoy's own verdict "error" (a
+    # denial is "ext_authz_denied"). The only one that says [POLICY DENIED] and Retry-After.
+    unavailable = mappers[0]
+    filters = unavailable["filter"]["and_filter"]["filters"]
+    assert filters[0] == {"response_flag_filter": {"flags": ["UAEX"]}}
+    cel = filters[2]["extension_filter"]
+    assert cel["name"] == "envoy.access_loggers.extension_filters.cel"
+    assert cel["typed_config"]["expression"] == "response.code_details == 'ext_authz_error'"
+    assert unavailable["headers_to_add"] == [
+        {
+            "header": {"key": "retry-after", "value": "2"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    assert (
+        unavailable["body_format_override"]["text_format_source"]["inline_string"].encode()
+        == SIDECAR_UNAVAILABLE
+    )
+    for mapper in mappers[1:]:
+        assert "headers_to_add" not in mapper
+        text = json.loads(mapper["body_format_override"]["text_format_source"]["inline_string"])
+        assert not text["error"]["message"].startswith("[POLICY DENIED]")
+    # Upstream failures (flags set by the router, after an allow) keep their own mappers.
+    upstream_flags = {
+        flag
+        for mapper in mappers[1:3]
+        for f in mapper["filter"]["and_filter"]["filters"]
+        for flag in f.get("response_flag_filter", {}).get("flags", [])
+    }
+    assert {"UF", "UH", "UO", "UC", "UR", "UT", "URX"} <= upstream_flags
+    assert "UAEX" not in upstream_flags
+
+
+@pytest.mark.parametrize("kind", list(DenyKind), ids=lambda kind: kind.value)
+def test_every_sidecar_denial_carries_the_metadata_the_mappers_rely_on(kind: DenyKind) -> None:
+    """The local-reply mappers spare a denial because of this metadata (see above)."""
+    verdict = Verdict(Decision.deny(kind, "no", rule="(test)", retry_after=1), "d" * 24)
+    response = check_response(verdict)
+    assert response.HasField("denied_response")
+    fields = response.dynamic_metadata.fields
+    assert fields["decision_id"].string_value == "d" * 24
+    assert fields["decision"].string_value == "deny"
+
+
 def test_render_rejects_bad_arguments_and_shapes(tmp_path: Path) -> None:
     with pytest.raises(EnvoyConfigError, match="listen_port"):
         rendered(listen_port=0)
@@ -340,13 +444,13 @@ class SmokeStack:
     envoy_log: Path
 
     def post(
-        self, body: bytes, headers: dict[str, str] | None = None
+        self, body: bytes, headers: dict[str, str] | None = None, path: str = "/mcp"
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection(LOOPBACK, self.envoy_port, timeout=10)
         try:
             conn.request(
                 "POST",
-                "/mcp",
+                path,
                 body=body,
                 headers={"content-type": "application/json", **(headers or {})},
             )
@@ -539,11 +643,75 @@ def test_envoy_smoke_authz_down_gives_503(smoke_stack: SmokeStack) -> None:
         return statuses[-1] == 503
 
     _wait(got_503, "503 with the sidecar stopped", timeout=15)
-    # Fail closed every time, never a pass-through to the upstream.
+    # Fail closed every time, never a pass-through to the upstream, and say so in JSON-RPC.
     for _ in range(3):
-        assert stack.post(b"{}")[0] == 503
+        status, headers, body = stack.post(b"{}")
+        assert (status, body) == (503, SIDECAR_UNAVAILABLE)
+        assert headers["content-type"] == "application/json"
+        assert headers["retry-after"] == "2"
     assert set(statuses) <= {200, 503}
     assert len(stack.upstream.requests) == statuses.count(200) + 1
+
+
+def test_envoy_smoke_sidecar_denials_pass_untouched(smoke_stack: SmokeStack) -> None:
+    """Denials are Envoy local replies (flag UAEX) like "sidecar unavailable", yet no mapper
+    touches them: status, headers and body arrive exactly as the authz server sent them."""
+    stack = smoke_stack
+    for status in (503, 500, 502, 504, 400, 401, 403, 404, 405, 413, 415, 429, 431, 200):
+        got, headers, body = stack.post(b"{}", {"x-deny": str(status)})
+        assert (got, body) == (status, DENY_BODY.encode()), headers
+        assert headers["content-type"] == "application/json"
+        assert set(headers) - ENVOY_RESPONSE_HEADERS == {"content-type"}, headers
+        assert headers["content-length"] == str(len(DENY_BODY))
+    # Even a denial without the sidecar's metadata: Envoy's own verdict for it is
+    # "ext_authz_denied", and the unavailable mapper requires "ext_authz_error".
+    got, headers, body = stack.post(b"{}", {"x-deny": "503", "x-deny-no-metadata": "1"})
+    assert (got, body) == (503, DENY_BODY.encode())
+    assert set(headers) - ENVOY_RESPONSE_HEADERS == {"content-type"}, headers
+    assert stack.upstream.requests == []
+
+
+def _rpc_error(body: bytes) -> dict[str, Any]:
+    message = json.loads(body)
+    assert (message["jsonrpc"], message["id"]) == ("2.0", None), message
+    error: dict[str, Any] = message["error"]
+    return error
+
+
+def test_envoy_smoke_envoy_errors_are_json_rpc(smoke_stack: SmokeStack) -> None:
+    stack = smoke_stack
+    # The upstream closes without answering (flag UC): Envoy's 503, the call may have run.
+    status, headers, body = stack.post(b"{}", {"x-reset": "1"})
+    assert status == 503
+    assert headers["content-type"] == "application/json"
+    assert "retry-after" not in headers
+    error = _rpc_error(body)
+    assert error["code"] == -32603
+    assert error["message"].startswith("the MCP server is unavailable")
+    assert "may have run" in error["message"]
+    assert len(stack.upstream.requests) == 1
+
+    checks = len(stack.authz.requests)
+    # Over with_request_body.max_request_bytes: 413 from Envoy, the sidecar is not asked.
+    status, headers, body = stack.post(b" " * (1024 * 1024 + 1))
+    assert status == 413
+    assert headers["content-type"] == "application/json"
+    error = _rpc_error(body)
+    assert error["code"] == -32600
+    assert "1 MiB" in error["message"]
+    # Refused by Envoy before authz: escaped slash, header name with an underscore (400), and
+    # headers over Envoy's limit (431).
+    for path, extra, expected in (
+        ("/mcp%2F", {}, 400),
+        ("/mcp", {"x_mcp_grant": "someone"}, 400),
+        ("/mcp", {"x-big": "a" * 100_000}, 431),
+    ):
+        status, headers, body = stack.post(b"{}", extra, path=path)
+        assert status == expected, (path, extra)
+        assert headers["content-type"] == "application/json"
+        assert _rpc_error(body)["code"] == -32600
+    assert len(stack.authz.requests) == checks
+    assert len(stack.upstream.requests) == 1
 
 
 def _post_path(

@@ -618,6 +618,7 @@ def check_decision(policy: Policy | None, request: McpRequest) -> Decision:
     """`decide` returns a well-formed Decision (it must not raise)."""
     decision = decide(policy, GRANT, request)
     assert isinstance(decision, Decision)
+    decision.message.encode("utf-8")  # the deny body and the audit line are UTF-8
     if decision.allowed:
         assert decision.kind is None
         assert policy is not None
@@ -650,7 +651,7 @@ def mirror_mismatch(request: McpRequest, headers: Mapping[str, str]) -> bool:
     if "mcp-name" not in headers:
         return False
     member = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-    name = request.params.get(member.get(request.method, ""))
+    name = request.params.get(member[request.method]) if request.method in member else None
     return not isinstance(name, str) or headers["mcp-name"] != name
 
 
@@ -1047,3 +1048,55 @@ def test_any_state_bound_the_loader_accepts_decides(op: str, bound: str) -> None
 @given(document=policy_documents)
 def test_schema_valid_documents_load(document: dict[str, Any]) -> None:
     check_loaded_policy(_load(document))
+
+
+def strings(node: Any, where: str = "$") -> Iterator[tuple[str, Obj | list[Any], int, bool]]:
+    """Every string in a tree: (where, container, index, is_key)."""
+    if isinstance(node, Obj):
+        for i, (key, child) in enumerate(node):
+            yield f"{where}.{key}", node, i, True
+            if isinstance(child, str):
+                yield f"{where}.{key}", node, i, False
+            yield from strings(child, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            if isinstance(child, str):
+                yield f"{where}[{i}]", node, i, False
+            yield from strings(child, f"{where}[{i}]")
+
+
+@st.composite
+def documents_with_lone_surrogate(draw: st.DrawFn) -> bytes:
+    """A schema-valid policy with a lone surrogate escape (`\\udXXX`) in one string."""
+    tree = to_tree(draw(policy_documents))
+    where, container, index, is_key = draw(st.sampled_from(list(strings(tree))))
+    surrogate = chr(draw(st.integers(0xD800, 0xDFFF)))
+    if isinstance(container, Obj):
+        key, value = container[index]
+        if is_key:
+            key = key[: len(key) // 2] + surrogate + key[len(key) // 2 :]
+        else:
+            value = value + surrogate
+        container[index] = (key, value)
+    else:
+        container[index] = container[index] + surrogate
+    note(f"lone surrogate in {'key' if is_key else 'value'} at {where}")
+    return json.dumps(_untree(tree), ensure_ascii=True).encode()
+
+
+@fast(100)
+@given(raw=documents_with_lone_surrogate())
+@example(
+    raw=b'{"version":"1","tools":{"\\ud800":{"rules":[{"name":"r","conditions":[{"path":'
+    b'"state.x.c","op":"lt","value":5}],"state":{"counter":"c","window":"day"}}]}}}'
+).via("surrogate in a message built by a validator: UnicodeEncodeError from pydantic")
+@example(
+    raw=b'{"version":"1","tools":{"t":{"deny_if":[{"conditions":[],"on_deny":"no \\ud800"}]}}}'
+).via("surrogate in on_deny: the deny body cannot be encoded")
+def test_lone_surrogates_in_policies(raw: bytes) -> None:
+    """A policy string with a lone surrogate escape is refused (PolicyError), or at least
+    never crashes the loader and never reaches a deny message (which must be UTF-8)."""
+    note(f"policy={raw!r}")
+    policy = load_or_problems(raw)
+    if policy is not None:
+        check_loaded_policy(policy)
