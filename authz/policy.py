@@ -915,15 +915,29 @@ MAX_DOCUMENT_DEPTH: Final = 64
 
 
 def _too_deep(data: Any) -> Problem | None:
+    """The first structural problem the validators must never see: excessive nesting, or a
+    lone surrogate escape (`\\ud800`) in a string or key, which is not valid Unicode text."""
     stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(data, 1, ())]
     while stack:
         node, level, loc = stack.pop()
+        if isinstance(node, str) and not _is_text(node):
+            return (json_path(loc), "string contains a lone surrogate escape; remove it")
+        if isinstance(node, dict) and not all(_is_text(key) for key in node):
+            return (json_path(loc), "a key contains a lone surrogate escape; remove it")
         if isinstance(node, dict | list):
             if level > MAX_DOCUMENT_DEPTH:
                 return (json_path(loc), f"nesting deeper than {MAX_DOCUMENT_DEPTH} levels")
             items = node.items() if isinstance(node, dict) else enumerate(node)
             stack.extend((child, level + 1, (*loc, key)) for key, child in items)
     return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse(raw: bytes) -> tuple[Any, list[Problem]]:

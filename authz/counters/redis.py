@@ -51,6 +51,8 @@ take twice). Any Redis error, timeout or refused connection is raised as
 `CounterStoreUnavailable`; the caller fails closed. A reserve that timed out may still have
 been applied on the server: that quota is lost until the window ends, which errs on the
 side of the limit. Scripts are reloaded transparently after a Redis restart (NOSCRIPT).
+Redis replication is asynchronous: after a failover to a replica, or a restart without
+persistence, counts not yet replicated are lost and their windows admit that much again.
 """
 
 from __future__ import annotations

@@ -28,7 +28,19 @@ from tests.redis_server import RedisClusterProcesses, RedisNotInstalled, RedisSe
 
 Store = MemoryCounterStore | RedisCounterStore
 TOKEN = re.compile(r"[0-9a-f]{32}")
-ODD_IDS = ["a:b{c}d e/é", "a:b{c}d e/è", "a", "a:b", "a%3Ab", "{c}", "}{", " ", "\t\n", "é"]
+ODD_IDS = [
+    "a:b{c}d e/é",
+    "a:b{c}d e/è",
+    "a",
+    "a:b",
+    "a%3Ab",
+    "{c}",
+    "}{",
+    " ",
+    "\t\n",
+    "é",
+    "\ud800",
+]
 
 
 def claim(
@@ -95,14 +107,13 @@ async def redis_store(redis_server: RedisServer, prefix: str) -> AsyncIterator[R
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
-) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Store]:
     made: Store
     if request.param == "memory":
         made = MemoryCounterStore()
     else:
-        made = RedisCounterStore.from_url(redis_server.url, prefix=prefix, timeout=1.0)
+        server: RedisServer = request.getfixturevalue("redis_server")
+        made = RedisCounterStore.from_url(server.url, prefix=prefix, timeout=1.0)
     yield made
     await made.close()
 
