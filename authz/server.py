@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -24,6 +24,8 @@ from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.counters.memory import MemoryCounterStore
 from authz.envoy.authz import check_response, http_request_from_check
+from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from authz.metrics import Metrics
 from authz.service import Authorizer
 from authz.settings import Settings
 
@@ -46,10 +48,18 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
 class StoreHealth:
     """Watches the counter store in the background; readiness reports what it saw."""
 
-    def __init__(self, store: CounterStore, *, shared: bool, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: CounterStore,
+        *,
+        shared: bool,
+        interval: float = 1.0,
+        on_change: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.shared = shared
         self.interval = interval
+        self.on_change = on_change
         self.ok = True
         self.last_error: str | None = None
         self.changed_at = time.time()
@@ -64,13 +74,16 @@ class StoreHealth:
             error = None if ok else "ping failed"
         except Exception as exc:  # any store error means: not available
             ok, error = False, f"{type(exc).__name__}: {exc}"
-        if ok != self.ok:
+        changed = ok != self.ok
+        if changed:
             self.changed_at = time.time()
             if ok:
                 log.info("counter_store_recovered", store=self.store.describe())
             else:
                 log.error("counter_store_unavailable", store=self.store.describe(), error=error)
         self.ok, self.last_error = ok, error
+        if changed and self.on_change is not None:
+            await self.on_change(ok)
         return ok
 
     async def run(self) -> None:
@@ -121,10 +134,17 @@ def readiness(
 
 
 def admin_app(
-    config: ConfigSource, counters: CounterStore, health: StoreHealth, fail_open: bool
+    config: ConfigSource,
+    counters: CounterStore,
+    health: StoreHealth,
+    fail_open: bool,
+    metrics: Metrics,
 ) -> Starlette:
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def readyz(_request: Request) -> JSONResponse:
         if health.shared:
@@ -132,7 +152,13 @@ def admin_app(
         ready, report = readiness(config, counters, health, fail_open)
         return JSONResponse(report, status_code=200 if ready else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+        ]
+    )
 
 
 def build_counter_store(settings: Settings) -> CounterStore:
@@ -163,13 +189,30 @@ class Sidecar:
         self.settings = settings
         self.config = ConfigSource.open(settings.config_dir, interval=settings.reload_interval)
         self.counters: CounterStore = build_counter_store(settings)
-        self.store_health = StoreHealth(self.counters, shared=settings.redis_url is not None)
-        self.authorizer = Authorizer(self.config, self.counters, fail_open=settings.redis_fail_open)
+        self.metrics = Metrics(self.config)
+        self.store_health = StoreHealth(
+            self.counters, shared=settings.redis_url is not None, on_change=self._store_changed
+        )
+        self.authorizer = Authorizer(
+            self.config, self.counters, fail_open=settings.redis_fail_open, metrics=self.metrics
+        )
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._admin: uvicorn.Server | None = None
         self._admin_task: asyncio.Task[None] | None = None
         self.grpc_port: int | None = None
+
+    async def _store_changed(self, ok: bool) -> None:
+        """gRPC health follows readiness: NOT_SERVING while calls would fail closed."""
+        self.metrics.store_up.set(1 if ok else 0)
+        serving = ok or self.settings.redis_fail_open
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", AUTHZ_SERVICE):
+            await self.health.set(service, status)
 
     async def start(self) -> None:
         s = self.settings
@@ -194,7 +237,9 @@ class Sidecar:
 
         admin = _AdminServer(
             uvicorn.Config(
-                admin_app(self.config, self.counters, self.store_health, s.redis_fail_open),
+                admin_app(
+                    self.config, self.counters, self.store_health, s.redis_fail_open, self.metrics
+                ),
                 host=s.admin_host,
                 port=s.admin_port,
                 log_level="warning",

@@ -22,7 +22,8 @@ from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.grants import bearer_token
 from authz.mcp import INVALID_REQUEST, McpParseError, check_mirror_headers, parse_message
-from authz.model import Decision, DenyKind, Grant, McpRequest, RequestId
+from authz.metrics import Metrics
+from authz.model import Decision, DenyKind, Exhausted, Grant, McpRequest, RequestId, Reservation
 from authz.policy import Policy
 
 log = structlog.get_logger("mcp_authz.service")
@@ -114,11 +115,14 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         *,
         fail_open: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._counters = counters
         self._clock = clock
         self._fail_open = fail_open
+        self._metrics = metrics
+        self._store_name = counters.describe().split(" ", 1)[0]
 
     async def check(self, http: HttpRequest) -> Verdict:
         started = time.perf_counter()
@@ -145,6 +149,13 @@ class Authorizer:
             duration_ms=(time.perf_counter() - started) * 1000,
             fail_open=verdict.fail_open,
         )
+        if self._metrics is not None:
+            self._metrics.observe_decision(
+                verdict.decision,
+                tool=verdict.request.tool if verdict.request else None,
+                policy=verdict.policy,
+                seconds=time.perf_counter() - started,
+            )
         return verdict
 
     async def _check(self, http: HttpRequest, decision_id: str) -> Verdict:
@@ -216,7 +227,7 @@ class Authorizer:
         decision = engine.decide(policy, grant, request)
         if decision.allowed and decision.claims:
             try:
-                result = await self._counters.reserve(decision.claims, self._clock())
+                result = await self._reserve(decision)
             except Exception as exc:
                 log.warning(
                     "counter_store_failed",
@@ -242,6 +253,20 @@ class Authorizer:
             else:
                 decision = engine.settle(decision, result)
         return Verdict(decision, decision_id, grant, request, policy)
+
+    async def _reserve(self, decision: Decision) -> Reservation | Exhausted:
+        started = time.perf_counter()
+        try:
+            return await self._counters.reserve(decision.claims, self._clock())
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.store_errors.labels(store=self._store_name).inc()
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.store_seconds.labels(store=self._store_name).observe(
+                    time.perf_counter() - started
+                )
 
     @staticmethod
     def _bad_envelope(http: HttpRequest) -> Decision | None:

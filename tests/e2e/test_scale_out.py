@@ -289,3 +289,84 @@ def test_fail_open_allows_and_logs(tmp_path: Path, redis: RedisServer) -> None:
         assert code == 200
         assert report["counter_store"]["ok"] is False
         assert report["counter_store"]["on_failure"] == "allow (fail-open)"
+
+
+def _scrape(stack: Stack, index: int = 0) -> dict[str, float]:
+    """Parse the Prometheus text exposition of one replica into {series: value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{stack.replica_admin_url(index)}/metrics", timeout=2) as r:
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.read().decode()
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            series[name] = float(value)
+    return series
+
+
+def _grpc_health(stack: Stack, index: int, service: str = "") -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.replica_ports[index][0]}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        return int(response.status)
+
+
+def test_metrics_are_scraped(fleet: Stack) -> None:
+    totals = [_scrape(fleet, i) for i in range(2)]
+    allowed = sum(
+        value
+        for series in totals
+        for name, value in series.items()
+        if name.startswith("mcp_authz_decisions_total{")
+        and 'outcome="allow"' in name
+        and 'tool="image.generate.openai"' in name
+    )
+    limited = sum(
+        value
+        for series in totals
+        for name, value in series.items()
+        if name.startswith("mcp_authz_decisions_total{")
+        and 'kind="rate_limited"' in name
+        and 'rule_kind="limit"' in name
+    )
+    assert allowed >= 30 + 8  # the fleet test's 30 and the weighted test's 8, at least
+    assert limited >= 18
+    store_errors = sum(
+        value
+        for series in totals
+        for name, value in series.items()
+        if name.startswith("mcp_authz_counter_store_errors_total{")
+    )
+    assert store_errors >= 6  # the fail-closed test's calls while Redis was down
+    first = totals[0]
+    assert first["mcp_authz_check_duration_seconds_count"] > 0
+    assert any(k.startswith("mcp_authz_counter_store_duration_seconds_bucket") for k in first)
+    assert any(k.startswith("mcp_authz_policy_info{") and 'policy="fleet"' in k for k in first)
+    assert 'mcp_authz_policy_reloads_total{result="applied"}' in first
+    assert first["mcp_authz_counter_store_up"] in (0.0, 1.0)
+
+
+def test_grpc_health_follows_readiness(fleet: Stack, redis: RedisServer) -> None:
+    serving, not_serving = 1, 2
+    assert _grpc_health(fleet, 0) == serving
+    redis.kill()
+    try:
+        deadline = time.monotonic() + 6
+        while _grpc_health(fleet, 0) != not_serving:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert _grpc_health(fleet, 0, "envoy.service.auth.v3.Authorization") == not_serving
+        errors = _scrape(fleet, 0)
+        assert errors["mcp_authz_counter_store_up"] == 0.0
+    finally:
+        redis.start()
+    deadline = time.monotonic() + 6
+    while _grpc_health(fleet, 0) != serving:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert _scrape(fleet, 0)["mcp_authz_counter_store_up"] == 1.0

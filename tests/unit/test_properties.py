@@ -714,7 +714,7 @@ def test_arbitrary_json(value: Any, ascii_only: bool, policy: Policy) -> None:
         check_decision(policy, result)
 
 
-@fast(150)
+@fast(120)
 @given(
     message=near_valid_messages(),
     rnd=st.randoms(use_true_random=False),
@@ -1044,7 +1044,7 @@ def test_any_state_bound_the_loader_accepts_decides(op: str, bound: str) -> None
         check_loaded_policy(policy)
 
 
-@fast(100)
+@fast(60)
 @given(document=policy_documents)
 def test_schema_valid_documents_load(document: dict[str, Any]) -> None:
     check_loaded_policy(_load(document))
@@ -1084,7 +1084,7 @@ def documents_with_lone_surrogate(draw: st.DrawFn) -> bytes:
     return json.dumps(_untree(tree), ensure_ascii=True).encode()
 
 
-@fast(100)
+@fast(60)
 @given(raw=documents_with_lone_surrogate())
 @example(
     raw=b'{"version":"1","tools":{"\\ud800":{"rules":[{"name":"r","conditions":[{"path":'

@@ -1,0 +1,173 @@
+"""Prometheus metrics, served as `GET /metrics` on the admin port.
+
+Labels are bounded: `tool` is a tool the grant's policy names (or `(unlisted)` / empty), and
+`rule_kind` folds rule pointers into a fixed set, so no client input can create series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from authz.config import ConfigSource
+
+from authz.model import Decision
+from authz.policy import Policy
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+_FIXED_RULES = {
+    "(auth)": "auth",
+    "(parse)": "parse",
+    "(headers)": "headers",
+    "(body)": "body",
+    "(http)": "http",
+    "(path)": "path",
+    "(no policy)": "no_policy",
+    "(hidden)": "hidden",
+    "(default deny)": "default_deny",
+    "(counters)": "counters",
+    "(counters fail-open)": "counters_fail_open",
+    "(error)": "error",
+}
+
+
+def rule_kind(rule: str | None) -> str:
+    """Fold a rule pointer into a bounded label value."""
+    if rule is None:
+        return "none"
+    if rule in _FIXED_RULES:
+        return _FIXED_RULES[rule]
+    parts = rule.split("/")
+    if rule.startswith("/methods/"):
+        return "methods"
+    if rule.startswith("/all_tools/limits/"):
+        return "limit_cost" if rule.endswith("/cost") and len(parts) > 4 else "limit"
+    if rule.startswith("/tools/") and len(parts) >= 4:
+        section = parts[3]
+        if section == "limits":
+            return "limit_cost" if len(parts) > 5 and parts[-1] == "cost" else "limit"
+        if section in ("require", "deny_if", "rules"):
+            return section
+    return "other"
+
+
+class _ConfigCollector(Collector):
+    """Reload counts and the loaded policy hashes, read from the ConfigSource at scrape."""
+
+    def __init__(self, source: ConfigSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._source.status
+        reloads = CounterMetricFamily(
+            "mcp_authz_policy_reloads",
+            "Configuration changes seen, by result (applied, rejected).",
+            labels=["result"],
+        )
+        reloads.add_metric(["applied"], status.reloads)
+        reloads.add_metric(["rejected"], status.failures)
+        yield reloads
+        current = self._source.current
+        info = GaugeMetricFamily(
+            "mcp_authz_policy_info",
+            "The loaded policies: 1 per policy name and content hash (sha256).",
+            labels=["policy", "sha256"],
+        )
+        for name, policy in sorted(current.policies.items()):
+            info.add_metric([name, policy.content_hash], 1)
+        yield info
+        config = GaugeMetricFamily(
+            "mcp_authz_config_info",
+            "The loaded configuration set (grants + policies): 1 for its fingerprint.",
+            labels=["fingerprint"],
+        )
+        config.add_metric([current.fingerprint], 1)
+        yield config
+        error = GaugeMetricFamily(
+            "mcp_authz_config_last_reload_failed",
+            "1 while the last change to the configuration directory was rejected.",
+        )
+        error.add_metric([], 1 if status.last_error else 0)
+        yield error
+
+
+class Metrics:
+    """Every metric of one sidecar process, in its own registry."""
+
+    def __init__(self, config: ConfigSource | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if config is not None:
+            r.register(_ConfigCollector(config))
+        self.decisions = Counter(
+            "mcp_authz_decisions",
+            "Decisions by outcome, deny kind, rule kind and tool.",
+            ["outcome", "kind", "rule_kind", "tool"],
+            registry=r,
+        )
+        self.check_seconds = Histogram(
+            "mcp_authz_check_duration_seconds",
+            "Time to decide one ext_authz check, inside the sidecar.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "mcp_authz_counter_store_duration_seconds",
+            "Time of one counter-store reservation.",
+            ["store"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "mcp_authz_counter_store_errors",
+            "Counter-store operations that failed (the call failed closed or open).",
+            ["store"],
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "mcp_authz_counter_store_up",
+            "1 when the counter store answered its last health probe.",
+            registry=r,
+        )
+        self.store_up.set(1)
+
+    def observe_decision(
+        self, decision: Decision, *, tool: str | None, policy: Policy | None, seconds: float
+    ) -> None:
+        if tool is None:
+            tool_label = ""
+        elif policy is not None and policy.tool(tool) is not None:
+            tool_label = tool
+        else:
+            tool_label = "(unlisted)"
+        self.decisions.labels(
+            outcome=decision.outcome.value,
+            kind=decision.kind.value if decision.kind else "",
+            rule_kind=rule_kind(decision.rule),
+            tool=tool_label,
+        ).inc()
+        self.check_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
