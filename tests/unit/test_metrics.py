@@ -1,0 +1,45 @@
+"""Metric labels stay bounded whatever the client sends."""
+
+from __future__ import annotations
+
+import pytest
+
+from authz.metrics import Metrics, rule_kind
+from authz.model import Decision, DenyKind
+from authz.policy import load_policy
+
+
+@pytest.mark.parametrize(
+    ("rule", "kind"),
+    [
+        (None, "none"),
+        ("(auth)", "auth"),
+        ("(default deny)", "default_deny"),
+        ("(counters fail-open)", "counters_fail_open"),
+        ("/tools/t/require/0", "require"),
+        ("/tools/t/deny_if/3", "deny_if"),
+        ("/tools/t/rules/1", "rules"),
+        ("/tools/t/limits/c", "limit"),
+        ("/tools/t/limits/c/cost", "limit_cost"),
+        ("/tools/a~1b/limits/c~1d", "limit"),
+        ("/all_tools/limits/c", "limit"),
+        ("/all_tools/limits/c/cost", "limit_cost"),
+        ("/methods/default", "methods"),
+        ("/methods/deny/0", "methods"),
+        ("something else", "other"),
+    ],
+)
+def test_rule_kind(rule: str | None, kind: str) -> None:
+    assert rule_kind(rule) == kind
+
+
+def test_tool_label_only_for_tools_the_policy_names() -> None:
+    metrics = Metrics()
+    policy = load_policy({"version": "1", "tools": {"known": {}}}, name="p")
+    deny = Decision.deny(DenyKind.POLICY, "x", rule="(default deny)")
+    for tool in ("known", "attacker-chosen-1", "attacker-chosen-2"):
+        metrics.observe_decision(deny, tool=tool, policy=policy, seconds=0.001)
+    text = metrics.render().decode()
+    assert 'tool="known"' in text
+    assert 'tool="(unlisted)"' in text
+    assert "attacker-chosen" not in text
