@@ -37,13 +37,13 @@ test-e2e: venv system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/e2e $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check authz imagegen_upstream tests scripts
-	$(BIN)/ruff format --check authz imagegen_upstream tests scripts
+	$(BIN)/ruff check authz imagegen_upstream tests scripts fuzz bench
+	$(BIN)/ruff format --check authz imagegen_upstream tests scripts fuzz bench
 	$(BIN)/mypy authz
 
 fmt: venv
-	$(BIN)/ruff format authz imagegen_upstream tests scripts
-	$(BIN)/ruff check --fix authz imagegen_upstream tests scripts
+	$(BIN)/ruff format authz imagegen_upstream tests scripts fuzz bench
+	$(BIN)/ruff check --fix authz imagegen_upstream tests scripts fuzz bench
 
 protos: venv
 	$(BIN)/python scripts/gen_protos.py

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -20,7 +21,7 @@ from authz import engine
 from authz.audit import AuditContext, log_decision
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
-from authz.grants import bearer_token
+from authz.grants import GrantTable, bearer_token
 from authz.mcp import INVALID_REQUEST, McpParseError, check_mirror_headers, parse_message
 from authz.metrics import Metrics
 from authz.model import Decision, DenyKind, Exhausted, Grant, McpRequest, RequestId, Reservation
@@ -68,6 +69,10 @@ QUERY_CREDENTIAL_NAMES = frozenset(
 """Query parameters that carry credentials. Tokens in URLs end up in logs and histories;
 a request with one is refused (400), whether or not the token is valid."""
 
+JWT_PAYLOAD_KEY = "jwt_payload"
+"""The key under which Envoy's jwt_authn filter stores a verified JWT's claims: every
+provider must set `payload_in_metadata: jwt_payload` (see deploy/envoy-mesh.yaml)."""
+
 _SESSION_ID = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")
 """`Mcp-Session-Id`: visible ASCII (MCP spec) without a comma, because Envoy joins repeated
 headers with a comma and the upstream would read only one of them."""
@@ -84,6 +89,14 @@ class HttpRequest:
     body: bytes
     partial_body: bool = False
     request_id: str | None = None
+    source_principal: str | None = None
+    """The peer's identity as Envoy verified it on an mTLS listener
+    (`attributes.source.principal`: the client certificate's first URI SAN, e.g. a SPIFFE
+    ID). None without a client certificate. Never taken from a header."""
+    jwt_metadata: Mapping[str, Any] | None = None
+    """The dynamic metadata Envoy's jwt_authn filter wrote for this request (namespace
+    `envoy.filters.http.jwt_authn`, sent in `attributes.metadata_context`), as plain JSON
+    values; None when no JWT was verified. Never taken from a header."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,13 +176,10 @@ class Authorizer:
         refused = _bad_http(http)
         if refused is not None:
             return Verdict(refused, decision_id)
-        token = bearer_token(http.headers.get("authorization"))
-        grant = config.grants.lookup(token) if token is not None else None
-        if grant is None:
-            message = "missing bearer token" if token is None else "unknown bearer token"
-            return Verdict(
-                Decision.deny(DenyKind.UNAUTHENTICATED, message, rule="(auth)"), decision_id
-            )
+        identified = identify(config.grants, http)
+        if isinstance(identified, Decision):
+            return Verdict(identified, decision_id)
+        grant = identified
         policy = config.policy(grant.policy)
 
         if http.method in BODYLESS_METHODS:
@@ -345,6 +355,54 @@ def _bad_http(http: HttpRequest) -> Decision | None:
             rpc_code=INVALID_REQUEST,
         )
     return None
+
+
+def _unauthenticated(message: str) -> Decision:
+    return Decision.deny(DenyKind.UNAUTHENTICATED, message, rule="(auth)")
+
+
+def identify(grants: GrantTable, http: HttpRequest) -> Grant | Decision:
+    """The caller's grant, or a 401 denial. Exactly one credential is looked at:
+
+    1. a JWT verified by Envoy's jwt_authn filter (its claims in `http.jwt_metadata`): it
+       names the end user or agent. The `Authorization` header is then ignored: it carried
+       that JWT (jwt_authn reads it from there).
+    2. otherwise an `Authorization` header: it must be one well-formed bearer token of a
+       token grant.
+    3. otherwise the verified peer certificate's identity (`http.source_principal`, e.g. a
+       SPIFFE ID): it names the workload, shared by everything that runs in it.
+
+    A credential that is present but names no grant is a 401: the request never falls back
+    to the next one (a bad token with a good client certificate is still a 401). Nothing is
+    ever read from client-supplied headers other than `Authorization`.
+    """
+    if http.jwt_metadata is not None:
+        payload = http.jwt_metadata.get(JWT_PAYLOAD_KEY)
+        if not isinstance(payload, Mapping):
+            log.warning("jwt_payload_missing", namespace_keys=sorted(http.jwt_metadata))
+            return _unauthenticated(
+                "a JWT was verified but its claims are not in the jwt_authn metadata "
+                f"({JWT_PAYLOAD_KEY!r}): the proxy is misconfigured"
+            )
+        grant = grants.lookup_jwt(payload)
+        if grant is None:
+            return _unauthenticated("unknown JWT identity: no grant matches its claims")
+        return grant
+    authorization = http.headers.get("authorization")
+    if authorization is not None:
+        token = bearer_token(authorization)
+        if token is None:
+            return _unauthenticated("missing bearer token")
+        grant = grants.lookup(token)
+        if grant is None:
+            return _unauthenticated("unknown bearer token")
+        return grant
+    if http.source_principal:
+        grant = grants.lookup_spiffe(http.source_principal)
+        if grant is None:
+            return _unauthenticated("no grant for the client certificate's identity")
+        return grant
+    return _unauthenticated("missing bearer token")
 
 
 def _no_policy(grant: Grant) -> Decision:

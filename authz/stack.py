@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from authz.deploy import render_envoy_config, write_envoy_config
+from authz.deploy import EnvoyConfig, render_envoy_config, write_envoy_config
 
 LOOPBACK = "127.0.0.1"
 
@@ -92,6 +93,16 @@ class Stack:
     """Extra `mcp-authz serve` arguments for every sidecar (e.g. `--redis-url URL`)."""
     replicas: int = 1
     """Sidecar processes behind Envoy: endpoints of one `mcp_authz` cluster."""
+    envoy_source: Path | None = None
+    """The Envoy configuration to render instead of deploy/envoy.yaml (e.g.
+    deploy/envoy-mesh.yaml); only addresses and ports are rewritten, then `envoy_transform`."""
+    envoy_transform: Callable[[EnvoyConfig], None] | None = None
+    """Edits the rendered configuration in place before it is written (e.g. the paths of
+    certificates and a JWKS file that a test generated)."""
+    client_tls: ssl.SSLContext | None = None
+    """When Envoy's listener speaks TLS: the context `post_raw` and the readiness probe use
+    (trust for Envoy's certificate, and a client certificate if the listener requires one).
+    The readiness probe expects a 401, so give it a client certificate without a grant."""
     procs: dict[str, Proc] = field(default_factory=dict)
     replica_ports: list[tuple[int, int]] = field(default_factory=list)
     """(gRPC, admin) ports of every sidecar; the first is `ports.authz_grpc/authz_admin`."""
@@ -109,7 +120,11 @@ class Stack:
 
     @property
     def mcp_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.ports.envoy}/mcp"
+        return f"{self.envoy_scheme}://{LOOPBACK}:{self.ports.envoy}/mcp"
+
+    @property
+    def envoy_scheme(self) -> str:
+        return "https" if self.client_tls is not None else "http"
 
     @property
     def admin_url(self) -> str:
@@ -213,7 +228,10 @@ class Stack:
             upstream_host=LOOPBACK,
             upstream_port=self.ports.upstream,
             extra_authz_ports=[grpc for grpc, _ in self.replica_ports[1:]],
+            source=self.envoy_source,
         )
+        if self.envoy_transform is not None:
+            self.envoy_transform(cfg)
         path = self.envoy_config_path()
         write_envoy_config(cfg, path)
         self._spawn(
@@ -329,13 +347,13 @@ class Stack:
     ) -> tuple[int, dict[str, str], bytes]:
         """POST raw bytes through Envoy; returns (status, lower-cased headers, body)."""
         request = urllib.request.Request(
-            f"http://{LOOPBACK}:{self.ports.envoy}{path}",
+            f"{self.envoy_scheme}://{LOOPBACK}:{self.ports.envoy}{path}",
             data=body,
             method="POST",
             headers=dict(headers or {}),
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.client_tls) as response:
                 return (
                     response.status,
                     {k.lower(): v for k, v in response.headers.items()},

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
@@ -25,6 +25,9 @@ DECISION_HEADER = "x-mcp-authz-decision-id"
 FAIL_OPEN_HEADER = "x-mcp-authz-fail-open"
 """On the client's response when a call was allowed without quota (counter store down)."""
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+JWT_AUTHN_NAMESPACE = "envoy.filters.http.jwt_authn"
+"""Dynamic metadata of Envoy's jwt_authn filter; it reaches ext_authz in
+`attributes.metadata_context` only when listed in `metadata_context_namespaces`."""
 
 _GRPC_OK = 0
 _GRPC_PERMISSION_DENIED = 7
@@ -41,6 +44,15 @@ def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpReques
     http = check.attributes.request.http
     headers = {key.lower(): value for key, value in http.headers.items()}
     body = bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8")
+    # Identity that Envoy established itself: the verified client certificate (mTLS) and
+    # the claims of a JWT that jwt_authn verified. Dynamic metadata is written by Envoy's
+    # filters only; no client header can put anything there.
+    filter_metadata = check.attributes.metadata_context.filter_metadata
+    jwt_metadata = (
+        json_format.MessageToDict(filter_metadata[JWT_AUTHN_NAMESPACE])
+        if JWT_AUTHN_NAMESPACE in filter_metadata
+        else None
+    )
     return HttpRequest(
         # HTTP methods are case-sensitive: "post" is not POST (the upstream would not treat
         # it as one either), so the method is passed on exactly as Envoy received it.
@@ -50,6 +62,8 @@ def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpReques
         body=body,
         partial_body=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
         request_id=headers.get("x-request-id") or None,
+        source_principal=check.attributes.source.principal or None,
+        jwt_metadata=jwt_metadata,
     )
 
 
