@@ -64,6 +64,8 @@ class GrantsError(ValueError):
 
 
 def _no_lone_surrogates(value: str) -> str:
+    """Reject a lone surrogate escape (`"\\ud800"`) in a claim name or value: no verified
+    claim can equal it. (pydantic rejects them in `str` fields itself.)"""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -78,11 +80,6 @@ class _JwtEntry(BaseModel):
     subject: StrictStr | None = Field(default=None, min_length=1, max_length=1000)
     audience: StrictStr | None = Field(default=None, min_length=1, max_length=1000)
     claims: dict[str, Any] = Field(default_factory=dict, max_length=32)
-
-    @field_validator("issuer", "subject", "audience")
-    @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        return None if value is None else _no_lone_surrogates(value)
 
     @field_validator("claims")
     @classmethod
@@ -265,6 +262,16 @@ class GrantTable:
     by_hash: Mapping[str, Grant]
     by_spiffe_id: Mapping[str, Grant] = field(default_factory=dict)
     jwt_grants: tuple[tuple[JwtMatcher, Grant], ...] = ()
+    _jwt_index: Mapping[tuple[str, str | None], list[tuple[JwtMatcher, Grant]]] = field(
+        init=False, repr=False, compare=False
+    )
+    """`jwt_grants` by (issuer, subject or None): a lookup tries two small lists."""
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[str, str | None], list[tuple[JwtMatcher, Grant]]] = {}
+        for matcher, grant in self.jwt_grants:
+            index.setdefault((matcher.issuer, matcher.subject), []).append((matcher, grant))
+        object.__setattr__(self, "_jwt_index", index)
 
     def lookup(self, token: str) -> Grant | None:
         """The grant of an opaque bearer token (compared as its sha256)."""
@@ -276,7 +283,13 @@ class GrantTable:
 
     def lookup_jwt(self, payload: Mapping[str, Any]) -> Grant | None:
         """The grant whose `jwt` matcher the verified claims satisfy, if exactly one does."""
-        found = [grant for matcher, grant in self.jwt_grants if matcher.matches(payload)]
+        issuer, subject = payload.get("iss"), payload.get("sub")
+        if not isinstance(issuer, str):
+            return None
+        candidates = list(self._jwt_index.get((issuer, None), ()))
+        if isinstance(subject, str):
+            candidates += self._jwt_index.get((issuer, subject), ())
+        found = [grant for matcher, grant in candidates if matcher.matches(payload)]
         # load_grants makes two matches impossible; if it ever happened, fail closed.
         return found[0] if len(found) == 1 else None
 
@@ -314,6 +327,10 @@ def load_grants(raw: bytes) -> GrantTable:
     by_hash: dict[str, Grant] = {}
     by_spiffe: dict[str, Grant] = {}
     jwt_grants: list[tuple[JwtMatcher, Grant, int]] = []
+    # Per issuer: matchers without a subject, and matchers by subject. A matcher can only
+    # overlap one of the same issuer with the same subject or without one.
+    unscoped: dict[str, list[tuple[JwtMatcher, Grant, int]]] = {}
+    by_subject: dict[str, dict[str, list[tuple[JwtMatcher, Grant, int]]]] = {}
     seen_ids: set[str] = set()
     for index, entry in enumerate(doc.grants):
         where = f"grants.json: $.grants[{index}]"
@@ -337,19 +354,34 @@ def load_grants(raw: bytes) -> GrantTable:
                 audience=entry.jwt.audience,
                 claims=tuple(sorted(entry.jwt.claims.items())),
             )
-            for other_matcher, other_grant, other_index in jwt_grants:
+            subjects = by_subject.setdefault(matcher.issuer, {})
+            candidates = list(unscoped.get(matcher.issuer, ()))
+            if matcher.subject is None:
+                candidates += [item for group in subjects.values() for item in group]
+            else:
+                candidates += subjects.get(matcher.subject, ())
+            for other_matcher, other_grant, other_index in sorted(candidates, key=_by_index):
                 if matcher.overlaps(other_matcher):
                     raise GrantsError(
                         f"{where}.jwt: a token could match both this grant and grant "
                         f"{other_grant.id!r} ($.grants[{other_index}]); give them different "
                         "subjects or a claim with different values"
                     )
-            jwt_grants.append((matcher, grant, index))
+            item = (matcher, grant, index)
+            jwt_grants.append(item)
+            if matcher.subject is None:
+                unscoped.setdefault(matcher.issuer, []).append(item)
+            else:
+                subjects.setdefault(matcher.subject, []).append(item)
     return GrantTable(
         by_hash=by_hash,
         by_spiffe_id=by_spiffe,
         jwt_grants=tuple((matcher, grant) for matcher, grant, _ in jwt_grants),
     )
+
+
+def _by_index(item: tuple[JwtMatcher, Grant, int]) -> int:
+    return item[2]
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -14,7 +14,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from authz.config import ConfigSource
-
 from authz.model import Decision
 from authz.policy import Policy
 

@@ -11,10 +11,10 @@ import pytest
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz.config import ConfigSource
 from authz.counters.memory import MemoryCounterStore
-from authz.envoy.authz import check_response, http_request_from_check
+from authz.envoy.authz import JWT_AUTHN_NAMESPACE, check_response, http_request_from_check
 from authz.grants import hash_token
 from authz.model import DenyKind, Outcome
-from authz.service import Authorizer, HttpRequest, Verdict
+from authz.service import JWT_PAYLOAD_KEY, Authorizer, HttpRequest, Verdict
 
 SEED = (
     '{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":'
@@ -279,3 +279,185 @@ async def test_http_method_is_case_sensitive(authorizer: Authorizer) -> None:
     assert request.method == "post"  # not upper-cased: "post" is not POST
     verdict = await authorizer.check(request)
     assert check_response(verdict).denied_response.status.code == 405
+
+
+# -- identity precedence: verified JWT, then bearer token, then the client certificate ----------
+
+ISSUER = "https://idp.example.org"
+PAINTER = "spiffe://example.org/ns/agents/sa/painter"
+OPEN = '{"version":"1","default":"allow"}'
+
+
+@pytest.fixture
+def mesh_authorizer(tmp_path: Path) -> Authorizer:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "seed.json").write_text(SEED)
+    (tmp_path / "policies" / "open.json").write_text(OPEN)
+    grants = {
+        "version": "1",
+        "grants": [
+            {"id": "tok", "token_sha256": hash_token("tok"), "policy": "open"},
+            {"id": "painter", "spiffe_id": PAINTER, "policy": "open"},
+            {"id": "alice", "jwt": {"issuer": ISSUER, "subject": "alice"}, "policy": "open"},
+        ],
+    }
+    (tmp_path / "grants.json").write_text(json.dumps(grants))
+    return Authorizer(ConfigSource.open(tmp_path), MemoryCounterStore(), clock=lambda: 1_000_040.0)
+
+
+def _jwt_meta(**claims: Any) -> dict[str, Any]:
+    return {JWT_PAYLOAD_KEY: {"iss": ISSUER, "aud": "mcp-authz", "exp": 2e9, **claims}}
+
+
+def _mesh_request(
+    authorization: str | None = None,
+    principal: str | None = None,
+    jwt: dict[str, Any] | None = None,
+    **headers: str,
+) -> HttpRequest:
+    merged = {"content-type": "application/json", **headers}
+    if authorization is not None:
+        merged["authorization"] = authorization
+    return HttpRequest(
+        "POST", "/mcp", merged, _call(), source_principal=principal, jwt_metadata=jwt
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_", "grant_id", "message"),
+    [
+        # 1. a verified JWT names the caller; the Authorization header is ignored
+        (_mesh_request(jwt=_jwt_meta(sub="alice")), "alice", None),
+        (_mesh_request("Bearer tok", PAINTER, _jwt_meta(sub="alice")), "alice", None),
+        (_mesh_request("Bearer nope", None, _jwt_meta(sub="alice")), "alice", None),
+        (_mesh_request(None, PAINTER, _jwt_meta(sub="mallory")), None, "unknown JWT identity"),
+        (_mesh_request("Bearer tok", None, _jwt_meta(sub="mallory")), None, "unknown JWT"),
+        (_mesh_request(None, PAINTER, {}), None, "jwt_authn metadata"),
+        (_mesh_request(None, PAINTER, {"jwt_header": {"alg": "RS256"}}), None, "misconfigured"),
+        (_mesh_request(None, PAINTER, {JWT_PAYLOAD_KEY: "alice"}), None, "misconfigured"),
+        # 2. else the Authorization header: a bad one never falls back to the certificate
+        (_mesh_request("Bearer tok", PAINTER), "tok", None),
+        (_mesh_request("Bearer tok"), "tok", None),
+        (_mesh_request("Bearer nope", PAINTER), None, "unknown bearer token"),
+        (_mesh_request("Basic dG9r", PAINTER), None, "missing bearer token"),
+        (_mesh_request("", PAINTER), None, "missing bearer token"),
+        (_mesh_request("Bearer tok,Bearer tok", PAINTER), None, "missing bearer token"),
+        # 3. else the verified client certificate's SPIFFE ID, exactly
+        (_mesh_request(None, PAINTER), "painter", None),
+        (_mesh_request(None, PAINTER + "/x"), None, "client certificate"),
+        (_mesh_request(None, "spiffe://example.org/ns/agents/sa/other"), None, "certificate"),
+        (_mesh_request(None, ""), None, "missing bearer token"),
+        (_mesh_request(), None, "missing bearer token"),
+        # identity-looking headers from the client are never read
+        (
+            _mesh_request(
+                None,
+                None,
+                None,
+                **{
+                    "x-forwarded-client-cert": f"URI={PAINTER}",
+                    "x-spiffe-id": PAINTER,
+                    "x-jwt-payload": json.dumps({"iss": ISSUER, "sub": "alice"}),
+                    "x-mcp-grant": "painter",
+                },
+            ),
+            None,
+            "missing bearer token",
+        ),
+    ],
+)
+async def test_identity_precedence(
+    mesh_authorizer: Authorizer, request_: HttpRequest, grant_id: str | None, message: str | None
+) -> None:
+    verdict = await mesh_authorizer.check(request_)
+    if grant_id is not None:
+        assert verdict.decision.allowed, verdict.decision
+        assert verdict.grant is not None and verdict.grant.id == grant_id
+        return
+    assert verdict.grant is None
+    assert verdict.decision.kind is DenyKind.UNAUTHENTICATED
+    assert verdict.decision.rule == "(auth)"
+    assert message is not None and message in verdict.decision.message
+    assert check_response(verdict).denied_response.status.code == 401
+
+
+def _mesh_check(
+    principal: str = "", namespaces: dict[str, dict[str, Any]] | None = None, **headers: str
+) -> external_auth_pb2.CheckRequest:
+    check = external_auth_pb2.CheckRequest()
+    http = check.attributes.request.http
+    http.method = "POST"
+    http.path = "/mcp"
+    http.headers.update({"content-type": "application/json", **headers})
+    http.raw_body = _call()
+    check.attributes.source.principal = principal
+    for namespace, values in (namespaces or {}).items():
+        check.attributes.metadata_context.filter_metadata[namespace].update(values)
+    return check
+
+
+def test_check_request_identity_fields() -> None:
+    payload = {"iss": ISSUER, "sub": "alice", "aud": ["a", "b"], "exp": 2e9, "n": 2, "ok": True}
+    check = _mesh_check(
+        PAINTER,
+        {
+            JWT_AUTHN_NAMESPACE: {JWT_PAYLOAD_KEY: payload},
+            "envoy.filters.http.mcp": {"method": "tools/call"},
+        },
+    )
+    request = http_request_from_check(check)
+    assert request.source_principal == PAINTER
+    assert request.jwt_metadata == {JWT_PAYLOAD_KEY: {**payload, "n": 2.0}}
+
+    plain = http_request_from_check(
+        _mesh_check(namespaces={"envoy.filters.http.mcp": {"method": "tools/call"}})
+    )
+    assert plain.source_principal is None and plain.jwt_metadata is None
+
+
+async def test_check_request_identity_is_never_taken_from_headers(
+    mesh_authorizer: Authorizer,
+) -> None:
+    forged = {
+        "x-forwarded-client-cert": f"URI={PAINTER}",
+        "x-spiffe-id": PAINTER,
+        "x-jwt-payload": json.dumps({"iss": ISSUER, "sub": "alice"}),
+        JWT_AUTHN_NAMESPACE: json.dumps({JWT_PAYLOAD_KEY: {"iss": ISSUER, "sub": "alice"}}),
+    }
+    request = http_request_from_check(_mesh_check(**forged))
+    assert request.source_principal is None and request.jwt_metadata is None
+    verdict = await mesh_authorizer.check(request)
+    assert check_response(verdict).denied_response.status.code == 401
+
+
+@pytest.mark.parametrize(
+    ("principal", "namespaces", "authorization", "grant_id"),
+    [
+        (PAINTER, None, None, "painter"),
+        (
+            PAINTER,
+            {JWT_AUTHN_NAMESPACE: {JWT_PAYLOAD_KEY: {"iss": ISSUER, "sub": "alice"}}},
+            "Bearer some.jwt.value",
+            "alice",
+        ),
+        (PAINTER, None, "Bearer tok", "tok"),
+    ],
+)
+async def test_allowed_mesh_identity_renders_like_a_token(
+    mesh_authorizer: Authorizer,
+    principal: str,
+    namespaces: dict[str, dict[str, Any]] | None,
+    authorization: str | None,
+    grant_id: str,
+) -> None:
+    headers = {"authorization": authorization} if authorization else {}
+    verdict = await mesh_authorizer.check(
+        http_request_from_check(_mesh_check(principal, namespaces, **headers))
+    )
+    response = check_response(verdict)
+    assert response.status.code == 0, verdict.decision
+    ok = response.ok_response
+    assert "authorization" in ok.headers_to_remove
+    added = {h.header.key: h.header.value for h in ok.headers}
+    assert added["x-mcp-grant"] == grant_id
+    assert response.dynamic_metadata.fields["grant_id"].string_value == grant_id
