@@ -17,12 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# redis-server (Debian's package) for the tests that run a real Redis.
+# redis-server (Debian's package) for the tests that run a real Redis; docker-compose
+# (Debian's package) for tests/deploy, which resolves deploy/docker-compose.yaml with it.
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
 	@command -v redis-server >/dev/null || { echo "redis-server is required for the tests"; exit 1; }
+	@command -v docker-compose >/dev/null || test -x /usr/libexec/docker/cli-plugins/docker-compose || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose; }
+	@command -v docker-compose >/dev/null || test -x /usr/libexec/docker/cli-plugins/docker-compose || { echo "docker-compose is required for the tests"; exit 1; }
 
 demo: venv
 	$(BIN)/mcp-authz demo $(DEMO_ARGS)

@@ -42,6 +42,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -737,6 +738,15 @@ class PolicyDocument(_Model):
         description=(
             'Tool names removed from tools/list and denied on tools/call; the entry "*" '
             '(or the string "*") hides every tool.'
+        ),
+    )
+    hide_denied: StrictBool = Field(
+        default=False,
+        title="Hide denied tools",
+        description=(
+            "mcp-authz extension: also remove from tools/list the tools this policy never "
+            "allows: unlisted tools under default 'deny', and tools whose own or '*' entry "
+            "has a deny_if rule without conditions (or an Intercept 'deny' rule)."
         ),
     )
     all_tools: AllTools = Field(

@@ -1,4 +1,4 @@
-"""Process wiring: grpc.aio (ext_authz + health), the admin HTTP endpoint, reloads."""
+"""Process wiring: grpc.aio (ext_authz, ext_proc, health), the admin HTTP endpoint, reloads."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.counters.memory import MemoryCounterStore
 from authz.envoy.authz import check_response, http_request_from_check
+from authz.envoy.extproc import ExternalProcessorService
 from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authz.metrics import Metrics
+from authz.responder import Responder
 from authz.service import Authorizer
 from authz.settings import Settings
 
@@ -196,6 +199,8 @@ class Sidecar:
         self.authorizer = Authorizer(
             self.config, self.counters, fail_open=settings.redis_fail_open, metrics=self.metrics
         )
+        # The response phase (ext_proc): tools/list filtering and quota give-back.
+        self.responder = Responder(self.config, self.counters, metrics=self.metrics)
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._admin: uvicorn.Server | None = None
@@ -225,6 +230,9 @@ class Sidecar:
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
             AuthorizationService(self.authorizer), server
+        )
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(  # type: ignore[no-untyped-call]
+            ExternalProcessorService(self.responder), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.grpc_port = server.add_insecure_port(s.grpc_address)
@@ -273,6 +281,7 @@ class Sidecar:
         if self._admin_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._admin_task
+        await self.responder.drain()  # give-backs of the last responses
         await self.counters.close()
         log.info("sidecar_stopped")
 

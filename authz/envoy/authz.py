@@ -172,6 +172,27 @@ def _metadata(verdict: Verdict) -> struct_pb2.Struct:
         fields["mcp_method"] = verdict.request.method
         if verdict.request.tool is not None:
             fields["tool"] = verdict.request.tool
+        # For the response phase (authz/envoy/extproc.py reads these): the JSON-RPC id as
+        # JSON text (a Struct number is a double and would round large integer ids), and the
+        # quota this call took, so that ext_proc can give it back if the upstream fails it.
+        if not verdict.request.is_notification and verdict.request.id is not None:
+            fields["jsonrpc_id"] = json.dumps(verdict.request.id, separators=(",", ":"))
+    reservation = verdict.decision.reservation
+    if verdict.decision.allowed and reservation is not None and reservation.token:
+        fields["reservation"] = {
+            "token": reservation.token,
+            "entries": [
+                {
+                    "counter": counter,
+                    "scope": scope,
+                    "key": scope_key,
+                    "window": window,
+                    "start": start,
+                    "cost": cost,
+                }
+                for (counter, scope, scope_key, window), start, cost in reservation.entries
+            ],
+        }
     meta.update(fields)
     return meta
 

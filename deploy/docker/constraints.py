@@ -78,7 +78,9 @@ def _applies(marker: Marker | None, extras: Iterable[str]) -> bool:
     if marker is None:
         return True
     wanted = ("", *extras)
-    return any(marker.evaluate({**env, "extra": extra}) for env in _environments() for extra in wanted)
+    return any(
+        marker.evaluate({**env, "extra": extra}) for env in _environments() for extra in wanted
+    )
 
 
 def pyproject() -> Mapping[str, object]:

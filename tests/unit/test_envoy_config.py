@@ -191,7 +191,12 @@ def test_repo_config_key_choices() -> None:
     }
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     filters = [f["name"] for f in hcm["http_filters"]]
-    assert filters == ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    # ext_proc (the response phase) after ext_authz: tests/unit/test_extproc_edge.py
+    assert filters == [
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
     ext_authz = hcm["http_filters"][0]["typed_config"]
     assert ext_authz["transport_api_version"] == "V3"
     assert ext_authz["failure_mode_allow"] is False

@@ -1,0 +1,275 @@
+"""Envoy ext_proc v3 edge: ProcessingRequest → response phase, its answers → ProcessingResponse.
+
+The sibling of `authz.py` (ext_authz) with the same shape: Envoy's messages become domain
+values here (`ResponseContext` from the ext_authz dynamic metadata, status, content type,
+body chunks), and the response phase's answers become `ProcessingResponse`s. The decisions
+are made in `authz/response.py`; give-back and audit in `authz/responder.py`.
+
+The contract with `deploy/envoy.yaml` (filter `envoy.filters.http.ext_proc`):
+
+- request headers are SKIPped: the stream opens at the response headers, which carry the
+  ext_authz metadata (`metadata_options.forwarding_namespaces.untyped`:
+  `envoy.filters.http.ext_authz`, never a client header) written by `authz._metadata`:
+  `decision_id`, `decision`, `grant_id`, `policy`, `mcp_method`, `tool`, `jsonrpc_id` (the
+  request's JSON-RPC id as JSON text) and, for a call that took quota, `reservation`
+  (`token`, `entries` of `counter`, `scope`, `key`, `window`, `start`, `cost`);
+- the answer to the headers either lets the body pass without the sidecar (the stream then
+  ends) or switches this response to STREAMED body mode (`mode_override`, which must be in
+  the filter's `allowed_override_modes`); a body that may be rewritten loses its
+  `content-length` (Envoy then frames it itself);
+- each body chunk is answered at once, in order: unchanged, replaced, or cleared (held by
+  the sidecar and sent with a later chunk), so SSE events flow as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import structlog
+from google.protobuf import json_format
+
+from authz._pb.envoy.config.core.v3 import base_pb2
+from authz._pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from authz._pb.envoy.service.ext_proc.v3 import (
+    external_processor_pb2,
+    external_processor_pb2_grpc,
+)
+from authz.model import RequestId, Reservation
+from authz.responder import Responder
+from authz.response import Plan, ResponseContext, ResponseInspector
+
+__all__ = [
+    "EXT_PROC_SERVICE",
+    "STREAMED_RESPONSE",
+    "ExternalProcessorService",
+    "body_response",
+    "headers_response",
+    "response_context",
+]
+
+log = structlog.get_logger("mcp_authz.extproc")
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+
+_Mode = processing_mode_pb2.ProcessingMode
+STREAMED_RESPONSE = _Mode(
+    request_header_mode=_Mode.SKIP,
+    response_header_mode=_Mode.SEND,
+    request_body_mode=_Mode.NONE,
+    response_body_mode=_Mode.STREAMED,
+    request_trailer_mode=_Mode.SKIP,
+    response_trailer_mode=_Mode.SKIP,
+)
+"""The one mode override the sidecar asks for (listed in `allowed_override_modes`)."""
+
+_pb = external_processor_pb2
+
+
+# -- Envoy → domain ----------------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _rpc_id(value: Any) -> RequestId:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    if isinstance(parsed, bool) or not isinstance(parsed, str | int):
+        return None
+    return parsed
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ValueError(f"not an integer: {value!r}")
+    return int(value)
+
+
+def _reservation(value: Any) -> Reservation | None:
+    if not isinstance(value, Mapping):
+        return None
+    token = value.get("token")
+    entries = value.get("entries")
+    if not isinstance(token, str) or not token or not isinstance(entries, list):
+        return None
+    parsed = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            return None
+        counter, scope, key = entry.get("counter"), entry.get("scope"), entry.get("key")
+        if not (isinstance(counter, str) and isinstance(scope, str) and isinstance(key, str)):
+            return None
+        try:
+            bucket = (counter, scope, key, _count(entry.get("window")))
+            parsed.append((bucket, _count(entry.get("start")), _count(entry.get("cost"))))
+        except ValueError:
+            return None
+    return Reservation(entries=tuple(parsed), token=token)
+
+
+def response_context(metadata: base_pb2.Metadata) -> ResponseContext:
+    """What ext_authz decided about this response's request, from the forwarded metadata.
+
+    Empty (no decision) when the namespace is absent: Envoy answered before the sidecar did.
+    """
+    if AUTHZ_NAMESPACE not in metadata.filter_metadata:
+        return ResponseContext()
+    fields = json_format.MessageToDict(metadata.filter_metadata[AUTHZ_NAMESPACE])
+    reservation = _reservation(fields.get("reservation"))
+    if "reservation" in fields and reservation is None:
+        log.warning("reservation_unreadable", decision_id=fields.get("decision_id"))
+    return ResponseContext(
+        decision_id=_text(fields.get("decision_id")),
+        decision=_text(fields.get("decision")),
+        grant_id=_text(fields.get("grant_id")),
+        policy=_text(fields.get("policy")),
+        method=_text(fields.get("mcp_method")),
+        tool=_text(fields.get("tool")),
+        rpc_id=_rpc_id(fields.get("jsonrpc_id")),
+        reservation=reservation,
+    )
+
+
+def _header_value(header: base_pb2.HeaderValue) -> str:
+    if header.raw_value:
+        return bytes(header.raw_value).decode("utf-8", errors="replace")
+    return header.value
+
+
+def status_and_type(headers: _pb.HttpHeaders) -> tuple[int | None, str | None]:
+    """(`:status`, `content-type`) of the response headers."""
+    status: int | None = None
+    content_type: str | None = None
+    for header in headers.headers.headers:
+        name = header.key.lower()
+        if name == ":status":
+            value = _header_value(header)
+            status = int(value) if value.isdigit() else None
+        elif name == "content-type":
+            content_type = _header_value(header)
+    return status, content_type
+
+
+# -- domain → Envoy ----------------------------------------------------------------------
+
+
+def headers_response(plan: Plan) -> _pb.ProcessingResponse:
+    """The answer to the response headers for `plan`."""
+    common = _pb.CommonResponse()
+    response = _pb.ProcessingResponse(response_headers=_pb.HeadersResponse(response=common))
+    if plan is Plan.PASS:
+        return response
+    response.mode_override.CopyFrom(STREAMED_RESPONSE)
+    if plan is Plan.FILTER:
+        # The body may change length: Envoy frames it (chunked) instead.
+        response.response_headers.response.header_mutation.remove_headers.append("content-length")
+    return response
+
+
+def body_response(replacement: bytes | None) -> _pb.ProcessingResponse:
+    """The answer to one body chunk: unchanged (None), cleared (b"") or replaced."""
+    common = _pb.CommonResponse()
+    if replacement is not None:
+        if replacement:
+            common.body_mutation.body = replacement
+        else:
+            common.body_mutation.clear_body = True
+    return _pb.ProcessingResponse(response_body=_pb.BodyResponse(response=common))
+
+
+def _continue(kind: str | None) -> _pb.ProcessingResponse:
+    """A no-op answer to a message the filter is not configured to send."""
+    if kind == "request_headers":
+        return _pb.ProcessingResponse(request_headers=_pb.HeadersResponse())
+    if kind == "request_body":
+        return _pb.ProcessingResponse(request_body=_pb.BodyResponse())
+    if kind == "request_trailers":
+        return _pb.ProcessingResponse(request_trailers=_pb.TrailersResponse())
+    if kind == "response_trailers":
+        return _pb.ProcessingResponse(response_trailers=_pb.TrailersResponse())
+    if kind == "response_body":
+        return body_response(None)
+    return _pb.ProcessingResponse(response_headers=_pb.HeadersResponse())
+
+
+# -- the gRPC service --------------------------------------------------------------------
+
+
+class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):
+    """`envoy.service.ext_proc.v3.ExternalProcessor/Process`: one stream per response.
+
+    Never fails a response: an error inside the sidecar lets the rest of the body through
+    unchanged (and is logged); Envoy's `failure_mode_allow` covers a sidecar it cannot reach.
+    """
+
+    def __init__(self, responder: Responder) -> None:
+        self._responder = responder
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[_pb.ProcessingRequest],
+        context: Any,
+    ) -> AsyncIterator[_pb.ProcessingResponse]:
+        inspector: ResponseInspector | None = None
+        started = time.perf_counter()
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("request")
+                if kind == "response_headers" and inspector is None:
+                    inspector, answer = self._headers(request)
+                    yield answer
+                    if inspector.plan is Plan.PASS:
+                        return
+                elif kind == "response_body" and inspector is not None:
+                    body = request.response_body
+                    yield body_response(self._body(inspector, body))
+                    if body.end_of_stream:
+                        return
+                else:
+                    yield _continue(kind)
+        except Exception:
+            log.exception("extproc_failed")
+        finally:
+            if inspector is not None:
+                inspector.abort()  # a no-op once the body ended
+                self._responder.finish(inspector, time.perf_counter() - started)
+
+    def _headers(
+        self, request: _pb.ProcessingRequest
+    ) -> tuple[ResponseInspector, _pb.ProcessingResponse]:
+        inspector = self._responder.open(response_context(request.metadata_context))
+        status, content_type = status_and_type(request.response_headers)
+        try:
+            plan = inspector.headers(status, content_type, request.response_headers.end_of_stream)
+        except Exception:
+            log.exception("extproc_headers_failed", decision_id=inspector.context.decision_id)
+            inspector.give_up()
+            plan = Plan.PASS
+        return inspector, headers_response(plan)
+
+    @staticmethod
+    def _body(inspector: ResponseInspector, body: _pb.HttpBody) -> bytes | None:
+        chunk = bytes(body.body)
+        try:
+            out = inspector.body(chunk, body.end_of_stream)
+        except Exception:
+            log.exception("extproc_body_failed", decision_id=inspector.context.decision_id)
+            held = inspector.give_up()
+            return held + chunk if held else None
+        if inspector.error is not None:  # a bug while reading; the bytes passed unchanged
+            log.error(
+                "response_read_failed",
+                decision_id=inspector.context.decision_id,
+                exc_info=inspector.error,
+            )
+            inspector.error = None
+        return out

@@ -1,0 +1,280 @@
+"""deploy/docker-compose.yaml: the real docker-compose resolves it, and it matches envoy.yaml.
+
+`docker-compose config` (Debian's docker-compose 1.29, installed by `make system-deps`)
+validates the file against its schema, interpolates variables and resolves paths without a
+Docker engine. Both the short syntax it prints and Compose v2's long syntax are understood
+here, so the tests also hold if `docker-compose` is a v2 binary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped, unused-ignore]
+
+from authz.deploy import load_envoy_config, repo_envoy_config_path
+
+from .support import (
+    AUTHZ_CLUSTER,
+    DEPLOY,
+    REPO,
+    UPSTREAM_CLUSTER,
+    envoy_cluster_address,
+    envoy_listener_address,
+    host_port,
+    option,
+)
+
+COMPOSE_FILE = DEPLOY / "docker-compose.yaml"
+SERVICES = {"envoy", "authz", "imagegen", "gemini", "redis"}
+PASSED_THROUGH = (
+    "GOOGLE_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+    "IMAGEGEN_ALLOWED_HOSTS",
+    "OPENAI_API_KEY",
+    "REPLICATE_API_TOKEN",
+    "MCP_AUTHZ_BIND",
+)
+
+
+COMPOSE_PLUGIN = Path("/usr/libexec/docker/cli-plugins/docker-compose")
+"""Where Debian's Compose v2 package puts the binary (it also runs standalone)."""
+
+
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None and os.access(COMPOSE_PLUGIN, os.X_OK):
+        found = str(COMPOSE_PLUGIN)
+    if found is None:
+        pytest.fail(
+            "docker-compose not found: `make system-deps` installs Debian's docker-compose "
+            "(apt-get install docker-compose)"
+        )
+    return found
+
+
+def compose_config(**env: str) -> dict[str, Any]:
+    """`docker-compose -f deploy/docker-compose.yaml config`, parsed; fails on exit != 0."""
+    clean = {k: v for k, v in os.environ.items() if k not in PASSED_THROUGH}
+    clean.pop("COMPOSE_FILE", None)
+    clean.pop("COMPOSE_PROJECT_NAME", None)
+    proc = subprocess.run(
+        [docker_compose(), "-f", str(COMPOSE_FILE), "config"],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"docker-compose config failed:\n{proc.stderr}"
+    resolved = yaml.safe_load(proc.stdout)
+    assert isinstance(resolved, dict)
+    return resolved
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, Any]:
+    return compose_config()
+
+
+@dataclass(frozen=True)
+class Port:
+    host_ip: str
+    published: int
+    target: int
+
+
+def ports(service: dict[str, Any]) -> list[Port]:
+    out = []
+    for item in service.get("ports", []):
+        if isinstance(item, dict):  # Compose v2 long syntax
+            out.append(Port(item.get("host_ip", ""), int(item["published"]), int(item["target"])))
+        else:  # "HOST_IP:PUBLISHED:TARGET[/PROTO]"
+            spec = str(item).split("/", 1)[0]
+            parts = spec.rsplit(":", 2)
+            host_ip = parts[0] if len(parts) == 3 else ""
+            out.append(Port(host_ip, int(parts[-2]), int(parts[-1])))
+    return out
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    out = []
+    for item in service.get("volumes", []):
+        if isinstance(item, dict):
+            out.append(Mount(item["source"], item["target"], bool(item.get("read_only"))))
+        else:
+            parts = str(item).split(":")
+            mode = parts[2] if len(parts) > 2 else "rw"
+            out.append(Mount(parts[0], parts[1], "ro" in mode.split(",")))
+    return out
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    cmd = service["command"]
+    assert isinstance(cmd, list), "commands are written in exec form (a list)"
+    return [str(arg) for arg in cmd]
+
+
+def test_config_resolves_to_the_five_services(resolved: dict[str, Any]) -> None:
+    assert set(resolved["services"]) == SERVICES
+
+
+def test_only_envoy_is_published_on_10000(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    assert ports(services["envoy"]) == [Port("127.0.0.1", 10000, 10000)]
+    for name in SERVICES - {"envoy"}:
+        assert ports(services[name]) == [], f"{name} must not be published"
+
+
+def test_bind_address_can_be_opened_up() -> None:
+    opened = compose_config(MCP_AUTHZ_BIND="0.0.0.0", GOOGLE_API_KEY="real-key")
+    assert ports(opened["services"]["envoy"]) == [Port("0.0.0.0", 10000, 10000)]
+    # A key passed in reaches the upstream (whose entrypoint then skips the offline endpoint).
+    assert opened["services"]["imagegen"]["environment"]["GOOGLE_API_KEY"] == "real-key"
+
+
+def test_envoy_and_compose_addresses_agree(resolved: dict[str, Any]) -> None:
+    """deploy/envoy.yaml, unchanged, must find the services where compose puts them."""
+    services = resolved["services"]
+    envoy = load_envoy_config()
+
+    authz_host, authz_port = envoy_cluster_address(envoy, AUTHZ_CLUSTER)
+    assert authz_host == "authz" and authz_host in services
+    grpc_host, grpc_port = host_port(option(command(services["authz"]), "--grpc"))
+    assert grpc_port == authz_port
+    assert grpc_host in ("0.0.0.0", "authz"), "the sidecar must listen on the compose network"
+
+    upstream_host, upstream_port = envoy_cluster_address(envoy, UPSTREAM_CLUSTER)
+    assert upstream_host == "imagegen" and upstream_host in services
+    imagegen = command(services["imagegen"])
+    assert int(option(imagegen, "--port")) == upstream_port
+    assert option(imagegen, "--host") == "0.0.0.0"
+
+    listen_host, listen_port = envoy_listener_address(envoy)
+    assert listen_host == "0.0.0.0"
+    assert [p.target for p in ports(services["envoy"])] == [listen_port]
+    assert [p.published for p in ports(services["envoy"])] == [10000]
+
+
+def test_envoy_runs_the_repository_config_unchanged(resolved: dict[str, Any]) -> None:
+    envoy = resolved["services"]["envoy"]
+    assert envoy["image"] == "envoyproxy/envoy:v1.40.0"
+    config_mounts = [m for m in mounts(envoy) if m.target == "/etc/envoy/envoy.yaml"]
+    assert len(config_mounts) == 1
+    assert Path(config_mounts[0].source) == repo_envoy_config_path()
+    assert config_mounts[0].read_only
+    assert option(command(envoy), "-c") == "/etc/envoy/envoy.yaml"
+
+
+def test_policies_and_grants_are_mounted_read_only(resolved: dict[str, Any]) -> None:
+    authz = resolved["services"]["authz"]
+    assert mounts(authz) == [Mount(str(DEPLOY / "config"), "/etc/mcp-authz", True)]
+    args = command(authz)
+    assert args[0] == "serve"
+    assert option(args, "--config") == "/etc/mcp-authz"
+    assert (DEPLOY / "config" / "grants.json").is_file()
+    assert sorted((DEPLOY / "config" / "policies").glob("*.json"))
+
+
+def test_sidecar_uses_the_redis_service(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    url = option(command(services["authz"]), "--redis-url")
+    assert url == "redis://redis:6379/0"
+    redis = command(services["redis"])
+    assert redis[0] == "redis-server"
+    assert option(redis, "--maxmemory-policy") == "noeviction"
+
+
+def test_upstream_accepts_the_host_envoy_forwards(resolved: dict[str, Any]) -> None:
+    args = command(resolved["services"]["imagegen"])
+    assert option(args, "--allowed-host") == "envoy"
+
+
+def test_offline_gemini_by_default(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    env = services["imagegen"]["environment"]
+    assert env["GOOGLE_API_KEY"] == ""  # empty: the entrypoint picks the offline endpoint
+    offline = env["IMAGEGEN_OFFLINE_GEMINI_URL"]
+    assert offline.startswith("http://")
+    host, port = host_port(offline.removeprefix("http://"))
+    assert host == "gemini" and host in services
+    gemini = command(services["gemini"])
+    assert gemini[0] == "imagegen-offline-gemini"
+    assert int(option(gemini, "--port")) == port
+
+
+def test_start_order_waits_for_health(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+
+    def healthy_deps(name: str) -> dict[str, str]:
+        deps = services[name].get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: depends_on must use the long form"
+        return {dep: spec["condition"] for dep, spec in deps.items()}
+
+    assert healthy_deps("envoy") == {"authz": "service_healthy", "imagegen": "service_healthy"}
+    assert healthy_deps("authz") == {"redis": "service_healthy"}
+    assert healthy_deps("imagegen") == {"gemini": "service_healthy"}
+    for name in SERVICES:
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] == "CMD", f"{name}: healthcheck must be exec form"
+
+
+def test_healthchecks_probe_the_ports_the_services_listen_on(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    authz = services["authz"]["healthcheck"]["test"]
+    assert authz[2:4] == ["/opt/mcp-authz/healthcheck.py", "grpc"]
+    _, grpc_port = host_port(option(command(services["authz"]), "--grpc"))
+    assert host_port(authz[4]) == ("127.0.0.1", grpc_port)
+    for name in ("imagegen", "gemini"):
+        test = services[name]["healthcheck"]["test"]
+        port = int(option(command(services[name]), "--port"))
+        url = f"http://127.0.0.1:{port}/healthz"
+        assert test[2:] == ["/opt/mcp-authz/healthcheck.py", "http", url]
+    admin = load_envoy_config()["admin"]["address"]["socket_address"]
+    probe = services["envoy"]["healthcheck"]["test"][-1]
+    assert f"/dev/tcp/{admin['address']}/{admin['port_value']}" in probe
+
+
+def test_images_are_built_from_this_repository(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    expected = {
+        "authz": ("deploy/docker/sidecar.Dockerfile", "mcp-authz-sidecar:0.1.0"),
+        "imagegen": ("deploy/docker/upstream.Dockerfile", "mcp-authz-imagegen:0.1.0"),
+        "gemini": ("deploy/docker/upstream.Dockerfile", "mcp-authz-imagegen:0.1.0"),
+    }
+    for name, (dockerfile, image) in expected.items():
+        build = services[name]["build"]
+        assert Path(build["context"]) == REPO
+        assert build["dockerfile"] == dockerfile and (REPO / dockerfile).is_file()
+        assert services[name]["image"] == image
+    assert "@sha256:" in services["redis"]["image"]
+
+
+def test_containers_are_hardened(resolved: dict[str, Any]) -> None:
+    for name, service in resolved["services"].items():
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+    users = {name: s.get("user") for name, s in resolved["services"].items()}
+    # The built images run as uid 10001 (their USER); the others are set here.
+    assert users == {
+        "envoy": "101:101",
+        "redis": "999:1000",
+        "authz": None,
+        "imagegen": None,
+        "gemini": None,
+    }

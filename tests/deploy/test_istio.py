@@ -1,0 +1,451 @@
+"""deploy/istio: structure of the Istio resources, and what Envoy makes of them.
+
+No Istio schema package is a dependency, so the Istio resources are checked here against the
+fields of Istio's API (MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider,
+AuthorizationPolicy, PeerAuthentication, EnvoyFilter), rejecting unknown fields. What reaches
+Envoy is checked with the real Envoy 1.40: the ext_authz filter that istiod builds from the
+provider (as pilot/pkg/security/authz/builder/extauthz.go does) and the EnvoyFilter's ext_proc
+patch both pass `envoy --mode validate`. The provider must match deploy/envoy.yaml's ext_authz.
+(The CRD schemas themselves were checked once with @kubernetes-models/istio: see
+docs/deploy.md and tests/deploy/istio_crd_check.mjs.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped, unused-ignore]
+
+from authz._pb.envoy.type.v3 import http_status_pb2
+from authz.deploy import load_envoy_config
+
+from .support import (
+    ISTIO,
+    K8S,
+    Doc,
+    envoy_ext_authz,
+    envoy_validate,
+    host_port,
+    load_docs,
+    one,
+    option,
+)
+
+PROVIDER = "mcp-authz"
+TYPE = "type.googleapis.com/envoy.extensions."
+HCM_TYPE = TYPE + "filters.network.http_connection_manager.v3.HttpConnectionManager"
+HTTP_OPTIONS_TYPE = TYPE + "upstreams.http.v3.HttpProtocolOptions"
+OPERATOR = ISTIO / "install" / "istio-operator.yaml"
+HELM_VALUES = ISTIO / "install" / "istiod-values.yaml"
+SECURITY = ISTIO / "security.yaml"
+AUTHZ = ISTIO / "mcp-authz.yaml"
+EXT_PROC = ISTIO / "optional" / "ext-proc-envoyfilter.yaml"
+
+# Fields of Istio's API (istio.io/api), by message.
+GRPC_PROVIDER_FIELDS = {
+    "service",
+    "port",
+    "timeout",
+    "failOpen",
+    "statusOnError",
+    "includeRequestBodyInCheck",
+}
+REQUEST_BODY_FIELDS = {"maxRequestBytes", "allowPartialMessage", "packAsBytes"}
+AUTHZ_POLICY_FIELDS = {"selector", "targetRef", "targetRefs", "rules", "action", "provider"}
+AUTHZ_ACTIONS = {"ALLOW", "DENY", "AUDIT", "CUSTOM"}
+RULE_FIELDS = {"from", "to", "when"}
+SOURCE_FIELDS = {
+    "principals",
+    "notPrincipals",
+    "requestPrincipals",
+    "notRequestPrincipals",
+    "namespaces",
+    "notNamespaces",
+    "serviceAccounts",
+    "notServiceAccounts",
+    "ipBlocks",
+    "notIpBlocks",
+    "remoteIpBlocks",
+    "notRemoteIpBlocks",
+}
+OPERATION_FIELDS = {
+    "hosts",
+    "notHosts",
+    "ports",
+    "notPorts",
+    "methods",
+    "notMethods",
+    "paths",
+    "notPaths",
+}
+PEER_AUTHN_FIELDS = {"selector", "mtls", "portLevelMtls"}
+MTLS_MODES = {"UNSET", "DISABLE", "PERMISSIVE", "STRICT"}
+ENVOY_FILTER_FIELDS = {"workloadSelector", "targetRefs", "configPatches", "priority"}
+PATCH_FIELDS = {"applyTo", "match", "patch"}
+APPLY_TO = {
+    "INVALID", "LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
+    "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER",
+}  # fmt: skip
+MATCH_FIELDS = {"context", "proxy", "listener", "routeConfiguration", "cluster"}
+CONTEXTS = {"ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"}
+LISTENER_MATCH_FIELDS = {"portNumber", "filterChain", "listenerFilter", "name"}
+FILTER_CHAIN_FIELDS = {
+    "name",
+    "sni",
+    "transportProtocol",
+    "applicationProtocols",
+    "filter",
+    "destinationPort",
+}
+OPERATIONS = {
+    "INVALID", "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST",
+    "REPLACE",
+}  # fmt: skip
+
+
+def unknown(node: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = set(node) - allowed
+    assert not extra, f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(allowed)}"
+
+
+def providers(values: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = values["meshConfig"]["extensionProviders"]
+    return found
+
+
+def mcp_provider(values: dict[str, Any]) -> dict[str, Any]:
+    (entry,) = [p for p in providers(values) if p["name"] == PROVIDER]
+    assert set(entry) == {"name", "envoyExtAuthzGrpc"}
+    grpc: dict[str, Any] = entry["envoyExtAuthzGrpc"]
+    return grpc
+
+
+@pytest.fixture(scope="module")
+def operator() -> Doc:
+    (doc,) = load_docs(OPERATOR)
+    assert doc["apiVersion"] == "install.istio.io/v1alpha1"
+    assert doc["kind"] == "IstioOperator"
+    return doc
+
+
+@pytest.fixture(scope="module")
+def provider(operator: Doc) -> dict[str, Any]:
+    return mcp_provider(operator["spec"])
+
+
+def k8s_docs() -> list[Doc]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in load_docs(path)]
+
+
+# -- structure --------------------------------------------------------------------------------
+
+
+def test_every_document_names_its_kind() -> None:
+    for path in sorted(ISTIO.rglob("*.yaml")):
+        if path == HELM_VALUES:
+            continue
+        for doc in load_docs(path):
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), path
+            assert doc["metadata"].get("name"), path
+
+
+def test_extension_provider_fields(provider: dict[str, Any]) -> None:
+    unknown(provider, GRPC_PROVIDER_FIELDS, "envoyExtAuthzGrpc")
+    assert {"service", "port"} <= set(provider), "service and port are required"
+    unknown(provider["includeRequestBodyInCheck"], REQUEST_BODY_FIELDS, "includeRequestBodyInCheck")
+    assert isinstance(provider["statusOnError"], str), 'statusOnError is a string, e.g. "503"'
+    assert isinstance(provider["port"], int) and 1 <= provider["port"] <= 65535
+
+
+def test_helm_values_register_the_same_provider(operator: Doc) -> None:
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert providers(values) == providers(operator["spec"])
+
+
+def test_provider_matches_the_envoy_yaml_ext_authz(provider: dict[str, Any]) -> None:
+    """Istio's ext_authz must behave like the standalone gateway's: same limits, fail closed."""
+    ext_authz = envoy_ext_authz(load_envoy_config())
+    assert provider["timeout"] == ext_authz["grpc_service"]["timeout"]
+    assert provider["failOpen"] is ext_authz["failure_mode_allow"] is False
+    status = http_status_pb2.StatusCode.Value(ext_authz["status_on_error"]["code"])
+    assert int(provider["statusOnError"]) == status == 503
+    body = ext_authz["with_request_body"]
+    assert provider["includeRequestBodyInCheck"] == {
+        "maxRequestBytes": body["max_request_bytes"],
+        "allowPartialMessage": body["allow_partial_message"],
+        "packAsBytes": body["pack_as_bytes"],
+    }
+
+
+def test_provider_points_at_the_sidecar_service(provider: dict[str, Any]) -> None:
+    docs = load_docs(AUTHZ)
+    name, namespace, *rest = provider["service"].split(".")
+    assert rest == ["svc", "cluster", "local"]
+    service = one(docs, "Service", name)
+    assert service["metadata"]["namespace"] == namespace
+    (grpc_port,) = [p for p in service["spec"]["ports"] if p["port"] == provider["port"]]
+    assert grpc_port["appProtocol"] == "grpc", "Istio must speak HTTP/2 to an ext_authz server"
+    spec = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    (authz,) = spec["containers"]
+    (container_port,) = [p for p in authz["ports"] if p["name"] == grpc_port["targetPort"]]
+    _, listen_port = host_port(option(authz["args"], "--grpc"))
+    assert container_port["containerPort"] == listen_port
+
+
+def test_authorization_policies(provider: dict[str, Any]) -> None:
+    docs = load_docs(SECURITY)
+    for policy in [d for d in docs if d["kind"] == "AuthorizationPolicy"]:
+        assert policy["apiVersion"] == "security.istio.io/v1"
+        spec = policy["spec"]
+        where = f"AuthorizationPolicy/{policy['metadata']['name']}"
+        unknown(spec, AUTHZ_POLICY_FIELDS, where)
+        assert spec["action"] in AUTHZ_ACTIONS
+        for rule in spec.get("rules", []):
+            unknown(rule, RULE_FIELDS, where)
+            for peer in rule.get("from", []):
+                unknown(peer, {"source"}, where)
+                unknown(peer["source"], SOURCE_FIELDS, where)
+            for target in rule.get("to", []):
+                unknown(target, {"operation"}, where)
+                unknown(target["operation"], OPERATION_FIELDS, where)
+
+    custom = one(docs, "AuthorizationPolicy", "imagegen-mcp-authz")["spec"]
+    assert custom["action"] == "CUSTOM"
+    assert custom["provider"] == {"name": PROVIDER}
+    assert custom["rules"] == [{}], "every request to the MCP workload is checked"
+    imagegen = one(k8s_docs(), "Deployment", "imagegen")["spec"]["template"]
+    assert custom["selector"]["matchLabels"].items() <= imagegen["metadata"]["labels"].items()
+
+    callers = one(docs, "AuthorizationPolicy", "mcp-authz-callers")["spec"]
+    assert callers["action"] == "ALLOW"
+    sidecar = one(load_docs(AUTHZ), "Deployment", "mcp-authz")["spec"]["template"]
+    assert callers["selector"]["matchLabels"].items() <= sidecar["metadata"]["labels"].items()
+    check_rule = callers["rules"][0]
+    account = imagegen["spec"]["serviceAccountName"]
+    namespace = one(k8s_docs(), "Deployment", "imagegen")["metadata"]["namespace"]
+    assert check_rule["from"] == [
+        {"source": {"principals": [f"cluster.local/ns/{namespace}/sa/{account}"]}}
+    ]
+    assert check_rule["to"] == [{"operation": {"ports": [str(provider["port"])]}}]
+
+
+def test_peer_authentication_is_strict() -> None:
+    (peer,) = [d for d in load_docs(SECURITY) if d["kind"] == "PeerAuthentication"]
+    unknown(peer["spec"], PEER_AUTHN_FIELDS, "PeerAuthentication")
+    assert peer["spec"]["mtls"]["mode"] in MTLS_MODES
+    assert peer["spec"]["mtls"]["mode"] == "STRICT"
+
+
+def test_plain_apply_of_the_folder_skips_install_and_optional_files() -> None:
+    """`kubectl apply -f deploy/istio/` is not recursive: only cluster resources at the top."""
+    kinds = {doc["kind"] for path in ISTIO.glob("*.yaml") for doc in load_docs(path)}
+    assert "IstioOperator" not in kinds and "EnvoyFilter" not in kinds
+    assert OPERATOR.parent != ISTIO and EXT_PROC.parent != ISTIO
+
+
+# -- the EnvoyFilter (optional) ---------------------------------------------------------------
+
+
+def ext_proc_filter() -> Doc:
+    (doc,) = load_docs(EXT_PROC)
+    return doc
+
+
+def test_ext_proc_envoy_filter_structure() -> None:
+    doc = ext_proc_filter()
+    assert doc["apiVersion"] == "networking.istio.io/v1alpha3" and doc["kind"] == "EnvoyFilter"
+    assert "EnvoyFilter" in doc["metadata"]["annotations"]["mcp-authz/status"]
+    text = EXT_PROC.read_text()
+    assert "ENVOYFILTER" in text and "NOT APPLIED BY DEFAULT" in text
+    spec = doc["spec"]
+    unknown(spec, ENVOY_FILTER_FIELDS, "EnvoyFilter")
+    imagegen_docs = k8s_docs()
+    imagegen = one(imagegen_docs, "Deployment", "imagegen")["spec"]["template"]
+    assert spec["workloadSelector"]["labels"].items() <= imagegen["metadata"]["labels"].items()
+    (patch,) = spec["configPatches"]
+    unknown(patch, PATCH_FIELDS, "configPatch")
+    assert patch["applyTo"] in APPLY_TO and patch["applyTo"] == "HTTP_FILTER"
+    match = patch["match"]
+    unknown(match, MATCH_FIELDS, "match")
+    assert match["context"] in CONTEXTS and match["context"] == "SIDECAR_INBOUND"
+    unknown(match["listener"], LISTENER_MATCH_FIELDS, "match.listener")
+    unknown(match["listener"]["filterChain"], FILTER_CHAIN_FIELDS, "match.listener.filterChain")
+    (upstream,) = [c for c in imagegen["spec"]["containers"] if c["name"] == "imagegen"]
+    assert match["listener"]["portNumber"] == int(option(upstream["args"], "--port"))
+    assert match["listener"]["filterChain"]["filter"]["subFilter"] == {
+        "name": "envoy.filters.http.router"
+    }
+    assert patch["patch"]["operation"] in OPERATIONS
+    assert patch["patch"]["operation"] == "INSERT_BEFORE"  # after ext_authz, before the router
+    config = patch["patch"]["value"]["typed_config"]
+    modes = [config["processing_mode"], *config.get("allowed_override_modes", [])]
+    assert all(m["response_body_mode"] != "BUFFERED" for m in modes), "SSE must stream"
+
+
+def envoy_yaml_ext_proc() -> dict[str, Any]:
+    """The ext_proc HTTP filter of deploy/envoy.yaml's MCP listener."""
+    listener = load_envoy_config()["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert "envoy.filters.http.ext_proc" in names, "deploy/envoy.yaml has no ext_proc filter"
+    # Same place as the EnvoyFilter puts it: after ext_authz, right before the router.
+    assert names[-2:] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    assert names.index("envoy.filters.http.ext_authz") < names.index("envoy.filters.http.ext_proc")
+    found: dict[str, Any] = hcm["http_filters"][names.index("envoy.filters.http.ext_proc")]
+    return found
+
+
+def test_ext_proc_envoy_filter_is_the_envoy_yaml_filter(provider: dict[str, Any]) -> None:
+    """The EnvoyFilter's value is deploy/envoy.yaml's ext_proc filter, but for the gRPC target."""
+    expected = copy.deepcopy(envoy_yaml_ext_proc())
+    cluster = istio_cluster(provider)
+    expected["typed_config"]["grpc_service"]["envoy_grpc"] = {
+        "cluster_name": cluster,
+        "authority": cluster.replace("|", "_."),
+    }
+    patch = ext_proc_filter()["spec"]["configPatches"][0]["patch"]
+    assert patch["value"] == expected
+
+
+def istio_cluster(provider: dict[str, Any]) -> str:
+    """Istio's name for the outbound cluster of a Service port."""
+    return f"outbound|{provider['port']}||{provider['service']}"
+
+
+def test_ext_proc_targets_the_sidecar_cluster(provider: dict[str, Any]) -> None:
+    config = ext_proc_filter()["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]
+    grpc = config["grpc_service"]["envoy_grpc"]
+    assert grpc["cluster_name"] == istio_cluster(provider)
+    assert grpc["authority"] == istio_cluster(provider).replace("|", "_.")
+
+
+def bootstrap(http_filters: list[dict[str, Any]], grpc_cluster: str) -> dict[str, Any]:
+    """A minimal Envoy bootstrap around `http_filters`, with `grpc_cluster` as an HTTP/2
+    cluster (standing in for Istio's outbound cluster of the sidecar)."""
+
+    def cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": name,
+            "type": "STATIC",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "127.0.0.1",
+                                            "port_value": port,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+        if http2:
+            out["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": HTTP_OPTIONS_TYPE,
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            }
+        return out
+
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": TYPE + "filters.http.router.v3.Router"},
+    }
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "inbound",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "inbound",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
+                }
+            ]
+        },
+        "http_filters": [*http_filters, router],
+    }
+    return {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "inbound",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [cluster(grpc_cluster, 9001, True), cluster("app", 8000, False)],
+        }
+    }
+
+
+def istio_ext_authz(provider: dict[str, Any]) -> dict[str, Any]:
+    """The ext_authz filter istiod generates for an envoyExtAuthzGrpc provider."""
+    cluster = istio_cluster(provider)
+    body = provider["includeRequestBodyInCheck"]
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": TYPE + "filters.http.ext_authz.v3.ExtAuthz",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": cluster, "authority": cluster.replace("|", "_.")},
+                "timeout": provider["timeout"],
+            },
+            "status_on_error": {"code": int(provider["statusOnError"])},
+            "failure_mode_allow": provider["failOpen"],
+            "transport_api_version": "V3",
+            "with_request_body": {
+                "max_request_bytes": body["maxRequestBytes"],
+                "allow_partial_message": body["allowPartialMessage"],
+                "pack_as_bytes": body["packAsBytes"],
+            },
+        },
+    }
+
+
+def validate(config: dict[str, Any], tmp_path: Path) -> tuple[int, str]:
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(config))
+    proc = envoy_validate(path)
+    return proc.returncode, proc.stderr[-2000:]
+
+
+def test_istio_ext_authz_and_ext_proc_pass_envoy_validate(
+    provider: dict[str, Any], tmp_path: Path
+) -> None:
+    ext_proc = ext_proc_filter()["spec"]["configPatches"][0]["patch"]["value"]
+    config = bootstrap([istio_ext_authz(provider), ext_proc], istio_cluster(provider))
+    code, stderr = validate(config, tmp_path)
+    assert code == 0, stderr
+
+
+def test_envoy_validate_rejects_a_misspelt_ext_proc_field(
+    provider: dict[str, Any], tmp_path: Path
+) -> None:
+    """Negative control: the check above would catch a bad patch."""
+    ext_proc = copy.deepcopy(ext_proc_filter()["spec"]["configPatches"][0]["patch"]["value"])
+    ext_proc["typed_config"]["processing_mode"]["response_body_mod"] = "STREAMED"
+    code, _ = validate(bootstrap([ext_proc], istio_cluster(provider)), tmp_path)
+    assert code != 0

@@ -1,0 +1,457 @@
+"""The ext_proc edge and the response pipeline, through real protobuf messages.
+
+The request phase runs for real (`Authorizer.check` → `check_response`); its dynamic
+metadata is handed to the ext_proc service exactly as Envoy forwards it
+(`metadata_context.filter_metadata["envoy.filters.http.ext_authz"]`), and the service is
+driven with the `ProcessingRequest`s Envoy sends. Give-back runs on both counter stores.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from authz._pb.envoy.config.core.v3 import base_pb2
+from authz._pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from authz.config import ConfigSource
+from authz.counters.memory import MemoryCounterStore
+from authz.counters.redis import RedisCounterStore
+from authz.deploy import load_envoy_config, repo_envoy_config_path
+from authz.envoy.authz import METADATA_NAMESPACE, check_response
+from authz.envoy.extproc import (
+    STREAMED_RESPONSE,
+    ExternalProcessorService,
+    body_response,
+    headers_response,
+    response_context,
+)
+from authz.grants import hash_token
+from authz.model import Reservation
+from authz.responder import Responder
+from authz.response import Plan, ResponseContext
+from authz.service import Authorizer, HttpRequest, Verdict
+from tests.redis_server import RedisServer
+
+Store = MemoryCounterStore | RedisCounterStore
+NOW = 1_000_020.0
+TOOL = "image.generate.gemini"
+HIDDEN = "image.generate.replicate"
+POLICIES = {
+    "quota": {
+        "version": "1",
+        "default": "deny",
+        "tools": {
+            TOOL: {"limits": [{"counter": "c", "window": "day", "max": 2, "scope": "grant"}]}
+        },
+    },
+    "hider": {"version": "1", "hide": [HIDDEN]},
+}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(root: Path) -> Path:
+    (root / "policies").mkdir(parents=True)
+    for name, doc in POLICIES.items():
+        (root / "policies" / f"{name}.json").write_text(json.dumps(doc))
+    grants = [
+        {"id": gid, "label": gid, "token_sha256": hash_token(gid), "policy": policy}
+        for gid, policy in (("q", "quota"), ("h", "hider"))
+    ]
+    (root / "grants.json").write_text(json.dumps({"version": "1", "grants": grants}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    made: Store
+    if request.param == "memory":
+        made = MemoryCounterStore()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        made = RedisCounterStore.from_url(
+            server.url, prefix=f"t-{secrets.token_hex(4)}", timeout=1.0
+        )
+    yield made
+    await made.close()
+
+
+class Pipeline:
+    def __init__(self, root: Path, store: Store) -> None:
+        config = ConfigSource.open(root)
+        self.store = store
+        self.authorizer = Authorizer(config, store, clock=lambda: NOW)
+        self.responder = Responder(config, store)
+        self.service = ExternalProcessorService(self.responder)
+
+    async def check(self, grant: str, body: dict[str, Any]) -> Verdict:
+        headers = {"content-type": "application/json", "authorization": f"Bearer {grant}"}
+        return await self.authorizer.check(
+            HttpRequest("POST", "/mcp", headers, json.dumps(body).encode())
+        )
+
+    async def respond(
+        self, verdict: Verdict, messages: list[pb.ProcessingRequest]
+    ) -> list[pb.ProcessingResponse]:
+        metadata = metadata_of(verdict)
+        for message in messages:
+            message.metadata_context.CopyFrom(metadata)
+
+        async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+            for message in messages:
+                yield message
+
+        out = [answer async for answer in self.service.Process(requests(), None)]
+        await self.responder.drain()
+        return out
+
+    async def used(self, grant: str = "q") -> int:
+        bucket = ("c", "grant", grant, 86_400)
+        if isinstance(self.store, MemoryCounterStore):
+            return self.store.count(bucket, NOW)
+        return await self.store.count(bucket)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, store: Store) -> Pipeline:
+    return Pipeline(write_config(tmp_path / "config"), store)
+
+
+def metadata_of(verdict: Verdict) -> base_pb2.Metadata:
+    """The metadata_context Envoy forwards: ext_authz's dynamic_metadata, one namespace."""
+    metadata = base_pb2.Metadata()
+    metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(check_response(verdict).dynamic_metadata)
+    return metadata
+
+
+def call(rid: Any = 1, tool: str = TOOL) -> dict[str, Any]:
+    params = {"name": tool, "arguments": {"prompt": "x"}}
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+
+
+def list_tools(rid: Any = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/list", "params": {}}
+
+
+def headers(
+    status: int, content_type: str | None = None, eos: bool = False
+) -> pb.ProcessingRequest:
+    values = [(":status", str(status))]
+    if content_type:
+        values.append(("content-type", content_type))
+    header_map = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values]
+    )
+    return pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(headers=header_map, end_of_stream=eos)
+    )
+
+
+def body(data: bytes, eos: bool = False) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_body=pb.HttpBody(body=data, end_of_stream=eos))
+
+
+def sse(message: dict[str, Any]) -> bytes:
+    return b"event: message\r\ndata: " + json.dumps(message).encode() + b"\r\n\r\n"
+
+
+# -- the metadata contract ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rid", [1, 0, "abc", "1", 2**63 + 5, "é\u2028"])
+async def test_metadata_carries_id_and_reservation_exactly(pipeline: Pipeline, rid: Any) -> None:
+    verdict = await pipeline.check("q", call(rid))
+    assert verdict.decision.allowed and verdict.decision.reservation is not None
+    context = response_context(metadata_of(verdict))
+    assert context == ResponseContext(
+        decision_id=verdict.decision_id,
+        decision="allow",
+        grant_id="q",
+        policy="quota",
+        method="tools/call",
+        tool=TOOL,
+        rpc_id=rid,
+        reservation=verdict.decision.reservation,
+    )
+    assert type(context.rpc_id) is type(rid)
+
+
+async def test_denials_and_notifications_carry_no_reservation_or_id(pipeline: Pipeline) -> None:
+    denied = response_context(metadata_of(await pipeline.check("q", call(tool="other"))))
+    assert denied.decision == "deny" and denied.reservation is None and denied.rpc_id == 1
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    notified = response_context(metadata_of(await pipeline.check("q", note)))
+    assert notified.decision == "allow" and notified.rpc_id is None
+    listed = response_context(metadata_of(await pipeline.check("h", list_tools(5))))
+    assert (listed.method, listed.rpc_id, listed.reservation) == ("tools/list", 5, None)
+
+
+def test_no_metadata_means_no_decision() -> None:
+    assert response_context(base_pb2.Metadata()) == ResponseContext()
+
+
+@pytest.mark.parametrize(
+    "reservation",
+    [
+        "x",
+        {"token": "", "entries": []},
+        {"token": "t", "entries": [{"counter": "c", "scope": "grant", "key": "g"}]},
+        {"token": "t", "entries": [{"counter": 1, "scope": "g", "key": "g", "window": 60}]},
+        {
+            "token": "t",
+            "entries": [
+                {"counter": "c", "scope": "g", "key": "g", "window": 1.5, "start": 0, "cost": 1}
+            ],
+        },
+    ],
+)
+def test_unreadable_reservations_are_ignored(reservation: Any) -> None:
+    metadata = base_pb2.Metadata()
+    metadata.filter_metadata[METADATA_NAMESPACE].update(
+        {"decision": "allow", "mcp_method": "tools/call", "reservation": reservation}
+    )
+    assert response_context(metadata).reservation is None
+
+
+# -- the messages -----------------------------------------------------------------------
+
+
+def test_headers_and_body_answers() -> None:
+    passing = headers_response(Plan.PASS)
+    assert passing.HasField("response_headers") and not passing.HasField("mode_override")
+    observing = headers_response(Plan.OBSERVE)
+    assert observing.mode_override == STREAMED_RESPONSE
+    assert not observing.response_headers.response.header_mutation.remove_headers
+    filtering = headers_response(Plan.FILTER)
+    assert filtering.mode_override == STREAMED_RESPONSE
+    assert list(filtering.response_headers.response.header_mutation.remove_headers) == [
+        "content-length"
+    ]
+    assert not body_response(None).response_body.response.HasField("body_mutation")
+    assert body_response(b"").response_body.response.body_mutation.clear_body
+    assert body_response(b"x").response_body.response.body_mutation.body == b"x"
+
+
+def _ext_proc(path: Path) -> dict[str, Any]:
+    cfg = load_envoy_config(path)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters = hcm["typed_config"]["http_filters"]
+    names = [f["name"] for f in filters]
+    assert names.index("envoy.filters.http.ext_authz") < names.index("envoy.filters.http.ext_proc")
+    assert names[-1] == "envoy.filters.http.router"
+    config: dict[str, Any] = filters[names.index("envoy.filters.http.ext_proc")]["typed_config"]
+    return config
+
+
+@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-mesh.yaml"])
+def test_envoy_filter_config_matches_the_service(name: str) -> None:
+    """The mode the service asks for is the one Envoy allows; the rest of the contract."""
+    config = _ext_proc(repo_envoy_config_path().parent / name)
+    assert config["grpc_service"]["envoy_grpc"]["cluster_name"] == "mcp_authz"
+    assert config["failure_mode_allow"] is True  # see docs/security.md
+    assert config["message_timeout"] == "1s"
+    mode = config["processing_mode"]
+    assert mode["request_header_mode"] == "SKIP" and mode["response_header_mode"] == "SEND"
+    assert mode["response_body_mode"] == "NONE"  # bodies only when the sidecar asks
+    assert config["allow_mode_override"] is True
+    allowed = [processing_mode_pb2.ProcessingMode() for _ in config["allowed_override_modes"]]
+    for message, source in zip(allowed, config["allowed_override_modes"], strict=True):
+        for key, value in source.items():
+            setattr(message, key, value)
+    assert allowed == [STREAMED_RESPONSE]
+    forwarded = config["metadata_options"]["forwarding_namespaces"]["untyped"]
+    assert forwarded == [METADATA_NAMESPACE]
+    patterns = config["forward_rules"]["allowed_headers"]["patterns"]
+    assert patterns == [{"exact": ":status"}, {"exact": "content-type"}]
+
+
+# -- tools/list through the service ---------------------------------------------------------
+
+LISTING = {
+    "jsonrpc": "2.0",
+    "id": 3,
+    "result": {"tools": [{"name": "a"}, {"name": HIDDEN}], "nextCursor": "c\u00e9"},
+}
+
+
+async def test_service_filters_a_json_listing(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("h", list_tools(3))
+    raw = json.dumps(LISTING).encode()
+    with structlog.testing.capture_logs() as logs:
+        out = await pipeline.respond(
+            verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
+        )
+    assert out[0].mode_override == STREAMED_RESPONSE
+    assert out[1].response_body.response.body_mutation.clear_body  # held
+    new = out[2].response_body.response.body_mutation.body
+    assert json.loads(new)["result"] == {"tools": [{"name": "a"}], "nextCursor": "cé"}
+    assert b'"nextCursor": "c\\u00e9"' in new  # the original bytes
+    event = next(e for e in logs if e["event"] == "response")
+    assert event["decision_id"] == verdict.decision_id
+    assert (event["tools_removed"], event["give_back"], event["complete"]) == (1, False, True)
+
+
+async def test_service_filters_an_sse_listing_and_passes_other_events(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("h", list_tools(3))
+    note = sse({"jsonrpc": "2.0", "method": "notifications/message", "params": {}})
+    listing = sse(LISTING)
+    out = await pipeline.respond(
+        verdict,
+        [
+            headers(200, "text/event-stream"),
+            body(note + listing[:20]),
+            body(listing[20:]),
+            body(b"", eos=True),
+        ],
+    )
+    assert out[1].response_body.response.body_mutation.body == note  # the rest is held
+    rewritten = out[2].response_body.response.body_mutation.body
+    assert HIDDEN.encode() not in rewritten and rewritten.endswith(b"\r\n\r\n")
+    assert not out[3].response_body.response.HasField("body_mutation")
+
+
+async def test_service_leaves_other_responses_and_ends_the_stream(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("h", {"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    out = await pipeline.respond(verdict, [headers(200, "text/event-stream"), body(b"x")])
+    assert len(out) == 1 and not out[0].HasField("mode_override")  # then the stream ends
+
+
+async def test_service_answers_unexpected_messages(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("h", list_tools())
+    odd = [
+        pb.ProcessingRequest(request_headers=pb.HttpHeaders()),
+        pb.ProcessingRequest(response_trailers=pb.HttpTrailers()),
+        body(b"before headers"),
+    ]
+    out = await pipeline.respond(verdict, odd)
+    assert [m.WhichOneof("response") for m in out] == [
+        "request_headers",
+        "response_trailers",
+        "response_body",
+    ]
+
+
+async def test_an_internal_error_passes_the_body_through(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verdict = await pipeline.check("h", list_tools(3))
+    raw = json.dumps(LISTING).encode()
+
+    def boom(*_args: Any) -> tuple[str, int]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("authz.response.filter_tools_list", boom)
+    with structlog.testing.capture_logs() as logs:
+        out = await pipeline.respond(
+            verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
+        )
+    assert out[2].response_body.response.body_mutation.body == raw  # held + this chunk
+    assert any(e["event"] == "response_read_failed" for e in logs)
+    event = next(e for e in logs if e["event"] == "response")
+    assert (event["tools_removed"], event["unparsed"]) == (0, 1)
+
+
+async def test_an_error_in_the_inspector_itself_passes_the_rest_through(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verdict = await pipeline.check("h", list_tools(3))
+    raw = json.dumps(LISTING).encode()
+
+    def boom(*_args: Any) -> bytes:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("authz.response.ResponseInspector._filter_json", boom)
+    with structlog.testing.capture_logs() as logs:
+        out = await pipeline.respond(
+            verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
+        )
+    assert [m.response_body.response.HasField("body_mutation") for m in out[1:]] == [False] * 2
+    assert any(e["event"] == "extproc_body_failed" for e in logs)
+
+
+# -- give-back through the service, on both stores ------------------------------------------
+
+
+async def test_a_5xx_gives_the_quota_back_once_and_never_below_zero(pipeline: Pipeline) -> None:
+    first = await pipeline.check("q", call(1))
+    second = await pipeline.check("q", call(2))
+    assert await pipeline.used() == 2
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.respond(first, [headers(503, "application/json")])
+    assert await pipeline.used() == 1
+    event = next(e for e in logs if e["event"] == "response")
+    assert (event["give_back"], event["reason"], event["released"]) == (True, "http_status", True)
+    assert event["decision_id"] == first.decision_id and event["status"] == 503
+    # the same response again (a retried stream): idempotent
+    await pipeline.respond(first, [headers(503, "application/json")])
+    assert await pipeline.used() == 1
+    await pipeline.respond(second, [headers(502)])
+    await pipeline.respond(second, [headers(502)])
+    assert await pipeline.used() == 0
+    third = await pipeline.check("q", call(3))
+    assert third.decision.allowed and await pipeline.used() == 1
+
+
+@pytest.mark.parametrize("media", ["sse", "json"])
+async def test_a_jsonrpc_error_gives_back_and_a_result_keeps(
+    pipeline: Pipeline, media: str
+) -> None:
+    def answer(message: dict[str, Any]) -> list[pb.ProcessingRequest]:
+        if media == "sse":
+            return [headers(200, "text/event-stream"), body(sse(message)), body(b"", eos=True)]
+        return [headers(200, "application/json"), body(json.dumps(message).encode(), eos=True)]
+
+    failed = await pipeline.check("q", call(1))
+    error = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "Invalid"}}
+    out = await pipeline.respond(failed, answer(error))
+    assert all(not m.response_body.response.HasField("body_mutation") for m in out[1:])
+    assert await pipeline.used() == 0
+    for rid in (2, 3):
+        done = await pipeline.check("q", call(rid))
+        result = {"jsonrpc": "2.0", "id": rid, "result": {"content": [], "isError": rid == 3}}
+        await pipeline.respond(done, answer(result))
+    assert await pipeline.used() == 2
+    assert not (await pipeline.check("q", call(4))).decision.allowed
+
+
+async def test_a_stream_that_ends_early_gives_back(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("q", call(1))
+    await pipeline.respond(verdict, [headers(200, "text/event-stream"), body(b"event: mes")])
+    assert await pipeline.used() == 0
+
+
+async def test_a_denial_and_a_local_reply_pass_untouched(pipeline: Pipeline) -> None:
+    await pipeline.check("q", call(1))
+    await pipeline.check("q", call(2))
+    denied = await pipeline.check("q", call(3))  # over the limit
+    assert not denied.decision.allowed
+    out = await pipeline.respond(denied, [headers(200, "application/json"), body(b"{}", True)])
+    assert len(out) == 1 and not out[0].HasField("mode_override")
+    assert await pipeline.used() == 2
+
+
+async def test_a_store_that_fails_keeps_the_quota_and_is_logged(tmp_path: Path) -> None:
+    class Broken(MemoryCounterStore):
+        async def release(self, reservation: Reservation) -> None:
+            raise OSError("down")
+
+    pipeline = Pipeline(write_config(tmp_path / "config"), Broken())
+    verdict = await pipeline.check("q", call(1))
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.respond(verdict, [headers(500)])
+    event = next(e for e in logs if e["event"] == "response")
+    assert (event["give_back"], event["released"]) == (True, False)
+    assert "OSError" in event["release_error"]
+    assert await pipeline.used() == 1
