@@ -67,10 +67,11 @@ class Responder:
         return ResponseInspector(context, hides, limit=self._limit)
 
     def finish(self, inspector: ResponseInspector, seconds: float) -> None:
-        """Settle a response that ended (or whose stream did), in the background.
+        """Settle, in the background, a response whose ext_proc stream ended first.
 
-        Synchronous on purpose: the ext_proc stream may already be cancelled when this runs,
-        and the give-back must happen anyway.
+        Synchronous on purpose: the stream may already be cancelled when this runs, and the
+        give-back must happen anyway. (A response that ended normally is settled inline,
+        with `settle`, before its last answer goes to Envoy.)
         """
         task = asyncio.get_running_loop().create_task(self.settle(inspector, seconds))
         self._pending.add(task)
@@ -82,6 +83,7 @@ class Responder:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def settle(self, inspector: ResponseInspector, seconds: float) -> None:
+        """Give the quota back if the call failed, then write the audit event."""
         context, outcome = inspector.context, inspector.outcome
         released: bool | None = None
         error: str | None = None

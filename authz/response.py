@@ -489,13 +489,14 @@ def rewrite_event(raw: bytes, data: str) -> bytes:
 # -- the inspector -----------------------------------------------------------------------
 
 
-def _media(content_type: str | None) -> str:
+def _media(content_type: str | None, content_encoding: str | None = None) -> str:
+    """`json`, `sse`, `other` or `none`; an encoded (compressed) body is `other`."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        return "json"
-    if media == "text/event-stream":
-        return "sse"
-    return "other" if media else "none"
+    if not media:
+        return "none"
+    if (content_encoding or "").strip().lower() not in ("", "identity"):
+        return "other"
+    return {"application/json": "json", "text/event-stream": "sse"}.get(media, "other")
 
 
 class ResponseInspector:
@@ -527,6 +528,22 @@ class ResponseInspector:
         return self._done
 
     @property
+    def needs_body(self) -> bool:
+        """Whether the sidecar must see more of the body; False once the answer was seen
+        and nothing is held (the rest of the body can pass without the sidecar)."""
+        if self._done or self.plan is Plan.PASS:
+            return False
+        if not self._settled:
+            return True
+        return self._splitter is not None and self._splitter.held > 0
+
+    def stop(self) -> None:
+        """The rest of the body passes without the sidecar (see `needs_body`)."""
+        if not self._done and self.plan is not Plan.PASS:
+            self.outcome.complete = True
+        self._done = True
+
+    @property
     def takes_quota(self) -> bool:
         ctx = self.context
         return (
@@ -536,11 +553,21 @@ class ResponseInspector:
             and bool(ctx.reservation.token)
         )
 
-    def headers(self, status: int | None, content_type: str | None, end_of_stream: bool) -> Plan:
-        """The response headers arrived: decide whether the sidecar needs the body."""
+    def headers(
+        self,
+        status: int | None,
+        content_type: str | None,
+        end_of_stream: bool,
+        *,
+        content_encoding: str | None = None,
+    ) -> Plan:
+        """The response headers arrived: decide whether the sidecar needs the body.
+
+        A body with a `content-encoding` (compressed) is opaque: media `other`.
+        """
         out = self.outcome
         out.status = status
-        out.media = "none" if end_of_stream else _media(content_type)
+        out.media = "none" if end_of_stream else _media(content_type, content_encoding)
         ctx = self.context
         ok = status is not None and 200 <= status < 300
         if self.takes_quota:

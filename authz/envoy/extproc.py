@@ -18,7 +18,12 @@ The contract with `deploy/envoy.yaml` (filter `envoy.filters.http.ext_proc`):
   the filter's `allowed_override_modes`); a body that may be rewritten loses its
   `content-length` (Envoy then frames it itself);
 - each body chunk is answered at once, in order: unchanged, replaced, or cleared (held by
-  the sidecar and sent with a later chunk), so SSE events flow as they arrive.
+  the sidecar and sent with a later chunk), so SSE events flow as they arrive; once the
+  sidecar has seen what it needs (the answer to the request's id) it ends the stream and
+  Envoy passes the rest of the body by itself;
+- a failed call's quota is given back before the answer to the message that showed the
+  failure, so the client never sees the failure before its quota is back; when the stream
+  ends first (reset, timeout, disconnect) it is given back in the background.
 """
 
 from __future__ import annotations
@@ -145,10 +150,11 @@ def _header_value(header: base_pb2.HeaderValue) -> str:
     return header.value
 
 
-def status_and_type(headers: _pb.HttpHeaders) -> tuple[int | None, str | None]:
-    """(`:status`, `content-type`) of the response headers."""
+def response_headers(headers: _pb.HttpHeaders) -> tuple[int | None, str | None, str | None]:
+    """(`:status`, `content-type`, `content-encoding`) of the response headers."""
     status: int | None = None
     content_type: str | None = None
+    encoding: str | None = None
     for header in headers.headers.headers:
         name = header.key.lower()
         if name == ":status":
@@ -156,7 +162,9 @@ def status_and_type(headers: _pb.HttpHeaders) -> tuple[int | None, str | None]:
             status = int(value) if value.isdigit() else None
         elif name == "content-type":
             content_type = _header_value(header)
-    return status, content_type
+        elif name == "content-encoding":
+            encoding = _header_value(header)
+    return status, content_type, encoding
 
 
 # -- domain → Envoy ----------------------------------------------------------------------
@@ -220,36 +228,55 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         context: Any,
     ) -> AsyncIterator[_pb.ProcessingResponse]:
         inspector: ResponseInspector | None = None
+        settled = False
         started = time.perf_counter()
         try:
             async for request in request_iterator:
                 kind = request.WhichOneof("request")
                 if kind == "response_headers" and inspector is None:
                     inspector, answer = self._headers(request)
-                    yield answer
                     if inspector.plan is Plan.PASS:
+                        # Give back before the client sees the failure: a retry finds it.
+                        await self._responder.settle(inspector, time.perf_counter() - started)
+                        settled = True
+                        yield answer
                         return
+                    yield answer
                 elif kind == "response_body" and inspector is not None:
                     body = request.response_body
-                    yield body_response(self._body(inspector, body))
-                    if body.end_of_stream:
+                    answer = body_response(self._body(inspector, body))
+                    if body.end_of_stream or not inspector.needs_body:
+                        # The end, or the answer was seen: ending the stream lets the rest
+                        # of the body (a large result, say) pass without the sidecar.
+                        inspector.stop()
+                        await self._responder.settle(inspector, time.perf_counter() - started)
+                        settled = True
+                        yield answer
                         return
+                    yield answer
                 else:
                     yield _continue(kind)
         except Exception:
             log.exception("extproc_failed")
         finally:
-            if inspector is not None:
-                inspector.abort()  # a no-op once the body ended
+            if inspector is not None and not settled:
+                # The stream ended before the response did (reset, timeout, disconnect), or
+                # was cancelled while settling: settle in the background (idempotent).
+                inspector.abort()
                 self._responder.finish(inspector, time.perf_counter() - started)
 
     def _headers(
         self, request: _pb.ProcessingRequest
     ) -> tuple[ResponseInspector, _pb.ProcessingResponse]:
         inspector = self._responder.open(response_context(request.metadata_context))
-        status, content_type = status_and_type(request.response_headers)
+        status, content_type, encoding = response_headers(request.response_headers)
         try:
-            plan = inspector.headers(status, content_type, request.response_headers.end_of_stream)
+            plan = inspector.headers(
+                status,
+                content_type,
+                request.response_headers.end_of_stream,
+                content_encoding=encoding,
+            )
         except Exception:
             log.exception("extproc_headers_failed", decision_id=inspector.context.decision_id)
             inspector.give_up()

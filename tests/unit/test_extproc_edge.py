@@ -146,11 +146,13 @@ def list_tools(rid: Any = 1) -> dict[str, Any]:
 
 
 def headers(
-    status: int, content_type: str | None = None, eos: bool = False
+    status: int, content_type: str | None = None, eos: bool = False, encoding: str | None = None
 ) -> pb.ProcessingRequest:
     values = [(":status", str(status))]
     if content_type:
         values.append(("content-type", content_type))
+    if encoding:
+        values.append(("content-encoding", encoding))
     header_map = base_pb2.HeaderMap(
         headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values]
     )
@@ -244,10 +246,16 @@ def test_headers_and_body_answers() -> None:
     assert body_response(b"x").response_body.response.body_mutation.body == b"x"
 
 
-def _ext_proc(path: Path) -> dict[str, Any]:
+def _hcm(path: Path) -> dict[str, Any]:
     cfg = load_envoy_config(path)
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    filters = hcm["typed_config"]["http_filters"]
+    hcm: dict[str, Any] = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return hcm
+
+
+def _ext_proc(hcm: dict[str, Any]) -> dict[str, Any]:
+    filters = hcm["http_filters"]
     names = [f["name"] for f in filters]
     assert names.index("envoy.filters.http.ext_authz") < names.index("envoy.filters.http.ext_proc")
     assert names[-1] == "envoy.filters.http.router"
@@ -255,26 +263,43 @@ def _ext_proc(path: Path) -> dict[str, Any]:
     return config
 
 
+def _mode(source: dict[str, str]) -> processing_mode_pb2.ProcessingMode:
+    message = processing_mode_pb2.ProcessingMode()
+    for key, value in source.items():
+        setattr(message, key, value)
+    return message
+
+
 @pytest.mark.parametrize("name", ["envoy.yaml", "envoy-mesh.yaml"])
 def test_envoy_filter_config_matches_the_service(name: str) -> None:
     """The mode the service asks for is the one Envoy allows; the rest of the contract."""
-    config = _ext_proc(repo_envoy_config_path().parent / name)
+    hcm = _hcm(repo_envoy_config_path().parent / name)
+    config = _ext_proc(hcm)
     assert config["grpc_service"]["envoy_grpc"]["cluster_name"] == "mcp_authz"
     assert config["failure_mode_allow"] is True  # see docs/security.md
     assert config["message_timeout"] == "1s"
-    mode = config["processing_mode"]
-    assert mode["request_header_mode"] == "SKIP" and mode["response_header_mode"] == "SEND"
-    assert mode["response_body_mode"] == "NONE"  # bodies only when the sidecar asks
+    # off unless the route turns it on: route-less local replies never reach it
+    off = _mode(config["processing_mode"])
+    assert off.request_header_mode == off.response_header_mode == off.SKIP
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    mcp = next(r for r in routes if r["match"] == {"path": "/mcp"})
+    override = mcp["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"]
+    on = _mode(override["processing_mode"])
+    assert (on.request_header_mode, on.response_header_mode) == (on.SKIP, on.SEND)
+    assert on.response_body_mode == on.NONE  # bodies only when the sidecar asks
+    assert all("typed_per_filter_config" not in r for r in routes if r is not mcp)
     assert config["allow_mode_override"] is True
-    allowed = [processing_mode_pb2.ProcessingMode() for _ in config["allowed_override_modes"]]
-    for message, source in zip(allowed, config["allowed_override_modes"], strict=True):
-        for key, value in source.items():
-            setattr(message, key, value)
-    assert allowed == [STREAMED_RESPONSE]
+    assert [_mode(m) for m in config["allowed_override_modes"]] == [STREAMED_RESPONSE]
     forwarded = config["metadata_options"]["forwarding_namespaces"]["untyped"]
     assert forwarded == [METADATA_NAMESPACE]
     patterns = config["forward_rules"]["allowed_headers"]["patterns"]
-    assert patterns == [{"exact": ":status"}, {"exact": "content-type"}]
+    assert patterns == [
+        {"exact": ":status"},
+        {"exact": "content-type"},
+        {"exact": "content-encoding"},
+    ]
+    # compressed bodies would be opaque to the sidecar: the MCP server is not asked for them
+    assert mcp["request_headers_to_remove"] == ["accept-encoding"]
 
 
 # -- tools/list through the service ---------------------------------------------------------
@@ -319,7 +344,13 @@ async def test_service_filters_an_sse_listing_and_passes_other_events(pipeline: 
     assert out[1].response_body.response.body_mutation.body == note  # the rest is held
     rewritten = out[2].response_body.response.body_mutation.body
     assert HIDDEN.encode() not in rewritten and rewritten.endswith(b"\r\n\r\n")
-    assert not out[3].response_body.response.HasField("body_mutation")
+    assert len(out) == 3  # the listing was seen: the stream ends, the rest passes by itself
+
+
+async def test_service_leaves_a_compressed_listing_alone(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("h", list_tools(3))
+    out = await pipeline.respond(verdict, [headers(200, "application/json", encoding="gzip")])
+    assert len(out) == 1 and not out[0].HasField("mode_override")
 
 
 async def test_service_leaves_other_responses_and_ends_the_stream(pipeline: Pipeline) -> None:
@@ -377,7 +408,8 @@ async def test_an_error_in_the_inspector_itself_passes_the_rest_through(
         out = await pipeline.respond(
             verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
         )
-    assert [m.response_body.response.HasField("body_mutation") for m in out[1:]] == [False] * 2
+    # the chunk passes unchanged and the stream ends: Envoy passes the rest by itself
+    assert len(out) == 2 and not out[1].response_body.response.HasField("body_mutation")
     assert any(e["event"] == "extproc_body_failed" for e in logs)
 
 
@@ -424,6 +456,18 @@ async def test_a_jsonrpc_error_gives_back_and_a_result_keeps(
         await pipeline.respond(done, answer(result))
     assert await pipeline.used() == 2
     assert not (await pipeline.check("q", call(4))).decision.allowed
+
+
+async def test_the_stream_ends_once_the_answer_is_seen(pipeline: Pipeline) -> None:
+    """A large result (an image) need not go through the sidecar after its first bytes."""
+    verdict = await pipeline.check("q", call(1))
+    result = sse({"jsonrpc": "2.0", "id": 1, "result": {"content": []}})
+    out = await pipeline.respond(
+        verdict,
+        [headers(200, "text/event-stream"), body(result), body(b": more"), body(b"", eos=True)],
+    )
+    assert len(out) == 2  # Envoy passes the rest without asking
+    assert await pipeline.used() == 1
 
 
 async def test_a_stream_that_ends_early_gives_back(pipeline: Pipeline) -> None:

@@ -7,6 +7,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz.model import Reservation
 from authz.policy import load_policy
@@ -532,6 +534,20 @@ def test_no_give_back_without_a_reservation_or_for_a_denial() -> None:
         assert inspector.outcome.give_back is False
 
 
+def test_a_compressed_body_is_opaque() -> None:
+    listing = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
+    assert listing.headers(200, "application/json", False, content_encoding="gzip") is Plan.PASS
+    call = ResponseInspector(call_ctx())
+    assert call.headers(200, "text/event-stream", False, content_encoding="br") is Plan.PASS
+    assert (call.outcome.give_back, call.outcome.reason, call.outcome.media) == (
+        False,
+        "unparsed",
+        "other",
+    )
+    plain = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
+    assert plain.headers(200, "application/json", False, content_encoding="identity") is Plan.FILTER
+
+
 def test_give_up_returns_what_was_held() -> None:
     inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
     inspector.headers(200, "application/json", False)
@@ -539,3 +555,54 @@ def test_give_up_returns_what_was_held() -> None:
     assert inspector.give_up() == b'{"jsonrpc"'
     assert inspector.body(b":1}", True) is None
     assert inspector.outcome.unparsed == 1
+
+
+# -- properties: any bytes, any chunking ---------------------------------------------------
+
+SSE_PIECES = st.sampled_from(
+    [
+        *(b"data: ", b"event: message", b"event: ping", b"\r\n", b"\n", b"\r", b":", b" "),
+        *(b"{", b"}", b'"id":1', b"\xff", b"\x00"),
+        *(LISTING.encode(), RESULT.encode(), RPC_ERROR.encode()),
+    ]
+)
+
+
+def _replay(inspector: ResponseInspector, body: bytes, cuts: list[int], media: str) -> bytes:
+    content_type = "text/event-stream" if media == "sse" else "application/json"
+    plan = inspector.headers(200, content_type, end_of_stream=False)
+    bounds = sorted({min(c, len(body)) for c in cuts} | {len(body)})
+    out, start = bytearray(), 0
+    for end in bounds:
+        chunk = body[start:end]
+        replaced = None if plan is Plan.PASS else inspector.body(chunk, end == len(body))
+        out += chunk if replaced is None else replaced
+        start = end
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(SSE_PIECES, max_size=30),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+    media=st.sampled_from(["sse", "json"]),
+)
+def test_any_body_any_chunking_never_raises_and_only_listings_change(
+    pieces: list[bytes], cuts: list[int], media: str
+) -> None:
+    body = b"".join(pieces)
+    # nothing hidden: every byte passes exactly as sent, however it is cut
+    same = ResponseInspector(ctx("tools/list"), hide("zzz"), limit=300)
+    assert _replay(same, body, cuts, media) == body
+    assert same.error is None
+    # give-back only reads
+    observer = ResponseInspector(call_ctx(), limit=300)
+    assert _replay(observer, body, cuts, media) == body
+    assert observer.outcome.reason is not None and observer.error is None
+    # filtering: never raises, and only ever removes bytes
+    hider = ResponseInspector(ctx("tools/list"), hide(HIDDEN), limit=300)
+    out = _replay(hider, body, cuts, media)
+    assert hider.error is None
+    assert len(out) <= len(body)
+    if not hider.outcome.tools_removed:
+        assert out == body
