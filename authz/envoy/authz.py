@@ -16,7 +16,7 @@ from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
 from authz.mcp import METHOD_NOT_FOUND
-from authz.model import DenyKind, RequestId
+from authz.model import DenyKind, McpRequest, RequestId
 from authz.service import PATH_RULE, HttpRequest, Verdict
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -81,13 +81,22 @@ def _jsonrpc_error(request_id: RequestId, code: int, message: str) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-def _tool_denied(request_id: RequestId, text: str) -> str:
-    payload: dict[str, Any] = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "result": {"content": [{"type": "text", "text": text}], "isError": True},
-    }
+STATELESS_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+"""`params._meta` key that marks a request of the stateless (2026-07-28+) protocol era."""
+
+
+def _tool_denied(request_id: RequestId, text: str, *, stateless: bool) -> str:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
+    if stateless:
+        # 2026-07-28 results carry a resultType; clients of that era reject a result without
+        result["resultType"] = "complete"
+    payload: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _is_stateless(request: McpRequest) -> bool:
+    meta = request.params.get("_meta")
+    return isinstance(meta, dict) and STATELESS_VERSION_KEY in meta
 
 
 def denial(verdict: Verdict) -> HttpDenial:
@@ -125,7 +134,8 @@ def denial(verdict: Verdict) -> HttpDenial:
     ):
         if decision.retry_after is not None and "retry after" not in text:
             text += f"; retry after {decision.retry_after}s"
-        return HttpDenial(200, tuple(headers), _tool_denied(request_id, text))
+        body = _tool_denied(request_id, text, stateless=_is_stateless(request))
+        return HttpDenial(200, tuple(headers), body)
 
     if kind is DenyKind.BAD_REQUEST:
         code = decision.rpc_code if decision.rpc_code is not None else -32600

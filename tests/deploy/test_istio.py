@@ -299,14 +299,32 @@ def envoy_yaml_ext_proc() -> dict[str, Any]:
     return found
 
 
+def envoy_yaml_mcp_route_ext_proc_mode() -> dict[str, Any]:
+    """The processing mode deploy/envoy.yaml's /mcp route switches the filter on with."""
+    listener = load_envoy_config()["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for host in hcm["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            per_filter = route.get("typed_per_filter_config", {})
+            if "envoy.filters.http.ext_proc" in per_filter:
+                mode: dict[str, Any] = per_filter["envoy.filters.http.ext_proc"]["overrides"][
+                    "processing_mode"
+                ]
+                return mode
+    raise AssertionError("deploy/envoy.yaml: no route enables ext_proc")
+
+
 def test_ext_proc_envoy_filter_is_the_envoy_yaml_filter(provider: dict[str, Any]) -> None:
-    """The EnvoyFilter's value is deploy/envoy.yaml's ext_proc filter, but for the gRPC target."""
+    """The EnvoyFilter's value is deploy/envoy.yaml's ext_proc filter, but for the gRPC target,
+    and switched on for the whole inbound listener with the mode deploy/envoy.yaml's /mcp
+    route uses (the workload serves only MCP; Istio has no route of ours to attach it to)."""
     expected = copy.deepcopy(envoy_yaml_ext_proc())
     cluster = istio_cluster(provider)
     expected["typed_config"]["grpc_service"]["envoy_grpc"] = {
         "cluster_name": cluster,
         "authority": cluster.replace("|", "_."),
     }
+    expected["typed_config"]["processing_mode"] = envoy_yaml_mcp_route_ext_proc_mode()
     patch = ext_proc_filter()["spec"]["configPatches"][0]["patch"]
     assert patch["value"] == expected
 

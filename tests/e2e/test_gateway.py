@@ -354,3 +354,13 @@ async def test_strict_methods_deny_unlisted_methods(stack: Stack) -> None:
     assert error["message"].startswith("[POLICY DENIED] ")
     assert "/methods/default" in error["message"]
     assert json.loads(body)["id"] == 5
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_sdk_client_reads_denials_in_both_eras(stack: Stack, mode: str) -> None:
+    """The denial is a tool result the real SDK client accepts in either protocol era."""
+    async with mcp_client(stack, token_for("seed-b"), mode=mode) as client:
+        denied = await client.call_tool("image.generate.openai", {"prompt": "a cat"})
+    assert denied.is_error
+    assert _text(denied).startswith("[POLICY DENIED] ")
+    assert "(default deny)" in _text(denied)
