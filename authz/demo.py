@@ -59,7 +59,15 @@ def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
             out.write(f"  {line}\n")
             out.flush()
             continue
-        if event.get("event") != "decision":
+        if event.get("event") == "response":
+            notes = []
+            if event.get("tools_removed"):
+                notes.append(f"tools/list: {event['tools_removed']} hidden tool(s) removed")
+            if event.get("give_back"):
+                notes.append(f"quota given back ({event.get('reason')})")
+            if notes:
+                out.write(f"         ↳ {'; '.join(notes)}\n")
+        elif event.get("event") != "decision":
             out.write(f"  [{event.get('level', 'info')}] {event.get('event')}\n")
         else:
             what = event.get("tool") or event.get("method") or event.get("http_method")
