@@ -36,7 +36,7 @@ from authz.policy import (
     non_negative_int,
 )
 
-__all__ = ["NO_POLICY", "decide", "pointer", "settle"]
+__all__ = ["NO_POLICY", "decide", "decide_stream", "pointer", "settle"]
 
 NO_POLICY = "(no policy)"
 HIDDEN = "(hidden)"
@@ -48,6 +48,21 @@ GLOBAL_SCOPE_KEY = "*"
 def pointer(*parts: str | int) -> str:
     """A JSON Pointer (RFC 6901) to a policy element: `pointer('tools', 'a/b')` → `/tools/a~1b`."""
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _no_policy(grant: Grant) -> Decision:
+    return Decision.deny(
+        DenyKind.POLICY,
+        f"grant {grant.label or grant.id!r} uses policy {grant.policy!r}, which is not "
+        "loaded; every call is denied until it is",
+        rule=NO_POLICY,
+    )
+
+
+def decide_stream(policy: Policy | None, grant: Grant) -> Decision:
+    """A GET (the server's SSE stream) or DELETE (end of session): no JSON-RPC message to
+    judge, so it is allowed exactly when the grant's policy is loaded."""
+    return Decision.allow() if policy is not None else _no_policy(grant)
 
 
 def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision:
@@ -63,12 +78,7 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     session limit without sessions behaves per grant); global → `"*"`.
     """
     if policy is None:
-        return Decision.deny(
-            DenyKind.POLICY,
-            f"grant {grant.label or grant.id!r} uses policy {grant.policy!r}, which is not "
-            "loaded; every call is denied until it is",
-            rule=NO_POLICY,
-        )
+        return _no_policy(grant)
     if not request.is_tool_call:
         allowed, method_rule = policy.document.methods.decide(request.method)
         if allowed:

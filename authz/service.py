@@ -194,9 +194,7 @@ class Authorizer:
                     decision_id,
                     grant,
                 )
-            if policy is None:
-                return Verdict(_no_policy(grant), decision_id, grant, None, None)
-            return Verdict(Decision.allow(), decision_id, grant, None, policy)
+            return Verdict(engine.decide_stream(policy, grant), decision_id, grant, None, policy)
         if http.method != "POST":
             return Verdict(
                 Decision.deny(
@@ -403,11 +401,3 @@ def identify(grants: GrantTable, http: HttpRequest) -> Grant | Decision:
             return _unauthenticated("no grant for the client certificate's identity")
         return grant
     return _unauthenticated("missing bearer token")
-
-
-def _no_policy(grant: Grant) -> Decision:
-    return Decision.deny(
-        DenyKind.POLICY,
-        f"policy {grant.policy!r} of grant {grant.id!r} is not loaded; everything is denied",
-        rule="(no policy)",
-    )

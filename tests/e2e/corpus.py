@@ -78,6 +78,27 @@ DENIED = "[POLICY DENIED] "
 Header = tuple[str, str] | bytes
 """A header as (name, value), or one raw header line (bytes, without CRLF)."""
 
+# -- raw replies ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The JSON-RPC message of the body (plain JSON, or the last SSE `data:` line)."""
+        if self.headers.get("content-type", "").startswith("text/event-stream"):
+            data = [
+                line[5:].strip()
+                for line in self.body.decode().splitlines()
+                if line.startswith("data:") and line[5:].strip()
+            ]
+            return json.loads(data[-1])
+        return json.loads(self.body)
+
+
 # -- request builders ----------------------------------------------------------------------
 
 

@@ -12,9 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +20,7 @@ from authz.grants import hash_token
 from authz.stack import LOOPBACK, Stack
 from tests.e2e import corpus
 from tests.e2e.conftest import executed
-from tests.e2e.corpus import CORPUS, DENIED, GEMINI, Case
+from tests.e2e.corpus import CORPUS, DENIED, GEMINI, Case, Reply
 
 pytestmark = pytest.mark.e2e
 
@@ -61,24 +59,6 @@ def adv_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 # -- raw HTTP -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The JSON-RPC message of the body (plain JSON, or the last SSE `data:` line)."""
-        if self.headers.get("content-type", "").startswith("text/event-stream"):
-            data = [
-                line[5:].strip()
-                for line in self.body.decode().splitlines()
-                if line.startswith("data:") and line[5:].strip()
-            ]
-            return json.loads(data[-1])
-        return json.loads(self.body)
 
 
 def exchange(port: int, data: bytes, *, half_close: bool = False, timeout: float = 10.0) -> Reply:

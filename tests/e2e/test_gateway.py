@@ -82,7 +82,7 @@ async def test_client_supplied_grant_header_is_overwritten(stack: Stack) -> None
 
 
 async def test_seed_policy_31st_call_denied_while_other_grant_keeps_30(stack: Stack) -> None:
-    wait_for_fresh_window()
+    wait_for_fresh_window(35)
     async with mcp_client(stack, token_for("seed-a")) as client:
         results = [
             await client.call_tool("image.generate.gemini", {"prompt": f"cat {i}"})

@@ -44,6 +44,7 @@ from authz.service import JWT_PAYLOAD_KEY
 from authz.stack import LOOPBACK, Stack, find_envoy, free_port
 from tests.e2e.conftest import executed
 from tests.e2e.corpus import DENIED, GEMINI, OPENAI, call_body, mcp_headers
+from tests.e2e.corpus import Reply as RawReply
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAIN_CONFIG = ROOT / "deploy" / "envoy.yaml"
@@ -330,25 +331,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 @dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
+class Reply(RawReply):
     @property
     def decided(self) -> bool:
         """The sidecar answered (its decision id comes back on allows and denials alike)."""
         return DECISION_HEADER in self.headers
-
-    def json(self) -> Any:
-        if self.headers.get("content-type", "").startswith("text/event-stream"):
-            data = [
-                line[5:].strip()
-                for line in self.body.decode().splitlines()
-                if line.startswith("data:") and line[5:].strip()
-            ]
-            return json.loads(data[-1])
-        return json.loads(self.body)
 
 
 def post(
