@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from authz.approvals.base import Approval
 from authz.model import Decision, Grant, McpRequest
 
 _SECRET_FIELDS = frozenset(
@@ -93,4 +94,37 @@ def log_decision(
         policy_hash=policy_hash,
         duration_ms=round(duration_ms, 3),
         **extra,
+    )
+
+
+def log_approval(
+    action: str,
+    approval: Approval,
+    *,
+    approver: str | None = None,
+    decision_id: str | None = None,
+) -> None:
+    """One audit event per approval step: requested, approved, denied, used (keys only).
+
+    `approver` is the id the admin credential names; the approver's reason is logged (it is
+    the approver's text, not the agent's), argument values never are.
+    """
+    _audit.info(
+        "approval",
+        action=action,
+        approval_id=approval.id,
+        status=approval.status.value,
+        grant_id=approval.grant_id,
+        grant_label=approval.grant_label,
+        tool=approval.tool,
+        arg_keys=approval.argument_keys,
+        arguments_sha256=approval.arguments_digest,
+        policy=approval.policy,
+        policy_hash=approval.policy_hash,
+        rule=approval.rule,
+        requested_at=approval.requested_at,
+        expires_at=approval.expires_at,
+        approver=approver if approver is not None else approval.decided_by,
+        reason=approval.reason,
+        decision_id=decision_id if decision_id is not None else approval.decision_id,
     )

@@ -18,6 +18,8 @@ from typing import Any
 import structlog
 
 from authz import engine
+from authz.approvals.base import Approval, ApprovalStore
+from authz.approvals.memory import MemoryApprovalStore
 from authz.audit import AuditContext, log_decision
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
@@ -129,9 +131,17 @@ class Authorizer:
         *,
         fail_open: bool = False,
         metrics: Metrics | None = None,
+        approvals: ApprovalStore | None = None,
+        notify: Callable[[Approval], None] | None = None,
     ) -> None:
+        """`approvals` holds approvals of held calls (memory when None); `notify` is called
+        (synchronously: it must only schedule work) once per new pending approval."""
         self._config = config
         self._counters = counters
+        self._approvals: ApprovalStore = (
+            approvals if approvals is not None else MemoryApprovalStore()
+        )
+        self._notify = notify
         self._clock = clock
         self._fail_open = fail_open
         self._metrics = metrics
