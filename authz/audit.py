@@ -73,7 +73,9 @@ def log_decision(
     duration_ms: float,
     fail_open: bool = False,
 ) -> None:
-    extra = {"fail_open": True} if fail_open else {}
+    extra: dict[str, Any] = {"fail_open": True} if fail_open else {}
+    if decision.ticket is not None:
+        extra["approval_id"] = decision.ticket.id
     _audit.info(
         "decision",
         decision_id=ctx.decision_id,

@@ -5,10 +5,14 @@ reserves in a `CounterStore` and passes to `settle` for the final decision.
 
 Order for `tools/call` (as in Intercept): hide → default → for the tool's own entry, then
 the "*" entry: require → deny_if → rules → then limits (own, "*", all_tools), all at once.
+An allowed call that matches an `approve_if` rule (own entry first, then "*"; the first
+that holds) carries an `ApprovalRequirement`: the caller looks up the approval bound to the
+exact call and passes it to `judge_approval`.
 
 Rule pointers (RFC 6901, `~` → `~0`, `/` → `~1` in tool and counter names):
 `/tools/<tool>/require/<i>`, `/tools/<tool>/deny_if/<i>`, `/tools/<tool>/rules/<i>`,
-`/tools/<tool>/limits/<counter>`, `/all_tools/limits/<counter>` (and `.../cost` when a
+`/tools/<tool>/limits/<counter>`, `/tools/<tool>/approve_if/<i>`,
+`/tools/<tool>/require_approval`, `/all_tools/limits/<counter>` (and `.../cost` when a
 limit's cost argument is unusable), and the fixed `(no policy)`, `(hidden)`,
 `(default deny)`. Messages carry no argument values from the
 request (policy values are fine) and no "[POLICY DENIED]" prefix: the edge adds it.
@@ -17,11 +21,24 @@ request (policy values are fine) and no "[POLICY DENIED]" prefix: the edge adds 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
 from authz import conditions
-from authz.model import Claim, Decision, DenyKind, Exhausted, Grant, McpRequest, Reservation
+from authz.approvals.base import Approval, ApprovalStatus
+from authz.model import (
+    ApprovalRequirement,
+    ApprovalTicket,
+    Claim,
+    Decision,
+    DenyKind,
+    Exhausted,
+    Grant,
+    McpRequest,
+    Outcome,
+    Reservation,
+)
 from authz.policy import (
     GLOBAL_STATE_SCOPE,
     STATE_PREFIX,
@@ -36,7 +53,7 @@ from authz.policy import (
     non_negative_int,
 )
 
-__all__ = ["NO_POLICY", "decide", "decide_stream", "pointer", "settle"]
+__all__ = ["NO_POLICY", "decide", "decide_stream", "judge_approval", "pointer", "settle"]
 
 NO_POLICY = "(no policy)"
 HIDDEN = "(hidden)"
@@ -130,7 +147,67 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
         if isinstance(claim, Decision):
             return claim
         claims.append(claim)
-    return Decision.allow(claims=tuple(claims))
+    return Decision(
+        Outcome.ALLOW, claims=tuple(claims), approval=_approval_requirement(entries, args)
+    )
+
+
+# -- approvals -------------------------------------------------------------------------
+
+
+def _approval_requirement(
+    entries: list[tuple[str, ToolPolicy]], args: Mapping[str, Any]
+) -> ApprovalRequirement | None:
+    """The first approval rule that holds (own entry, then "*"), or None."""
+    for key, entry in entries:
+        for where, rule in entry.approval_rules:
+            if conditions.all_match(rule.conditions, args):
+                return ApprovalRequirement(
+                    rule=pointer("tools", key, *where),
+                    ttl_seconds=rule.ttl_seconds,
+                    on_deny=rule.on_deny,
+                    name=rule.name,
+                )
+    return None
+
+
+def judge_approval(decision: Decision, tool: str, approval: Approval) -> Decision:
+    """The decision for a call that needs approval, given the live approval bound to it.
+
+    Pending: the call is held (APPROVAL_REQUIRED, with the approval's id and expiry).
+    Denied: the call is denied (POLICY) with the rule's `on_deny` and the approver's reason.
+    Approved: the call stays allowed (with its claims); the caller reserves quota, then
+    consumes the approval. A decision that is not an allow needing approval is returned
+    unchanged.
+    """
+    requirement = decision.approval
+    if not decision.allowed or requirement is None:
+        return decision
+    ticket = ApprovalTicket(approval.id, approval.status.value, approval.expires_at)
+    if approval.status is ApprovalStatus.APPROVED:
+        return dataclasses.replace(decision, ticket=ticket)
+    if approval.status is ApprovalStatus.DENIED:
+        reason = approval.reason or "no reason given"
+        lead = requirement.on_deny or f"a person denied this call of {tool!r}"
+        return dataclasses.replace(
+            Decision.deny(
+                DenyKind.POLICY,
+                f"{lead} (approval {approval.id}); reason: {reason}",
+                rule=requirement.rule,
+            ),
+            ticket=ticket,
+        )
+    return dataclasses.replace(
+        Decision.deny(
+            DenyKind.APPROVAL_REQUIRED,
+            f"calling {tool!r} needs a person's approval; the call was not run. "
+            f"Approval id: {approval.id} (expires {_utc(approval.expires_at)}). Once a "
+            "person approves it, retry the identical call (same tool, same arguments) "
+            "before it expires; it runs once. A changed call needs a new approval",
+            rule=requirement.rule,
+        ),
+        ticket=ticket,
+    )
 
 
 def settle(decision: Decision, result: Reservation | Exhausted) -> Decision:
@@ -276,6 +353,10 @@ def _rule_claim(
         rule=where,
         on_deny=rule.on_deny,
     )
+
+
+def _utc(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _window_name(seconds: int) -> str:

@@ -62,6 +62,7 @@ class DenyKind(enum.Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"  # HTTP method not served
     TOO_LARGE = "too_large"  # body truncated by Envoy (partial)
     UNSUPPORTED_MEDIA = "unsupported_media"  # wrong Content-Type or a Content-Encoding
+    APPROVAL_REQUIRED = "approval_required"  # held until a person approves (approve_if)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,26 @@ class Exhausted:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRequirement:
+    """The call may run only with a person's approval (a matching `approve_if` rule)."""
+
+    rule: str
+    """JSON pointer of the rule, e.g. `/tools/<tool>/approve_if/0`."""
+    ttl_seconds: int
+    on_deny: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalTicket:
+    """What the agent is told about the approval its call waits for (or used)."""
+
+    id: str
+    status: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     outcome: Outcome
     rule: str | None = None
@@ -116,6 +137,10 @@ class Decision:
     reservation: Reservation | None = None
     rpc_code: int | None = None
     """JSON-RPC error code for denials rendered as JSON-RPC errors (parse errors etc.)."""
+    approval: ApprovalRequirement | None = None
+    """Set on an allowed tool call that may run only once a person has approved it."""
+    ticket: ApprovalTicket | None = None
+    """The approval the call is held for (APPROVAL_REQUIRED), was denied by, or used."""
 
     @property
     def allowed(self) -> bool:

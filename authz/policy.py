@@ -6,7 +6,8 @@ PolicyLayer Intercept's v1 document (rendered as JSON) plus three mcp-authz sect
     {"version": "1", "description": "...", "default": "deny", "hide": ["tool", ...],
      "all_tools": {"limits": [Limit, ...]},
      "tools": {"<tool>": {"require": [Rule, ...], "deny_if": [Rule, ...],
-                          "limits": [Limit, ...], "rules": [ActionRule, ...]},
+                          "limits": [Limit, ...], "rules": [ActionRule, ...],
+                          "approve_if": [ApprovalRule, ...], "require_approval": true},
                "*": {...applies to every tool...}}}
 
 - `require`, `deny_if` and `limits` are mcp-authz's shape; `rules` (with `name`, `action`,
@@ -16,6 +17,8 @@ PolicyLayer Intercept's v1 document (rendered as JSON) plus three mcp-authz sect
 - Defaults follow Intercept: `default` may be omitted and then is `"allow"`; `version` is
   required and must be the string `"1"`; `tools` may be omitted. A limit's `scope` may be
   omitted and then is `"global"`: Intercept's counters are shared by every caller.
+- `approve_if` (and its shorthand `require_approval`) is mcp-authz's: a call that matches
+  is held until a person approves it (see `authz.approvals`).
 - Windows are fixed and aligned to the UTC epoch: second, minute, hour, day (Intercept has
   the last three).
 
@@ -57,6 +60,7 @@ __all__ = [
     "WINDOW_SECONDS",
     "ActionRule",
     "AllTools",
+    "ApprovalRule",
     "Condition",
     "CounterState",
     "Limit",
@@ -274,6 +278,106 @@ class Rule(_Model):
         if problems:
             raise _problems(*problems)
         return self
+
+
+APPROVAL_TTL_DEFAULT: Final = 900
+"""Seconds a held call waits for a person, and an approval waits for the retry (15 min)."""
+APPROVAL_TTL_MAX: Final = 7 * 86400
+_DURATION = re.compile(r"([1-9][0-9]{0,6})(s|m|h|d)\Z")
+_DURATION_UNITS: Final[Mapping[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: object) -> int | None:
+    """A TTL as seconds: a positive integer, or a string such as "90s", "15m", "2h", "1d"."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is not None:
+            return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return None
+
+
+class ApprovalRule(_Model):
+    """An `approve_if` entry: when all conditions hold, a person must approve the call.
+
+    The held call is not run. A person approves or denies it through the admin API; the
+    approval covers the identical call (same grant, tool and arguments, same policy version)
+    once, until `ttl` after the call was held.
+    """
+
+    name: StrictStr | None = Field(
+        default=None, title="Name", description="Optional label, shown to approvers."
+    )
+    conditions: Conditions = ()
+    on_deny: StrictStr | None = Field(
+        default=None,
+        title="Deny message",
+        description=(
+            "Message returned to the agent when a person denies the call (the approver's "
+            "reason is appended)."
+        ),
+    )
+    ttl: StrictInt | StrictStr = Field(
+        default=APPROVAL_TTL_DEFAULT,
+        title="Time to live",
+        description=(
+            "How long the request stays open and an approval stays usable, counted from "
+            'the held call: seconds, or "90s", "15m", "2h", "1d" (at most 7 days; default '
+            "15 minutes)."
+        ),
+        json_schema_extra={
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": APPROVAL_TTL_MAX},
+                {"type": "string", "pattern": r"^[1-9][0-9]{0,6}(s|m|h|d)$"},
+            ]
+        },
+    )
+
+    @field_validator("ttl")
+    @classmethod
+    def _valid_ttl(cls, value: int | str) -> int | str:
+        seconds = duration_seconds(value)
+        if seconds is None:
+            raise _problems(
+                (
+                    (),
+                    f'{_show(value)} is not a duration; use seconds (e.g. 900) or "15m", '
+                    '"2h", "1d"',
+                )
+            )
+        if seconds > APPROVAL_TTL_MAX:
+            raise _problems(((), f'{_show(value)} is longer than 7 days; use at most "7d"'))
+        return value
+
+    @model_validator(mode="after")
+    def _args_only(self) -> ApprovalRule:
+        problems = _no_state_paths(self.conditions, "approve_if")
+        if problems:
+            raise _problems(*problems)
+        return self
+
+    @property
+    def ttl_seconds(self) -> int:
+        seconds = duration_seconds(self.ttl)
+        assert seconds is not None
+        return seconds
+
+
+RequireApproval = Annotated[
+    ApprovalRule | None,
+    Field(
+        title="Require approval",
+        description=(
+            "Shorthand: true means every call of the tool needs a person's approval (the "
+            "same as an approve_if entry without conditions); an object is one approve_if "
+            "entry. Checked after approve_if."
+        ),
+        json_schema_extra=lambda schema: schema["anyOf"].insert(0, {"type": "boolean"}),
+    ),
+]
 
 
 def non_negative_int(value: object) -> int | None:
@@ -624,6 +728,36 @@ class ToolPolicy(_Model):
         description="Intercept-style rules, evaluated in order after require and deny_if.",
     )
     limits: Limits = ()
+    approve_if: tuple[ApprovalRule, ...] = Field(
+        default=(),
+        title="Approve if",
+        description=(
+            "The first rule that holds makes the call wait for a person's approval; empty "
+            "conditions hold for every call. Checked after require, deny_if and rules."
+        ),
+    )
+    require_approval: RequireApproval = None
+
+    @field_validator("require_approval", mode="before")
+    @classmethod
+    def _approval_shape(cls, value: object) -> object:
+        if value is True:
+            return {}  # every call: an approve_if entry without conditions
+        if value is None or value is False or isinstance(value, dict):
+            return None if value is False else value
+        raise _problems(
+            ((), f"must be true, false or an approve_if entry object; got {_show(value)}")
+        )
+
+    @property
+    def approval_rules(self) -> tuple[tuple[tuple[str | int, ...], ApprovalRule], ...]:
+        """(location inside this entry, rule) of every approval rule, in evaluation order."""
+        found: list[tuple[tuple[str | int, ...], ApprovalRule]] = [
+            (("approve_if", i), rule) for i, rule in enumerate(self.approve_if)
+        ]
+        if self.require_approval is not None:
+            found.append((("require_approval",), self.require_approval))
+        return tuple(found)
 
     @model_validator(mode="after")
     def _unique_counters(self) -> ToolPolicy:

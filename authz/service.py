@@ -7,6 +7,7 @@ fail-closed denial.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import time
@@ -18,9 +19,9 @@ from typing import Any
 import structlog
 
 from authz import engine
-from authz.approvals.base import Approval, ApprovalStore
+from authz.approvals.base import Approval, ApprovalRequest, ApprovalStore
 from authz.approvals.memory import MemoryApprovalStore
-from authz.audit import AuditContext, log_decision
+from authz.audit import AuditContext, log_approval, log_decision
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.grants import GrantTable, bearer_token
@@ -243,6 +244,20 @@ class Authorizer:
             )
 
         decision = engine.decide(policy, grant, request)
+        if decision.allowed and decision.approval is not None:
+            assert policy is not None
+            return await self._approval_gate(decision, decision_id, grant, request, policy)
+        return await self._limit(decision, decision_id, grant, request, policy)
+
+    async def _limit(
+        self,
+        decision: Decision,
+        decision_id: str,
+        grant: Grant,
+        request: McpRequest,
+        policy: Policy | None,
+    ) -> Verdict:
+        """Reserve the quota an allowed decision claims; the final Verdict."""
         if decision.allowed and decision.claims:
             try:
                 result = await self._reserve(decision)
@@ -255,7 +270,9 @@ class Authorizer:
                 )
                 if self._fail_open:
                     return Verdict(
-                        Decision.allow(rule=FAIL_OPEN_RULE),
+                        dataclasses.replace(
+                            decision, rule=FAIL_OPEN_RULE, claims=(), reservation=None
+                        ),
                         decision_id,
                         grant,
                         request,
@@ -271,6 +288,90 @@ class Authorizer:
             else:
                 decision = engine.settle(decision, result)
         return Verdict(decision, decision_id, grant, request, policy)
+
+    async def _approval_gate(
+        self,
+        decision: Decision,
+        decision_id: str,
+        grant: Grant,
+        request: McpRequest,
+        policy: Policy,
+    ) -> Verdict:
+        """A call that needs a person's approval: hold it, deny it, or run it once.
+
+        Quota is taken only for a call that will run (approved), and the approval is used
+        only once the quota is taken: a rate-limited retry keeps its approval. Two identical
+        approved calls racing: the one whose `consume` loses gives its quota back and is
+        held again, under a new approval.
+        """
+        assert decision.approval is not None and request.tool is not None
+        ask = ApprovalRequest(
+            grant_id=grant.id,
+            grant_label=grant.label,
+            policy=grant.policy,
+            policy_hash=policy.content_hash,
+            tool=request.tool,
+            arguments=request.arguments,
+            rule=decision.approval.rule,
+            ttl_seconds=decision.approval.ttl_seconds,
+            decision_id=decision_id,
+        )
+        for _attempt in range(2):
+            try:
+                approval = await self._request_approval(ask)
+            except Exception as exc:
+                log.warning(
+                    "approval_store_failed", decision_id=decision_id, error=type(exc).__name__
+                )
+                return Verdict(_approvals_unavailable(), decision_id, grant, request, policy)
+            judged = engine.judge_approval(decision, request.tool, approval)
+            if not judged.allowed:
+                self._observe_approval(
+                    "held" if judged.kind is DenyKind.APPROVAL_REQUIRED else "denied_call"
+                )
+                return Verdict(judged, decision_id, grant, request, policy)
+            verdict = await self._limit(judged, decision_id, grant, request, policy)
+            if not verdict.decision.allowed:
+                return verdict  # rate-limited or unavailable: the approval stays unused
+            try:
+                used = await self._approvals.consume(approval.id, ask.binding, self._clock())
+            except Exception as exc:
+                log.warning(
+                    "approval_store_failed", decision_id=decision_id, error=type(exc).__name__
+                )
+                await self._give_back(verdict.decision.reservation)
+                return Verdict(_approvals_unavailable(), decision_id, grant, request, policy)
+            if used:
+                log_approval("used", approval, decision_id=decision_id)
+                self._observe_approval("used")
+                return verdict
+            await self._give_back(verdict.decision.reservation)  # lost the race: hold again
+        return Verdict(_approvals_unavailable(), decision_id, grant, request, policy)
+
+    async def _request_approval(self, ask: ApprovalRequest) -> Approval:
+        approval, created = await self._approvals.request(ask, self._clock())
+        if created:
+            log_approval("requested", approval)
+            self._observe_approval("requested")
+            if self._notify is not None:
+                try:
+                    self._notify(approval)
+                except Exception:  # a notification never decides a call
+                    log.exception("approval_notify_failed", approval_id=approval.id)
+        return approval
+
+    async def _give_back(self, reservation: Reservation | None) -> None:
+        if reservation is None or not reservation.entries:
+            return
+        try:
+            await self._counters.release(reservation)
+        except Exception as exc:  # the quota is lost until the window ends (errs on the limit)
+            log.warning("counter_release_failed", error=type(exc).__name__)
+
+    def _observe_approval(self, action: str) -> None:
+        observe = getattr(self._metrics, "observe_approval", None)
+        if observe is not None:
+            observe(action)
 
     async def _reserve(self, decision: Decision) -> Reservation | Exhausted:
         started = time.perf_counter()
@@ -309,6 +410,15 @@ class Authorizer:
                 rule="(body)",
             )
         return None
+
+
+def _approvals_unavailable() -> Decision:
+    return Decision.deny(
+        DenyKind.UNAVAILABLE,
+        "approval state is unavailable, so the call was not run; retry shortly",
+        rule="(approvals)",
+        retry_after=1,
+    )
 
 
 def _utf8_charset(value: str | None) -> bool:

@@ -38,6 +38,10 @@ _JSONRPC_FORBIDDEN = -32003
 _JSONRPC_INTERNAL = -32603
 
 DENIED_PREFIX = "[POLICY DENIED] "
+APPROVAL_PREFIX = "[APPROVAL REQUIRED] "
+APPROVAL_HEADER = "x-mcp-authz-approval-id"
+APPROVAL_META_KEY = "io.github.mcp-authz/approval"
+"""`_meta` key of a held or approval-denied tool result: {id, status, expires_at}."""
 
 
 def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpRequest:
@@ -85,8 +89,12 @@ STATELESS_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 """`params._meta` key that marks a request of the stateless (2026-07-28+) protocol era."""
 
 
-def _tool_denied(request_id: RequestId, text: str, *, stateless: bool) -> str:
+def _tool_denied(
+    request_id: RequestId, text: str, *, stateless: bool, meta: dict[str, Any] | None = None
+) -> str:
     result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
+    if meta:
+        result["_meta"] = meta
     if stateless:
         # 2026-07-28 results carry a resultType; clients of that era reject a result without
         result["resultType"] = "complete"
@@ -105,12 +113,23 @@ def denial(verdict: Verdict) -> HttpDenial:
     request = verdict.request
     request_id = request.id if request is not None else verdict.reply_id
     rule = f" (rule: {decision.rule})" if decision.rule else ""
-    text = f"{DENIED_PREFIX}{decision.message}{rule}"
+    kind = decision.kind
+    prefix = APPROVAL_PREFIX if kind is DenyKind.APPROVAL_REQUIRED else DENIED_PREFIX
+    text = f"{prefix}{decision.message}{rule}"
     headers: list[tuple[str, str]] = [
         ("content-type", "application/json"),
         (DECISION_HEADER, verdict.decision_id),
     ]
-    kind = decision.kind
+    meta: dict[str, Any] | None = None
+    if decision.ticket is not None:
+        headers.append((APPROVAL_HEADER, decision.ticket.id))
+        meta = {
+            APPROVAL_META_KEY: {
+                "id": decision.ticket.id,
+                "status": decision.ticket.status,
+                "expires_at": decision.ticket.expires_at,
+            }
+        }
     if kind is DenyKind.UNAUTHENTICATED:
         challenge = 'Bearer realm="mcp-authz"'
         if decision.message.startswith("unknown"):
@@ -130,11 +149,12 @@ def denial(verdict: Verdict) -> HttpDenial:
             DenyKind.POLICY,
             DenyKind.RATE_LIMITED,
             DenyKind.UNAVAILABLE,
+            DenyKind.APPROVAL_REQUIRED,
         )
     ):
         if decision.retry_after is not None and "retry after" not in text:
             text += f"; retry after {decision.retry_after}s"
-        body = _tool_denied(request_id, text, stateless=_is_stateless(request))
+        body = _tool_denied(request_id, text, stateless=_is_stateless(request), meta=meta)
         return HttpDenial(200, tuple(headers), body)
 
     if kind is DenyKind.BAD_REQUEST:
@@ -175,6 +195,8 @@ def _metadata(verdict: Verdict) -> struct_pb2.Struct:
     }
     if verdict.decision.rule:
         fields["rule"] = verdict.decision.rule
+    if verdict.decision.ticket is not None:
+        fields["approval_id"] = verdict.decision.ticket.id
     if verdict.grant is not None:
         fields["grant_id"] = verdict.grant.id
         fields["policy"] = verdict.grant.policy

@@ -1,0 +1,349 @@
+"""approve_if end to end inside one process: policy → engine → service → ext_authz rendering.
+
+The approval store is the real memory store; the clock is controlled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from authz.approvals.base import ApprovalRequest, ApprovalStatus
+from authz.approvals.memory import MemoryApprovalStore
+from authz.config import ConfigSource
+from authz.counters.memory import MemoryCounterStore
+from authz.engine import decide, judge_approval
+from authz.envoy.authz import APPROVAL_HEADER, APPROVAL_META_KEY, check_response
+from authz.grants import hash_token
+from authz.model import DenyKind, Grant, McpRequest
+from authz.policy import PolicyError, load_policy
+from authz.service import Authorizer, HttpRequest, Verdict
+
+TOOL = "image.generate.openai"
+POLICY: dict[str, Any] = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        TOOL: {
+            "deny_if": [
+                {"conditions": [{"path": "args.prompt", "op": "eq", "value": "forbidden"}]}
+            ],
+            "approve_if": [
+                {
+                    "name": "big images",
+                    "conditions": [{"path": "args.width", "op": "gt", "value": 1024}],
+                    "ttl": "2m",
+                    "on_deny": "the approver said no to a large image",
+                }
+            ],
+            "limits": [{"counter": "openai", "window": "hour", "max": 2, "scope": "grant"}],
+        },
+        "image.generate.google": {"require_approval": True},
+    },
+}
+GRANT = Grant("g1", "G1", "p")
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _request(tool: str = TOOL, **arguments: Any) -> McpRequest:
+    return McpRequest("tools/call", 1, False, {"name": tool}, tool, arguments)
+
+
+# -- policy ------------------------------------------------------------------------------
+
+
+def test_approve_if_validates_and_names_the_field() -> None:
+    bad = {"version": "1", "tools": {TOOL: {"approve_if": [{"ttl": "soon"}]}}}
+    with pytest.raises(PolicyError) as err:
+        load_policy(json.dumps(bad), name="p")
+    assert "$.tools['image.generate.openai'].approve_if[0].ttl" in str(err.value)
+    bad = {"version": "1", "tools": {TOOL: {"approve_if": [{"conditions": {}}]}}}
+    with pytest.raises(PolicyError) as err:
+        load_policy(json.dumps(bad), name="p")
+    assert "approve_if[0].conditions" in str(err.value)
+    bad = {"version": "1", "tools": {TOOL: {"require_approval": "yes"}}}
+    with pytest.raises(PolicyError) as err:
+        load_policy(json.dumps(bad), name="p")
+    assert "require_approval" in str(err.value)
+
+
+@pytest.mark.parametrize(("ttl", "seconds"), [(5, 5), ("90s", 90), ("15m", 900), ("1d", 86400)])
+def test_ttl_forms(ttl: object, seconds: int) -> None:
+    doc = {"version": "1", "tools": {TOOL: {"approve_if": [{"ttl": ttl}]}}}
+    policy = load_policy(json.dumps(doc), name="p")
+    decision = decide(policy, GRANT, _request())
+    assert decision.approval is not None and decision.approval.ttl_seconds == seconds
+
+
+# -- engine --------------------------------------------------------------------------------
+
+
+def test_engine_requires_approval_only_when_conditions_hold() -> None:
+    policy = load_policy(json.dumps(POLICY), name="p")
+    small = decide(policy, GRANT, _request(prompt="x", width=512))
+    assert small.allowed and small.approval is None
+    big = decide(policy, GRANT, _request(prompt="x", width=2048))
+    assert big.allowed and big.approval is not None
+    assert big.approval.rule == f"/tools/{TOOL}/approve_if/0"
+    assert big.approval.ttl_seconds == 120
+    assert len(big.claims) == 1  # limits still apply to the approved call
+    # deny_if wins over approve_if: no person is asked about a call that is denied anyway
+    denied = decide(policy, GRANT, _request(prompt="forbidden", width=2048))
+    assert not denied.allowed and denied.approval is None
+    shorthand = decide(policy, GRANT, _request("image.generate.google", prompt="x"))
+    assert shorthand.approval is not None
+    assert shorthand.approval.rule == "/tools/image.generate.google/require_approval"
+
+
+def test_wildcard_entry_can_require_approval() -> None:
+    doc = {"version": "1", "tools": {"*": {"approve_if": [{"conditions": []}]}}}
+    decision = decide(load_policy(json.dumps(doc), name="p"), GRANT, _request("any.tool"))
+    assert decision.approval is not None and decision.approval.rule == "/tools/*/approve_if/0"
+
+
+async def test_judge_approval_states() -> None:
+    policy = load_policy(json.dumps(POLICY), name="p")
+    decision = decide(policy, GRANT, _request(prompt="x", width=2048))
+    store = MemoryApprovalStore()
+    ask = ApprovalRequest("g1", "G1", "p", policy.content_hash, TOOL, {"width": 2048}, "r", 60)
+    pending, _ = await store.request(ask, 100.0)
+    held = judge_approval(decision, TOOL, pending)
+    assert held.kind is DenyKind.APPROVAL_REQUIRED and held.ticket is not None
+    assert pending.id in held.message and "retry the identical call" in held.message
+    denied = await store.decide(pending.id, approve=False, approver="alice", reason="no", now=101)
+    out = judge_approval(decision, TOOL, denied)
+    assert out.kind is DenyKind.POLICY
+    assert "the approver said no to a large image" in out.message and "reason: no" in out.message
+
+
+# -- service --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(1_000_000.0)
+
+
+@pytest.fixture
+def store() -> MemoryApprovalStore:
+    return MemoryApprovalStore()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.json").write_text(json.dumps(POLICY))
+    grants = {
+        "version": "1",
+        "grants": [
+            {"id": "g1", "label": "G1", "token_sha256": hash_token("tok1"), "policy": "p"},
+            {"id": "g2", "label": "G2", "token_sha256": hash_token("tok2"), "policy": "p"},
+        ],
+    }
+    (tmp_path / "grants.json").write_text(json.dumps(grants))
+    return tmp_path
+
+
+@pytest.fixture
+def authorizer(config_dir: Path, clock: Clock, store: MemoryApprovalStore) -> Authorizer:
+    notified.clear()
+    return Authorizer(
+        ConfigSource.open(config_dir),
+        MemoryCounterStore(),
+        clock=clock,
+        approvals=store,
+        notify=notified.append,
+    )
+
+
+notified: list[Any] = []
+
+
+def _body(rid: int = 1, tool: str = TOOL, **arguments: Any) -> bytes:
+    params = {"name": tool, "arguments": arguments}
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+    ).encode()
+
+
+async def _check(authorizer: Authorizer, body: bytes, token: str = "tok1") -> Verdict:
+    headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+    return await authorizer.check(HttpRequest("POST", "/mcp", headers, body))
+
+
+async def test_held_then_approved_runs_once(
+    authorizer: Authorizer, store: MemoryApprovalStore, clock: Clock
+) -> None:
+    held = await _check(authorizer, _body(prompt="x", width=2048))
+    assert held.decision.kind is DenyKind.APPROVAL_REQUIRED
+    ticket = held.decision.ticket
+    assert ticket is not None and ticket.status == "pending"
+    assert len(notified) == 1 and notified[0].id == ticket.id
+
+    # asking again before anyone decided: the same approval, no second notification
+    again = await _check(authorizer, _body(rid=2, prompt="x", width=2048))
+    assert again.decision.ticket is not None and again.decision.ticket.id == ticket.id
+    assert len(notified) == 1
+
+    record = await store.get(ticket.id, clock.now)
+    assert record.grant_id == "g1" and record.tool == TOOL
+    assert record.arguments == {"prompt": "x", "width": 2048}
+    assert record.expires_at == clock.now + 120
+
+    await store.decide(ticket.id, approve=True, approver="alice", reason=None, now=clock.now)
+    clock.now += 5
+    # a changed argument is not covered by the approval (and key order does not matter)
+    changed = await _check(authorizer, _body(rid=3, prompt="y", width=2048))
+    assert changed.decision.kind is DenyKind.APPROVAL_REQUIRED
+    assert changed.decision.ticket is not None and changed.decision.ticket.id != ticket.id
+    # another grant is not covered
+    other = await _check(authorizer, _body(rid=4, prompt="x", width=2048), token="tok2")
+    assert other.decision.kind is DenyKind.APPROVAL_REQUIRED
+    assert other.decision.ticket is not None and other.decision.ticket.id != ticket.id
+
+    ran = await _check(
+        authorizer,
+        b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":'
+        b'{"name":"image.generate.openai","arguments":{"width":2048,"prompt":"x"}}}',
+    )
+    assert ran.decision.allowed
+    assert ran.decision.ticket is not None and ran.decision.ticket.id == ticket.id
+    assert ran.decision.reservation is not None  # limits still counted
+    assert (await store.get(ticket.id, clock.now)).status is ApprovalStatus.USED
+
+    second = await _check(authorizer, _body(rid=6, prompt="x", width=2048))
+    assert second.decision.kind is DenyKind.APPROVAL_REQUIRED
+    assert second.decision.ticket is not None and second.decision.ticket.id != ticket.id
+
+
+async def test_approval_expires(
+    authorizer: Authorizer, store: MemoryApprovalStore, clock: Clock
+) -> None:
+    held = await _check(authorizer, _body(prompt="x", width=2048))
+    assert held.decision.ticket is not None
+    await store.decide(
+        held.decision.ticket.id, approve=True, approver="a", reason=None, now=clock.now
+    )
+    clock.now += 121
+    late = await _check(authorizer, _body(prompt="x", width=2048))
+    assert late.decision.kind is DenyKind.APPROVAL_REQUIRED
+    assert late.decision.ticket is not None and late.decision.ticket.id != held.decision.ticket.id
+
+
+async def test_denied_with_reason_reaches_the_agent(
+    authorizer: Authorizer, store: MemoryApprovalStore, clock: Clock
+) -> None:
+    held = await _check(authorizer, _body(prompt="x", width=2048))
+    assert held.decision.ticket is not None
+    await store.decide(
+        held.decision.ticket.id, approve=False, approver="alice", reason="too costly", now=clock.now
+    )
+    retry = await _check(authorizer, _body(rid=7, prompt="x", width=2048))
+    assert retry.decision.kind is DenyKind.POLICY
+    response = check_response(retry)
+    body = json.loads(response.denied_response.body)
+    text = body["result"]["content"][0]["text"]
+    assert text.startswith("[POLICY DENIED] ")
+    assert "too costly" in text and f"/tools/{TOOL}/approve_if/0" in text
+
+
+async def test_rate_limited_approved_call_keeps_its_approval(
+    authorizer: Authorizer, store: MemoryApprovalStore, clock: Clock
+) -> None:
+    for rid in (1, 2):  # use up the limit of 2 an hour with small calls
+        assert (await _check(authorizer, _body(rid=rid, prompt="x", width=10))).decision.allowed
+    held = await _check(authorizer, _body(prompt="x", width=2048))
+    assert held.decision.ticket is not None
+    approval_id = held.decision.ticket.id
+    await store.decide(approval_id, approve=True, approver="a", reason=None, now=clock.now)
+    limited = await _check(authorizer, _body(prompt="x", width=2048))
+    assert limited.decision.kind is DenyKind.RATE_LIMITED
+    assert (await store.get(approval_id, clock.now)).status is ApprovalStatus.APPROVED
+
+
+async def test_policy_change_voids_the_approval(
+    authorizer: Authorizer, store: MemoryApprovalStore, clock: Clock, config_dir: Path
+) -> None:
+    held = await _check(authorizer, _body(prompt="x", width=2048))
+    assert held.decision.ticket is not None
+    await store.decide(
+        held.decision.ticket.id, approve=True, approver="a", reason=None, now=clock.now
+    )
+    changed = json.loads(json.dumps(POLICY))
+    changed["tools"][TOOL]["limits"][0]["max"] = 3
+    (config_dir / "policies" / "p.json").write_text(json.dumps(changed))
+    assert authorizer._config.poll()
+    retry = await _check(authorizer, _body(prompt="x", width=2048))
+    assert retry.decision.kind is DenyKind.APPROVAL_REQUIRED
+    assert retry.decision.ticket is not None and retry.decision.ticket.id != held.decision.ticket.id
+
+
+class BrokenStore(MemoryApprovalStore):
+    async def request(self, request: Any, now: float) -> Any:
+        raise ConnectionError("down")
+
+
+async def test_store_failure_fails_closed(config_dir: Path, clock: Clock) -> None:
+    authorizer = Authorizer(
+        ConfigSource.open(config_dir), MemoryCounterStore(), clock=clock, approvals=BrokenStore()
+    )
+    verdict = await _check(authorizer, _body(prompt="x", width=2048))
+    assert verdict.decision.kind is DenyKind.UNAVAILABLE
+    assert verdict.decision.rule == "(approvals)"
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+async def test_held_call_renders_as_approval_required_tool_result(authorizer: Authorizer) -> None:
+    verdict = await _check(authorizer, _body(rid=42, prompt="x", width=2048))
+    response = check_response(verdict)
+    assert response.denied_response.status.code == 200
+    body = json.loads(response.denied_response.body)
+    assert body["id"] == 42
+    result = body["result"]
+    assert result["isError"] is True
+    text = result["content"][0]["text"]
+    assert text.startswith("[APPROVAL REQUIRED] ")
+    assert verdict.decision.ticket is not None and verdict.decision.ticket.id in text
+    assert "retry the identical call" in text
+    assert result["_meta"][APPROVAL_META_KEY]["id"] == verdict.decision.ticket.id
+    assert result["_meta"][APPROVAL_META_KEY]["status"] == "pending"
+    headers = {h.header.key: h.header.value for h in response.denied_response.headers}
+    assert headers[APPROVAL_HEADER] == verdict.decision.ticket.id
+    assert response.dynamic_metadata["approval_id"] == verdict.decision.ticket.id
+    # the argument values are nowhere in what Envoy is told besides the agent's own reply
+    assert "2048" not in response.status.message
+
+
+async def test_audit_records_every_step_with_keys_only(
+    authorizer: Authorizer, store: MemoryApprovalStore, clock: Clock
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        held = await _check(authorizer, _body(prompt="secret-prompt", width=2048))
+        assert held.decision.ticket is not None
+        await store.decide(
+            held.decision.ticket.id, approve=True, approver="alice", reason=None, now=clock.now
+        )
+        ran = await _check(authorizer, _body(prompt="secret-prompt", width=2048))
+    assert ran.decision.allowed
+    approvals = [e for e in logs if e["event"] == "approval"]
+    assert [e["action"] for e in approvals] == ["requested", "used"]
+    assert all(e["arg_keys"] == ["prompt", "width"] for e in approvals)
+    assert approvals[1]["approver"] == "alice"
+    decisions = [e for e in logs if e["event"] == "decision"]
+    assert [d["decision"] for d in decisions] == ["deny", "allow"]
+    assert decisions[0]["kind"] == "approval_required"
+    assert all(d["approval_id"] == held.decision.ticket.id for d in decisions)
+    assert "secret-prompt" not in repr(logs)
