@@ -23,9 +23,13 @@ DEMO_TOKENS = {
     "demo-limited": "mcp-demo-limited-token",
 }
 """Well-known tokens of the demo grants in deploy/config/grants.json (demo use only)."""
+DEMO_APPROVER_TOKEN = "mcp-demo-approver-token"
+"""Well-known token of the demo approver in deploy/config/approvers.json (demo use only)."""
 
 
 DEFAULT_PORT = 10000
+DEFAULT_ADMIN_PORT = 9002
+"""The sidecar's admin API (approvals) on the port `mcp-authz approvals` uses by default."""
 
 
 def _port_free(port: int) -> bool:
@@ -50,6 +54,16 @@ def _known_demo_tokens(config_dir: Path) -> dict[str, str]:
     }
 
 
+def _demo_approver(config_dir: Path) -> str | None:
+    """The demo approver's token, if approvers.json lists it."""
+    try:
+        approvers = json.loads((config_dir / "approvers.json").read_text())["approvers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    hashes = {a.get("token_sha256") for a in approvers if isinstance(a, dict)}
+    return DEMO_APPROVER_TOKEN if hash_token(DEMO_APPROVER_TOKEN) in hashes else None
+
+
 def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", errors="replace").rstrip()
@@ -59,7 +73,13 @@ def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
             out.write(f"  {line}\n")
             out.flush()
             continue
-        if event.get("event") == "response":
+        if event.get("event") == "approval":
+            who = f" by {event['approver']}" if event.get("approver") else ""
+            out.write(
+                f"         ↳ approval {event.get('approval_id')} {event.get('action')}{who}"
+                f"  grant={event.get('grant_id')}  {event.get('tool')}\n"
+            )
+        elif event.get("event") == "response":
             notes = []
             if event.get("tools_removed"):
                 notes.append(f"tools/list: {event['tools_removed']} hidden tool(s) removed")
@@ -91,6 +111,8 @@ def run_demo(config_dir: Path | None, port: int | None, outputs: Path | None) ->
     ports.envoy = (
         port if port is not None else (DEFAULT_PORT if _port_free(DEFAULT_PORT) else ports.envoy)
     )
+    if _port_free(DEFAULT_ADMIN_PORT):
+        ports.authz_admin = DEFAULT_ADMIN_PORT
     stack = Stack(
         config_dir=config,
         outputs_dir=outputs_dir,
@@ -121,6 +143,15 @@ def run_demo(config_dir: Path | None, port: int | None, outputs: Path | None) ->
         print(f"  grant {grant_id:<10} Authorization: Bearer {token}")
     if not tokens:
         print("  (no demo grants in this config: use your own tokens)")
+    print(f"  admin API   {stack.admin_url}  (approvals; probes /healthz /readyz /metrics)")
+    approver = _demo_approver(config)
+    if approver is not None:
+        admin_flag = (
+            "" if stack.ports.authz_admin == DEFAULT_ADMIN_PORT else (f" --admin {stack.admin_url}")
+        )
+        print(
+            f"  approver    MCP_AUTHZ_ADMIN_TOKEN={approver} mcp-authz approvals list{admin_flag}"
+        )
     print("\nDecisions (Ctrl-C to stop):")
     sys.stdout.flush()
 

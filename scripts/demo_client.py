@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/demo_client.py --url http://127.0.0.1:10000/mcp \
         --token mcp-demo-limited-token --calls 4 --prompt "a lighthouse at dusk"
+    .venv/bin/python scripts/demo_client.py --token mcp-demo-artist-token \
+        --prompt "a logo for a coffee shop" --wait-approval 300
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import TextContent
+
+HELD = "[APPROVAL REQUIRED]"
+RETRY_SECONDS = 2.0
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -29,6 +34,15 @@ async def run(args: argparse.Namespace) -> int:
                 result = await client.call_tool(args.tool, arguments)
                 text = " ".join(p.text for p in result.content if isinstance(p, TextContent))
                 print(f"call {index + 1}: {'ERROR ' if result.is_error else ''}{text}")
+                waited = 0.0
+                while text.startswith(HELD) and waited < args.wait_approval:
+                    # an agent that waits for the person: retry the identical call
+                    await asyncio.sleep(RETRY_SECONDS)
+                    waited += RETRY_SECONDS
+                    result = await client.call_tool(args.tool, arguments)
+                    text = " ".join(p.text for p in result.content if isinstance(p, TextContent))
+                    if not text.startswith(HELD):
+                        print(f"retry: {'ERROR ' if result.is_error else ''}{text}")
     return 0
 
 
@@ -41,6 +55,13 @@ def main() -> int:
     parser.add_argument("--arguments", help="JSON object of tool arguments")
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--mode", default="legacy", help="legacy or 2026-07-28")
+    parser.add_argument(
+        "--wait-approval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when a call is held for approval, retry it every 2 s for up to this long",
+    )
     return asyncio.run(run(parser.parse_args()))
 
 

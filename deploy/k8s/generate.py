@@ -1,7 +1,8 @@
 """Generate the Kubernetes manifests that are copies of other files in this repository.
 
   deploy/k8s/10-config.yaml        ConfigMap `mcp-authz-policies` (deploy/config/policies/*.json)
-                                   and Secret `mcp-authz-grants` (deploy/config/grants.json)
+                                   and Secret `mcp-authz-grants` (deploy/config/grants.json
+                                   and approvers.json)
   deploy/k8s/40-gateway-envoy.yaml ConfigMap `mcp-gateway-envoy`: deploy/envoy.yaml rendered
                                    by authz.deploy.render_envoy_config for the gateway pod
                                    (ext_authz sidecar at 127.0.0.1:9001 in the same pod, the
@@ -113,12 +114,16 @@ def render_config() -> str:
             "labels": {**LABELS, "app.kubernetes.io/component": "authz-config"},
         },
         "type": "Opaque",
-        "stringData": {"grants.json": (CONFIG_DIR / "grants.json").read_text(encoding="utf-8")},
+        "stringData": {
+            name: (CONFIG_DIR / name).read_text(encoding="utf-8")
+            for name in ("grants.json", "approvers.json")
+        },
     }
     header = _header("deploy/config/ (the demo grants and policies)") + (
         "# The sidecar reads them through a projected volume (see 50-gateway.yaml) that the\n"
         "# kubelet updates in place; the sidecar polls it, so an edit applies without a restart.\n"
-        "# The demo tokens are public: replace grants.json before exposing the gateway.\n"
+        "# The demo tokens are public: replace grants.json and approvers.json before exposing\n"
+        "# the gateway.\n"
     )
     return _dump([policies, grants], header)
 

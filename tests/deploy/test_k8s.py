@@ -188,7 +188,9 @@ def test_policies_and_grants_are_copies_of_deploy_config(docs: list[Doc]) -> Non
     files = {p.name: p.read_text() for p in sorted((DEPLOY / "config" / "policies").glob("*.json"))}
     assert policies == files
     grants = one(docs, "Secret", "mcp-authz-grants")["stringData"]
-    assert grants == {"grants.json": (DEPLOY / "config" / "grants.json").read_text()}
+    assert grants == {
+        name: (DEPLOY / "config" / name).read_text() for name in ("grants.json", "approvers.json")
+    }
 
 
 # -- wiring -----------------------------------------------------------------------------------
@@ -237,7 +239,8 @@ def test_gateway_service_targets_the_envoy_listener(docs: list[Doc]) -> None:
 
 
 def test_sidecar_reads_a_live_projected_config_volume(docs: list[Doc]) -> None:
-    """Secret grants.json + ConfigMap policies/*.json in one projected volume, no subPath."""
+    """Secret grants.json and approvers.json + ConfigMap policies/*.json in one projected
+    volume, no subPath."""
     authz = container(docs, "mcp-gateway", "authz")
     config_dir = option(authz["args"], "--config")
     (mount,) = [m for m in authz["volumeMounts"] if m["mountPath"] == config_dir]
@@ -247,9 +250,8 @@ def test_sidecar_reads_a_live_projected_config_volume(docs: list[Doc]) -> None:
     sources = volume["projected"]["sources"]
     secrets = [s["secret"] for s in sources if "secret" in s]
     configmaps = [s["configMap"] for s in sources if "configMap" in s]
-    assert secrets == [
-        {"name": "mcp-authz-grants", "items": [{"key": "grants.json", "path": "grants.json"}]}
-    ]
+    files = [{"key": name, "path": name} for name in ("grants.json", "approvers.json")]
+    assert secrets == [{"name": "mcp-authz-grants", "items": files}]
     assert [c["name"] for c in configmaps] == ["mcp-authz-policies"]
     keys = set(one(docs, "ConfigMap", "mcp-authz-policies")["data"])
     items = configmaps[0]["items"]
