@@ -235,4 +235,3 @@ class ApprovalStore(Protocol):
 
 RETENTION_SECONDS = 86400
 """How long a store keeps an approval's record after its expiry (for `show` and audits)."""
-

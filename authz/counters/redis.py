@@ -77,7 +77,12 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_TIMEOUT",
     "EXPIRE_MARGIN_MS",
+    "REDIS_FAILURES",
     "RedisCounterStore",
+    "check_prefix",
+    "cluster_ready",
+    "connect",
+    "location",
 ]
 
 DEFAULT_PREFIX: Final = "mcp-authz"
@@ -89,7 +94,9 @@ HASH_TAG: Final = "{c}"
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _BAD_PREFIX = re.compile(r"[{}\s\x00-\x1f\x7f]")
-_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
+"""What a Redis call can raise when the server cannot answer (stores map it to unavailable)."""
+_FAILURES = REDIS_FAILURES
 
 _FMT = "local function fmt(x) return string.format('%.0f', x) end\n"
 
@@ -211,6 +218,44 @@ def _client_url(client: Redis | RedisCluster) -> str:
     return f"redis://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
+def check_prefix(prefix: str) -> str:
+    """`prefix` if it keeps a key layout intact (non-empty, no brace, no whitespace)."""
+    if not prefix or _BAD_PREFIX.search(prefix):
+        raise ValueError(
+            f"Redis key prefix must be non-empty, without braces or whitespace: {prefix!r}"
+        )
+    return prefix
+
+
+def connect(url: str, *, cluster: bool, timeout: float) -> Redis | RedisCluster:
+    """A new client for `url`: connect/read timeouts `timeout`, no retries, no health checks."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
+
+
+def location(client: Redis | RedisCluster, url: str | None) -> str:
+    """`<kind> <url>` for `describe`: the URL without credentials (or the client's address)."""
+    kind = "redis-cluster" if isinstance(client, RedisCluster) else "redis"
+    return f"{kind} {_redact(url) if url is not None else _client_url(client)}"
+
+
+async def cluster_ready(client: Redis | RedisCluster) -> None:
+    """Discover a cluster's slots before the first command (no-op once done, or standalone).
+
+    redis-py's async cluster client routes commands issued concurrently with its lazy
+    first discovery without their slot, and some fail; discovering first avoids that.
+    """
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+
+
 class RedisCounterStore:
     """`CounterStore` in Redis (standalone or Cluster): exact quotas across replicas.
 
@@ -225,17 +270,13 @@ class RedisCounterStore:
         timeout: float = DEFAULT_TIMEOUT,
         url: str | None = None,
     ) -> None:
-        if not prefix or _BAD_PREFIX.search(prefix):
-            raise ValueError(
-                f"Redis key prefix must be non-empty, without braces or whitespace: {prefix!r}"
-            )
+        check_prefix(prefix)
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._client = client
         self._prefix = prefix
         self._timeout = timeout
-        self._kind = "redis-cluster" if isinstance(client, RedisCluster) else "redis"
-        self._url = _redact(url) if url is not None else _client_url(client)
+        self._location = location(client, url)
         self._base = f"{prefix}:{HASH_TAG}:"
         self._reserve = client.register_script(RESERVE_LUA)
         self._release = client.register_script(RELEASE_LUA)
@@ -255,17 +296,7 @@ class RedisCounterStore:
         With `cluster`, `url` names any node of a Redis Cluster. Connect and read timeouts
         are `timeout`; the client never retries (the store's callers fail fast instead).
         """
-        options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-        }
-        client: Redis | RedisCluster
-        if cluster:
-            client = RedisCluster.from_url(url, **options)
-        else:
-            client = Redis.from_url(url, **options)
+        client = connect(url, cluster=cluster, timeout=timeout)
         return cls(client, prefix=prefix, timeout=timeout, url=url)
 
     @property
@@ -361,16 +392,10 @@ class RedisCounterStore:
         await self._client.aclose()
 
     def describe(self) -> str:
-        return f"{self._kind} {self._url} prefix={self._prefix}"
+        return f"{self._location} prefix={self._prefix}"
 
     async def _ready(self) -> None:
-        """Discover a cluster's slots before the first command (no-op once done).
-
-        redis-py's async cluster client routes commands issued concurrently with its lazy
-        first discovery without their slot, and some fail; discovering first avoids that.
-        """
-        if isinstance(self._client, RedisCluster):
-            await self._client.initialize()
+        await cluster_ready(self._client)
 
     async def _call(self, script: Any, keys: list[str], args: list[int]) -> Any:
         try:
