@@ -4,6 +4,7 @@ Layout::
 
     CONFIG_DIR/grants.json
     CONFIG_DIR/policies/<policy name>.json
+    CONFIG_DIR/approvers.json          (optional: who may decide held calls)
 
 The whole directory is one unit. A change is applied only when every file in it is valid;
 otherwise the last good set stays in force and the error is reported (log + readiness).
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import structlog
 
+from authz.approvers import APPROVERS_FILE, ApproversError, ApproverTable, load_approvers
 from authz.grants import GrantsError, GrantTable, load_grants
 from authz.policy import Policy, PolicyError, load_policy
 
@@ -42,6 +44,8 @@ class ConfigSet:
     policies: Mapping[str, Policy]
     fingerprint: str
     loaded_at: float
+    approvers: ApproverTable = field(default_factory=ApproverTable)
+    """Who may decide held calls through the admin API (empty without approvers.json)."""
 
     def policy(self, name: str) -> Policy | None:
         return self.policies.get(name)
@@ -57,6 +61,13 @@ def _read_files(root: Path) -> dict[str, bytes]:
         raise ConfigError(f"{grants}: file not found") from exc
     except OSError as exc:
         raise ConfigError(f"{grants}: cannot read: {exc.strerror}") from exc
+    approvers = root / APPROVERS_FILE
+    try:
+        files[APPROVERS_FILE] = approvers.read_bytes()
+    except FileNotFoundError:
+        pass  # optional: nobody can decide approvals
+    except OSError as exc:
+        raise ConfigError(f"{approvers}: cannot read: {exc.strerror}") from exc
     policy_dir = root / POLICIES_DIR
     if policy_dir.is_dir():
         for path in sorted(policy_dir.iterdir()):
@@ -85,6 +96,15 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
         raise ConfigError(f"{root / GRANTS_FILE}: {exc}") from exc
     except Exception as exc:  # e.g. RecursionError from deeply nested JSON: still rejected
         raise ConfigError(f"{root / GRANTS_FILE}: cannot be loaded: {exc!r}") from exc
+    approvers = ApproverTable()
+    if APPROVERS_FILE in files:
+        try:
+            approvers = load_approvers(files[APPROVERS_FILE])
+        except ApproversError as exc:
+            raise ConfigError(f"{root / APPROVERS_FILE}: {exc}") from exc
+        except Exception as exc:  # e.g. RecursionError from deeply nested JSON: still rejected
+            raise ConfigError(f"{root / APPROVERS_FILE}: cannot be loaded: {exc!r}") from exc
+        _check_own_tokens(root, approvers, grants)
     policies: dict[str, Policy] = {}
     for rel, raw in files.items():
         if not rel.startswith(POLICIES_DIR + "/"):
@@ -101,7 +121,20 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
         policies=policies,
         fingerprint=_fingerprint(files),
         loaded_at=time.time(),
+        approvers=approvers,
     )
+
+
+def _check_own_tokens(root: Path, approvers: ApproverTable, grants: GrantTable) -> None:
+    """An approver's admin token must not also be an agent's grant token."""
+    for approver in approvers:
+        grant = grants.by_hash.get(approver.token_sha256)
+        if grant is not None:
+            raise ConfigError(
+                f"{root / APPROVERS_FILE}: $.approvers[{approver.index}].token_sha256 "
+                f"(approver {approver.id!r}): same token as grant {grant.id!r} in "
+                f"{GRANTS_FILE}; an approver's admin token must be its own, never an agent's"
+            )
 
 
 def load_config(root: Path) -> ConfigSet:
@@ -168,6 +201,7 @@ class ConfigSource:
             fingerprint=candidate.fingerprint[:12],
             grants=len(candidate.grants),
             policies=sorted(candidate.policies),
+            approvers=len(candidate.approvers),
         )
         if self.on_change is not None:
             self.on_change(candidate)

@@ -47,8 +47,27 @@ _FIXED_RULES = {
     "(default deny)": "default_deny",
     "(counters)": "counters",
     "(counters fail-open)": "counters_fail_open",
+    "(approvals)": "approvals",
     "(error)": "error",
 }
+
+
+APPROVAL_ACTIONS = frozenset(
+    {
+        "requested",
+        "held",
+        "refused",
+        "approved",
+        "denied",
+        "used",
+        "expired",
+        "stale",
+        "unavailable",
+    }
+)
+"""Values of `mcp_authz_approvals_total{action}`; anything else is counted as `other`."""
+
+WEBHOOK_RESULTS = frozenset({"sent", "failed", "dropped"})
 
 
 def rule_kind(rule: str | None) -> str:
@@ -66,7 +85,7 @@ def rule_kind(rule: str | None) -> str:
         section = parts[3]
         if section == "limits":
             return "limit_cost" if len(parts) > 5 and parts[-1] == "cost" else "limit"
-        if section in ("require", "deny_if", "rules"):
+        if section in ("require", "deny_if", "rules", "approve_if", "require_approval"):
             return section
     return "other"
 
@@ -150,6 +169,25 @@ class Metrics:
             registry=r,
         )
         self.store_up.set(1)
+        self.approvals = Counter(
+            "mcp_authz_approvals",
+            "Approval steps of held tool calls (requested, held, approved, denied, used, ...).",
+            ["action"],
+            registry=r,
+        )
+        self.approval_webhooks = Counter(
+            "mcp_authz_approval_webhooks",
+            "Approval webhook deliveries by result (sent, failed after retries, dropped).",
+            ["result"],
+            registry=r,
+        )
+
+    def observe_approval(self, action: str) -> None:
+        """Count one approval step; `action` is folded into a bounded set of labels."""
+        self.approvals.labels(action=action if action in APPROVAL_ACTIONS else "other").inc()
+
+    def observe_webhook(self, result: str) -> None:
+        self.approval_webhooks.labels(result=result if result in WEBHOOK_RESULTS else "other").inc()
 
     def observe_decision(
         self, decision: Decision, *, tool: str | None, policy: Policy | None, seconds: float

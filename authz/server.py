@@ -1,4 +1,8 @@
-"""Process wiring: grpc.aio (ext_authz, ext_proc, health), the admin HTTP endpoint, reloads."""
+"""Process wiring: grpc.aio (ext_authz, ext_proc, health), the admin HTTP endpoint, reloads.
+
+The admin HTTP endpoint serves /healthz, /readyz and /metrics without authentication and
+the approvals API (`authz.approvals.admin`, approver tokens only) under /approvals.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,14 @@ from grpc_health.v1._async import HealthServicer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from authz.approvals.admin import approval_routes
+from authz.approvals.base import ApprovalStore
+from authz.approvals.memory import MemoryApprovalStore
+from authz.approvals.webhook import WebhookNotifier
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.counters.memory import MemoryCounterStore
@@ -107,12 +115,18 @@ class StoreHealth:
 
 
 def readiness(
-    config: ConfigSource, counters: CounterStore, health: StoreHealth, fail_open: bool
+    config: ConfigSource,
+    counters: CounterStore,
+    health: StoreHealth,
+    fail_open: bool,
+    *,
+    approvals: ApprovalStore | None = None,
+    notifier: WebhookNotifier | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """(ready, report). Not ready while a shared store is down and calls fail closed."""
     current = config.current
     ready = health.ok or fail_open
-    return ready, {
+    report: dict[str, Any] = {
         "ready": ready,
         "config": {
             "dir": str(config.root),
@@ -134,6 +148,11 @@ def readiness(
             "on_failure": "allow (fail-open)" if fail_open else "deny (fail-closed)",
         },
     }
+    if approvals is not None:
+        report["approvals"] = approvals.describe()
+        report["approvers"] = len(current.approvers)
+        report["approval_webhook"] = notifier.describe() if notifier is not None else None
+    return ready, report
 
 
 def admin_app(
@@ -142,7 +161,13 @@ def admin_app(
     health: StoreHealth,
     fail_open: bool,
     metrics: Metrics,
+    *,
+    approvals: ApprovalStore | None = None,
+    notifier: WebhookNotifier | None = None,
 ) -> Starlette:
+    """/healthz, /readyz, /metrics (open) and, with an approval store, /approvals (approvers
+    only)."""
+
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -152,16 +177,19 @@ def admin_app(
     async def readyz(_request: Request) -> JSONResponse:
         if health.shared:
             await health.probe()
-        ready, report = readiness(config, counters, health, fail_open)
+        ready, report = readiness(
+            config, counters, health, fail_open, approvals=approvals, notifier=notifier
+        )
         return JSONResponse(report, status_code=200 if ready else 503)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
-        ]
-    )
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+    ]
+    if approvals is not None:
+        routes += approval_routes(config, approvals, metrics=metrics)
+    return Starlette(routes=routes)
 
 
 def build_counter_store(settings: Settings) -> CounterStore:
@@ -174,6 +202,32 @@ def build_counter_store(settings: Settings) -> CounterStore:
         cluster=settings.redis_cluster,
         prefix=settings.redis_prefix,
         timeout=settings.redis_timeout,
+    )
+
+
+def build_approval_store(settings: Settings) -> ApprovalStore:
+    """Approvals live where the counters do: in Redis when a Redis URL is set (shared by
+    every replica, so any replica's admin API sees every held call), else in memory."""
+    if settings.redis_url is None:
+        return MemoryApprovalStore()
+    from authz.approvals.redis import RedisApprovalStore
+
+    store: ApprovalStore = RedisApprovalStore.from_url(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+    )
+    return store
+
+
+def build_notifier(settings: Settings, metrics: Metrics | None = None) -> WebhookNotifier | None:
+    if settings.approval_webhook is None:
+        return None
+    return WebhookNotifier(
+        settings.approval_webhook,
+        secret=settings.approval_webhook_secret,
+        on_result=metrics.observe_webhook if metrics is not None else None,
     )
 
 
@@ -196,8 +250,15 @@ class Sidecar:
         self.store_health = StoreHealth(
             self.counters, shared=settings.redis_url is not None, on_change=self._store_changed
         )
+        self.approvals: ApprovalStore = build_approval_store(settings)
+        self.notifier = build_notifier(settings, self.metrics)
         self.authorizer = Authorizer(
-            self.config, self.counters, fail_open=settings.redis_fail_open, metrics=self.metrics
+            self.config,
+            self.counters,
+            fail_open=settings.redis_fail_open,
+            metrics=self.metrics,
+            approvals=self.approvals,
+            notify=self.notifier.notify if self.notifier is not None else None,
         )
         # The response phase (ext_proc): tools/list filtering and quota give-back.
         self.responder = Responder(self.config, self.counters, metrics=self.metrics)
@@ -246,7 +307,13 @@ class Sidecar:
         admin = _AdminServer(
             uvicorn.Config(
                 admin_app(
-                    self.config, self.counters, self.store_health, s.redis_fail_open, self.metrics
+                    self.config,
+                    self.counters,
+                    self.store_health,
+                    s.redis_fail_open,
+                    self.metrics,
+                    approvals=self.approvals,
+                    notifier=self.notifier,
                 ),
                 host=s.admin_host,
                 port=s.admin_port,
@@ -268,6 +335,9 @@ class Sidecar:
             policies=sorted(self.config.current.policies),
             counters=self.counters.describe(),
             on_store_failure="allow" if s.redis_fail_open else "deny",
+            approvals=self.approvals.describe(),
+            approvers=len(self.config.current.approvers),
+            approval_webhook=self.notifier.describe() if self.notifier is not None else None,
         )
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -282,6 +352,9 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._admin_task
         await self.responder.drain()  # give-backs of the last responses
+        if self.notifier is not None:
+            await self.notifier.drain()  # approval webhooks in flight
+        await self.approvals.close()
         await self.counters.close()
         log.info("sidecar_stopped")
 

@@ -323,11 +323,12 @@ class Authorizer:
                 log.warning(
                     "approval_store_failed", decision_id=decision_id, error=type(exc).__name__
                 )
+                self._observe_approval("unavailable")
                 return Verdict(_approvals_unavailable(), decision_id, grant, request, policy)
             judged = engine.judge_approval(decision, request.tool, approval)
             if not judged.allowed:
                 self._observe_approval(
-                    "held" if judged.kind is DenyKind.APPROVAL_REQUIRED else "denied_call"
+                    "held" if judged.kind is DenyKind.APPROVAL_REQUIRED else "refused"
                 )
                 return Verdict(judged, decision_id, grant, request, policy)
             verdict = await self._limit(judged, decision_id, grant, request, policy)
@@ -369,9 +370,8 @@ class Authorizer:
             log.warning("counter_release_failed", error=type(exc).__name__)
 
     def _observe_approval(self, action: str) -> None:
-        observe = getattr(self._metrics, "observe_approval", None)
-        if observe is not None:
-            observe(action)
+        if self._metrics is not None:
+            self._metrics.observe_approval(action)
 
     async def _reserve(self, decision: Decision) -> Reservation | Exhausted:
         started = time.perf_counter()

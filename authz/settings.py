@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_GRPC = "127.0.0.1:9001"
@@ -39,6 +40,10 @@ class Settings:
     """Seconds one Redis operation may take before the call fails closed (or open)."""
     redis_fail_open: bool = False
     """Allow tool calls (logged as fail-open) when the counter store cannot answer."""
+    approval_webhook: str | None = None
+    """URL that is POSTed once per new pending approval (http:// or https://)."""
+    approval_webhook_secret: str | None = field(default=None, repr=False)
+    """HMAC-SHA256 key of the webhook's `X-Mcp-Authz-Signature` (environment only)."""
 
     @property
     def grpc_address(self) -> str:
@@ -58,6 +63,7 @@ class Settings:
         redis_prefix: str | None = None,
         redis_timeout: float | None = None,
         redis_fail_open: bool | None = None,
+        approval_webhook: str | None = None,
     ) -> Settings:
         """Flags win over environment variables (MCP_AUTHZ_*), which win over defaults."""
         config_dir = config or os.environ.get("MCP_AUTHZ_CONFIG")
@@ -87,7 +93,14 @@ class Settings:
         prefix = redis_prefix or os.environ.get("MCP_AUTHZ_REDIS_PREFIX", "mcp-authz")
         if not prefix or any(c in prefix for c in "{} \t\r\n"):
             raise SettingsError("--redis-prefix: must be non-empty, without braces or spaces")
+        webhook = approval_webhook or os.environ.get("MCP_AUTHZ_APPROVAL_WEBHOOK") or None
+        if webhook is not None:
+            check_webhook_url(webhook)
+        # The secret comes from the environment only: command lines are visible to others.
+        secret = os.environ.get("MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET") or None
         return cls(
+            approval_webhook=webhook,
+            approval_webhook_secret=secret,
             redis_url=url,
             redis_cluster=_flag(redis_cluster, "MCP_AUTHZ_REDIS_CLUSTER"),
             redis_prefix=prefix,
@@ -101,6 +114,21 @@ class Settings:
             reload_interval=interval,
             log_level=(log_level or os.environ.get("MCP_AUTHZ_LOG_LEVEL", "info")).lower(),
         )
+
+
+def check_webhook_url(url: str) -> None:
+    """Raise SettingsError unless `url` is an absolute http:// or https:// URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise SettingsError(f"--approval-webhook: not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            f"--approval-webhook: expected an http:// or https:// URL with a host, got {url!r}"
+        )
+    if any(c.isspace() or ord(c) < 0x20 for c in url) or parts.fragment:
+        raise SettingsError("--approval-webhook: no whitespace, control characters or #fragment")
 
 
 def _flag(value: bool | None, env: str) -> bool:

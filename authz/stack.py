@@ -86,11 +86,14 @@ class Stack:
     offline_gemini: bool = True
     upstream_json_response: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment of the upstream and of every sidecar (e.g. `IMAGEGEN_RECORD_FILE`,
+    `MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET`, which has no flag)."""
     sidecar_stdout: IO[bytes] | None = None
     """Where the sidecar's audit stream goes; None means a log file in workdir."""
     reload_interval: float = 0.5
     sidecar_args: Sequence[str] = ()
-    """Extra `mcp-authz serve` arguments for every sidecar (e.g. `--redis-url URL`)."""
+    """Extra `mcp-authz serve` arguments for every sidecar (e.g. `--redis-url URL`,
+    `--approval-webhook URL`)."""
     replicas: int = 1
     """Sidecar processes behind Envoy: endpoints of one `mcp_authz` cluster."""
     envoy_source: Path | None = None
@@ -212,7 +215,7 @@ class Stack:
         ]
         name = sidecar_name(index)
         stdout = self.sidecar_stdout if index == 0 else None
-        self._spawn(name, argv, {"PYTHONUNBUFFERED": "1"}, stdout=stdout)
+        self._spawn(name, argv, {"PYTHONUNBUFFERED": "1", **self.extra_env}, stdout=stdout)
         self._wait_http(name, f"{self.replica_admin_url(index)}/healthz")
 
     def envoy_config_path(self) -> Path:
@@ -341,6 +344,37 @@ class Stack:
         with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=2) as response:
             data: dict[str, object] = json.loads(response.read())
             return data
+
+    def admin_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        body: object | None = None,
+        index: int = 0,
+    ) -> tuple[int, object]:
+        """One request to a sidecar's admin API (e.g. `/approvals`, with an approver token);
+        returns (status, decoded JSON or None)."""
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(
+            self.replica_admin_url(index) + path, data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, None
 
     def post_raw(
         self, body: bytes, headers: Mapping[str, str] | None = None, path: str = "/mcp"

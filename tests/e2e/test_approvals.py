@@ -1,0 +1,366 @@
+"""Human approval end to end: real Envoy, sidecar, upstream, MCP SDK client, admin API, CLI.
+
+A held call never reaches the upstream (its own execution record proves it); the approval
+is bound to the exact call, used once, and expires; a denial's reason reaches the agent;
+the admin API wants an approver credential; a webhook receiver gets a real POST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.types import CallToolResult, TextContent
+
+from authz.grants import hash_token
+from authz.stack import Stack
+from tests.e2e.conftest import executed, mcp_client
+
+pytestmark = pytest.mark.e2e
+
+GEMINI = "image.generate.gemini"
+OPENAI = "image.generate.openai"
+APPROVER_TOKEN = "approver-alice-token"
+WEBHOOK_SECRET = "webhook-shared-secret"
+APPROVAL_ID = re.compile(r"apr_[0-9a-f]{24}")
+REPO = Path(__file__).resolve().parents[2]
+
+POLICY: dict[str, Any] = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        GEMINI: {
+            "deny_if": [
+                {
+                    "conditions": [
+                        {"path": "args.prompt", "op": "regex", "value": "(?i)forbidden"}
+                    ],
+                    "on_deny": "this prompt is not allowed",
+                }
+            ],
+            "approve_if": [
+                {
+                    "name": "brand assets",
+                    "conditions": [{"path": "args.prompt", "op": "regex", "value": "(?i)logo"}],
+                    "on_deny": "brand assets need sign-off",
+                    "ttl": 120,
+                }
+            ],
+        },
+        OPENAI: {"require_approval": {"ttl": 2}},
+    },
+}
+
+
+def write_config(root: Path, grants: tuple[str, ...] = ("agent-a", "agent-b")) -> Path:
+    (root / "policies").mkdir(parents=True)
+    (root / "policies" / "approvals.json").write_text(json.dumps(POLICY, indent=2))
+    entries = [
+        {"id": g, "label": g, "token_sha256": hash_token(f"token-{g}"), "policy": "approvals"}
+        for g in grants
+    ]
+    (root / "grants.json").write_text(json.dumps({"version": "1", "grants": entries}))
+    approvers = [{"id": "alice", "label": "Alice", "token_sha256": hash_token(APPROVER_TOKEN)}]
+    (root / "approvers.json").write_text(json.dumps({"version": "1", "approvers": approvers}))
+    return root
+
+
+class Receiver:
+    """A real HTTP server on loopback that records every POST it gets."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                outer.posts.append(
+                    ({k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
+                )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("approvals")
+    record = base / "executed.jsonl"
+    record.touch()
+    the_stack = Stack(
+        config_dir=write_config(base / "config"),
+        outputs_dir=base / "outputs",
+        workdir=base / "work",
+        extra_env={
+            "IMAGEGEN_RECORD_FILE": str(record),
+            "MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        },
+        sidecar_args=("--approval-webhook", receiver.url),
+        reload_interval=0.2,
+    )
+    with the_stack:
+        yield the_stack
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def text_of(result: CallToolResult) -> str:
+    return " ".join(p.text for p in result.content if isinstance(p, TextContent))
+
+
+def approval_id(result: CallToolResult) -> str:
+    text = text_of(result)
+    assert result.is_error and text.startswith("[APPROVAL REQUIRED] "), text
+    match = APPROVAL_ID.search(text)
+    assert match is not None, text
+    return match.group(0)
+
+
+async def call(
+    stack: Stack, grant: str, tool: str, arguments: dict[str, Any], *, mode: str = "legacy"
+) -> CallToolResult:
+    async with mcp_client(stack, f"token-{grant}", mode=mode) as client:
+        return await client.call_tool(tool, arguments)
+
+
+def admin(
+    base_url: str, method: str, path: str, token: str | None = APPROVER_TOKEN, body: Any = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base_url + path, data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}"), dict(err.headers)
+
+
+def cli(
+    stack_or_url: Stack | str, *args: str, token: str | None = APPROVER_TOKEN
+) -> subprocess.CompletedProcess[str]:
+    url = stack_or_url.admin_url if isinstance(stack_or_url, Stack) else stack_or_url
+    argv = [sys.executable, "-m", "authz.cli", "approvals", *args, "--admin", url]
+    if token is not None:
+        argv += ["--token", token]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO)
+
+
+def runs(stack: Stack, tool: str, grant: str) -> int:
+    return sum(1 for e in executed(stack) if e["tool"] == tool and e.get("grant") == grant)
+
+
+def sidecar_events(stack: Stack, event: str, log_name: str = "sidecar") -> list[dict[str, Any]]:
+    out = []
+    for line in stack.log_path(log_name).read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if item.get("event") == event:
+            out.append(item)
+    return out
+
+
+# -- the walkthrough ------------------------------------------------------------------------
+
+
+async def test_held_approved_runs_once_then_held_again(stack: Stack) -> None:
+    args = {"prompt": "a logo for a coffee shop", "filenameHint": "logo-once"}
+    before = runs(stack, GEMINI, "agent-a")
+    held = await call(stack, "agent-a", GEMINI, args)
+    first_id = approval_id(held)
+    assert "retry the identical call" in text_of(held)
+    assert runs(stack, GEMINI, "agent-a") == before  # never forwarded
+
+    listed = cli(stack, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    pending = {a["id"]: a for a in json.loads(listed.stdout)["approvals"]}
+    assert pending[first_id]["grant_id"] == "agent-a"
+    assert pending[first_id]["tool"] == GEMINI
+    assert pending[first_id]["arguments"] == args  # approvers see the values
+    assert pending[first_id]["status"] == "pending"
+
+    approved = cli(stack, "approve", first_id, "--reason", "fine for the mock-up")
+    assert approved.returncode == 0, approved.stderr
+
+    ran = await call(stack, "agent-a", GEMINI, dict(reversed(list(args.items()))))
+    assert not ran.is_error, text_of(ran)
+    assert "saved=" in text_of(ran)
+    assert runs(stack, GEMINI, "agent-a") == before + 1
+
+    status, shown, _ = admin(stack.admin_url, "GET", f"/approvals/{first_id}")
+    assert status == 200 and shown["status"] == "used" and shown["decided_by"] == "alice"
+
+    again = await call(stack, "agent-a", GEMINI, args)
+    second_id = approval_id(again)
+    assert second_id != first_id
+    assert runs(stack, GEMINI, "agent-a") == before + 1
+
+    actions = [
+        e["action"] for e in sidecar_events(stack, "approval") if e["approval_id"] == first_id
+    ]
+    assert actions == ["requested", "approved", "used"]
+    log_text = stack.log_path("sidecar").read_text()
+    assert "coffee shop" not in log_text  # argument values are never logged
+
+
+async def test_changed_arguments_are_not_approved(stack: Stack) -> None:
+    args = {"prompt": "a logo for a bakery"}
+    first = approval_id(await call(stack, "agent-a", GEMINI, args))
+    assert cli(stack, "approve", first).returncode == 0
+    before = runs(stack, GEMINI, "agent-a")
+    changed = await call(stack, "agent-a", GEMINI, {"prompt": "a logo for a bakery!"})
+    assert approval_id(changed) != first
+    extra = await call(stack, "agent-a", GEMINI, {**args, "filenameHint": "other"})
+    assert approval_id(extra) != first
+    assert runs(stack, GEMINI, "agent-a") == before
+
+
+async def test_another_grant_is_not_approved(stack: Stack) -> None:
+    args = {"prompt": "a logo for a florist"}
+    first = approval_id(await call(stack, "agent-a", GEMINI, args))
+    assert cli(stack, "approve", first).returncode == 0
+    before = runs(stack, GEMINI, "agent-b")
+    other = await call(stack, "agent-b", GEMINI, args)
+    assert approval_id(other) != first
+    assert runs(stack, GEMINI, "agent-b") == before
+    # the approval is still there for its own grant
+    ran = await call(stack, "agent-a", GEMINI, args)
+    assert not ran.is_error, text_of(ran)
+
+
+async def test_expired_approval_is_not_honoured(stack: Stack) -> None:
+    args = {"prompt": "expiring"}
+    first = approval_id(await call(stack, "agent-a", OPENAI, args))
+    assert cli(stack, "approve", first).returncode == 0
+    time.sleep(2.5)  # the rule's ttl is 2 s
+    late = await call(stack, "agent-a", OPENAI, args)
+    assert approval_id(late) != first
+    status, shown, _ = admin(stack.admin_url, "GET", f"/approvals/{first}")
+    assert status == 200 and shown["status"] == "expired"
+    # a pending request that expired cannot be approved any more
+    pending = approval_id(await call(stack, "agent-b", OPENAI, {"prompt": "too late"}))
+    time.sleep(2.5)
+    refused = cli(stack, "approve", pending)
+    assert refused.returncode == 1
+    assert "expired" in refused.stderr
+    assert runs(stack, OPENAI, "agent-a") == 0
+
+
+async def test_denial_reason_reaches_the_agent(stack: Stack) -> None:
+    args = {"prompt": "a logo that copies a famous brand"}
+    first = approval_id(await call(stack, "agent-b", GEMINI, args))
+    denied = cli(stack, "deny", first, "--reason", "looks like a trademark")
+    assert denied.returncode == 0, denied.stderr
+    before = runs(stack, GEMINI, "agent-b")
+    retry = await call(stack, "agent-b", GEMINI, args)
+    text = text_of(retry)
+    assert retry.is_error and text.startswith("[POLICY DENIED] ")
+    assert "brand assets need sign-off" in text and "looks like a trademark" in text
+    assert runs(stack, GEMINI, "agent-b") == before
+    # an approver cannot change their mind after deciding
+    assert cli(stack, "approve", first).returncode == 1
+
+
+async def test_deny_if_wins_over_approval(stack: Stack) -> None:
+    result = await call(stack, "agent-a", GEMINI, {"prompt": "a forbidden logo"})
+    assert result.is_error and text_of(result).startswith("[POLICY DENIED] this prompt")
+
+
+async def test_stateless_era_client_sees_the_held_result(stack: Stack) -> None:
+    held = await call(stack, "agent-b", GEMINI, {"prompt": "a logo, new era"}, mode="2026-07-28")
+    approval_id(held)
+
+
+def test_admin_api_requires_the_approver_credential(stack: Stack) -> None:
+    for token in (None, "wrong-token", "token-agent-a"):  # no, unknown, and an agent's token
+        status, body, headers = admin(stack.admin_url, "GET", "/approvals", token=token)
+        assert status == 401, (token, status, body)
+        assert "error" in body
+        assert headers.get("WWW-Authenticate", headers.get("www-authenticate", "")).startswith(
+            "Bearer"
+        )
+        status, _, _ = admin(
+            stack.admin_url, "POST", "/approvals/apr_000000000000000000000000/approve", token=token
+        )
+        assert status == 401
+    refused = cli(stack, "list", token="token-agent-a")
+    assert refused.returncode == 1
+    # probes stay open
+    with urllib.request.urlopen(f"{stack.admin_url}/healthz", timeout=5) as response:
+        assert response.status == 200
+
+
+def test_admin_api_errors_name_the_problem(stack: Stack) -> None:
+    status, body, _ = admin(stack.admin_url, "GET", "/approvals/apr_ffffffffffffffffffffffff")
+    assert status == 404 and "error" in body
+    status, body, _ = admin(stack.admin_url, "GET", "/approvals/not-an-id")
+    assert status == 404
+    status, body, _ = admin(
+        stack.admin_url, "POST", "/approvals/apr_ffffffffffffffffffffffff/deny", body={}
+    )
+    assert status in (400, 404)
+
+
+async def test_webhook_is_posted_once_per_pending_approval(
+    stack: Stack, receiver: Receiver
+) -> None:
+    args = {"prompt": "a logo for the webhook", "filenameHint": "hook-value-7"}
+    first = approval_id(await call(stack, "agent-a", GEMINI, args))
+    assert approval_id(await call(stack, "agent-a", GEMINI, args)) == first  # same pending
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(first.encode() in body for _, body in receiver.posts):
+        time.sleep(0.1)
+    mine = [(h, b) for h, b in receiver.posts if first.encode() in b]
+    assert len(mine) == 1
+    headers, body = mine[0]
+    payload = json.loads(body)
+    assert payload["event"] == "approval.requested"
+    assert payload["approval"]["id"] == first
+    assert payload["approval"]["tool"] == GEMINI
+    assert payload["approval"]["argument_keys"] == ["filenameHint", "prompt"]
+    assert b"hook-value-7" not in body  # values only through the admin API
+    expected = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["x-mcp-authz-signature"] == f"sha256={expected}"
