@@ -187,6 +187,20 @@ def _depth_and_text_ok(value: JsonValue) -> int:
     return depth
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A `\\uD800`-`\\uDFFF` escape: the only way a lone surrogate gets into parsed text (the body
+itself was strictly UTF-8 decoded). It may also match an escaped backslash followed by
+`ud8..`; that only sends the body down the full check."""
+
+
+def _surely_shallow_and_clean(body: bytes) -> bool:
+    """True when the parsed body cannot nest deeper than MAX_DEPTH (fewer opening brackets
+    than that in all) nor hold a lone surrogate (no surrogate escape): the walk is skipped."""
+    return (
+        body.count(b"{") + body.count(b"[") <= MAX_DEPTH and _SURROGATE_ESCAPE.search(body) is None
+    )
+
+
 def _check_text(text: str) -> None:
     try:
         text.encode("utf-8")
@@ -214,6 +228,8 @@ def parse_json(body: bytes) -> JsonValue:
         ) from exc
     except ValueError as exc:
         raise McpParseError(PARSE_ERROR, f"parse error: {exc}") from exc
+    if _surely_shallow_and_clean(body):
+        return value
     try:
         depth = _depth_and_text_ok(value)
     except ValueError as exc:

@@ -52,6 +52,9 @@ _FIXED_RULES = {
 }
 
 
+_CHILD_CACHE_MAX = 4096
+"""Label children of `decisions` kept for reuse (a bound, should tool names ever churn)."""
+
 APPROVAL_ACTIONS = frozenset(
     {
         "requested",
@@ -169,6 +172,7 @@ class Metrics:
             registry=r,
         )
         self.store_up.set(1)
+        self._decision_children: dict[tuple[str, str, str, str], Counter] = {}
         self.approvals = Counter(
             "mcp_authz_approvals",
             "Approval steps of held tool calls (requested, held, approved, denied, used, ...).",
@@ -198,12 +202,20 @@ class Metrics:
             tool_label = tool
         else:
             tool_label = "(unlisted)"
-        self.decisions.labels(
-            outcome=decision.outcome.value,
-            kind=decision.kind.value if decision.kind else "",
-            rule_kind=rule_kind(decision.rule),
-            tool=tool_label,
-        ).inc()
+        key = (
+            decision.outcome.value,
+            decision.kind.value if decision.kind else "",
+            rule_kind(decision.rule),
+            tool_label,
+        )
+        child = self._decision_children.get(key)
+        if child is None:
+            # labels() resolves and locks on every call; the children are cached here
+            # (bounded: the label values are a fixed set, tools are the policies' names)
+            child = self.decisions.labels(*key)
+            if len(self._decision_children) < _CHILD_CACHE_MAX:
+                self._decision_children[key] = child
+        child.inc()
         self.check_seconds.observe(seconds)
 
     def render(self) -> bytes:

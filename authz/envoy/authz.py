@@ -188,44 +188,43 @@ def _header(key: str, value: str, *, overwrite: bool = True) -> base_pb2.HeaderV
 
 
 def _metadata(verdict: Verdict) -> struct_pb2.Struct:
+    """Dynamic metadata for Envoy (access logs, ext_proc). Fields are set directly: the
+    generic `Struct.update` costs several times more per decision."""
     meta = struct_pb2.Struct()
-    fields: dict[str, Any] = {
-        "decision_id": verdict.decision_id,
-        "decision": verdict.decision.outcome.value,
-    }
-    if verdict.decision.rule:
-        fields["rule"] = verdict.decision.rule
-    if verdict.decision.ticket is not None:
-        fields["approval_id"] = verdict.decision.ticket.id
+    fields = meta.fields
+    decision = verdict.decision
+    fields["decision_id"].string_value = verdict.decision_id
+    fields["decision"].string_value = decision.outcome.value
+    if decision.rule:
+        fields["rule"].string_value = decision.rule
+    if decision.ticket is not None:
+        fields["approval_id"].string_value = decision.ticket.id
     if verdict.grant is not None:
-        fields["grant_id"] = verdict.grant.id
-        fields["policy"] = verdict.grant.policy
-    if verdict.request is not None:
-        fields["mcp_method"] = verdict.request.method
-        if verdict.request.tool is not None:
-            fields["tool"] = verdict.request.tool
+        fields["grant_id"].string_value = verdict.grant.id
+        fields["policy"].string_value = verdict.grant.policy
+    request = verdict.request
+    if request is not None:
+        fields["mcp_method"].string_value = request.method
+        if request.tool is not None:
+            fields["tool"].string_value = request.tool
         # For the response phase (authz/envoy/extproc.py reads these): the JSON-RPC id as
         # JSON text (a Struct number is a double and would round large integer ids), and the
         # quota this call took, so that ext_proc can give it back if the upstream fails it.
-        if not verdict.request.is_notification and verdict.request.id is not None:
-            fields["jsonrpc_id"] = json.dumps(verdict.request.id, separators=(",", ":"))
-    reservation = verdict.decision.reservation
-    if verdict.decision.allowed and reservation is not None and reservation.token:
-        fields["reservation"] = {
-            "token": reservation.token,
-            "entries": [
-                {
-                    "counter": counter,
-                    "scope": scope,
-                    "key": scope_key,
-                    "window": window,
-                    "start": start,
-                    "cost": cost,
-                }
-                for (counter, scope, scope_key, window), start, cost in reservation.entries
-            ],
-        }
-    meta.update(fields)
+        if not request.is_notification and request.id is not None:
+            fields["jsonrpc_id"].string_value = json.dumps(request.id, separators=(",", ":"))
+    reservation = decision.reservation
+    if decision.allowed and reservation is not None and reservation.token:
+        taken = fields["reservation"].struct_value.fields
+        taken["token"].string_value = reservation.token
+        entries = taken["entries"].list_value
+        for (counter, scope, scope_key, window), start, cost in reservation.entries:
+            entry = entries.values.add().struct_value.fields
+            entry["counter"].string_value = counter
+            entry["scope"].string_value = scope
+            entry["key"].string_value = scope_key
+            entry["window"].number_value = window
+            entry["start"].number_value = start
+            entry["cost"].number_value = cost
     return meta
 
 
