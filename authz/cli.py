@@ -204,7 +204,7 @@ def _call_admin(
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+        with _NO_REDIRECTS.open(request, timeout=args.timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as err:
         raw = err.read()
@@ -221,6 +221,21 @@ def _call_admin(
         return json.loads(raw)
     except ValueError:
         raise _CliError(2, f"the admin API at {url} did not answer JSON") from None
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """The approver token goes to the admin URL given and nowhere else: a redirect is an
+    error (urllib would otherwise follow it with the Authorization header)."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> None:
+        raise urllib.error.HTTPError(
+            req.full_url, code, f"redirect to {newurl} refused", headers, fp
+        )
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
 
 
 def _printable(text: str, *, lines: bool = False) -> str:

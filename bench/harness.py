@@ -376,6 +376,61 @@ def rss_mib(pid: int) -> float:
 
 
 @dataclass
+class Sidecar:
+    """One `mcp-authz serve` process (or the trivial servicer: `admin` is 0)."""
+
+    proc: subprocess.Popen[bytes]
+    grpc: int
+    admin: int
+    log: Path
+
+
+def sidecar_argv(config_dir: Path, grpc: int, admin: int, redis_url: str | None) -> list[str]:
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from authz.cli import main; sys.exit(main())",
+        "serve",
+        "--config",
+        str(config_dir),
+        "--grpc",
+        f"{LOOPBACK}:{grpc}",
+        "--admin",
+        f"{LOOPBACK}:{admin}",
+        "--log-level",
+        "warning",
+    ]
+    return argv + (["--redis-url", redis_url] if redis_url else [])
+
+
+def start_sidecars(
+    n: int, tag: str, work: Path, config_dir: Path, redis_url: str | None
+) -> list[Sidecar]:
+    """Start n sidecar processes on free ports and wait until each answers /healthz. The
+    caller stops them (the list grows as they start, so a failure leaves none behind
+    unaccounted for: they are stopped in `finally` blocks via `stop_all`)."""
+    out: list[Sidecar] = []
+    try:
+        for k in range(n):
+            grpc, admin = free_port(), free_port()
+            # the audit stream (one JSON line per decision) goes to a file, as in the demo
+            log = work / f"{tag}-sidecar{k}.log"
+            proc = start(sidecar_argv(config_dir, grpc, admin, redis_url), log)
+            out.append(Sidecar(proc, grpc, admin, log))
+            url = f"http://{LOOPBACK}:{admin}/healthz"
+            wait_until(f"{tag} sidecar {k}", lambda u=url: http_status(u) == 200)
+    except BaseException:
+        stop_all(out)
+        raise
+    return out
+
+
+def stop_all(sidecars: list[Sidecar]) -> None:
+    for s in sidecars:
+        stop(s.proc)
+
+
+@dataclass
 class Running:
     envoy: subprocess.Popen[bytes]
     sidecars: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -388,37 +443,16 @@ def running_setup(
     setup: str, work: Path, config_dir: Path, redis_url: str | None
 ) -> Iterator[Running]:
     port, admin = free_port(), free_port()
-    sidecars: list[subprocess.Popen[bytes]] = []
+    sidecars: list[Sidecar] = []
     envoy: subprocess.Popen[bytes] | None = None
     try:
         if setup in ("plain", "native"):
             cfg = plain_config(port, admin, native_filters() if setup == "native" else [])
         else:
             n = 2 if setup == "sidecar2" else 1
-            grpc_ports = [free_port() for _ in range(n)]
-            for k, grpc in enumerate(grpc_ports):
-                sadmin = free_port()
-                argv = [
-                    sys.executable,
-                    "-c",
-                    "import sys; from authz.cli import main; sys.exit(main())",
-                    "serve",
-                    "--config",
-                    str(config_dir),
-                    "--grpc",
-                    f"{LOOPBACK}:{grpc}",
-                    "--admin",
-                    f"{LOOPBACK}:{sadmin}",
-                    "--log-level",
-                    "warning",
-                ]
-                if setup == "redis" and redis_url:
-                    argv += ["--redis-url", redis_url]
-                # the audit stream (one JSON line per decision) goes to a file, as in the demo
-                sidecars.append(start(argv, work / f"{setup}-sidecar{k}.log"))
-                url = f"http://{LOOPBACK}:{sadmin}/healthz"
-                wait_until(f"{setup} sidecar {k}", lambda u=url: http_status(u) == 200)
-            cfg = sidecar_config(port, admin, grpc_ports)
+            url = redis_url if setup == "redis" else None
+            sidecars = start_sidecars(n, setup, work, config_dir, url)
+            cfg = sidecar_config(port, admin, [s.grpc for s in sidecars])
         path = work / f"envoy-{setup}.json"
         write_envoy_config(cfg, path)
         envoy = start(
@@ -441,12 +475,11 @@ def running_setup(
         wait_until(
             f"{setup} path", lambda: http_status(url, body.encode(), headers) == 200, timeout=20
         )
-        yield Running(envoy, sidecars, port, admin)
+        yield Running(envoy, [s.proc for s in sidecars], port, admin)
     finally:
         if envoy is not None:
             stop(envoy)
-        for proc in sidecars:
-            stop(proc)
+        stop_all(sidecars)
 
 
 def probe_mix(port: int) -> dict[str, int]:

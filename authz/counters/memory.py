@@ -19,23 +19,36 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
+from typing import Any, Final
 
 from authz.counters.base import Bucket
 from authz.counters.windows import retry_after, window_start
 from authz.model import Claim, Exhausted, Reservation
 
-__all__ = ["MemoryCounterStore"]
+__all__ = ["MAX_OUTSTANDING", "MemoryCounterStore"]
+
+MAX_OUTSTANDING: Final = 20_000
+"""Reservations kept for `release`, oldest dropped first: about 5 MiB. Envoy gives quota
+back when the upstream fails a call, so a record must outlive that call; at 1,700 allowed
+calls a second (one process's ceiling, bench/README.md) this covers the last ~12 s, at 100 a
+second over 3 minutes. A release after the record was dropped is a no-op: the quota stays
+spent, which errs on the side of the limit."""
 
 
 class MemoryCounterStore:
     """`CounterStore` in process memory: for one sidecar replica, tests and the demo."""
 
-    def __init__(self, *, sweep_interval: float = 60.0, max_outstanding: int = 100_000) -> None:
+    def __init__(
+        self, *, sweep_interval: float = 60.0, max_outstanding: int = MAX_OUTSTANDING
+    ) -> None:
         self._sweep_interval = sweep_interval
         self._max_outstanding = max_outstanding
         self._counts: dict[Bucket, tuple[int, int]] = {}  # bucket -> (window start, count)
-        # token -> ((bucket, window start, cost) taken, expires at)
-        self._outstanding: dict[str, tuple[tuple[tuple[Bucket, int, int], ...], int]] = {}
+        self._keys: dict[Bucket, Bucket] = {}
+        """One bucket tuple per bucket, shared by every outstanding record that names it."""
+        # token -> (expires at, bucket 1, start 1, cost 1, bucket 2, ...): one flat tuple per
+        # record (about 270 bytes with its token, against ~540 for nested tuples)
+        self._outstanding: dict[str, tuple[Any, ...]] = {}
         self._next_sweep = -math.inf
 
     async def reserve(self, claims: Sequence[Claim], now: float) -> Reservation | Exhausted:
@@ -67,13 +80,15 @@ class MemoryCounterStore:
         tracked = self._outstanding.pop(reservation.token, None) if reservation.token else None
         if tracked is None:
             return
-        for bucket, start, cost in tracked[0]:
+        for i in range(1, len(tracked), 3):
+            bucket, start, cost = tracked[i], tracked[i + 1], tracked[i + 2]
             stored = self._counts.get(bucket)
             if stored is not None and stored[0] == start:
                 self._counts[bucket] = (start, max(0, stored[1] - cost))
 
     async def close(self) -> None:
         self._counts.clear()
+        self._keys.clear()
         self._outstanding.clear()
 
     def describe(self) -> str:
@@ -96,10 +111,9 @@ class MemoryCounterStore:
             if start + bucket[3] > now
         }
         self._outstanding = {
-            token: (entries, expires)
-            for token, (entries, expires) in self._outstanding.items()
-            if expires > now
+            token: record for token, record in self._outstanding.items() if record[0] > now
         }
+        self._keys = {bucket: bucket for bucket in self._counts}
         self._next_sweep = now + self._sweep_interval
 
     def _maybe_sweep(self, now: float) -> None:
@@ -116,6 +130,9 @@ class MemoryCounterStore:
 
     def _track(self, reservation: Reservation) -> None:
         expires = max(start + bucket[3] for bucket, start, _ in reservation.entries)
-        self._outstanding[reservation.token] = (reservation.entries, expires)
+        record: list[Any] = [expires]
+        for bucket, start, cost in reservation.entries:
+            record += (self._keys.setdefault(bucket, bucket), start, cost)
+        self._outstanding[reservation.token] = tuple(record)
         while len(self._outstanding) > self._max_outstanding:
             del self._outstanding[next(iter(self._outstanding))]

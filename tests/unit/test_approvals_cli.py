@@ -213,3 +213,49 @@ def test_unreachable_or_malformed_admin_is_a_usage_error() -> None:
     assert "cannot reach the admin API" in result.stderr and ALICE not in result.stderr
     for bad in ("ftp://host:1", "http://host:notaport", "host:1?x=y"):
         assert cli("approvals", "list", "--admin", bad).returncode == 2, bad
+
+
+def test_a_redirect_is_refused_and_the_token_stays_home() -> None:
+    """urllib would follow a redirect with the Authorization header; the CLI must not."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"approvals": [], "now": 0}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+    target_url = f"http://127.0.0.1:{target.server_address[1]}"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target_url + self.path)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    servers = (target, redirect)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{redirect.server_address[1]}"
+        result = cli("approvals", "list", "--admin", url, "--token", ALICE)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert result.returncode == 1, result
+    assert "redirect" in result.stderr
+    assert seen == []
