@@ -13,7 +13,22 @@ upstream costs nothing and only the gateway is measured:
 Load comes from `wrk --latency` with a Lua script posting an MCP mix. The sidecar's CPU per
 request comes from /proc/PID/stat (utime + stime) deltas around each wrk run.
 
+Then (`--direct`, on by default when `h2load` is installed) the sidecar alone, without
+Envoy, over real gRPC: h2load (nghttp2-client) posts the CheckRequests Envoy would send for
+the same mix straight to `/envoy.service.auth.v3.Authorization/Check`, one kind after the
+other with request counts in the mix's proportions, against:
+
+a. a trivial grpc.aio servicer (`bench/trivial_authz.py`, a constant OK): grpc-python's floor;
+b. one `mcp-authz serve` (memory counters, as setup 3);
+c. two of them on two ports, each loaded by its own h2load with half the connections, at
+   the same time (memory counters, as setup 5: each process has its own quotas);
+d./e. optionally (`--direct-setups`) one and two processes with Redis counters.
+
+Every decision is checked against the sidecars' own `mcp_authz_decisions_total` (the
+trivial servicer's count when it stops): h2load sees HTTP 200 even for a gRPC error.
+
     PATH=$PWD/.venv/bin:$PATH .venv/bin/python bench/harness.py --rounds 2 --duration 5
+    PATH=$PWD/.venv/bin:$PATH .venv/bin/python bench/harness.py --setups '' --duration 5
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,15 +47,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from authz._pb.envoy.service.auth.v3 import (  # noqa: E402
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
 from authz.deploy import render_envoy_config, write_envoy_config  # noqa: E402
 from authz.grants import hash_token  # noqa: E402
 from authz.stack import LOOPBACK, find_envoy, free_port  # noqa: E402
@@ -377,15 +400,17 @@ def rss_mib(pid: int) -> float:
 
 @dataclass
 class Sidecar:
-    """One `mcp-authz serve` process (or the trivial servicer: `admin` is 0)."""
+    """One `mcp-authz serve` process (or the trivial servicer: `admin_port` is 0)."""
 
     proc: subprocess.Popen[bytes]
-    grpc: int
-    admin: int
+    grpc_port: int
+    admin_port: int
     log: Path
 
 
-def sidecar_argv(config_dir: Path, grpc: int, admin: int, redis_url: str | None) -> list[str]:
+def sidecar_argv(
+    config_dir: Path, grpc_port: int, admin_port: int, redis_url: str | None
+) -> list[str]:
     argv = [
         sys.executable,
         "-c",
@@ -394,9 +419,9 @@ def sidecar_argv(config_dir: Path, grpc: int, admin: int, redis_url: str | None)
         "--config",
         str(config_dir),
         "--grpc",
-        f"{LOOPBACK}:{grpc}",
+        f"{LOOPBACK}:{grpc_port}",
         "--admin",
-        f"{LOOPBACK}:{admin}",
+        f"{LOOPBACK}:{admin_port}",
         "--log-level",
         "warning",
     ]
@@ -406,18 +431,17 @@ def sidecar_argv(config_dir: Path, grpc: int, admin: int, redis_url: str | None)
 def start_sidecars(
     n: int, tag: str, work: Path, config_dir: Path, redis_url: str | None
 ) -> list[Sidecar]:
-    """Start n sidecar processes on free ports and wait until each answers /healthz. The
-    caller stops them (the list grows as they start, so a failure leaves none behind
-    unaccounted for: they are stopped in `finally` blocks via `stop_all`)."""
+    """Start n sidecar processes on free ports and wait until each answers /healthz; the
+    caller stops them with `stop_all` (on a failure here, those already started are)."""
     out: list[Sidecar] = []
     try:
         for k in range(n):
-            grpc, admin = free_port(), free_port()
+            grpc_port, admin_port = free_port(), free_port()
             # the audit stream (one JSON line per decision) goes to a file, as in the demo
             log = work / f"{tag}-sidecar{k}.log"
-            proc = start(sidecar_argv(config_dir, grpc, admin, redis_url), log)
-            out.append(Sidecar(proc, grpc, admin, log))
-            url = f"http://{LOOPBACK}:{admin}/healthz"
+            proc = start(sidecar_argv(config_dir, grpc_port, admin_port, redis_url), log)
+            out.append(Sidecar(proc, grpc_port, admin_port, log))
+            url = f"http://{LOOPBACK}:{admin_port}/healthz"
             wait_until(f"{tag} sidecar {k}", lambda u=url: http_status(u) == 200)
     except BaseException:
         stop_all(out)
@@ -450,9 +474,9 @@ def running_setup(
             cfg = plain_config(port, admin, native_filters() if setup == "native" else [])
         else:
             n = 2 if setup == "sidecar2" else 1
-            url = redis_url if setup == "redis" else None
-            sidecars = start_sidecars(n, setup, work, config_dir, url)
-            cfg = sidecar_config(port, admin, [s.grpc for s in sidecars])
+            store = redis_url if setup == "redis" else None
+            sidecars = start_sidecars(n, setup, work, config_dir, store)
+            cfg = sidecar_config(port, admin, [s.grpc_port for s in sidecars])
         path = work / f"envoy-{setup}.json"
         write_envoy_config(cfg, path)
         envoy = start(
@@ -543,14 +567,608 @@ def run_wrk(port: int, conns: int, duration: float, lua: Path) -> dict[str, Any]
     return res
 
 
+# -- the sidecar alone, over gRPC (h2load) ------------------------------------------------
+
+DIRECT_SETUPS = {
+    "trivial": "a trivial grpc.aio servicer (floor)",
+    "sidecar": "b 1 sidecar (memory)",
+    "sidecar2": "c 2 sidecars (memory)",
+    "redis": "d 1 sidecar (Redis)",
+    "redis2": "e 2 sidecars (Redis)",
+}
+DIRECT_DEFAULT = "trivial,sidecar,sidecar2"
+CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
+TRIVIAL = REPO / "bench" / "trivial_authz.py"
+# the addresses and ids a CheckRequest carries: fixed values in the shape Envoy sends them
+ENVOY_LISTENER = (LOOPBACK, 10000)
+CLIENT_PEER = (LOOPBACK, 40000)
+ROUTE_METADATA = {"upstream": "imagegen"}  # deploy/envoy.yaml's /mcp route, namespace mcp_authz
+DECISION_KINDS = ("allow", "deny:policy", "deny:rate_limited")
+"""The decisions the mix can produce (outcome, or outcome:kind); any other is a mismatch."""
+
+
+def direct_processes(setup: str) -> int:
+    return 2 if setup.endswith("2") else 1
+
+
+def check_request(kind: str, i: int) -> external_auth_pb2.CheckRequest:
+    """The CheckRequest Envoy sends the sidecar for `request_for(kind, i)`, with
+    deploy/envoy.yaml's ext_authz settings (body as raw_body, route metadata): the same
+    fields and headers, in Envoy's order, as one captured from Envoy 1.40 in setup 3."""
+    client_headers, body = request_for(kind, i)
+    raw = body.encode()
+    authority = f"{ENVOY_LISTENER[0]}:{ENVOY_LISTENER[1]}"
+    check = external_auth_pb2.CheckRequest()
+    attrs = check.attributes
+    attrs.source.address.socket_address.address = CLIENT_PEER[0]
+    attrs.source.address.socket_address.port_value = CLIENT_PEER[1]
+    attrs.destination.address.socket_address.address = ENVOY_LISTENER[0]
+    attrs.destination.address.socket_address.port_value = ENVOY_LISTENER[1]
+    attrs.request.time.GetCurrentTime()
+    http = attrs.request.http
+    http.id = str(6045741829322031174 + i)
+    http.method = "POST"
+    headers = {
+        "x-request-id": f"7f15403c-41bd-4980-a433-{i:012d}",
+        "x-forwarded-proto": "http",
+        "x-forwarded-for": CLIENT_PEER[0],
+        "x-envoy-external-address": CLIENT_PEER[0],
+        "x-envoy-auth-partial-body": "false",
+        **{k.lower(): v for k, v in client_headers.items()},
+        "content-length": str(len(raw)),
+        ":scheme": "http",
+        ":path": "/mcp",
+        ":method": "POST",
+        ":authority": authority,
+    }
+    http.headers.update(headers)
+    http.path = "/mcp"
+    http.host = authority
+    http.scheme = "http"
+    http.size = len(raw)
+    http.protocol = "HTTP/1.1"
+    http.raw_body = raw
+    attrs.metadata_context.SetInParent()
+    attrs.route_metadata_context.filter_metadata["mcp_authz"].update(ROUTE_METADATA)
+    return check
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: not compressed, 4-byte big-endian length."""
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def write_check_requests(work: Path) -> dict[str, Path]:
+    """One h2load body per kind of the mix (h2load posts the same body all run long)."""
+    out: dict[str, Path] = {}
+    for n, (kind, _) in enumerate(MIX, start=1):
+        path = work / f"check-{kind}.bin"
+        path.write_bytes(grpc_frame(check_request(kind, n).SerializeToString()))
+        out[kind] = path
+    return out
+
+
+def read_check_request(path: Path) -> external_auth_pb2.CheckRequest:
+    check: external_auth_pb2.CheckRequest = external_auth_pb2.CheckRequest.FromString(
+        path.read_bytes()[5:]
+    )
+    return check
+
+
+def probe_grpc(port: int, files: dict[str, Path]) -> dict[str, int]:
+    """Each h2load body once over a Python gRPC channel: the CheckResponse's status code
+    (0 allowed, 7 denied; the first calls of the rate-limited tool are allowed), -1 if
+    the call itself failed."""
+    out: dict[str, int] = {}
+    with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)  # type: ignore[no-untyped-call]
+        for kind, path in files.items():
+            try:
+                out[kind] = int(stub.Check(read_check_request(path), timeout=5).status.code)
+            except grpc.RpcError:
+                out[kind] = -1
+    return out
+
+
+def start_trivial(work: Path, tag: str) -> list[Sidecar]:
+    grpc_port = free_port()
+    log = work / f"{tag}.log"  # one per round: its last line is this process's count
+    proc = start([sys.executable, str(TRIVIAL), "--grpc", f"{LOOPBACK}:{grpc_port}"], log)
+    target = Sidecar(proc, grpc_port, 0, log)
+    try:
+        wait_until("trivial servicer", lambda: _tcp_open(grpc_port))
+    except BaseException:
+        stop_all([target])
+        raise
+    return [target]
+
+
+def trivial_checks(log: Path) -> int | None:
+    """The Checks the trivial servicer answered (it prints `checks N` when stopped)."""
+    m = re.search(r"^checks (\d+)$", log.read_text(errors="replace"), re.M)
+    return int(m.group(1)) if m else None
+
+
+DECISIONS = re.compile(r"^mcp_authz_decisions_total\{([^}]*)\} (\S+)$", re.M)
+
+
+def sidecar_decisions(admin: int) -> dict[str, int]:
+    """The sidecar's own count of decisions (`mcp_authz_decisions_total` on /metrics),
+    summed by "outcome" or "outcome:kind"."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{admin}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, int] = {}
+    for m in DECISIONS.finditer(text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        key = labels.get("outcome", "?") + (f":{labels['kind']}" if labels.get("kind") else "")
+        out[key] = out.get(key, 0) + int(float(m.group(2)))
+    return out
+
+
+def add_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def children_cpu_seconds() -> float:
+    """utime + stime of this process's finished children (the h2load runs: the processes
+    under test are still running, so they are not in it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_h2load(port: int, conns: int, n: int, data: Path, log: Path) -> dict[str, Any]:
+    """`n` POSTs of one gRPC body on `conns` HTTP/2 connections, one stream each. h2load
+    sees HTTP statuses only (a gRPC error is a 200 too): the caller checks the decisions."""
+    argv = [
+        "h2load",
+        "-n",
+        str(n),
+        "-c",
+        str(conns),
+        "-m",
+        "1",
+        "-t",
+        "1",
+        "-d",
+        str(data),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--log-file",
+        str(log),
+        f"http://{LOOPBACK}:{port}{CHECK_PATH}",
+    ]
+    res: dict[str, Any] = {"requests": 0, "seconds": 0.0, "failed": 0, "errored": 0}
+    res.update(non_2xx=0, latencies_us=[], error="")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=n / 50 + 60)
+    except subprocess.TimeoutExpired:
+        res["error"] = f"h2load timed out ({n} requests)"
+        return res
+    out = done.stdout
+    finished = re.search(r"^finished in (\S+),", out, re.M)
+    counts = re.search(
+        r"^requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored",
+        out,
+        re.M,
+    )
+    statuses = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
+    if done.returncode != 0 or not (finished and counts and statuses):
+        res["error"] = f"h2load exit {done.returncode}: {(done.stderr or out)[-300:]}"
+        return res
+    res["seconds"] = to_ms(finished.group(1).rstrip(",")) / 1e3
+    res["requests"] = int(counts.group(1))
+    res["failed"], res["errored"] = int(counts.group(2)), int(counts.group(3))
+    res["non_2xx"] = sum(int(statuses.group(k)) for k in (2, 3, 4))
+    with contextlib.suppress(OSError):
+        res["latencies_us"] = [
+            int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.strip()
+        ]
+    return res
+
+
+def mix_counts(total: float, conns: int) -> dict[str, int]:
+    """Requests per kind, proportional to the mix's shares (at least one per connection)."""
+    weights = sum(w for _, w in MIX)
+    return {kind: max(conns, round(total * w / weights)) for kind, w in MIX}
+
+
+def run_mix(
+    port: int, conns: int, counts: dict[str, int], files: dict[str, Path], logs: Path
+) -> dict[str, Any]:
+    """The mix as one run: each kind in turn, `counts[kind]` requests of it. The run's time
+    is the sum of h2load's own times, so mix req/s = total decisions / total time."""
+    runs = {
+        kind: run_h2load(port, conns, counts[kind], files[kind], logs / f"{port}-{kind}.tsv")
+        for kind, _ in MIX
+    }
+    return {
+        "requests": sum(r["requests"] for r in runs.values()),
+        "seconds": sum(r["seconds"] for r in runs.values()),
+        "failed": sum(r["failed"] + r["errored"] for r in runs.values()),
+        "non_2xx": sum(r["non_2xx"] for r in runs.values()),
+        "latencies_us": [t for r in runs.values() for t in r["latencies_us"]],
+        "kind_rps": {
+            k: r["requests"] / r["seconds"] if r["seconds"] else 0.0 for k, r in runs.items()
+        },
+        "sent": {k: r["requests"] for k, r in runs.items()},
+        "errors": [f"{k}: {r['error']}" for k, r in runs.items() if r["error"]],
+    }
+
+
+def in_parallel(
+    targets: list[Sidecar], work: Callable[[Sidecar], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`work(target)` for every target at once (one h2load per process), in target order."""
+    with ThreadPoolExecutor(len(targets)) as pool:
+        return list(pool.map(work, targets))
+
+
+def calibrate(
+    targets: list[Sidecar], conns: int, files: dict[str, Path], logs: Path
+) -> list[dict[str, Any]]:
+    """Warm-up and rate estimate: the allowed tools/call on every process at once,
+    max(200, 100 x conns) requests each."""
+    n = max(200, 100 * conns)
+    path = files["call_allowed"]
+    return in_parallel(
+        targets, lambda t: run_h2load(t.grpc_port, conns, n, path, logs / f"{t.grpc_port}-warm.tsv")
+    )
+
+
+def percentiles_ms(latencies_us: list[int]) -> dict[str, float | None]:
+    if len(latencies_us) < 2:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None}
+    cuts = statistics.quantiles(latencies_us, n=100)
+    return {
+        "p50_ms": cuts[49] / 1e3,
+        "p90_ms": cuts[89] / 1e3,
+        "p99_ms": cuts[98] / 1e3,
+        "mean_ms": statistics.fmean(latencies_us) / 1e3,
+    }
+
+
+def verify_decisions(decisions: dict[str, int], sent: dict[str, int]) -> str:
+    """What differs between the sidecars' decisions and what was sent (every request
+    decided, each denied-tool call a policy denial, no other kind of decision); empty if
+    nothing does."""
+    problems = []
+    total, expected = sum(decisions.values()), sum(sent.values())
+    if total != expected:
+        problems.append(f"{total} decisions for {expected} requests")
+    if decisions.get("deny:policy", 0) != sent.get("call_denied", 0):
+        problems.append(
+            f"{decisions.get('deny:policy', 0)} policy denials for "
+            f"{sent.get('call_denied', 0)} denied-tool calls"
+        )
+    other = {k: v for k, v in decisions.items() if k not in DECISION_KINDS and v}
+    if other:
+        problems.append(f"unexpected decisions {other}")
+    return "; ".join(problems)
+
+
+def measure_direct(
+    targets: list[Sidecar],
+    conns_each: int,
+    duration: float,
+    files: dict[str, Path],
+    logs: Path,
+    sent_total: dict[int, int],
+) -> dict[str, Any]:
+    """One measured mix on every target at once, sized to last about `duration` seconds:
+    decisions/s = all decisions / the slowest process's time; CPU = utime + stime of every
+    process; the decisions are checked against the sidecars' own count."""
+    warm = calibrate(targets, conns_each, files, logs)
+    rates = [w["requests"] / w["seconds"] if w["seconds"] else 1.0 for w in warm]
+    counts = [mix_counts(rate * duration, conns_each) for rate in rates]
+    sidecars = [t for t in targets if t.admin_port]
+    dec0 = [sidecar_decisions(t.admin_port) for t in sidecars]
+    cpu0 = sum(cpu_seconds(t.proc.pid) for t in targets)
+    load0 = children_cpu_seconds()
+    plan = dict(zip((t.grpc_port for t in targets), counts, strict=True))
+    mixes = in_parallel(
+        targets, lambda t: run_mix(t.grpc_port, conns_each, plan[t.grpc_port], files, logs)
+    )
+    cpu = sum(cpu_seconds(t.proc.pid) for t in targets) - cpu0
+    load_cpu = children_cpu_seconds() - load0
+    rss = [rss_mib(t.proc.pid) for t in targets]
+    dec1 = [sidecar_decisions(t.admin_port) for t in sidecars]
+    for t, w, m in zip(targets, warm, mixes, strict=True):
+        sent_total[t.grpc_port] += (
+            w["requests"] + w["failed"] + w["errored"] + sum(m["sent"].values())
+        )
+    requests = sum(m["requests"] for m in mixes)
+    seconds = max(m["seconds"] for m in mixes)
+    sent = add_counts([m["sent"] for m in mixes])
+    decisions = add_counts(
+        [{k: v - d0.get(k, 0) for k, v in d1.items()} for d0, d1 in zip(dec0, dec1, strict=True)]
+    )
+    errors = [f"warm-up: {w['error']}" for w in warm if w["error"]]
+    errors += [e for m in mixes for e in m["errors"]]
+    row: dict[str, Any] = {
+        "processes": len(targets),
+        "connections": conns_each * len(targets),
+        "requests": requests,
+        "seconds": seconds,
+        "rps": requests / seconds if seconds else 0.0,
+        "process_rps": [m["requests"] / m["seconds"] if m["seconds"] else 0.0 for m in mixes],
+        "kind_rps": [m["kind_rps"] for m in mixes],
+        **percentiles_ms([t for m in mixes for t in m["latencies_us"]]),
+        "failed": sum(m["failed"] for m in mixes),
+        "non_2xx": sum(m["non_2xx"] for m in mixes),
+        "cpu_us_per_decision": cpu / requests * 1e6 if requests else None,
+        "h2load_cpu_us_per_decision": load_cpu / requests * 1e6 if requests else None,
+        "rss_mib": max(rss),
+        "rss_mib_each": rss,
+        "sent": sent,
+        "decisions": decisions if sidecars else None,
+        "mismatch": verify_decisions(decisions, sent) if sidecars else None,
+        "errors": errors,
+        "load1": os.getloadavg()[0],
+    }
+    return row
+
+
+def start_direct(
+    setup: str, rnd: int, work: Path, config_dir: Path, redis_url: str | None
+) -> list[Sidecar]:
+    tag = f"direct-{setup}-r{rnd}"
+    if setup == "trivial":
+        return start_trivial(work, tag)
+    store = redis_url if setup.startswith("redis") else None
+    return start_sidecars(direct_processes(setup), tag, work, config_dir, store)
+
+
+def run_direct_setup(
+    setup: str,
+    rnd: int,
+    conns: list[int],
+    duration: float,
+    work: Path,
+    config_dir: Path,
+    files: dict[str, Path],
+    redis_url: str | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
+    """Fresh processes for one setup and round: a gRPC probe of each body on each process,
+    then one measured mix per connection count (split evenly over the processes)."""
+    n = direct_processes(setup)
+    targets = start_direct(setup, rnd, work, config_dir, redis_url)
+    sent_total = {t.grpc_port: 0 for t in targets}
+    logs = work / "h2load"
+    logs.mkdir(exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    try:
+        probes = [probe_grpc(t.grpc_port, files) for t in targets]
+        for t in targets:
+            sent_total[t.grpc_port] += len(files)
+        for c in conns:
+            if c < n:
+                continue
+            row = measure_direct(targets, c // n, duration, files, logs, sent_total)
+            row.update(setup=setup, round=rnd)
+            rows.append(row)
+            print(
+                f"direct round {rnd} {setup:8s} c={row['connections']:3d} "
+                f"decisions/s={row['rps']:8.1f} p50={_fmt(row['p50_ms'])} "
+                f"p99={_fmt(row['p99_ms'])} cpu_us/decision={_fmt(row['cpu_us_per_decision'], 0)} "
+                f"rss={_fmt(row['rss_mib'], 1)} failed={row['failed']} "
+                f"decisions={row['decisions']} mismatch={row['mismatch']!r} errors={row['errors']}",
+                flush=True,
+            )
+    finally:
+        stop_all(targets)
+    if setup == "trivial":
+        served = trivial_checks(targets[0].log)
+        total = sum(sent_total.values())
+        mismatch = "" if served == total else f"{served} Checks answered for {total} sent"
+        print(f"direct round {rnd} trivial: {served} Checks answered, {total} sent", flush=True)
+        for row in rows:
+            row["mismatch"] = mismatch
+    return rows, probes
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def run_direct(
+    setups: list[str],
+    conns: list[int],
+    rounds: int,
+    duration: float,
+    work: Path,
+    config_dir: Path,
+    redis_url: str | None,
+) -> dict[str, Any]:
+    """The sidecar alone: every direct setup, fresh in each round, loaded by h2load over
+    real gRPC. A setup that fails is recorded in `errors`; the others still run."""
+    files = write_check_requests(work)
+    results: list[dict[str, Any]] = []
+    probes: dict[str, list[dict[str, int]]] = {}
+    errors: list[str] = []
+    for rnd in range(1, rounds + 1):
+        for setup in setups:
+            try:
+                rows, probe = run_direct_setup(
+                    setup, rnd, conns, duration, work, config_dir, files, redis_url
+                )
+            except Exception as exc:  # one setup failing must not lose the rest
+                errors.append(f"round {rnd} {setup}: {exc!r}")
+                print(f"direct round {rnd} {setup}: FAILED {exc!r}", flush=True)
+                continue
+            results += rows
+            probes.setdefault(setup, probe)
+    summary = summarize_direct(results, setups)
+    return {
+        "setups": setups,
+        "connections": conns,
+        "duration": duration,
+        "body_bytes": {kind: path.stat().st_size for kind, path in files.items()},
+        "probes": probes,
+        "summary": summary,
+        "ratios": direct_ratios(summary),
+        "errors": errors,
+        "results": results,
+    }
+
+
+def summarize_direct(results: list[dict[str, Any]], setups: list[str]) -> dict[str, Any]:
+    """Per setup and connection count: medians over the rounds (req/s also min-max), the
+    max RSS, and whether every run was verified."""
+    out: dict[str, Any] = {}
+    for setup in setups:
+        for c in sorted({r["connections"] for r in results if r["setup"] == setup}):
+            rows = [r for r in results if r["setup"] == setup and r["connections"] == c]
+
+            def med(key: str, rows: list[dict[str, Any]] = rows) -> float | None:
+                vals = [r[key] for r in rows if r.get(key) is not None]
+                return statistics.median(vals) if vals else None
+
+            problems = [f"round {r['round']}: {run_problems(r)}" for r in rows if run_problems(r)]
+            out[f"{setup}@{c}"] = {
+                "processes": rows[0]["processes"],
+                "rps": med("rps"),
+                "rps_min": min(r["rps"] for r in rows),
+                "rps_max": max(r["rps"] for r in rows),
+                "p50_ms": med("p50_ms"),
+                "p90_ms": med("p90_ms"),
+                "p99_ms": med("p99_ms"),
+                "mean_ms": med("mean_ms"),
+                "cpu_us_per_decision": med("cpu_us_per_decision"),
+                "h2load_cpu_us_per_decision": med("h2load_cpu_us_per_decision"),
+                "rss_mib": max(r["rss_mib"] for r in rows),
+                "verified": not problems,
+                "problems": problems,
+            }
+    for key, row in out.items():
+        floor = out.get("trivial@" + key.split("@")[1])
+        row["x_floor"] = row["rps"] / floor["rps"] if floor and floor["rps"] else None
+    return out
+
+
+def run_problems(row: dict[str, Any]) -> str:
+    """Why a direct run does not count as verified; empty if it does."""
+    found = [row["mismatch"]] if row["mismatch"] else []
+    if row["failed"] or row["non_2xx"]:
+        found.append(f"h2load: {row['failed']} failed, {row['non_2xx']} non-2xx")
+    return "; ".join(found + row["errors"])
+
+
+def direct_ratios(s: dict[str, Any]) -> dict[str, float]:
+    """2 processes / 1 process (same counter store) and 1 process / the trivial floor."""
+    out: dict[str, float] = {}
+    for key, row in s.items():
+        setup, c = key.split("@")
+        if not row["rps"]:
+            continue
+        if setup in ("sidecar2", "redis2") and s.get(f"{setup[:-1]}@{c}", {}).get("rps"):
+            out[f"{setup}/{setup[:-1]}@{c}"] = row["rps"] / s[f"{setup[:-1]}@{c}"]["rps"]
+        if setup in ("sidecar", "redis") and row.get("x_floor"):
+            out[f"{setup}/trivial@{c}"] = row["x_floor"]
+    return out
+
+
+def direct_targets(direct: dict[str, Any]) -> dict[str, Any]:
+    ratio = direct["ratios"].get("sidecar2/sidecar@16")
+    if ratio is None:
+        return {}
+    return {"two_sidecars_direct_16_ge_1.6x": {"value": round(ratio, 3), "met": ratio >= 1.6}}
+
+
+def print_direct_table(direct: dict[str, Any]) -> None:
+    print()
+    print(
+        "| setup (sidecar alone, h2load over gRPC) | procs | conns | decisions/s (min-max) | "
+        "x floor | p50 ms | p90 ms | p99 ms | mean ms | CPU µs/decision | h2load CPU µs/decision | "
+        "RSS MiB | verified |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for key, row in direct["summary"].items():
+        setup, c = key.split("@")
+        verified = "yes" if row["verified"] else "NO: " + " | ".join(row["problems"])
+        print(
+            f"| {DIRECT_SETUPS[setup]} | {row['processes']} | {c} | {row['rps']:,.0f} "
+            f"({row['rps_min']:,.0f}-{row['rps_max']:,.0f}) | {_fmt(row['x_floor'], 2)} | "
+            f"{_fmt(row['p50_ms'])} | {_fmt(row['p90_ms'])} | {_fmt(row['p99_ms'])} | "
+            f"{_fmt(row['mean_ms'])} | {_fmt(row['cpu_us_per_decision'], 0)} | "
+            f"{_fmt(row['h2load_cpu_us_per_decision'], 0)} | "
+            f"{_fmt(row['rss_mib'], 1)} | {verified} |"
+        )
+    print()
+    for name, ratio in direct["ratios"].items():
+        print(f"direct ratio {name}: {ratio:.2f}")
+    for error in direct["errors"]:
+        print(f"direct error: {error}")
+    print("direct probes (CheckResponse status per body, per process, first round):")
+    print("  " + json.dumps(direct["probes"]))
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
+def direct_plan(args: argparse.Namespace, notes: dict[str, str]) -> list[str]:
+    """The direct setups to run: none with --no-direct; none, with a note, when h2load is
+    missing (never an error: the Envoy part still runs); Redis ones only with redis-server."""
+    if args.direct is False:
+        return []
+    setups = [s for s in args.direct_setups.split(",") if s]
+    unknown = [s for s in setups if s not in DIRECT_SETUPS]
+    if unknown:
+        raise SystemExit(f"unknown --direct-setups {unknown}; choose from {list(DIRECT_SETUPS)}")
+    if shutil.which("h2load") is None:
+        notes["direct"] = (
+            "skipped the sidecar-alone part: h2load not found (apt-get install -y nghttp2-client)"
+        )
+        print(f"note: {notes['direct']}", flush=True)
+        return []
+    if any(s.startswith("redis") for s in setups) and shutil.which("redis-server") is None:
+        notes["direct_redis"] = "skipped direct Redis setups: redis-server not found"
+        setups = [s for s in setups if not s.startswith("redis")]
+    if any(direct_processes(s) > 1 for s in setups):
+        notes["direct_connections"] = (
+            "2-process setups: each process gets half the connections (one h2load each, "
+            "run at the same time); they skip connection counts below 2"
+        )
+    return setups
+
+
+def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on a free loopback port, no persistence."""
+    rport = free_port()
+    redis = start(
+        [
+            "redis-server",
+            "--port",
+            str(rport),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        work / "redis.log",
+    )
+    try:
+        wait_until("redis", lambda: _tcp_open(rport))
+    except BaseException:
+        stop(redis)
+        raise
+    return redis, f"redis://{LOOPBACK}:{rport}/0"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install -y wrk")
     conns = [int(c) for c in args.connections.split(",")]
+    direct_conns = [int(c) for c in args.direct_connections.split(",")]
     setups = [s for s in args.setups.split(",") if s]
+    if setups and shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
     work = Path(tempfile.mkdtemp(prefix="mcp-authz-hop-"))
     config_dir = write_config(work / "config")
     lua = work / "mix.lua"
@@ -575,25 +1193,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if check.returncode != 0:
             notes["native"] = "skipped: config did not validate: " + check.stdout[-400:]
             setups.remove("native")
+    direct_setups = direct_plan(args, notes)
+    direct: dict[str, Any] | None = None
     try:
-        if "redis" in setups:
-            rport = free_port()
-            redis = start(
-                [
-                    "redis-server",
-                    "--port",
-                    str(rport),
-                    "--bind",
-                    LOOPBACK,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                work / "redis.log",
-            )
-            redis_url = f"redis://{LOOPBACK}:{rport}/0"
-            wait_until("redis", lambda: redis is not None and _tcp_open(rport))
+        if "redis" in setups or any(s.startswith("redis") for s in direct_setups):
+            redis, redis_url = start_redis(work)
         for rnd in range(1, args.rounds + 1):
             for setup in setups:
                 with running_setup(setup, work, config_dir, redis_url) as env:
@@ -630,12 +1234,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"decisions={decisions}",
                             flush=True,
                         )
+        if direct_setups:
+            direct = run_direct(
+                direct_setups,
+                direct_conns,
+                args.rounds,
+                args.direct_duration or args.duration,
+                work,
+                config_dir,
+                redis_url,
+            )
     finally:
         if redis is not None:
             stop(redis)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarize(results, setups, conns)
+    goals = targets(summary)
+    if direct is not None:
+        goals.update(direct_targets(direct))
     return {
         "command": " ".join(sys.argv),
         "rounds": args.rounds,
@@ -646,8 +1263,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": notes,
         "probes": probes,
         "summary": summary,
-        "targets": targets(summary),
+        "targets": goals,
         "results": results,
+        "direct": direct,
     }
 
 
@@ -711,7 +1329,21 @@ def targets(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    s = report["summary"]
+    if report["summary"]:
+        print_envoy_table(report["summary"])
+    if report["direct"] is not None:
+        print_direct_table(report["direct"])
+    print()
+    for name, t in report["targets"].items():
+        print(f"{name}: {t['value']} -> {'MET' if t['met'] else 'NOT MET'}")
+    for name, note in report["notes"].items():
+        print(f"note {name}: {note}")
+    if report["probes"]:
+        print("probes (status per kind, first round):", json.dumps(report["probes"]))
+    print(f"elapsed {report['elapsed_s']} s")
+
+
+def print_envoy_table(s: dict[str, Any]) -> None:
     print()
     print(
         "| setup | conns | req/s (min-max) | x plain | p50 ms | p90 ms | p99 ms | "
@@ -732,13 +1364,6 @@ def print_table(report: dict[str, Any]) -> None:
             f"{f(row['sidecar_cpu_us_per_req'], '{:.0f}')} | "
             f"{f(row['envoy_cpu_us_per_req'], '{:.0f}')} | {f(row['sidecar_rss_mib'], '{:.1f}')} |"
         )
-    print()
-    for name, t in report["targets"].items():
-        print(f"{name}: {t['value']} -> {'MET' if t['met'] else 'NOT MET'}")
-    for name, note in report["notes"].items():
-        print(f"note {name}: {note}")
-    print("probes (status per kind, first round):", json.dumps(report["probes"]))
-    print(f"elapsed {report['elapsed_s']} s")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -746,7 +1371,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--connections", default="1,16,64")
-    p.add_argument("--setups", default=",".join(SETUPS), help="subset, comma-separated")
+    p.add_argument(
+        "--setups",
+        default=",".join(SETUPS),
+        help="Envoy setups, a comma-separated subset ('' for none)",
+    )
+    p.add_argument(
+        "--direct",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after the Envoy setups, load the sidecar alone over gRPC with h2load "
+        "(default: on when h2load is installed)",
+    )
+    p.add_argument(
+        "--direct-setups",
+        default=DIRECT_DEFAULT,
+        help=f"direct setups, comma-separated, of {','.join(DIRECT_SETUPS)}",
+    )
+    p.add_argument("--direct-connections", default="1,16", help="h2load connections in all")
+    p.add_argument(
+        "--direct-duration", type=float, help="seconds per direct mix (default --duration)"
+    )
     p.add_argument("--json-out", type=Path)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return p.parse_args(argv)
