@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= parser policy
 
-.PHONY: venv system-deps demo test test-unit test-e2e lint fmt protos schema clean
+.PHONY: venv system-deps bench-deps demo test test-unit test-e2e bench lint fmt protos schema clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,16 @@ test-unit: venv system-deps
 
 test-e2e: venv system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/e2e $(PYTEST_ARGS)
+
+# The decision-hop benchmark (bench/README.md): Debian's wrk and h2load (nghttp2-client).
+bench-deps:
+	@{ command -v wrk >/dev/null && command -v h2load >/dev/null; } || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk nghttp2-client; }
+
+bench: venv bench-deps
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/harness.py $(BENCH_ARGS)
+	$(BIN)/python bench/inprocess.py
 
 lint: venv
 	$(BIN)/ruff check authz imagegen_upstream tests scripts fuzz bench

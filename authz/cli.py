@@ -401,12 +401,20 @@ def _admin_client_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--admin",
+        "--admin-url",
+        "--url",
+        dest="admin",
         metavar="URL",
         help="admin API: URL or HOST:PORT "
         f"(default $MCP_AUTHZ_ADMIN_URL, else {DEFAULT_ADMIN_URL})",
     )
     tokens = common.add_mutually_exclusive_group()
-    tokens.add_argument("--token", help="approver token (default $MCP_AUTHZ_ADMIN_TOKEN)")
+    tokens.add_argument(
+        "--token",
+        "--admin-token",
+        dest="token",
+        help="approver token (default $MCP_AUTHZ_ADMIN_TOKEN)",
+    )
     tokens.add_argument("--token-file", metavar="PATH", help="read the approver token from PATH")
     common.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", help="print the API's JSON")
