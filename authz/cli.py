@@ -369,11 +369,14 @@ def _approvals_show(args: argparse.Namespace) -> int:
 
 
 def _approvals_decide(args: argparse.Namespace, *, approve: bool) -> int:
+    if args.reason is not None and args.reason_words:
+        raise _CliError(2, "give the reason once: --reason TEXT or as words after the id")
+    reason = args.reason if args.reason is not None else " ".join(args.reason_words) or None
+    if reason is None and not approve:
+        raise _CliError(2, "deny needs a reason (--reason TEXT): the agent is shown it")
     body: dict[str, Any] | None = None
-    if args.reason is not None:
-        body = {"reason": args.reason}
-    elif not approve:
-        body = {}
+    if reason is not None:
+        body = {"reason": reason}
     action = "approve" if approve else "deny"
     approval = _call_admin(args, "POST", _approval_path(args.id, f"/{action}"), body)
     if args.json:
@@ -507,10 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
     aapprove = approvals_sub.add_parser("approve", parents=[common], help="approve a held call")
     aapprove.add_argument("id")
     aapprove.add_argument("--reason", help="why (optional)")
+    aapprove.add_argument("reason_words", nargs="*", metavar="REASON", help=argparse.SUPPRESS)
     aapprove.set_defaults(approvals_func=_approvals_approve)
     adeny = approvals_sub.add_parser("deny", parents=[common], help="deny a held call")
     adeny.add_argument("id")
-    adeny.add_argument("--reason", required=True, help="why (shown to the agent)")
+    adeny.add_argument("--reason", help="why (required; shown to the agent)")
+    adeny.add_argument(
+        "reason_words", nargs="*", metavar="REASON", help="the reason, instead of --reason"
+    )
     adeny.set_defaults(approvals_func=_approvals_deny)
     return parser
 

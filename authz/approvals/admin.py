@@ -352,9 +352,14 @@ class _ApprovalsApi:
                     f"{STALE_MESSAGE} ({stale})",
                     extra={"status": current.status.value, "stale": True},
                 )
-        decided = await self.store.decide(
-            approval_id, approve=approve, approver=approver.id, reason=reason, now=now
-        )
+        try:
+            decided = await self.store.decide(
+                approval_id, approve=approve, approver=approver.id, reason=reason, now=now
+            )
+        except ApprovalConflict as exc:
+            if exc.approval.status is ApprovalStatus.EXPIRED:
+                self._observe("expired")  # a person acted too late: worth a dashboard
+            raise
         action = "approved" if approve else "denied"
         log_approval(action, decided, approver=approver.id)
         self._observe(action)

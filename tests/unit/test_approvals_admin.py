@@ -410,6 +410,8 @@ def test_decisions_on_unknown_or_expired_approvals(admin: RunningAdmin) -> None:
     assert "expired" in response.json()["error"] and response.json()["status"] == "expired"
     response = call(admin, "POST", f"/approvals/{expired.id}/deny", body={"reason": "late"})
     assert response.status_code == 409
+    metrics = call(admin, "GET", "/metrics", token=None).text
+    assert 'mcp_authz_approvals_total{action="expired"} 2.0' in metrics
 
 
 # -- stale approvals ------------------------------------------------------------------------

@@ -259,3 +259,18 @@ def test_a_redirect_is_refused_and_the_token_stays_home() -> None:
     assert result.returncode == 1, result
     assert "redirect" in result.stderr
     assert seen == []
+
+
+def test_the_reason_may_follow_the_id_as_words(admin: RunningAdmin) -> None:
+    approval = admin.hold()
+    both = approvals(admin, "deny", approval.id, "too", "costly", "--reason", "x")
+    assert both.returncode == 2
+    result = approvals(admin, "deny", approval.id, "too", "costly")
+    assert result.returncode == 0, result.stderr
+    stored = admin.run(admin.store.get(approval.id, time.time()))
+    assert stored.status is ApprovalStatus.DENIED and stored.reason == "too costly"
+    other = admin.hold(arguments={"prompt": "another"})
+    approved = approvals(admin, "approve", other.id, "looks", "fine")
+    assert approved.returncode == 0, approved.stderr
+    stored = admin.run(admin.store.get(other.id, time.time()))
+    assert stored.status is ApprovalStatus.APPROVED and stored.reason == "looks fine"
