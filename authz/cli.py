@@ -42,6 +42,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             redis_timeout=args.redis_timeout,
             redis_fail_open=args.redis_fail_open or None,
             approval_webhook=args.approval_webhook,
+            approvals_remote=args.approvals_remote or None,
         )
     except SettingsError as exc:
         print(f"mcp-authz serve: {exc}", file=sys.stderr)
@@ -454,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="POST each new pending approval here (http/https); signing secret: "
         "$MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET",
+    )
+    serve.add_argument(
+        "--approvals-remote",
+        action="store_true",
+        help="serve the approvals API to non-loopback clients too (default: loopback only; "
+        "probes and /metrics are always served)",
     )
     serve.set_defaults(func=_cmd_serve)
 

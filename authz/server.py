@@ -164,6 +164,7 @@ def admin_app(
     *,
     approvals: ApprovalStore | None = None,
     notifier: WebhookNotifier | None = None,
+    approvals_remote: bool = False,
 ) -> Starlette:
     """/healthz, /readyz, /metrics (open) and, with an approval store, /approvals (approvers
     only)."""
@@ -188,7 +189,7 @@ def admin_app(
         Route("/metrics", metrics_endpoint),
     ]
     if approvals is not None:
-        routes += approval_routes(config, approvals, metrics=metrics)
+        routes += approval_routes(config, approvals, metrics=metrics, allow_remote=approvals_remote)
     return Starlette(routes=routes)
 
 
@@ -314,6 +315,7 @@ class Sidecar:
                     self.metrics,
                     approvals=self.approvals,
                     notifier=self.notifier,
+                    approvals_remote=s.approvals_remote,
                 ),
                 host=s.admin_host,
                 port=s.admin_port,

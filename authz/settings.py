@@ -38,6 +38,8 @@ class Settings:
     redis_prefix: str = "mcp-authz"
     redis_timeout: float = 0.25
     """Seconds one Redis operation may take before the call fails closed (or open)."""
+    approvals_remote: bool = False
+    """Serve the approvals API to non-loopback clients too (default: loopback peers only)."""
     redis_fail_open: bool = False
     """Allow tool calls (logged as fail-open) when the counter store cannot answer."""
     approval_webhook: str | None = None
@@ -64,6 +66,7 @@ class Settings:
         redis_timeout: float | None = None,
         redis_fail_open: bool | None = None,
         approval_webhook: str | None = None,
+        approvals_remote: bool | None = None,
     ) -> Settings:
         """Flags win over environment variables (MCP_AUTHZ_*), which win over defaults."""
         config_dir = config or os.environ.get("MCP_AUTHZ_CONFIG")
@@ -99,6 +102,7 @@ class Settings:
         # The secret comes from the environment only: command lines are visible to others.
         secret = os.environ.get("MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET") or None
         return cls(
+            approvals_remote=_flag(approvals_remote, "MCP_AUTHZ_APPROVALS_REMOTE"),
             approval_webhook=webhook,
             approval_webhook_secret=secret,
             redis_url=url,

@@ -22,6 +22,7 @@ too large, 503 the approval store cannot answer.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
@@ -218,17 +219,29 @@ class _ApprovalsApi:
         store: ApprovalStore,
         metrics: Metrics | None,
         clock: Callable[[], float],
+        allow_remote: bool = False,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self.allow_remote = allow_remote
 
     # -- plumbing -------------------------------------------------------------------
 
     def authenticate(self, request: Request) -> Approver:
         approvers = self.config.current.approvers
         client = request.client.host if request.client else None
+        if not self.allow_remote and not _is_loopback(client):
+            # the TCP peer, never a header: deployments bind the admin listener to every
+            # interface for probes and scrapes, approvers still come in over loopback
+            log.warning("approval_admin_refused", reason="not loopback", client=client)
+            raise _Refusal(
+                403,
+                "the approvals API answers loopback clients only: use it from the sidecar's "
+                "host or pod (kubectl port-forward, docker compose exec), or start the "
+                "sidecar with --approvals-remote",
+            )
         if len(approvers) == 0:
             log.warning("approval_admin_unauthorized", reason="no approvers", client=client)
             raise _Refusal(
@@ -366,15 +379,26 @@ class _ApprovalsApi:
         return JSONResponse(_present(decided.view(now), config), headers=_NO_STORE)
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def approval_routes(
     config: ConfigSource,
     store: ApprovalStore,
     *,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
+    allow_remote: bool = False,
 ) -> list[BaseRoute]:
-    """The /approvals routes, to add to the admin Starlette app."""
-    api = _ApprovalsApi(config, store, metrics, clock)
+    """The /approvals routes, to add to the admin Starlette app. Unless `allow_remote`,
+    they answer only clients whose TCP peer address is loopback (403 otherwise)."""
+    api = _ApprovalsApi(config, store, metrics, clock, allow_remote)
     return [
         Route("/approvals", api.endpoint("GET", api.list_approvals), methods=_ALL_METHODS),
         Route("/approvals/{approval_id}", api.endpoint("GET", api.show), methods=_ALL_METHODS),

@@ -416,3 +416,19 @@ def test_images_match_the_compose_file(docs: list[Doc]) -> None:
     for key, image in images.items():
         deployment, name = key.split("/")
         assert container(docs, deployment, name)["image"] == image, key
+
+
+def test_every_sidecar_config_volume_carries_grants_and_approvers(docs: list[Doc]) -> None:
+    """Without approvers.json nobody can approve a held call: every sidecar, in the gateway
+    layout and under Istio, gets it from the grants Secret next to grants.json."""
+    found = 0
+    for name, spec in all_pod_specs(docs):
+        for volume in spec.get("volumes", []):
+            for source in volume.get("projected", {}).get("sources", []):
+                secret = source.get("secret")
+                if secret is None or secret["name"] != "mcp-authz-grants":
+                    continue
+                found += 1
+                keys = {item["key"] for item in secret["items"]}
+                assert keys == {"grants.json", "approvers.json"}, (name, keys)
+    assert found == 2

@@ -501,3 +501,43 @@ def test_readiness_reports_approvals_and_approvers(admin: RunningAdmin) -> None:
     assert report["approvals"] == "memory (1 approvals)"
     assert report["approvers"] == 2
     assert report["approval_webhook"] is None
+
+
+# -- who may connect ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "remote", "status"),
+    [
+        ("10.1.2.3", False, 403),
+        ("2001:db8::7", False, 403),
+        ("10.1.2.3", True, 200),
+        ("127.0.0.1", False, 200),
+        ("::1", False, 200),
+    ],
+)
+def test_approvals_answer_loopback_peers_unless_remote_is_allowed(
+    tmp_path: Path, peer: str, remote: bool, status: int
+) -> None:
+    """The check uses the TCP peer (deployments bind the admin listener to every interface
+    for probes); probes and /metrics stay open to everyone."""
+    from starlette.testclient import TestClient
+
+    source = ConfigSource.open(write_config(tmp_path / "config"))
+    counters = MemoryCounterStore()
+    app = admin_app(
+        source,
+        counters,
+        StoreHealth(counters, shared=False),
+        False,
+        Metrics(source),
+        approvals=MemoryApprovalStore(),
+        approvals_remote=remote,
+    )
+    with TestClient(app, client=(peer, 50000)) as client:
+        listed = client.get("/approvals", headers={"Authorization": f"Bearer {ALICE}"})
+        assert listed.status_code == status, listed.text
+        if status == 403:
+            assert "loopback" in listed.json()["error"]
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200
