@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -66,8 +66,12 @@ class StoreHealth:
         shared: bool,
         interval: float = 1.0,
         on_change: Callable[[bool], Awaitable[None]] | None = None,
+        also: Sequence[Any] = (),
     ) -> None:
         self.store = store
+        self.also = tuple(also)
+        """Further shared stores to ping with it (the Redis approval store, whose shard may
+        differ from the counters' on a Redis Cluster)."""
         self.shared = shared
         self.interval = interval
         self.on_change = on_change
@@ -77,14 +81,24 @@ class StoreHealth:
         self._task: asyncio.Task[None] | None = None
 
     async def probe(self) -> bool:
-        ping = getattr(self.store, "ping", None)
-        if ping is None:
-            return True
-        try:
-            ok = bool(await ping())
-            error = None if ok else "ping failed"
-        except Exception as exc:  # any store error means: not available
-            ok, error = False, f"{type(exc).__name__}: {exc}"
+        ok, error = True, None
+        for store in (self.store, *self.also):
+            ping = getattr(store, "ping", None)
+            if ping is None:
+                continue
+            # twice: after a Redis restart the first command on a pooled connection fails
+            # (client retries are off), and a store only the probe uses would read as down
+            for _attempt in range(2):
+                try:
+                    answered = bool(await ping())
+                    problem = None if answered else "ping failed"
+                except Exception as exc:  # any store error means: not available
+                    answered, problem = False, f"{type(exc).__name__}: {exc}"
+                if answered:
+                    break
+            if not answered:
+                ok, error = False, f"{store.describe()}: {problem}"
+                break
         changed = ok != self.ok
         if changed:
             self.changed_at = time.time()
@@ -248,10 +262,13 @@ class Sidecar:
         self.config = ConfigSource.open(settings.config_dir, interval=settings.reload_interval)
         self.counters: CounterStore = build_counter_store(settings)
         self.metrics = Metrics(self.config)
-        self.store_health = StoreHealth(
-            self.counters, shared=settings.redis_url is not None, on_change=self._store_changed
-        )
         self.approvals: ApprovalStore = build_approval_store(settings)
+        self.store_health = StoreHealth(
+            self.counters,
+            shared=settings.redis_url is not None,
+            on_change=self._store_changed,
+            also=(self.approvals,),
+        )
         self.notifier = build_notifier(settings, self.metrics)
         self.authorizer = Authorizer(
             self.config,

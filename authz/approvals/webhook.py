@@ -3,8 +3,12 @@
 The POST body is JSON::
 
     {"event": "approval.requested",
+     "approval_id": "<id>", "tool": "<tool>", "grant_id": "<grant>", "expires_at": <epoch>,
      "approval": {... Approval.public(with_arguments=False) ...},
      "admin_path": "/approvals/<id>"}
+
+(the top-level `approval_id`, `tool`, `grant_id` and `expires_at` repeat the approval's, for
+receivers that template a chat message from flat fields).
 
 Argument *values* never leave the sidecar this way (only their keys and sha256): the person
 reads them through the authenticated admin API. With a secret, the header
@@ -42,6 +46,10 @@ def webhook_body(approval: Approval) -> bytes:
     """The exact bytes POSTed for one new approval (no argument values)."""
     document = {
         "event": EVENT,
+        "approval_id": approval.id,
+        "tool": approval.tool,
+        "grant_id": approval.grant_id,
+        "expires_at": approval.expires_at,
         "approval": approval.public(with_arguments=False),
         "admin_path": f"/approvals/{approval.id}",
     }

@@ -541,3 +541,19 @@ def test_approvals_answer_loopback_peers_unless_remote_is_allowed(
             assert "loopback" in listed.json()["error"]
         assert client.get("/healthz").status_code == 200
         assert client.get("/metrics").status_code == 200
+
+
+async def test_readiness_also_asks_the_approval_store() -> None:
+    """A Redis approval store that does not answer makes the sidecar not ready, even when the
+    counter store is fine (on a Redis Cluster the two can live on different shards)."""
+    from authz.approvals.redis import RedisApprovalStore
+
+    counters = MemoryCounterStore()
+    dead = RedisApprovalStore.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    try:
+        health = StoreHealth(counters, shared=True, also=(dead,))
+        assert await health.probe() is False
+        assert health.last_error is not None and "redis" in health.last_error
+        assert await StoreHealth(counters, shared=True).probe() is True
+    finally:
+        await dead.close()
