@@ -231,6 +231,13 @@ def test_authorization_policies(provider: dict[str, Any]) -> None:
         {"source": {"principals": [f"cluster.local/ns/{namespace}/sa/{account}"]}}
     ]
     assert check_rule["to"] == [{"operation": {"ports": [str(provider["port"])]}}]
+    # the admin port is open in the mesh for probes and /metrics, never for /approvals: the
+    # proxy forwards from 127.0.0.6, which the sidecar's loopback-only check cannot tell apart
+    admin_rules = [r for r in callers["rules"] if "9002" in r["to"][0]["operation"]["ports"]]
+    assert admin_rules and all(
+        {"/approvals", "/approvals/*"} <= set(r["to"][0]["operation"].get("notPaths", []))
+        for r in admin_rules
+    )
 
 
 def test_peer_authentication_is_strict() -> None:
