@@ -14,15 +14,14 @@ approval records as ``decided_by``. An approver's token must not also be a grant
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from authz.grants import hash_token
+from authz.jsonfile import load_document
 
 __all__ = [
     "APPROVERS_FILE",
@@ -123,32 +122,11 @@ class ApproverTable:
         return iter(self.approvers)
 
 
-def _dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ApproversError(f"{APPROVERS_FILE}: duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _json_path(loc: Sequence[int | str]) -> str:
-    return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-
-
 def load_approvers(raw: bytes) -> ApproverTable:
     """Parse and validate approvers.json, or raise ApproversError naming the JSON path."""
-    try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_dup_pairs)
-    except ApproversError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApproversError(f"{APPROVERS_FILE}: not valid JSON: {exc}") from exc
-    try:
-        doc = _ApproversDocument.model_validate(data)
-    except ValidationError as exc:
-        problems = [f"{_json_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ApproversError(f"{APPROVERS_FILE}: " + "; ".join(problems)) from exc
+    doc = load_document(
+        raw, file_name=APPROVERS_FILE, model=_ApproversDocument, error=ApproversError
+    )
     ids: dict[str, int] = {}
     hashes: dict[str, int] = {}
     approvers: list[Approver] = []

@@ -13,12 +13,12 @@ import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from authz.approvers import APPROVERS_FILE, ApproversError, load_approvers
-from authz.grants import GrantsError, hash_token, load_grants
+from authz.approvers import APPROVERS_FILE, load_approvers
+from authz.grants import hash_token, load_grants
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9002"
 
@@ -94,28 +94,54 @@ def _cmd_grant_hash(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_grant_add(args: argparse.Namespace) -> int:
-    path = Path(args.config) / "grants.json"
-    empty: dict[str, Any] = {"version": "1", "grants": []}
-    document = json.loads(path.read_text()) if path.exists() else empty
-    token = "mcp_" + secrets.token_urlsafe(32)
-    document["grants"].append(
-        {
-            "id": args.id,
-            "label": args.label or args.id,
-            "token_sha256": hash_token(token),
-            "policy": args.policy,
-        }
-    )
-    raw = (json.dumps(document, indent=2) + "\n").encode()
+def _add_with_new_token(
+    path: Path,
+    *,
+    command: str,
+    section: str,
+    entry: dict[str, Any],
+    token_prefix: str,
+    validate: Callable[[bytes], object],
+) -> str | None:
+    """Append `entry` (plus `token_sha256` of a new random token) to the list `section` of
+    the JSON file at `path`, validate the whole file with `validate`, and replace the file
+    atomically. The token, or None after printing why nothing was written."""
+    document: Any = {"version": "1", section: []}
+    if path.exists():
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            print(f"mcp-authz {command}: {path}: cannot be read: {exc}", file=sys.stderr)
+            return None
+        if not isinstance(document, dict) or not isinstance(document.get(section), list):
+            print(f"mcp-authz {command}: {path}: $.{section} is not a list", file=sys.stderr)
+            return None
+    token = token_prefix + secrets.token_urlsafe(32)
+    document[section].append({**entry, "token_sha256": hash_token(token)})
+    raw = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     try:
-        load_grants(raw)
-    except GrantsError as exc:
-        print(f"mcp-authz grant add: {exc}", file=sys.stderr)
-        return 1
+        validate(raw)
+    except ValueError as exc:  # GrantsError, ApproversError
+        print(f"mcp-authz {command}: {exc}", file=sys.stderr)
+        return None
     tmp = path.with_suffix(".json.tmp")
     tmp.write_bytes(raw)
     tmp.replace(path)
+    return token
+
+
+def _cmd_grant_add(args: argparse.Namespace) -> int:
+    path = Path(args.config) / "grants.json"
+    token = _add_with_new_token(
+        path,
+        command="grant add",
+        section="grants",
+        entry={"id": args.id, "label": args.label or args.id, "policy": args.policy},
+        token_prefix="mcp_",
+        validate=load_grants,
+    )
+    if token is None:
+        return 1
     print(f"grant {args.id!r} added to {path}; its token (shown once, store it now):")
     print(token)
     return 0
@@ -123,28 +149,16 @@ def _cmd_grant_add(args: argparse.Namespace) -> int:
 
 def _cmd_approver_add(args: argparse.Namespace) -> int:
     path = Path(args.config) / APPROVERS_FILE
-    document: Any = {"version": "1", "approvers": []}
-    if path.exists():
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            print(f"mcp-authz approver add: {path}: cannot be read: {exc}", file=sys.stderr)
-            return 1
-        if not isinstance(document, dict) or not isinstance(document.get("approvers"), list):
-            print(f"mcp-authz approver add: {path}: $.approvers is not a list", file=sys.stderr)
-            return 1
-    token = "mcpadm_" + secrets.token_urlsafe(32)
-    entry = {"id": args.id, "label": args.label or args.id, "token_sha256": hash_token(token)}
-    document["approvers"].append(entry)
-    raw = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    try:
-        load_approvers(raw)
-    except ApproversError as exc:
-        print(f"mcp-authz approver add: {exc}", file=sys.stderr)
+    token = _add_with_new_token(
+        path,
+        command="approver add",
+        section="approvers",
+        entry={"id": args.id, "label": args.label or args.id},
+        token_prefix="mcpadm_",
+        validate=load_approvers,
+    )
+    if token is None:
         return 1
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(raw)
-    tmp.replace(path)
     print(f"approver {args.id!r} added to {path}; their admin token (shown once, store it now):")
     print(token)
     return 0

@@ -197,10 +197,11 @@ def judge_approval(decision: Decision, tool: str, approval: Approval) -> Decisio
             ),
             ticket=ticket,
         )
+    named = f" ({requirement.name})" if requirement.name else ""
     return dataclasses.replace(
         Decision.deny(
             DenyKind.APPROVAL_REQUIRED,
-            f"calling {tool!r} needs a person's approval; the call was not run. "
+            f"calling {tool!r} needs a person's approval{named}; the call was not run. "
             f"Approval id: {approval.id} (expires {_utc(approval.expires_at)}). Once a "
             "person approves it, retry the identical call (same tool, same arguments) "
             "before it expires; it runs once. A changed call needs a new approval",

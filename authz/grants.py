@@ -16,7 +16,6 @@ loads the table and answers "which grant, if any, does this credential name".
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +26,11 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from authz.jsonfile import load_document
 from authz.model import Grant
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -297,33 +296,8 @@ class GrantTable:
         return len(self.by_hash) + len(self.by_spiffe_id) + len(self.jwt_grants)
 
 
-def _dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise GrantsError(f"grants.json: duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _json_path(loc: Sequence[int | str]) -> str:
-    return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-
-
 def load_grants(raw: bytes) -> GrantTable:
-    try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_dup_pairs)
-    except GrantsError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GrantsError(f"grants.json: not valid JSON: {exc}") from exc
-    try:
-        doc = _GrantsDocument.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            problems.append(f"{_json_path(err['loc'])}: {err['msg']}")
-        raise GrantsError("grants.json: " + "; ".join(problems)) from exc
+    doc = load_document(raw, file_name="grants.json", model=_GrantsDocument, error=GrantsError)
     by_hash: dict[str, Grant] = {}
     by_spiffe: dict[str, Grant] = {}
     jwt_grants: list[tuple[JwtMatcher, Grant, int]] = []

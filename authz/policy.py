@@ -309,7 +309,9 @@ class ApprovalRule(_Model):
     """
 
     name: StrictStr | None = Field(
-        default=None, title="Name", description="Optional label, shown to approvers."
+        default=None,
+        title="Name",
+        description="Optional label, named in the message to the agent whose call is held.",
     )
     conditions: Conditions = ()
     on_deny: StrictStr | None = Field(

@@ -220,20 +220,23 @@ def build_counter_store(settings: Settings) -> CounterStore:
     )
 
 
-def build_approval_store(settings: Settings) -> ApprovalStore:
+def build_approval_store(settings: Settings, counters: CounterStore) -> ApprovalStore:
     """Approvals live where the counters do: in Redis when a Redis URL is set (shared by
-    every replica, so any replica's admin API sees every held call), else in memory."""
+    every replica, so any replica's admin API sees every held call), on the counter store's
+    client (one connection pool per sidecar), else in memory."""
     if settings.redis_url is None:
         return MemoryApprovalStore()
     from authz.approvals.redis import RedisApprovalStore
+    from authz.counters.redis import RedisCounterStore
 
-    store: ApprovalStore = RedisApprovalStore.from_url(
-        settings.redis_url,
-        cluster=settings.redis_cluster,
+    assert isinstance(counters, RedisCounterStore)
+    return RedisApprovalStore(
+        counters.client,
         prefix=settings.redis_prefix,
         timeout=settings.redis_timeout,
+        url=settings.redis_url,
+        owns_client=False,  # the counter store closes it
     )
-    return store
 
 
 def build_notifier(settings: Settings, metrics: Metrics | None = None) -> WebhookNotifier | None:
@@ -262,7 +265,7 @@ class Sidecar:
         self.config = ConfigSource.open(settings.config_dir, interval=settings.reload_interval)
         self.counters: CounterStore = build_counter_store(settings)
         self.metrics = Metrics(self.config)
-        self.approvals: ApprovalStore = build_approval_store(settings)
+        self.approvals: ApprovalStore = build_approval_store(settings, self.counters)
         self.store_health = StoreHealth(
             self.counters,
             shared=settings.redis_url is not None,

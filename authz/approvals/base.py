@@ -144,7 +144,7 @@ class Approval:
         if self.status in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED) and (
             now >= self.expires_at
         ):
-            return _replace_status(self, ApprovalStatus.EXPIRED)
+            return dataclasses.replace(self, status=ApprovalStatus.EXPIRED)
         return self
 
     def public(self, *, with_arguments: bool) -> dict[str, Any]:
@@ -171,10 +171,6 @@ class Approval:
         if with_arguments:
             out["arguments"] = self.arguments
         return out
-
-
-def _replace_status(approval: Approval, status: ApprovalStatus) -> Approval:
-    return dataclasses.replace(approval, status=status)
 
 
 class ApprovalNotFound(LookupError):

@@ -62,7 +62,6 @@ decisions may be lost; held calls are then held again, never let through unappro
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 from typing import Any, Final
@@ -81,15 +80,7 @@ from authz.approvals.base import (
     canonical_json,
     new_approval_id,
 )
-from authz.counters.redis import (
-    DEFAULT_PREFIX,
-    DEFAULT_TIMEOUT,
-    REDIS_FAILURES,
-    check_prefix,
-    cluster_ready,
-    connect,
-    location,
-)
+from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore, connect
 
 __all__ = ["HASH_TAG", "PRUNE_BATCH", "RedisApprovalStore"]
 
@@ -261,11 +252,15 @@ def _approval(flat: Sequence[Any]) -> Approval:
     )
 
 
-class RedisApprovalStore:
+class RedisApprovalStore(ScriptStore):
     """`ApprovalStore` in Redis (standalone or Cluster): approvals shared by replicas.
 
-    The store owns `client` (`close` closes it). `timeout` bounds every operation.
+    The store owns `client` (`close` closes it) unless `owns_client` is False. `timeout`
+    bounds every operation.
     """
+
+    hash_tag = HASH_TAG
+    unavailable = ApprovalStoreUnavailable
 
     def __init__(
         self,
@@ -275,18 +270,12 @@ class RedisApprovalStore:
         timeout: float = DEFAULT_TIMEOUT,
         url: str | None = None,
         retention_seconds: float = RETENTION_SECONDS,
+        owns_client: bool = True,
     ) -> None:
-        check_prefix(prefix)
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
         if not retention_seconds >= 0:
             raise ValueError(f"retention must be >= 0, got {retention_seconds}")
-        self._client = client
-        self._prefix = prefix
-        self._timeout = timeout
+        super().__init__(client, prefix=prefix, timeout=timeout, url=url, owns_client=owns_client)
         self._retention = retention_seconds
-        self._location = location(client, url)
-        self._base = f"{prefix}:{HASH_TAG}:"
         self._request = client.register_script(REQUEST_LUA)
         self._decide = client.register_script(DECIDE_LUA)
         self._consume = client.register_script(CONSUME_LUA)
@@ -312,14 +301,6 @@ class RedisApprovalStore:
         return cls(
             client, prefix=prefix, timeout=timeout, url=url, retention_seconds=retention_seconds
         )
-
-    @property
-    def client(self) -> Redis | RedisCluster:
-        return self._client
-
-    @property
-    def prefix(self) -> str:
-        return self._prefix
 
     def record_key(self, approval_id: str) -> str:
         """The Redis key of an approval's record: `<prefix>:{a}:a:<id>`."""
@@ -434,36 +415,8 @@ class RedisApprovalStore:
             key=lambda a: (a.requested_at, a.id),
         )
 
-    async def ping(self) -> bool:
-        """Readiness: True when the shard holding the approvals answers within the timeout.
-
-        Reads a key with the approvals' hash tag, so on a cluster it asks that shard. Never
-        raises.
-        """
-        try:
-            async with asyncio.timeout(self._timeout):
-                await cluster_ready(self._client)
-                await self._client.exists(f"{self._base}health")
-        except REDIS_FAILURES:
-            return False
-        return True
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    def describe(self) -> str:
-        return f"{self._location} prefix={self._prefix}"
-
     async def _call(self, script: Any, keys: list[str], args: Sequence[Any]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await cluster_ready(self._client)
-                reply = await script(keys=keys, args=list(args))
-        except REDIS_FAILURES as exc:
-            detail = str(exc) or "timed out"
-            raise ApprovalStoreUnavailable(
-                f"{self.describe()}: {type(exc).__name__}: {detail}"
-            ) from exc
+        reply = await self._script(script, keys, args)
         if not isinstance(reply, (list, int)) or (isinstance(reply, list) and len(reply) < 2):
             raise ApprovalStoreUnavailable(f"{self.describe()}: unexpected reply {reply!r}")
         return reply

@@ -57,46 +57,26 @@ persistence, counts not yet replicated are lost and their windows admit that muc
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections.abc import Sequence
-from typing import Any, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Final
+from urllib.parse import quote
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
 
 from authz.counters.base import Bucket, CounterStoreUnavailable
 from authz.model import Claim, Exhausted, Reservation
+from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore, connect
 
-__all__ = [
-    "DEFAULT_PREFIX",
-    "DEFAULT_TIMEOUT",
-    "EXPIRE_MARGIN_MS",
-    "REDIS_FAILURES",
-    "RedisCounterStore",
-    "check_prefix",
-    "cluster_ready",
-    "connect",
-    "location",
-]
+__all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "EXPIRE_MARGIN_MS", "RedisCounterStore"]
 
-DEFAULT_PREFIX: Final = "mcp-authz"
-DEFAULT_TIMEOUT: Final = 0.25
-"""Seconds per operation (and per socket connect/read with `from_url`)."""
 EXPIRE_MARGIN_MS: Final = 1000
 """Keys outlive their window by this much (ms); a stale key is reset before use anyway."""
 HASH_TAG: Final = "{c}"
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
-_BAD_PREFIX = re.compile(r"[{}\s\x00-\x1f\x7f]")
-REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
-"""What a Redis call can raise when the server cannot answer (stores map it to unavailable)."""
-_FAILURES = REDIS_FAILURES
 
 _FMT = "local function fmt(x) return string.format('%.0f', x) end\n"
 
@@ -193,74 +173,15 @@ def _component(text: str) -> str:
     return quote(text, safe="", errors="surrogatepass")
 
 
-def _redact(url: str) -> str:
-    """The URL without user name or password."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _client_url(client: Redis | RedisCluster) -> str:
-    if isinstance(client, RedisCluster):
-        nodes = sorted(client.nodes_manager.startup_nodes)
-        return "redis://" + ",".join(nodes) if nodes else "redis://?"
-    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    host = kwargs.get("host", "localhost")
-    if ":" in str(host):
-        host = f"[{host}]"
-    return f"redis://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
-def check_prefix(prefix: str) -> str:
-    """`prefix` if it keeps a key layout intact (non-empty, no brace, no whitespace)."""
-    if not prefix or _BAD_PREFIX.search(prefix):
-        raise ValueError(
-            f"Redis key prefix must be non-empty, without braces or whitespace: {prefix!r}"
-        )
-    return prefix
-
-
-def connect(url: str, *, cluster: bool, timeout: float) -> Redis | RedisCluster:
-    """A new client for `url`: connect/read timeouts `timeout`, no retries, no health checks."""
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-    }
-    if cluster:
-        return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, **options)
-
-
-def location(client: Redis | RedisCluster, url: str | None) -> str:
-    """`<kind> <url>` for `describe`: the URL without credentials (or the client's address)."""
-    kind = "redis-cluster" if isinstance(client, RedisCluster) else "redis"
-    return f"{kind} {_redact(url) if url is not None else _client_url(client)}"
-
-
-async def cluster_ready(client: Redis | RedisCluster) -> None:
-    """Discover a cluster's slots before the first command (no-op once done, or standalone).
-
-    redis-py's async cluster client routes commands issued concurrently with its lazy
-    first discovery without their slot, and some fail; discovering first avoids that.
-    """
-    if isinstance(client, RedisCluster):
-        await client.initialize()
-
-
-class RedisCounterStore:
+class RedisCounterStore(ScriptStore):
     """`CounterStore` in Redis (standalone or Cluster): exact quotas across replicas.
 
-    The store owns `client` (`close` closes it). `timeout` bounds every operation.
+    The store owns `client` (`close` closes it) unless `owns_client` is False. `timeout`
+    bounds every operation.
     """
+
+    hash_tag = HASH_TAG
+    unavailable = CounterStoreUnavailable
 
     def __init__(
         self,
@@ -269,15 +190,9 @@ class RedisCounterStore:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
         url: str | None = None,
+        owns_client: bool = True,
     ) -> None:
-        check_prefix(prefix)
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self._client = client
-        self._prefix = prefix
-        self._timeout = timeout
-        self._location = location(client, url)
-        self._base = f"{prefix}:{HASH_TAG}:"
+        super().__init__(client, prefix=prefix, timeout=timeout, url=url, owns_client=owns_client)
         self._reserve = client.register_script(RESERVE_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._count = client.register_script(COUNT_LUA)
@@ -298,14 +213,6 @@ class RedisCounterStore:
         """
         client = connect(url, cluster=cluster, timeout=timeout)
         return cls(client, prefix=prefix, timeout=timeout, url=url)
-
-    @property
-    def client(self) -> Redis | RedisCluster:
-        return self._client
-
-    @property
-    def prefix(self) -> str:
-        return self._prefix
 
     def bucket_key(self, bucket: Bucket) -> str:
         """The Redis key of a bucket: `<prefix>:{c}:b:<window>:<scope>:<counter>:<key>`."""
@@ -348,7 +255,7 @@ class RedisCounterStore:
         for bucket, cost in zip(buckets, costs, strict=True):
             args += [bucket[3], cost]
         args += [len(claims), *claim_args]
-        reply = await self._call(self._reserve, keys, args)
+        reply = await self._script(self._reserve, keys, args)
         if not isinstance(reply, list) or not reply:
             raise CounterStoreUnavailable(f"{self.describe()}: unexpected reply {reply!r}")
         if int(reply[0]) == 0:
@@ -368,42 +275,8 @@ class RedisCounterStore:
         bucket_keys = dict.fromkeys(
             self.bucket_key(bucket) for bucket, _, cost in reservation.entries if cost > 0
         )
-        await self._call(self._release, [self.reservation_key(token), *bucket_keys], [])
+        await self._script(self._release, [self.reservation_key(token), *bucket_keys], [])
 
     async def count(self, bucket: Bucket) -> int:
         """The bucket's count in its current window on the server (tests, debugging)."""
-        return int(await self._call(self._count, [self.bucket_key(bucket)], [bucket[3]]))
-
-    async def ping(self) -> bool:
-        """Readiness: True when the shard holding the counters answers within the timeout.
-
-        Reads a key with the counters' hash tag, so on a cluster it asks that shard. Never
-        raises.
-        """
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._ready()
-                await self._client.exists(f"{self._base}health")
-        except _FAILURES:
-            return False
-        return True
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    def describe(self) -> str:
-        return f"{self._location} prefix={self._prefix}"
-
-    async def _ready(self) -> None:
-        await cluster_ready(self._client)
-
-    async def _call(self, script: Any, keys: list[str], args: list[int]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._ready()
-                return await script(keys=keys, args=args)
-        except _FAILURES as exc:
-            detail = str(exc) or "timed out"
-            raise CounterStoreUnavailable(
-                f"{self.describe()}: {type(exc).__name__}: {detail}"
-            ) from exc
+        return int(await self._script(self._count, [self.bucket_key(bucket)], [bucket[3]]))

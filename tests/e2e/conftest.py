@@ -16,6 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from authz.grants import hash_token
 from authz.stack import Stack
+from tests.redis_server import RedisServer
 
 SEED_POLICY = (
     '{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":'
@@ -131,6 +132,17 @@ def audit_events(stack: Stack) -> list[dict[str, Any]]:
         if event.get("event") == "decision":
             events.append(event)
     return events
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server of the test module's own (fails, never skips, without one)."""
+    server = RedisServer(directory=tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @asynccontextmanager

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +26,7 @@ from mcp.types import CallToolResult, TextContent
 from authz.grants import hash_token
 from authz.stack import Stack
 from tests.e2e.conftest import executed, mcp_client
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -76,41 +75,6 @@ def write_config(root: Path, grants: tuple[str, ...] = ("agent-a", "agent-b")) -
     approvers = [{"id": "alice", "label": "Alice", "token_sha256": hash_token(APPROVER_TOKEN)}]
     (root / "approvers.json").write_text(json.dumps({"version": "1", "approvers": approvers}))
     return root
-
-
-class Receiver:
-    """A real HTTP server on loopback that records every POST it gets."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", "0"))
-                outer.posts.append(
-                    ({k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
-                )
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -351,9 +315,11 @@ async def test_webhook_is_posted_once_per_pending_approval(
     first = approval_id(await call(stack, "agent-a", GEMINI, args))
     assert approval_id(await call(stack, "agent-a", GEMINI, args)) == first  # same pending
     deadline = time.time() + 10
-    while time.time() < deadline and not any(first.encode() in body for _, body in receiver.posts):
+    while time.time() < deadline and not any(
+        first.encode() in body for _, _, body in receiver.posts
+    ):
         time.sleep(0.1)
-    mine = [(h, b) for h, b in receiver.posts if first.encode() in b]
+    mine = [(h, b) for _, h, b in receiver.posts if first.encode() in b]
     assert len(mine) == 1
     headers, body = mine[0]
     payload = json.loads(body)

@@ -187,6 +187,7 @@ async def test_held_then_approved_runs_once(
 ) -> None:
     held = await _check(authorizer, _body(prompt="x", width=2048))
     assert held.decision.kind is DenyKind.APPROVAL_REQUIRED
+    assert "needs a person's approval (big images);" in held.decision.message
     ticket = held.decision.ticket
     assert ticket is not None and ticket.status == "pending"
     assert len(notified) == 1 and notified[0].id == ticket.id

@@ -18,54 +18,15 @@ import structlog
 from authz.approvals.base import Approval, ApprovalRequest
 from authz.approvals.memory import MemoryApprovalStore
 from authz.approvals.webhook import WebhookNotifier
+from authz.counters.memory import MemoryCounterStore
 from authz.metrics import Metrics
 from authz.server import build_approval_store, build_notifier
 from authz.settings import Settings, SettingsError
 from authz.stack import free_port
+from tests.webhook_receiver import Receiver
 
 SECRET = "webhook-shared-secret"
 SECRET_VALUE = "sk-live-0123456789-argument-value"
-
-
-class Receiver:
-    """Records every POST; answers each with the next status of `statuses` (then 204)."""
-
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
-        self.posts: list[tuple[str, dict[str, str], bytes]] = []
-        self.statuses = list(statuses)
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", "0"))
-                body = self.rfile.read(length)
-                with outer.lock:
-                    outer.posts.append(
-                        (self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    status = outer.statuses.pop(0) if outer.statuses else 204
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/approvals?channel=ops"
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -281,7 +242,7 @@ def test_webhook_url_must_be_http_or_https(clean_env: pytest.MonkeyPatch, url: s
 
 def test_sidecar_wiring_builds_store_and_notifier(clean_env: pytest.MonkeyPatch) -> None:
     settings = Settings(config_dir=Path("/cfg"))
-    assert isinstance(build_approval_store(settings), MemoryApprovalStore)
+    assert isinstance(build_approval_store(settings, MemoryCounterStore()), MemoryApprovalStore)
     assert build_notifier(settings) is None
 
     clean_env.setenv("MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET", SECRET)
@@ -373,3 +334,18 @@ async def test_the_sidecar_shares_one_store_and_mounts_the_api(
     assert refused.status_code == 401
     # stop() drained the notifier: the POST has arrived
     assert [json.loads(body)["approval"]["id"] for _, _, body in receiver.posts] == [stored.id]
+
+
+async def test_with_redis_the_approvals_borrow_the_counters_client() -> None:
+    """One connection pool per sidecar: the approval store uses the counter store's client
+    and leaves closing it to the counter store."""
+    from authz.approvals.redis import RedisApprovalStore
+    from authz.server import build_counter_store
+
+    settings = Settings(config_dir=Path("/cfg"), redis_url="redis://127.0.0.1:1/0")
+    counters = build_counter_store(settings)
+    approvals = build_approval_store(settings, counters)
+    assert isinstance(approvals, RedisApprovalStore)
+    assert approvals.client is getattr(counters, "client", None)
+    await approvals.close()
+    await counters.close()
