@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -134,6 +134,22 @@ class ScriptStore:
         self._owns_client = owns_client
         self._location = location(client, url)
         self._base = f"{prefix}:{self.hash_tag}:"
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        **options: Any,
+    ) -> Self:
+        """A store on a new client for `url` (`redis://`, `rediss://`, `unix://`), which it
+        owns. With `cluster`, `url` names any node of a Redis Cluster. Connect and read
+        timeouts are `timeout`; the client never retries (callers fail fast instead).
+        `options` are the store's own keyword arguments (e.g. `prefix`)."""
+        client = connect(url, cluster=cluster, timeout=timeout)
+        return cls(client, timeout=timeout, url=url, **options)
 
     @property
     def client(self) -> Redis | RedisCluster:

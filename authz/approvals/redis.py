@@ -80,7 +80,7 @@ from authz.approvals.base import (
     canonical_json,
     new_approval_id,
 )
-from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore, connect
+from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore
 
 __all__ = ["HASH_TAG", "PRUNE_BATCH", "RedisApprovalStore"]
 
@@ -281,26 +281,6 @@ class RedisApprovalStore(ScriptStore):
         self._consume = client.register_script(CONSUME_LUA)
         self._get = client.register_script(GET_LUA)
         self._list = client.register_script(LIST_LUA)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        cluster: bool = False,
-        prefix: str = DEFAULT_PREFIX,
-        timeout: float = DEFAULT_TIMEOUT,
-        retention_seconds: float = RETENTION_SECONDS,
-    ) -> RedisApprovalStore:
-        """A store on a new client for `url` (`redis://`, `rediss://`, `unix://`).
-
-        With `cluster`, `url` names any node of a Redis Cluster. Connect and read timeouts
-        are `timeout`; the client never retries (the store's callers fail fast instead).
-        """
-        client = connect(url, cluster=cluster, timeout=timeout)
-        return cls(
-            client, prefix=prefix, timeout=timeout, url=url, retention_seconds=retention_seconds
-        )
 
     def record_key(self, approval_id: str) -> str:
         """The Redis key of an approval's record: `<prefix>:{a}:a:<id>`."""

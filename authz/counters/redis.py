@@ -68,7 +68,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from authz.counters.base import Bucket, CounterStoreUnavailable
 from authz.model import Claim, Exhausted, Reservation
-from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore, connect
+from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore
 
 __all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "EXPIRE_MARGIN_MS", "RedisCounterStore"]
 
@@ -196,23 +196,6 @@ class RedisCounterStore(ScriptStore):
         self._reserve = client.register_script(RESERVE_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._count = client.register_script(COUNT_LUA)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        cluster: bool = False,
-        prefix: str = DEFAULT_PREFIX,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> RedisCounterStore:
-        """A store on a new client for `url` (`redis://`, `rediss://`, `unix://`).
-
-        With `cluster`, `url` names any node of a Redis Cluster. Connect and read timeouts
-        are `timeout`; the client never retries (the store's callers fail fast instead).
-        """
-        client = connect(url, cluster=cluster, timeout=timeout)
-        return cls(client, prefix=prefix, timeout=timeout, url=url)
 
     def bucket_key(self, bucket: Bucket) -> str:
         """The Redis key of a bucket: `<prefix>:{c}:b:<window>:<scope>:<counter>:<key>`."""
