@@ -113,6 +113,9 @@ class OfflineGeminiServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of new connections (an upstream
+    # running 30 generations at once) overflows it and some clients read a reset.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, _Handler)

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ _FILE = re.compile(r"^/files/([\w-]+)\.png$")
 
 class ProviderStub(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # not socketserver's 5: bursts of connects
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__((host, 0), _StubHandler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from collections.abc import Iterator
@@ -109,3 +110,20 @@ def test_real_genai_client_via_base_url_env(
         client.models.generate_content(model="m", contents="boom [offline:error]")
     assert info.value.code == 500
     client.close()
+
+
+async def test_a_burst_of_new_connections_is_served_in_full(server: OfflineGeminiServer) -> None:
+    # An upstream running many generations at once opens that many connections together;
+    # socketserver's default listen backlog (5) would reset some of them.
+    url = f"{server.url}/v1beta/models/gemini-x:generateContent"
+
+    async def one(client: httpx.AsyncClient) -> int:
+        response = await client.post(url, json=BODY, headers={"x-goog-api-key": "any"})
+        return response.status_code
+
+    for _ in range(3):
+        async with httpx.AsyncClient(timeout=60) as client:
+            statuses = await asyncio.gather(
+                *(one(client) for _ in range(80)), return_exceptions=True
+            )
+        assert [s for s in statuses if s != 200] == []
