@@ -177,7 +177,9 @@ async def test_slow_receivers_do_not_block_notify_and_drain_bounds_shutdown() ->
         started = time.monotonic()
         for _ in range(5):
             notifier.notify(approval)
-        assert time.monotonic() - started < 0.1
+        assert (
+            time.monotonic() - started < 1.0
+        )  # the receiver holds each POST for 5 s: notify never waits on it
         with structlog.testing.capture_logs() as logs:
             await notifier.drain(timeout=0.3)
         assert time.monotonic() - started < 2
