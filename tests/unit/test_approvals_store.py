@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -60,18 +60,6 @@ def req(**changes: Any) -> ApprovalRequest:
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisClusterProcesses]:
-    with RedisClusterProcesses(3) as cluster:
-        yield cluster
 
 
 @pytest.fixture
@@ -617,12 +605,6 @@ async def test_malformed_ids_never_reach_redis() -> None:
 
 
 # -- Redis: faults -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 async def test_redis_down_is_unavailable_and_the_same_store_recovers(

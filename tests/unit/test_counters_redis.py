@@ -12,7 +12,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -80,18 +80,6 @@ async def next_redis_second(client: Redis | RedisCluster) -> int:
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisClusterProcesses]:
-    with RedisClusterProcesses(3) as cluster:
-        yield cluster
 
 
 @pytest.fixture
@@ -400,12 +388,6 @@ async def test_a_skewed_replica_clock_does_not_split_the_window(
 
 
 # -- Redis: faults -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 async def test_redis_down_fails_fast_and_the_same_store_recovers(
