@@ -1,8 +1,9 @@
 """Structured logging set-up and the per-decision audit event.
 
 One JSON line per decision. The event carries argument *keys* only; tokens, the
-Authorization header and argument values never enter an event. A final processor drops
-any field whose name marks it as secret, as a second line of defence.
+Authorization header, argument values and query strings never enter an event (a query
+string may carry a token: `path` is logged without it). A final processor drops any field
+whose name marks it as secret, as a second line of defence.
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     )
 
 
+def path_without_query(path: str) -> str:
+    """The request path as it may be logged: without its query string or fragment."""
+    return path.partition("?")[0].partition("#")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class AuditContext:
     decision_id: str
     request_id: str | None
     http_method: str
     path: str
+    """The request's path; logged without its query string (`path_without_query`)."""
 
 
 _audit = structlog.get_logger("mcp_authz.audit")
@@ -81,7 +88,7 @@ def log_decision(
         decision_id=ctx.decision_id,
         request_id=ctx.request_id,
         http_method=ctx.http_method,
-        path=ctx.path,
+        path=path_without_query(ctx.path),
         grant_id=grant.id if grant else None,
         grant_label=grant.label if grant else None,
         method=request.method if request else None,

@@ -228,6 +228,7 @@ def test_repo_config_key_choices() -> None:
     assert log_format["authz"] == "%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%"
     assert log_format["response_code"] == "%RESPONSE_CODE%"
     assert log_format["request_id"] == "%REQ(X-REQUEST-ID)%"
+    assert log_format["path"] == "%PATH(NQ:PATH)%"  # never the query string (tokens)
 
     clusters = {c["name"]: c for c in res["clusters"]}
     authz = clusters[AUTHZ_CLUSTER]
