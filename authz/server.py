@@ -27,6 +27,7 @@ from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from authz.approvals.admin import approval_routes
 from authz.approvals.base import ApprovalStore
+from authz.approvals.listener import admin_config
 from authz.approvals.memory import MemoryApprovalStore
 from authz.approvals.webhook import WebhookNotifier
 from authz.config import ConfigSource
@@ -326,7 +327,8 @@ class Sidecar:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
         admin = _AdminServer(
-            uvicorn.Config(
+            # proxy headers off, a deadline per request, encoded slashes 404
+            admin_config(
                 admin_app(
                     self.config,
                     self.counters,
@@ -339,9 +341,6 @@ class Sidecar:
                 ),
                 host=s.admin_host,
                 port=s.admin_port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
             )
         )
         self._admin = admin

@@ -231,13 +231,53 @@ def test_authorization_policies(provider: dict[str, Any]) -> None:
         {"source": {"principals": [f"cluster.local/ns/{namespace}/sa/{account}"]}}
     ]
     assert check_rule["to"] == [{"operation": {"ports": [str(provider["port"])]}}]
-    # the admin port is open in the mesh for probes and /metrics, never for /approvals: the
-    # proxy forwards from 127.0.0.6, which the sidecar's loopback-only check cannot tell apart
+    # the admin port is open in the mesh for probes and /metrics, never for /approvals in any
+    # spelling: the proxy forwards from 127.0.0.6, which the sidecar's loopback-only check
+    # cannot tell apart
     admin_rules = [r for r in callers["rules"] if "9002" in r["to"][0]["operation"]["ports"]]
-    assert admin_rules and all(
-        {"/approvals", "/approvals/*"} <= set(r["to"][0]["operation"].get("notPaths", []))
-        for r in admin_rules
-    )
+    assert admin_rules
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert any(_operation_allows(r["to"][0]["operation"], path) for r in admin_rules), path
+    approvals = "/approvals/apr_000000000000000000000000"
+    for path in (
+        "/approvals",
+        "/approvals/",
+        approvals,
+        f"{approvals}/approve",
+        f"{approvals}/deny",
+        "/approvals%2Fapr_000000000000000000000000%2Fapprove",
+        "/approvals%2fapr_000000000000000000000000%2fapprove",
+        f"{approvals}%2Fapprove",
+        "/approvals%5Capr_000000000000000000000000",
+        "/approvals;x=1",
+        "/%2Fapprovals",
+        "/healthz%2F..%2Fapprovals",
+        "/healthz/../approvals",
+        "/metrics%2F..%2Fapprovals",
+        "/unknown",
+    ):
+        assert not any(_operation_allows(r["to"][0]["operation"], path) for r in admin_rules), path
+
+
+def _istio_path_matches(pattern: str, path: str) -> bool:
+    """Istio's AuthorizationPolicy path match: exact, `prefix*`, `*suffix` or `*`."""
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return path.endswith(pattern[1:])
+    return path == pattern
+
+
+def _operation_allows(operation: dict[str, Any], path: str) -> bool:
+    """Whether an ALLOW rule's operation matches a request for `path` (Istio's default
+    `pathNormalization: BASE` leaves %2F and %5C encoded, so they are compared as sent)."""
+    paths = operation.get("paths")
+    if paths is not None and not any(_istio_path_matches(p, path) for p in paths):
+        return False
+    not_paths = operation.get("notPaths", [])
+    return not any(_istio_path_matches(p, path) for p in not_paths)
 
 
 def test_peer_authentication_is_strict() -> None:

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import structlog
-import uvicorn
 
 from authz.approvals.base import (
     Approval,
@@ -21,6 +20,7 @@ from authz.approvals.base import (
     ApprovalStatus,
     ApprovalStoreUnavailable,
 )
+from authz.approvals.listener import admin_config
 from authz.approvals.memory import MemoryApprovalStore
 from authz.config import ConfigSource
 from authz.counters.memory import MemoryCounterStore
@@ -88,16 +88,7 @@ class RunningAdmin:
             approvals=self.store,
         )
         self.port = free_port()
-        self.server = _AdminServer(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-            )
-        )
+        self.server = _AdminServer(admin_config(app, host="127.0.0.1", port=self.port))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_until_complete, args=(self.server.serve(),), daemon=True
