@@ -2,38 +2,74 @@
 
 A condition is `{"path": "args.<key>[.<key>...]", "op": OP, "value": V}`. The path is
 resolved inside the `tools/call` arguments object; each dot descends one level into an
-object (there are no list indices, as in Intercept). A path that runs into a missing key or
-a non-object is *missing*. A present `null` counts as missing for `exists` only.
+object (there are no list indices, as in Intercept).
 
-Operators (the README quotes this table):
+A condition is true, false or *unknown*. It is unknown when the argument has a JSON type
+the operator does not compare, because the MCP server may convert it before the tool runs:
+the official Python SDK reads `"500"` as 500, `"yes"`, `"on"`, `"t"`, `1` as true and
+`'["a"]'` as a list. Judging the raw JSON would judge a different value from the one the
+tool receives, so an unknown condition fails closed (see `Truth` and the engine).
 
-| op         | value        | holds when the argument at `path` ...                         |
-|------------|--------------|---------------------------------------------------------------|
-| `eq`       | any JSON     | equals the value (JSON: 1 == 1.0, true != 1, "1" != 1)        |
-| `neq`      | any JSON     | is present and does not equal the value                       |
-| `in`       | list         | equals an element of the list                                 |
-| `not_in`   | list         | is present and equals no element of the list                  |
-| `lt`       | number       | is a number less than the value                               |
-| `lte`      | number       | is a number less than or equal to the value                   |
-| `gt`       | number       | is a number greater than the value                            |
-| `gte`      | number       | is a number greater than or equal to the value                |
-| `regex`    | string       | is a string the pattern matches anywhere (search, unanchored) |
-| `contains` | any JSON     | is a string with the (string) value as a substring, or a list |
-|            |              | with an element equal to the value                            |
-| `exists`   | true / false | true: is present and not null; false: is missing or null      |
+Operators (the README quotes this table, in the same words):
 
-Rules that hold for every operator:
-- A missing path makes the condition false, except for `exists` (`exists: false` is true).
-- A type mismatch (e.g. `lt` on a string, `regex` on a number) makes it false, never an error.
-- Booleans are not numbers: `true` is neither `eq 1` nor `gt 0`.
-- The conditions of one rule are ANDed; a rule with no conditions matches every call.
+| op         | value        | true when the argument at `path` ...   | unknown when the argument   |
+|            |              |                                        | is not null and ...         |
+|------------|--------------|----------------------------------------|-----------------------------|
+| `eq`       | any JSON     | equals the value (JSON: 1 == 1.0;      | of another JSON type than   |
+|            |              | arrays and objects are compared member | the value                   |
+|            |              | by member)                             |                             |
+| `neq`      | any JSON     | is present and does not equal the      | of another JSON type than   |
+|            |              | value                                  | the value                   |
+| `in`       | list         | equals an element of the list          | of none of the JSON types   |
+|            |              |                                        | of the elements             |
+| `not_in`   | list         | is present and equals no element of    | of none of the JSON types   |
+|            |              | the list                               | of the elements             |
+| `lt`       | number       | is a number less than the value        | not a number                |
+| `lte`      | number       | is a number less than or equal to the  | not a number                |
+|            |              | value                                  |                             |
+| `gt`       | number       | is a number greater than the value     | not a number                |
+| `gte`      | number       | is a number greater than or equal to   | not a number                |
+|            |              | the value                              |                             |
+| `regex`    | string       | is a string the RE2 pattern matches    | not a string                |
+|            |              | anywhere (search, unanchored)          |                             |
+| `contains` | any JSON     | is a string with the (string) value as | neither a string nor an     |
+|            |              | a substring, or an array with an       | array; an array with an     |
+|            |              | element equal to the value             | element of another JSON     |
+|            |              |                                        | type than the value; a      |
+|            |              |                                        | string whose JSON array     |
+|            |              |                                        | reading gives another       |
+|            |              |                                        | answer                      |
+| `exists`   | true / false | true: is present and not null; false:  | never, but see paths below  |
+|            |              | is missing or null                     |                             |
+
+Rules that hold for every operator (the README lists them too):
+- A missing argument makes the condition false, except for `exists` (`exists: false` is
+  true). A null argument is compared as null, never unknown: `eq null` is true, `gt 0` is
+  false, `neq 5` is true. A null policy value, or a list of nulls, is never unknown either.
+- A path that meets a non-object before its last key (`args.a.b` where `args.a` is a
+  string) is unknown for every operator, `exists` included: the server may parse that
+  string into an object.
+- Booleans are not numbers: `true` is neither `eq 1` nor `gt 0`; both are unknown.
+- The conditions of one rule combine by Kleene AND: false if any is false, otherwise
+  unknown if any is unknown, otherwise true. A rule without conditions is true.
+- `require` and Intercept `evaluate` rules pass only when true; `deny_if` denies when true
+  or unknown; `approve_if` and `require_approval` hold the call when true or unknown. A
+  denial for an unknown condition names the argument and the JSON type the rule expects.
+- With `"strict_types": false` nothing is unknown: a type mismatch makes the operator
+  false (`neq` and `not_in` true), and a path through a non-object is missing. Unsafe in
+  front of a server that converts types (see docs/security.md).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Mapping
+import enum
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
+
+from authz.patterns import Pattern, PatternError, compile_pattern
 
 ARGS_PREFIX: Final = "args."
 
@@ -55,6 +91,20 @@ OPERATORS: Final[tuple[str, ...]] = (
 LIST_OPS: Final = frozenset({"in", "not_in"})
 NUMERIC_OPS: Final = frozenset({"lt", "lte", "gt", "gte"})
 
+MAX_DECODED_TEXT: Final = 64 * 1024
+"""Longest string `contains` reads as the JSON array it spells; a longer one is unknown."""
+
+
+class Truth(enum.IntEnum):
+    """Kleene's three truth values, ordered so that AND is `min` and OR is `max`."""
+
+    FALSE = 0
+    UNKNOWN = 1
+    TRUE = 2
+
+    def negate(self) -> Truth:
+        return Truth(2 - self)
+
 
 class _Missing:
     __slots__ = ()
@@ -67,6 +117,43 @@ MISSING: Final = _Missing()
 """Returned by `resolve` when the path leads nowhere."""
 
 
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """A path that met a non-object before its last key: `path` is the prefix that did."""
+
+    path: str
+    got: str
+    """The JSON type found there, with its article ("a string")."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """Why a condition is unknown: the argument at `path` has a type it does not compare.
+
+    Names the argument and JSON types only, never the argument's value.
+    """
+
+    path: str
+    expected: str
+    got: str
+
+    def describe(self) -> str:
+        """`args.width must be a number, not a string`."""
+        return f"{self.path} must be {self.expected}, not {self.got}"
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A condition's (or a rule's) truth, and for an unknown one the first mismatch."""
+
+    truth: Truth
+    mismatch: Mismatch | None = None
+
+
+TRUE: Final = Evaluation(Truth.TRUE)
+FALSE: Final = Evaluation(Truth.FALSE)
+
+
 class ConditionLike(Protocol):
     """What the evaluator needs of a validated condition (see `authz.policy.Condition`)."""
 
@@ -77,7 +164,7 @@ class ConditionLike(Protocol):
     @property
     def value(self) -> Any: ...
     @property
-    def pattern(self) -> re.Pattern[str] | None: ...
+    def pattern(self) -> Pattern | None: ...
 
 
 # -- values ----------------------------------------------------------------------------
@@ -135,6 +222,18 @@ def json_type(value: object) -> str:
     return type(value).__name__
 
 
+def _a(type_name: str) -> str:
+    """`array` → `an array`; `null` stays `null`."""
+    if type_name == "null":
+        return type_name
+    return f"an {type_name}" if type_name[:1] in "aeiou" else f"a {type_name}"
+
+
+def _either(type_names: Iterable[str]) -> str:
+    """`a string or a number`."""
+    return " or ".join(_a(name) for name in type_names)
+
+
 # -- paths -----------------------------------------------------------------------------
 
 
@@ -148,12 +247,24 @@ def path_problem(path: str) -> str | None:
 
 
 def resolve(arguments: Mapping[str, Any], path: str) -> Any:
-    """The value at `args.a.b` inside `arguments`, or `MISSING`."""
+    """The value at `args.a.b` inside `arguments`, or `MISSING` (also through a non-object)."""
+    found = locate(arguments, path)
+    return MISSING if isinstance(found, Blocked) else found
+
+
+def locate(arguments: Mapping[str, Any], path: str) -> Any:
+    """The value at `args.a.b` inside `arguments`; `MISSING` when a key is absent (or null
+    on the way), `Blocked` when a non-object stands before the last key."""
     if not path.startswith(ARGS_PREFIX):
         return MISSING
+    parts = path[len(ARGS_PREFIX) :].split(".")
     current: Any = arguments
-    for part in path[len(ARGS_PREFIX) :].split("."):
-        if not isinstance(current, Mapping) or part not in current:
+    for depth, part in enumerate(parts):
+        if current is None:
+            return MISSING
+        if not isinstance(current, Mapping):
+            return Blocked(ARGS_PREFIX + ".".join(parts[:depth]), _a(json_type(current)))
+        if part not in current:
             return MISSING
         current = current[part]
     return current
@@ -162,69 +273,193 @@ def resolve(arguments: Mapping[str, Any], path: str) -> Any:
 # -- operators -------------------------------------------------------------------------
 
 
-def _in(actual: Any, expected: Any) -> bool:
-    return isinstance(expected, list | tuple) and any(json_equal(actual, x) for x in expected)
+@dataclass(frozen=True, slots=True)
+class _Why:
+    """An unknown outcome: what the operator compares, and what the argument is."""
+
+    expected: str
+    got: str
 
 
-def _numeric(cmp: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-    def check(actual: Any, expected: Any) -> bool:
-        return is_number(actual) and is_number(expected) and cmp(actual, expected)
-
-    return check
+_Outcome = Truth | _Why
 
 
-def _contains(actual: Any, expected: Any) -> bool:
-    if isinstance(actual, str):
-        return isinstance(expected, str) and expected in actual
+def _truth(outcome: _Outcome) -> Truth:
+    return outcome if isinstance(outcome, Truth) else Truth.UNKNOWN
+
+
+def _of(holds: bool) -> Truth:
+    return Truth.TRUE if holds else Truth.FALSE
+
+
+def _eq(actual: Any, expected: Any, strict: bool) -> _Outcome:
+    if json_equal(actual, expected):
+        return Truth.TRUE
+    if strict and expected is not None and json_type(actual) != json_type(expected):
+        return _Why(_a(json_type(expected)), _a(json_type(actual)))
+    return Truth.FALSE
+
+
+def _in(actual: Any, expected: Any, strict: bool) -> _Outcome:
+    if any(json_equal(actual, item) for item in expected):
+        return Truth.TRUE
+    types = dict.fromkeys(json_type(item) for item in expected if item is not None)
+    if strict and types and json_type(actual) not in types:
+        return _Why(_either(types), _a(json_type(actual)))
+    return Truth.FALSE
+
+
+def _numeric(op: str, actual: Any, expected: Any, strict: bool) -> _Outcome:
+    if not is_number(expected):
+        return Truth.FALSE
+    if not is_number(actual):
+        return _Why("a number", _a(json_type(actual))) if strict else Truth.FALSE
+    if op == "lt":
+        return _of(actual < expected)
+    if op == "lte":
+        return _of(actual <= expected)
+    if op == "gt":
+        return _of(actual > expected)
+    return _of(actual >= expected)
+
+
+def _regex(actual: Any, expected: Any, pattern: Pattern | None, strict: bool) -> _Outcome:
+    if not isinstance(actual, str):
+        return _Why("a string", _a(json_type(actual))) if strict else Truth.FALSE
+    if pattern is None:
+        pattern = _compiled(expected) if isinstance(expected, str) else None
+        if pattern is None:
+            return Truth.FALSE  # never from a loaded policy: its patterns compiled at load
+    return _of(pattern.search(actual))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str) -> Pattern | None:
+    try:
+        return compile_pattern(source)
+    except PatternError:
+        return None
+
+
+def _contains_in_list(items: Sequence[Any], expected: Any, strict: bool) -> _Outcome:
+    if any(json_equal(item, expected) for item in items):
+        return Truth.TRUE
+    if strict and expected is not None:
+        wanted = json_type(expected)
+        for item in items:
+            if item is not None and json_type(item) != wanted:
+                return _Why(f"an array of {wanted}s", f"an array holding {_a(json_type(item))}")
+    return Truth.FALSE
+
+
+_JSON_SPACE: Final = " \t\n\r"
+
+
+def _contains(actual: Any, expected: Any, strict: bool) -> _Outcome:
     if isinstance(actual, list | tuple):
-        return any(json_equal(item, expected) for item in actual)
-    return False
+        return _contains_in_list(actual, expected, strict)
+    if not isinstance(actual, str):
+        return _Why("a string or an array", _a(json_type(actual))) if strict else Truth.FALSE
+    as_text = _of(isinstance(expected, str) and expected in actual)
+    if not strict or not actual.lstrip(_JSON_SPACE).startswith("["):
+        return as_text
+    # A server may read this string as the JSON array it spells ('["a"]' → ["a"]), with
+    # escapes decoded: both readings must agree.
+    spelled = "a string that reads as a JSON array"
+    if len(actual) > MAX_DECODED_TEXT:
+        return _Why(f"an array, or text shorter than {MAX_DECODED_TEXT} characters", spelled)
+    try:
+        decoded = json.loads(actual)
+    except (ValueError, RecursionError):
+        return as_text
+    if not isinstance(decoded, list):
+        return as_text
+    as_array = _contains_in_list(decoded, expected, strict)
+    if as_array == as_text:
+        return as_text
+    return _Why("an array, or text that is not a JSON array", spelled)
 
 
-_COMPARE: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
-    "eq": json_equal,
-    "neq": lambda a, e: not json_equal(a, e),
-    "in": _in,
-    "not_in": lambda a, e: isinstance(e, list | tuple) and not _in(a, e),
-    "lt": _numeric(lambda a, e: a < e),
-    "lte": _numeric(lambda a, e: a <= e),
-    "gt": _numeric(lambda a, e: a > e),
-    "gte": _numeric(lambda a, e: a >= e),
-    "contains": _contains,
-}
+def _positive(
+    op: str, actual: Any, expected: Any, pattern: Pattern | None, strict: bool
+) -> _Outcome:
+    """The outcome of `op` (of `in` for `not_in`, of `eq` for `neq`) on a present value."""
+    if op in ("eq", "neq"):
+        return _eq(actual, expected, strict)
+    if op in LIST_OPS:
+        if not isinstance(expected, list | tuple):
+            return Truth.FALSE  # never from a loaded policy (validated at load)
+        return _in(actual, expected, strict)
+    if op in NUMERIC_OPS:
+        return _numeric(op, actual, expected, strict)
+    if op == "regex":
+        return _regex(actual, expected, pattern, strict)
+    if op == "contains":
+        return _contains(actual, expected, strict)
+    return Truth.FALSE
 
 
-def evaluate(op: str, actual: Any, expected: Any, pattern: re.Pattern[str] | None = None) -> bool:
-    """Apply `op` to a resolved argument (`MISSING` allowed); never raises.
-
-    `pattern` is the pre-compiled `regex` value; without it the pattern is compiled here.
-    """
+def _outcome(op: str, actual: Any, expected: Any, pattern: Pattern | None, strict: bool) -> Any:
+    """A `Truth`, or a `_Why` (unknown), or the `Blocked` path itself (unknown)."""
+    if isinstance(actual, Blocked):
+        if strict:
+            return actual
+        actual = MISSING
     if op == "exists":
         present = actual is not MISSING and actual is not None
-        return isinstance(expected, bool) and present is expected
+        return _of(isinstance(expected, bool) and present is expected)
     if actual is MISSING:
-        return False
-    if op == "regex":
-        if not isinstance(actual, str):
-            return False
-        if pattern is None:
-            if not isinstance(expected, str):
-                return False
-            try:
-                pattern = re.compile(expected)
-            except re.error:
-                return False
-        return pattern.search(actual) is not None
-    compare = _COMPARE.get(op)
-    return compare is not None and compare(actual, expected)
+        return Truth.FALSE
+    # a null argument compares as null: never unknown
+    outcome = _positive(op, actual, expected, pattern, strict and actual is not None)
+    negated = op == "neq" or (op == "not_in" and isinstance(expected, list | tuple))
+    return outcome.negate() if negated and isinstance(outcome, Truth) else outcome
 
 
-def matches(condition: ConditionLike, arguments: Mapping[str, Any]) -> bool:
-    """Whether one condition holds for the call's arguments."""
-    actual = resolve(arguments, condition.path)
-    return evaluate(condition.op, actual, condition.value, condition.pattern)
+def evaluate(
+    op: str,
+    actual: Any,
+    expected: Any,
+    pattern: Pattern | None = None,
+    *,
+    strict: bool = True,
+) -> Truth:
+    """Apply `op` to a resolved argument (`MISSING` and `Blocked` allowed); never raises.
+
+    `pattern` is the pre-compiled `regex` value; without it the pattern is compiled here.
+    With `strict=False`, unknown outcomes become false (`neq`/`not_in`: true).
+    """
+    outcome = _outcome(op, actual, expected, pattern, strict)
+    return outcome if isinstance(outcome, Truth) else Truth.UNKNOWN
 
 
-def all_match(conditions: Iterable[ConditionLike], arguments: Mapping[str, Any]) -> bool:
-    """AND of the conditions; true for an empty list."""
-    return all(matches(c, arguments) for c in conditions)
+def check(
+    condition: ConditionLike, arguments: Mapping[str, Any], *, strict: bool = True
+) -> Evaluation:
+    """One condition on the call's arguments, with the mismatch when it is unknown."""
+    actual = locate(arguments, condition.path)
+    outcome = _outcome(condition.op, actual, condition.value, condition.pattern, strict)
+    if isinstance(outcome, Truth):
+        return TRUE if outcome is Truth.TRUE else FALSE
+    if isinstance(outcome, Blocked):
+        mismatch = Mismatch(outcome.path, "an object", outcome.got)
+    else:
+        mismatch = Mismatch(condition.path, outcome.expected, outcome.got)
+    return Evaluation(Truth.UNKNOWN, mismatch)
+
+
+def check_all(
+    conditions: Iterable[ConditionLike], arguments: Mapping[str, Any], *, strict: bool = True
+) -> Evaluation:
+    """Kleene AND of the conditions (true for none), with the first mismatch if unknown.
+
+    Stops at the first false condition.
+    """
+    unknown: Evaluation | None = None
+    for condition in conditions:
+        found = check(condition, arguments, strict=strict)
+        if found.truth is Truth.FALSE:
+            return FALSE
+        if found.truth is Truth.UNKNOWN and unknown is None:
+            unknown = found
+    return unknown or TRUE

@@ -27,6 +27,7 @@ from typing import Any
 
 from authz import conditions
 from authz.approvals.base import Approval, ApprovalStatus
+from authz.conditions import Truth
 from authz.model import (
     ApprovalRequirement,
     ApprovalTicket,
@@ -124,8 +125,9 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
         entries.append((WILDCARD, wildcard))
 
     args = request.arguments
+    strict = policy.strict_types
     for key, entry in entries:
-        denial = _check_entry(tool, key, entry, args)
+        denial = _check_entry(tool, key, entry, args, strict)
         if denial is not None:
             return denial
 
@@ -148,7 +150,9 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             return claim
         claims.append(claim)
     return Decision(
-        Outcome.ALLOW, claims=tuple(claims), approval=_approval_requirement(entries, args)
+        Outcome.ALLOW,
+        claims=tuple(claims),
+        approval=_approval_requirement(entries, args, strict),
     )
 
 
@@ -156,12 +160,13 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
 
 
 def _approval_requirement(
-    entries: list[tuple[str, ToolPolicy]], args: Mapping[str, Any]
+    entries: list[tuple[str, ToolPolicy]], args: Mapping[str, Any], strict: bool
 ) -> ApprovalRequirement | None:
-    """The first approval rule that holds (own entry, then "*"), or None."""
+    """The first approval rule that holds, true or unknown (own entry, then "*"), or None."""
     for key, entry in entries:
         for where, rule in entry.approval_rules:
-            if conditions.all_match(rule.conditions, args):
+            found = conditions.check_all(rule.conditions, args, strict=strict)
+            if found.truth is not Truth.FALSE:
                 return ApprovalRequirement(
                     rule=pointer("tools", key, *where),
                     ttl_seconds=rule.ttl_seconds,
@@ -238,27 +243,46 @@ def settle(decision: Decision, result: Reservation | Exhausted) -> Decision:
 
 
 def _check_entry(
-    tool: str, key: str, entry: ToolPolicy, args: Mapping[str, Any]
+    tool: str, key: str, entry: ToolPolicy, args: Mapping[str, Any], strict: bool
 ) -> Decision | None:
+    """The first denial of the entry's rules, or None.
+
+    `require` and `evaluate` rules pass only when true; `deny_if` denies when true or
+    unknown. A denial for an unknown condition says which argument has which wrong type.
+    """
     for i, rule in enumerate(entry.require):
-        if not conditions.all_match(rule.conditions, args):
+        found = conditions.check_all(rule.conditions, args, strict=strict)
+        if found.truth is not Truth.TRUE:
             default = f"tool {tool!r} requires {_describe(rule)}"
-            return _policy_deny(rule.on_deny or default, pointer("tools", key, "require", i))
+            message = _noted(rule.on_deny or default, found)
+            return _policy_deny(message, pointer("tools", key, "require", i))
     for i, rule in enumerate(entry.deny_if):
-        if conditions.all_match(rule.conditions, args):
+        found = conditions.check_all(rule.conditions, args, strict=strict)
+        if found.truth is not Truth.FALSE:
             if rule.conditions:
                 default = f"tool {tool!r} is denied when {_describe(rule)}"
             else:
                 default = f"tool {tool!r} is denied by policy"
-            return _policy_deny(rule.on_deny or default, pointer("tools", key, "deny_if", i))
+            message = _noted(rule.on_deny or default, found)
+            return _policy_deny(message, pointer("tools", key, "deny_if", i))
     for i, action_rule in enumerate(entry.rules):
-        denied = action_rule.action == "deny" or not conditions.all_match(
-            action_rule.arg_conditions, args
+        found = (
+            conditions.FALSE
+            if action_rule.action == "deny"
+            else conditions.check_all(action_rule.arg_conditions, args, strict=strict)
         )
-        if denied:
+        if found.truth is not Truth.TRUE:
             default = f"tool {tool!r} denied by rule {action_rule.label!r}"
-            return _policy_deny(action_rule.on_deny or default, pointer("tools", key, "rules", i))
+            message = _noted(action_rule.on_deny or default, found)
+            return _policy_deny(message, pointer("tools", key, "rules", i))
     return None
+
+
+def _noted(message: str, found: conditions.Evaluation) -> str:
+    """The deny message, plus which argument has a type the rule cannot compare."""
+    if found.mismatch is None:
+        return message
+    return f"{message} ({found.mismatch.describe()})"
 
 
 def _describe(rule: Rule) -> str:

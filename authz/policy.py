@@ -21,6 +21,10 @@ PolicyLayer Intercept's v1 document (rendered as JSON) plus three mcp-authz sect
   is held until a person approves it (see `authz.approvals`).
 - Windows are fixed and aligned to the UTC epoch: second, minute, hour, day (Intercept has
   the last three).
+- `strict_types` (default true) is mcp-authz's: a condition on an argument of a JSON type
+  its operator does not compare is unknown and fails closed (`authz.conditions`); false
+  restores Intercept's "a mismatch is false". `regex` values are RE2 patterns
+  (`authz.patterns`), compiled at load.
 
 Every problem found is reported at once, each naming the JSON path of the field at fault and
 what would fix it (`PolicyError`).
@@ -55,6 +59,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from authz import conditions
+from authz.patterns import Pattern, PatternError, compile_pattern
 
 __all__ = [
     "WINDOW_SECONDS",
@@ -179,15 +184,16 @@ class Condition(_Model):
         default=None,
         title="Value",
         description=(
-            "What to compare with: a list for in/not_in, a number for lt/lte/gt/gte, a "
-            "pattern string for regex (searched, not fully matched), true/false for exists."
+            "What to compare with: a list for in/not_in, a number for lt/lte/gt/gte, an "
+            "RE2 pattern string for regex (searched, not fully matched; no backreferences "
+            "or lookaround), true/false for exists."
         ),
     )
-    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+    _pattern: Pattern | None = PrivateAttr(default=None)
 
     @property
-    def pattern(self) -> re.Pattern[str] | None:
-        """The compiled `regex` value (None for other operators)."""
+    def pattern(self) -> Pattern | None:
+        """The compiled `regex` value, RE2 (None for other operators)."""
         return self._pattern
 
     @property
@@ -223,11 +229,9 @@ class Condition(_Model):
         if self.op == "regex":
             assert isinstance(self.value, str)
             try:
-                self._pattern = re.compile(self.value)
-            except re.error as exc:
-                raise _problems(
-                    (("value",), f"invalid regex {self.value!r}: {exc}; fix the pattern")
-                ) from None
+                self._pattern = compile_pattern(self.value)
+            except PatternError as exc:
+                raise _problems((("value",), f"invalid regex {self.value!r}: {exc}")) from None
         return self
 
     def describe(self) -> str:
@@ -876,6 +880,17 @@ class PolicyDocument(_Model):
             '(or the string "*") hides every tool.'
         ),
     )
+    strict_types: StrictBool = Field(
+        default=True,
+        title="Strict types",
+        description=(
+            "mcp-authz extension: true (the default) makes a condition whose argument has a "
+            "JSON type its operator does not compare unknown, and unknown fails closed "
+            "(require fails, deny_if denies, approve_if holds). false gives the PolicyLayer "
+            "semantics (a mismatch is false), which is unsafe in front of an MCP server that "
+            'converts argument types, e.g. "500" to 500 or "yes" to true.'
+        ),
+    )
     hide_denied: StrictBool = Field(
         default=False,
         title="Hide denied tools",
@@ -995,6 +1010,11 @@ class Policy:
     @property
     def default(self) -> Literal["allow", "deny"]:
         return self.document.default
+
+    @property
+    def strict_types(self) -> bool:
+        """Whether an argument of a type a condition does not compare fails closed."""
+        return self.document.strict_types
 
     @property
     def hides_all(self) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from authz.conditions import Truth
 from authz.engine import decide, pointer, settle
 from authz.model import (
     Claim,
@@ -70,72 +71,138 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-ARGS = {"mode": "safe", "n": 5, "tags": ["a", "b"], "meta": {"owner": "ann"}, "flag": True}
+ARGS = {
+    "mode": "safe",
+    "n": 5,
+    "tags": ["a", "b"],
+    "meta": {"owner": "ann"},
+    "flag": True,
+    "none": None,
+    # what an agent sends and a lax MCP server converts: "500" → 500, "yes" → True, ...
+    "count": "500",
+    "yes": "yes",
+    "jtags": '["admin"]',
+    "etags": '["adm\\u0069n"]',
+    "opts": '{"mode": "danger"}',
+}
 R0 = "/tools/t/require/0"
 D0 = "/tools/t/deny_if/0"
+T, F, U = Truth.TRUE, Truth.FALSE, Truth.UNKNOWN
 
-OPERATOR_CASES = [
-    # (op, path, value, holds for ARGS)
-    ("eq", "args.mode", "safe", True),
-    ("eq", "args.mode", "unsafe", False),
-    ("eq", "args.flag", 1, False),
-    ("neq", "args.mode", "unsafe", True),
-    ("neq", "args.mode", "safe", False),
-    ("in", "args.mode", ["safe", "fast"], True),
-    ("in", "args.mode", ["fast"], False),
-    ("not_in", "args.mode", ["fast"], True),
-    ("not_in", "args.mode", ["safe"], False),
-    ("lt", "args.n", 6, True),
-    ("lt", "args.n", 5, False),
-    ("lte", "args.n", 5, True),
-    ("lte", "args.n", 4.5, False),
-    ("gt", "args.n", 4, True),
-    ("gt", "args.n", 5, False),
-    ("gte", "args.n", 5.0, True),
-    ("gte", "args.n", 6, False),
-    ("lt", "args.mode", 6, False),  # type mismatch
-    ("regex", "args.mode", "^sa", True),
-    ("regex", "args.mode", "af", True),  # search
-    ("regex", "args.mode", "^fe", False),
-    ("contains", "args.mode", "af", True),
-    ("contains", "args.mode", "x", False),
-    ("contains", "args.tags", "b", True),
-    ("contains", "args.tags", "c", False),
-    ("exists", "args.mode", True, True),
-    ("exists", "args.mode", False, False),
-    ("exists", "args.nope", False, True),
-    ("exists", "args.nope", True, False),
-    ("eq", "args.meta.owner", "ann", True),  # nested
-    ("eq", "args.meta.owner", "bob", False),
-    ("eq", "args.meta.owner.deeper", "ann", False),
-    ("eq", "args.missing", "x", False),  # missing: false
-    ("neq", "args.missing", "x", False),
-    ("not_in", "args.missing", ["x"], False),
+OPERATOR_CASES: list[tuple[str, str, Any, Truth, bool | None]] = [
+    # (op, path, value, truth for ARGS, holds with strict_types false when unknown)
+    ("eq", "args.mode", "safe", T, None),
+    ("eq", "args.mode", "unsafe", F, None),
+    ("eq", "args.flag", 1, U, False),  # booleans are not numbers
+    ("eq", "args.flag", "true", U, False),
+    ("eq", "args.yes", True, U, False),  # "yes" is true to a lax server
+    ("neq", "args.yes", True, U, True),
+    ("neq", "args.mode", "unsafe", T, None),
+    ("neq", "args.mode", "safe", F, None),
+    ("in", "args.mode", ["safe", "fast"], T, None),
+    ("in", "args.mode", ["fast"], F, None),
+    ("in", "args.mode", ["x", 5], F, None),  # a mixed list compares both types
+    ("in", "args.n", ["x", 5], T, None),
+    ("in", "args.n", ["5", "6"], U, False),
+    ("not_in", "args.mode", ["fast"], T, None),
+    ("not_in", "args.mode", ["safe"], F, None),
+    ("not_in", "args.n", ["5"], U, True),
+    ("lt", "args.n", 6, T, None),
+    ("lt", "args.n", 5, F, None),
+    ("lte", "args.n", 5, T, None),
+    ("lte", "args.n", 4.5, F, None),
+    ("gt", "args.n", 4, T, None),
+    ("gt", "args.n", 5, F, None),
+    ("gte", "args.n", 5.0, T, None),
+    ("gte", "args.n", 6, F, None),
+    ("lt", "args.mode", 6, U, False),
+    ("gt", "args.count", 100, U, False),  # "500"
+    ("gt", "args.flag", 0, U, False),
+    ("regex", "args.mode", "^sa", T, None),
+    ("regex", "args.mode", "af", T, None),  # search
+    ("regex", "args.mode", "^fe", F, None),
+    ("regex", "args.n", "5", U, False),
+    ("contains", "args.mode", "af", T, None),
+    ("contains", "args.mode", "x", F, None),
+    ("contains", "args.tags", "b", T, None),
+    ("contains", "args.tags", "c", F, None),
+    ("contains", "args.tags", 5, U, False),  # elements are strings
+    ("contains", "args.n", 5, U, False),
+    ("contains", "args.jtags", "admin", T, None),  # as text and as the array it spells
+    ("contains", "args.etags", "admin", U, False),  # only the array it spells has it
+    ("exists", "args.mode", True, T, None),
+    ("exists", "args.mode", False, F, None),
+    ("exists", "args.nope", False, T, None),
+    ("exists", "args.nope", True, F, None),
+    ("exists", "args.opts.mode", True, U, False),  # opts is a string: may be an object
+    ("exists", "args.opts.mode", False, U, True),
+    ("eq", "args.meta.owner", "ann", T, None),  # nested
+    ("eq", "args.meta.owner", "bob", F, None),
+    ("eq", "args.meta.owner.deeper", "ann", U, False),
+    ("eq", "args.opts.mode", "danger", U, False),
+    ("eq", "args.meta", {"owner": "ann"}, T, None),  # structural
+    ("eq", "args.meta", {"owner": 1}, F, None),
+    ("eq", "args.tags", ["a"], F, None),
+    ("eq", "args.tags", "a", U, False),
+    ("eq", "args.none", None, T, None),  # null is compared as null, never unknown
+    ("gt", "args.none", 1, F, None),
+    ("neq", "args.none", 1, T, None),
+    ("eq", "args.mode", None, F, None),
+    ("eq", "args.missing", "x", F, None),  # missing: false
+    ("neq", "args.missing", "x", F, None),
+    ("not_in", "args.missing", ["x"], F, None),
+    ("gt", "args.missing.deeper", 1, F, None),
 ]
 
+
+def lax(policy: dict[str, Any]) -> dict[str, Any]:
+    return {**policy, "strict_types": False}
+
+
 CASES: list[Case] = []
-for op, path, value, holds in OPERATOR_CASES:
+for op, path, value, truth, lax_holds in OPERATOR_CASES:
     name = f"{op}-{path}-{value}"
-    # as a requirement: allowed iff the condition holds
+    # as a requirement: allowed only when the condition is true
     CASES.append(
         Case(
             f"require:{name}",
             require(cond(path, op, value)),
             call("t", ARGS),
-            holds,
-            None if holds else R0,
+            truth is T,
+            None if truth is T else R0,
         )
     )
-    # as a deny_if: denied iff the condition holds
+    # as a deny_if: denied when the condition is true or unknown
     CASES.append(
         Case(
             f"deny_if:{name}",
             deny_if([cond(path, op, value)]),
             call("t", ARGS),
-            not holds,
-            D0 if holds else None,
+            truth is F,
+            None if truth is F else D0,
         )
     )
+    if truth is U:
+        # strict_types false: a mismatch is plain false (neq/not_in: true)
+        assert lax_holds is not None
+        CASES.append(
+            Case(
+                f"lax-require:{name}",
+                lax(require(cond(path, op, value))),
+                call("t", ARGS),
+                lax_holds,
+                None if lax_holds else R0,
+            )
+        )
+        CASES.append(
+            Case(
+                f"lax-deny_if:{name}",
+                lax(deny_if([cond(path, op, value)])),
+                call("t", ARGS),
+                not lax_holds,
+                D0 if lax_holds else None,
+            )
+        )
 
 CASES += [
     Case(
@@ -355,6 +422,129 @@ CASES += [
         call("t"),
         False,
         "/tools/*/rules/0",
+    ),
+]
+
+# unknown conditions: Kleene AND, and messages that name the argument and the type
+WIDE = {"w": "4096", "n": 5, "secret": "hunter2", "opts": '{"mode": "x"}'}
+CASES += [
+    Case(
+        "unknown-deny_if-default-message",
+        deny_if([cond("args.w", "gt", 1024)]),
+        call("t", WIDE),
+        False,
+        D0,
+        "tool 't' is denied when args.w gt 1024 (args.w must be a number, not a string)",
+    ),
+    Case(
+        "unknown-deny_if-on-deny",
+        deny_if([cond("args.w", "gt", 1024)], on_deny="too wide"),
+        call("t", WIDE),
+        False,
+        D0,
+        "too wide (args.w must be a number, not a string)",
+    ),
+    Case(
+        "unknown-require-message",
+        require(cond("args.w", "lte", 1024)),
+        call("t", WIDE),
+        False,
+        R0,
+        "tool 't' requires args.w lte 1024 (args.w must be a number, not a string)",
+    ),
+    Case(
+        "unknown-path-message",
+        deny_if([cond("args.opts.mode", "eq", "danger")]),
+        call("t", WIDE),
+        False,
+        D0,
+        "tool 't' is denied when args.opts.mode eq 'danger' (args.opts must be an object, "
+        "not a string)",
+    ),
+    Case(
+        "unknown-message-has-no-argument-value",
+        deny_if([cond("args.secret", "gt", 1)]),
+        call("t", WIDE),
+        False,
+        D0,
+        "tool 't' is denied when args.secret gt 1 (args.secret must be a number, not a string)",
+    ),
+    Case(
+        "kleene-true-and-unknown-denies",
+        deny_if([cond("args.n", "gt", 1), cond("args.w", "gt", 1024)]),
+        call("t", WIDE),
+        False,
+        D0,
+    ),
+    Case(
+        "kleene-false-and-unknown-allows",
+        deny_if([cond("args.n", "gt", 10), cond("args.w", "gt", 1024)]),
+        call("t", WIDE),
+        True,
+    ),
+    Case(
+        "kleene-unknown-and-false-allows",
+        deny_if([cond("args.w", "gt", 1024), cond("args.n", "gt", 10)]),
+        call("t", WIDE),
+        True,
+    ),
+    Case(
+        "kleene-require-true-and-unknown-denies",
+        require(cond("args.n", "gt", 1), cond("args.w", "lt", 9999)),
+        call("t", WIDE),
+        False,
+        R0,
+    ),
+    Case(
+        "kleene-first-unknown-is-named",
+        deny_if([cond("args.opts.mode", "eq", "x"), cond("args.w", "gt", 1024)]),
+        call("t", WIDE),
+        False,
+        D0,
+        "tool 't' is denied when args.opts.mode eq 'x' and args.w gt 1024 (args.opts must be "
+        "an object, not a string)",
+    ),
+    Case(
+        "unknown-intercept-evaluate-denies",
+        {
+            "version": "1",
+            "tools": {
+                "t": {
+                    "rules": [
+                        {
+                            "name": "cap",
+                            "conditions": [cond("args.w", "lte", 9999)],
+                            "on_deny": "at most 9999",
+                        }
+                    ]
+                }
+            },
+        },
+        call("t", WIDE),
+        False,
+        "/tools/t/rules/0",
+        "at most 9999 (args.w must be a number, not a string)",
+    ),
+    Case(
+        "lax-intercept-evaluate-denies-as-before",
+        lax(
+            {
+                "version": "1",
+                "tools": {
+                    "t": {"rules": [{"name": "cap", "conditions": [cond("args.w", "lte", 9)]}]}
+                },
+            }
+        ),
+        call("t", WIDE),
+        False,
+        "/tools/t/rules/0",
+        "tool 't' denied by rule 'cap'",
+    ),
+    Case(
+        "lax-deny_if-mismatch-allows",
+        lax(deny_if([cond("args.w", "gt", 1024)])),
+        call("t", WIDE),
+        True,
     ),
 ]
 
@@ -832,3 +1022,34 @@ def test_methods_do_not_govern_tool_calls() -> None:
         {"version": "1", "default": "allow", "methods": {"default": "deny"}}, name="p"
     )
     assert decide(policy, GRANT, call("anything")).allowed
+
+
+# -- approval rules hold on true or unknown -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "strict", "held"),
+    [
+        ({"amount": 500}, True, True),
+        ({"amount": 50}, True, False),
+        ({"amount": "500"}, True, True),  # unknown holds the call
+        ({"amount": "500"}, False, False),  # a mismatch is false without strict types
+        ({}, True, False),  # missing: false
+    ],
+)
+def test_approve_if_holds_on_true_or_unknown(
+    args: dict[str, Any], strict: bool, held: bool
+) -> None:
+    policy = {
+        "version": "1",
+        "strict_types": strict,
+        "tools": {
+            "t": {"approve_if": [{"name": "big", "conditions": [cond("args.amount", "gt", 100)]}]}
+        },
+    }
+    decision = decide(load_policy(policy, name="p"), GRANT, call("t", args))
+    assert decision.allowed
+    assert (decision.approval is not None) is held
+    if held:
+        assert decision.approval is not None
+        assert decision.approval.rule == "/tools/t/approve_if/0"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
 
+from authz.patterns import Pattern
 from authz.policy import (
     LimitCost,
     PolicyError,
@@ -203,7 +203,8 @@ def test_regex_compiled_at_load_and_models_frozen() -> None:
     tool = policy.tool("image.generate.gemini")
     assert tool is not None
     cond = tool.require[0].conditions[0]
-    assert isinstance(cond.pattern, re.Pattern) and cond.pattern.pattern == "^feat/"
+    assert isinstance(cond.pattern, Pattern) and cond.pattern.source == "^feat/"
+    assert cond.pattern.search("feat/x") and not cond.pattern.search("fix/x")
     with pytest.raises(pydantic.ValidationError):
         setattr(cond, "op", "eq")  # noqa: B010
 
@@ -398,9 +399,52 @@ def test_invalid_regex_named() -> None:
     assert problems_of(doc) == [
         (
             f"{T}.require[0].conditions[0].value",
-            "invalid regex '(unclosed': missing ), unterminated subpattern at position 0; "
-            "fix the pattern",
+            "invalid regex '(unclosed': RE2 cannot compile it: missing ): (unclosed",
         )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (
+            r"(a)\1",
+            "RE2 cannot compile it: invalid escape sequence: \\1; RE2 has no backreferences",
+        ),
+        ("(?P<n>a)(?P=n)", "RE2 has no backreferences"),
+        ("foo(?=bar)", "RE2 cannot compile it: invalid perl operator: (?=; RE2 has no lookahead"),
+        ("(?<!x)y", "RE2 has no lookahead or lookbehind"),
+        (r"end\Z", "RE2 has no \\Z; use \\z for the end of the text"),
+        ("(?x) a b", "RE2's inline flags are i, m, s and U"),
+        ("a*+", "RE2 has no possessive quantifiers"),
+        (r"caf\u00e9", "write a code point as \\x{263a}"),
+        ("a{1001}", "RE2 repeats at most 1000 times"),
+        ("x{,3}", "'{,3}' at position 1 means a repetition in Python but literal text in RE2"),
+    ],
+)
+def test_patterns_re2_cannot_compile_are_named(pattern: str, message: str) -> None:
+    doc = mutate(f"{C0}/value", pattern)
+    doc["tools"]["image.generate.gemini"]["require"][0]["conditions"][0]["op"] = "regex"
+    ((where, text),) = problems_of(doc)
+    assert where == f"{T}.require[0].conditions[0].value"
+    assert text.startswith(f"invalid regex {pattern!r}: ") and message in text, text
+
+
+@pytest.mark.parametrize("pattern", [r"^(a+)+$", r"\pL+\z", "[[:alpha:]]", "(?P<n>a)", "x{0,3}"])
+def test_re2_patterns_load(pattern: str) -> None:
+    doc = mutate(f"{C0}/value", pattern)
+    doc["tools"]["image.generate.gemini"]["require"][0]["conditions"][0]["op"] = "regex"
+    load_policy(doc, name="ok")
+
+
+def test_strict_types_defaults_to_true() -> None:
+    assert load_policy(base(), name="p").strict_types is True
+    assert load_policy({**base(), "strict_types": False}, name="p").strict_types is False
+    assert problems_of({**base(), "strict_types": "no"}) == [
+        ("$.strict_types", "must be true or false; got string")
+    ]
+    assert problems_of({**base(), "strict_types": 0}) == [
+        ("$.strict_types", "must be true or false; got number")
     ]
 
 

@@ -320,10 +320,10 @@ path_segments = st.sampled_from(["a", "b", "mode", "n", "x y", "é", "id"]) | st
 )
 arg_paths = st.lists(path_segments, min_size=1, max_size=3).map(lambda p: "args." + ".".join(p))
 numbers = st.integers(-1000, 1000) | st.floats(allow_nan=False, allow_infinity=False)
-# Simple patterns only: policies are trusted and catastrophic patterns are documented.
-regexes = st.sampled_from(["^a", "b$", "[0-9]+", "x|y", ".*", "", "é", "(?i)MODE", r"\d{2,}"]) | (
-    st.text(max_size=5).map(re.escape)
-)
+# RE2 patterns: catastrophic ones for Python's re (^(a+)+$) run in linear time here.
+regexes = st.sampled_from(
+    ["^a", "b$", "[0-9]+", "x|y", ".*", "", "é", "(?i)MODE", r"\d{2,}", "^(a+)+$", r"\pL+\z"]
+) | (st.text(max_size=5).map(re.escape))
 
 
 def condition_values(op: str) -> st.SearchStrategy[Any]:
@@ -455,6 +455,7 @@ policy_documents = st.lists(policy_tools, max_size=3, unique=True).flatmap(
             hide=hide_lists,
             all_tools=st.fixed_dictionaries({"limits": limits}),
             methods=methods_sections,
+            strict_types=st.booleans(),
         ),
     )
 )
@@ -982,6 +983,8 @@ CALL_ARGUMENTS: list[dict[str, Any]] = [
     {"a": 1, "n": 2.5, "mode": "x", "b": {"c": [1]}, "id": {"a": [1]}},
     {"n": -1, "a": None, "mode": "safe"},
     {"n": 10**30, "a": "é", "s": {"3": 1}},
+    # what a lax MCP server converts, and a run that makes backtracking engines explode
+    {"n": "500", "a": '["x", 1]', "b": '{"c": [1]}', "mode": 1, "id": "a" * 64 + "!"},
 ]
 
 
