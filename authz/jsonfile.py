@@ -1,17 +1,19 @@
 """Strict loading of the JSON credential files (grants.json, approvers.json).
 
-One JSON object, UTF-8, no duplicate keys, validated by a pydantic model. Every problem is
-raised as the caller's error class, prefixed with the file name, and validation problems
-name their JSON path (`$.grants[3].token_sha256: ...`).
+Read by the one strict JSON reader (`authz.strictjson`: no byte-order mark, no duplicate
+keys, no NaN, ...), then validated by a pydantic model. Every problem is raised as the
+caller's error class, prefixed with the file name, and names its JSON path where one is
+known (`grants.json: $.grants[3].token_sha256: ...`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from authz import strictjson
 
 __all__ = ["json_path", "load_document"]
 
@@ -27,21 +29,11 @@ def load_document(
     raw: bytes, *, file_name: str, model: type[Model], error: type[Exception]
 ) -> Model:
     """Parse and validate `raw`, or raise `error` naming `file_name` and the field at fault."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise error(f"{file_name}: duplicate key {key!r}")
-            out[key] = value
-        return out
-
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
-    except error:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{file_name}: not valid JSON: {exc}") from exc
+        data = strictjson.loads(raw)
+    except strictjson.StrictJsonError as exc:
+        problems = [f"{json_path(loc)}: {message}" for loc, message in exc.problems]
+        raise error(f"{file_name}: " + "; ".join(problems)) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

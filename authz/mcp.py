@@ -1,25 +1,27 @@
 """Strict parsing of one MCP JSON-RPC message from raw request bytes (pure).
 
 The sidecar must never decide on a different message than the one the upstream executes.
-So anything that two JSON parsers could read differently is rejected instead of guessed:
-duplicate keys at any depth, invalid UTF-8, a byte-order mark, lone surrogates, NaN and
-Infinity, numbers that overflow, excessive nesting, trailing data, batches and JSON-RPC
-members the specification does not define. Method names must be MCP methods spelled
-exactly (no case or whitespace variants) and tool names must use the charset of the MCP
-specification (2025-11-25), so a confusable name never reaches the policy or the upstream.
+So anything that two JSON parsers could read differently is rejected instead of guessed.
+The bytes are read by the one strict JSON reader (`authz.strictjson`: duplicate keys at any
+depth, invalid UTF-8, a byte-order mark, lone surrogates, NaN and Infinity, numbers that
+overflow, excessive nesting and trailing data are -32700); a message is also refused
+(-32600) for more than `MAX_VALUES` JSON values (counted before parsing, so the cost of a
+message is bounded), for an id longer than `MAX_ID_BYTES`, for being a batch, and for
+JSON-RPC members the specification does not define. Method names must be MCP methods
+spelled exactly (no case or whitespace variants) and tool names must use the charset of the
+MCP specification (2025-11-25), so a confusable name never reaches the policy or the
+upstream.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from authz import strictjson
 from authz.model import JsonValue, McpRequest, RequestId
 
 PARSE_ERROR = -32700
@@ -27,9 +29,21 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 
-MAX_DEPTH = 64
-MAX_NUMBER_LITERAL = 64
-"""Longest accepted number literal, in characters (guards against overlong numbers)."""
+MAX_DEPTH = strictjson.MAX_DEPTH
+MAX_NUMBER_LITERAL = strictjson.MAX_NUMBER_LITERAL
+
+MAX_VALUES = 20_000
+"""Most JSON values one message may hold (-32600 past it), counted on the bytes before
+parsing (`strictjson.value_bound`: commas and brackets outside strings, so a long prompt
+full of commas is one value). Parsing costs up to about 1 µs per value, so a 1 MiB message
+costs at most ~20-30 ms of CPU (measured: docs/security.md, "Bounded work per request"),
+against 0.3-0.7 s for the 350,000 empty arrays that fit in 1 MiB. Real MCP messages hold
+tens of values, large ones a few thousand: an embedding of 3,072 numbers, a table of 1,000
+rows of 10 cells (11,001 values) fit."""
+
+MAX_ID_BYTES = 256
+"""Longest JSON-RPC id accepted (-32600 past it): a string in UTF-8, an integer as its
+decimal text. The id is echoed in every answer and matched by the response phase."""
 
 _REQUEST_MEMBERS = frozenset({"jsonrpc", "id", "method", "params"})
 _RESPONSE_MEMBERS = frozenset({"jsonrpc", "id", "result", "error"})
@@ -127,124 +141,39 @@ class McpParseError(ValueError):
         self.request_id = request_id
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _DuplicateKey(key)
-        obj[key] = value
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _parse_float(literal: str) -> float:
-    if len(literal) > MAX_NUMBER_LITERAL:
-        raise ValueError("number literal too long")
-    value = float(literal)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
-def _parse_int(literal: str) -> int:
-    if len(literal) > MAX_NUMBER_LITERAL:
-        raise ValueError("number literal too long")
-    return int(literal)
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_pairs_no_duplicates,
-    parse_constant=_reject_constant,
-    parse_float=_parse_float,
-    parse_int=_parse_int,
-    strict=True,
-)
-
-
-def _depth_and_text_ok(value: JsonValue) -> int:
-    """Return the nesting depth; raise on lone surrogates in any string or key."""
-    depth = 0
-    stack: list[tuple[JsonValue, int]] = [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict):
-            depth = max(depth, level)
-            for key, child in node.items():
-                _check_text(key)
-                stack.append((child, level + 1))
-        elif isinstance(node, list):
-            depth = max(depth, level)
-            stack.extend((child, level + 1) for child in node)
-        elif isinstance(node, str):
-            _check_text(node)
-    return depth
-
-
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-"""A `\\uD800`-`\\uDFFF` escape: the only way a lone surrogate gets into parsed text (the body
-itself was strictly UTF-8 decoded). It may also match an escaped backslash followed by
-`ud8..`; that only sends the body down the full check."""
-
-
-def _surely_shallow_and_clean(body: bytes) -> bool:
-    """True when the parsed body cannot nest deeper than MAX_DEPTH (fewer opening brackets
-    than that in all) nor hold a lone surrogate (no surrogate escape): the walk is skipped."""
-    return (
-        body.count(b"{") + body.count(b"[") <= MAX_DEPTH and _SURROGATE_ESCAPE.search(body) is None
-    )
-
-
-def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError("string contains a lone surrogate escape") from exc
-
-
 def parse_json(body: bytes) -> JsonValue:
-    """Parse bytes as one strict JSON value or raise McpParseError(-32700)."""
-    if body.startswith(b"\xef\xbb\xbf"):
-        raise McpParseError(PARSE_ERROR, "parse error: byte-order mark is not allowed")
+    """Parse bytes as one strict JSON value (`authz.strictjson`) or raise McpParseError:
+    -32600 past `MAX_VALUES` (counted before parsing), -32700 for anything else."""
     try:
-        text = body.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        raise McpParseError(PARSE_ERROR, f"parse error: invalid UTF-8 at byte {exc.start}") from exc
-    try:
-        value = _DECODER.decode(text)
-    except _DuplicateKey as exc:
-        raise McpParseError(PARSE_ERROR, f"parse error: duplicate key {str(exc)!r}") from exc
-    except RecursionError as exc:
-        raise McpParseError(PARSE_ERROR, "parse error: nesting too deep") from exc
-    except json.JSONDecodeError as exc:
-        raise McpParseError(
-            PARSE_ERROR, f"parse error: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    except ValueError as exc:
-        raise McpParseError(PARSE_ERROR, f"parse error: {exc}") from exc
-    if _surely_shallow_and_clean(body):
-        return value
-    try:
-        depth = _depth_and_text_ok(value)
-    except ValueError as exc:
-        raise McpParseError(PARSE_ERROR, f"parse error: {exc}") from exc
-    if depth > MAX_DEPTH:
-        raise McpParseError(PARSE_ERROR, f"parse error: nesting deeper than {MAX_DEPTH}")
-    return value
+        return strictjson.loads(body, max_values=MAX_VALUES)
+    except strictjson.TooManyValues as exc:
+        raise McpParseError(INVALID_REQUEST, f"invalid request: {exc.message}") from None
+    except strictjson.StrictJsonError as exc:
+        raise McpParseError(PARSE_ERROR, f"parse error: {exc.message}") from None
+
+
+def _id_too_long(raw: object) -> bool:
+    """Whether a string or integer id is longer than MAX_ID_BYTES: a string in UTF-8, an
+    integer as its decimal text (at most MAX_NUMBER_LITERAL characters: the reader refuses
+    longer literals, so `str()` never meets a huge integer here)."""
+    if isinstance(raw, str):
+        return len(raw) > MAX_ID_BYTES or len(raw.encode("utf-8")) > MAX_ID_BYTES
+    return isinstance(raw, int) and len(str(raw)) > MAX_ID_BYTES
 
 
 def _request_id(message: Mapping[str, JsonValue]) -> RequestId:
     """The id to echo in an error, or None when the id itself is unusable."""
     raw = message.get("id")
     if isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool)):
-        return raw
+        return None if _id_too_long(raw) else raw
     return None
+
+
+def _check_id_length(message: Mapping[str, JsonValue]) -> None:
+    if _id_too_long(message.get("id")):
+        raise McpParseError(
+            INVALID_REQUEST, f'invalid request: "id" is longer than {MAX_ID_BYTES} bytes'
+        )
 
 
 def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
@@ -257,6 +186,7 @@ def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
         )
     if not isinstance(value, dict):
         raise McpParseError(INVALID_REQUEST, "invalid request: message must be a JSON object")
+    _check_id_length(value)
     rid = _request_id(value)
     if value.get("jsonrpc") != "2.0":
         raise McpParseError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', rid)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import types
@@ -58,7 +57,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from authz import conditions
+from authz import conditions, strictjson
 from authz.patterns import Pattern, PatternError, compile_pattern
 
 __all__ = [
@@ -1038,98 +1037,17 @@ class Policy:
         return self.document.all_tools.limits
 
 
-class _Object(dict[str, Any]):
-    """A parsed JSON object that remembers keys it saw more than once."""
-
-    duplicates: list[str]
-
-
-def _object_pairs(pairs: list[tuple[str, Any]]) -> _Object:
-    obj = _Object()
-    obj.duplicates = []
-    for key, value in pairs:
-        if key in obj and key not in obj.duplicates:
-            obj.duplicates.append(key)
-        obj[key] = value
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON; use a finite number")
-
-
-def _find_duplicates(value: Any, loc: tuple[str | int, ...], out: list[Problem]) -> None:
-    if isinstance(value, dict):
-        for key in getattr(value, "duplicates", ()):
-            out.append((json_path((*loc, key)), f"duplicate key {key!r}; each key may appear once"))
-        for key, item in value.items():
-            _find_duplicates(item, (*loc, key), out)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _find_duplicates(item, (*loc, i), out)
-
-
-def _finite_float(literal: str) -> float:
-    value = float(literal)
-    if math.isinf(value):
-        raise ValueError(f"number {literal} is out of range; use a smaller number")
-    return value
-
-
-MAX_DOCUMENT_DEPTH: Final = 64
+MAX_DOCUMENT_DEPTH: Final = strictjson.MAX_DEPTH
 """Deepest nesting accepted in a policy document (guards the recursive validators)."""
 
 
-def _too_deep(data: Any) -> Problem | None:
-    """The first structural problem the validators must never see: excessive nesting, or a
-    lone surrogate escape (`\\ud800`) in a string or key, which is not valid Unicode text."""
-    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(data, 1, ())]
-    while stack:
-        node, level, loc = stack.pop()
-        if isinstance(node, str) and not _is_text(node):
-            return (json_path(loc), "string contains a lone surrogate escape; remove it")
-        if isinstance(node, dict) and not all(_is_text(key) for key in node):
-            return (json_path(loc), "a key contains a lone surrogate escape; remove it")
-        if isinstance(node, dict | list):
-            if level > MAX_DOCUMENT_DEPTH:
-                return (json_path(loc), f"nesting deeper than {MAX_DOCUMENT_DEPTH} levels")
-            items = node.items() if isinstance(node, dict) else enumerate(node)
-            stack.extend((child, level + 1, (*loc, key)) for key, child in items)
-    return None
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _parse(raw: bytes) -> tuple[Any, list[Problem]]:
+    """The document read by the one strict JSON reader (`authz.strictjson`), or its
+    problems (every duplicate key, else the first problem found)."""
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return None, [("$", f"not valid UTF-8 at byte {exc.start}; save the file as UTF-8")]
-    try:
-        data = json.loads(
-            text,
-            object_pairs_hook=_object_pairs,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
-    except json.JSONDecodeError as exc:
-        return None, [("$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
-    except ValueError as exc:
-        return None, [("$", str(exc))]
-    except RecursionError:
-        return None, [("$", f"nesting deeper than {MAX_DOCUMENT_DEPTH} levels")]
-    depth_problem = _too_deep(data)
-    if depth_problem is not None:
-        return None, [depth_problem]
-    problems: list[Problem] = []
-    _find_duplicates(data, (), problems)
-    return data, problems
+        return strictjson.loads(raw), []
+    except strictjson.StrictJsonError as exc:
+        return None, [(json_path(loc), message) for loc, message in exc.problems]
 
 
 def load_policy(data: bytes | str | Mapping[str, Any], *, name: str) -> Policy:
@@ -1141,8 +1059,8 @@ def load_policy(data: bytes | str | Mapping[str, Any], *, name: str) -> Policy:
     """
     if isinstance(data, Mapping):
         try:
-            raw = json.dumps(
-                data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ascii_text = json.dumps(
+                data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
             )
         except (TypeError, ValueError) as exc:
             raise PolicyError(name, [("$", f"not a JSON document: {exc}")]) from None
@@ -1150,16 +1068,18 @@ def load_policy(data: bytes | str | Mapping[str, Any], *, name: str) -> Policy:
             raise PolicyError(
                 name, [("$", f"nesting deeper than {MAX_DOCUMENT_DEPTH} levels")]
             ) from None
-        too_deep = _too_deep(data)
-        if too_deep is not None:
-            raise PolicyError(name, [too_deep])
-        raw_bytes = raw.encode()
+        # the same reader and rules as for bytes (depth, lone surrogates, big numbers)
+        _, problems = _parse(ascii_text.encode())
+        if problems:
+            raise PolicyError(name, problems)
         parsed: Any = data
-        problems: list[Problem] = []
+        raw_bytes = json.dumps(
+            data, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
     else:
-        raw_bytes = data.encode() if isinstance(data, str) else bytes(data)
+        raw_bytes = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
         parsed, problems = _parse(raw_bytes)
-        if parsed is None and problems:  # unparsable; a JSON `null` is reported below
+        if problems:
             raise PolicyError(name, problems)
     if not isinstance(parsed, Mapping):
         problems.append(

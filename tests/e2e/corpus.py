@@ -440,10 +440,11 @@ parse_error(
     "arguments nested 65 levels deep",
     post(call_body(GEMINI).replace(b'"a fox"', b'"a fox","x":' + b"[" * 65 + b"]" * 65), "open"),
 )
-parse_error(
+invalid_request(
     "json-very-deep",
-    "100 000 nested arrays (recursion bomb)",
+    "100 000 nested arrays (recursion bomb): refused for its values before any parsing",
     post(b"[" * 100_000 + b"]" * 100_000, "open", *CALL_HEADERS),
+    marker="JSON values",
 )
 parse_error(
     "json-trailing-garbage",
@@ -1258,6 +1259,105 @@ for cid, query, grant, what in [
         post(call_body(GEMINI), grant, *CALL_HEADERS, path=f"/mcp?{query}"),
         marker="credentials in the URL",
     )
+
+
+# Bounded work and id length ----------------------------------------------------------------
+family("Bounded work and id length")
+
+MIB = 1024 * 1024
+
+
+def flood_body(tool: str, item: bytes, items: int | None = None, pad: bytes = b"") -> bytes:
+    """A tools/call of `tool` whose arguments hold `items` copies of `item` in one array (as
+    many as fit in 1 MiB when None), then a `prompt` of `pad` repeated up to 1 MiB."""
+    head = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"' + tool.encode()
+    head += b'","_meta":' + META_JSON + b',"arguments":{"a":['
+    tail = b'"}}}'
+    if items is None:
+        items = (MIB - len(head) - len(b'],"prompt":"') - len(tail)) // (len(item) + 1)
+    body = head + b",".join([item] * items) + b'],"prompt":"'
+    if pad:
+        body += pad * ((MIB - len(body) - len(tail)) // len(pad))
+    return body + tail
+
+
+FLOOD_HEADERS = mcp_headers("tools/call", OPENAI)
+invalid_request(
+    "work-empty-arrays",
+    "1 MiB of arguments holding ~350 000 empty arrays",
+    post(flood_body(OPENAI, b"[]"), "open", *FLOOD_HEADERS),
+    marker="JSON values",
+    forbidden=(OPENAI,),
+)
+invalid_request(
+    "work-empty-objects",
+    "1 MiB of arguments holding ~350 000 empty objects",
+    post(flood_body(OPENAI, b"{}"), "open", *FLOOD_HEADERS),
+    marker="JSON values",
+    forbidden=(OPENAI,),
+)
+invalid_request(
+    "work-numbers",
+    "1 MiB of arguments holding ~520 000 numbers",
+    post(flood_body(OPENAI, b"0"), "open", *FLOOD_HEADERS),
+    marker="JSON values",
+    forbidden=(OPENAI,),
+)
+invalid_request(
+    "work-nested",
+    "1 MiB of arguments holding ~8 600 arrays nested 60 deep",
+    post(flood_body(OPENAI, b"[" * 60 + b"]" * 60), "open", *FLOOD_HEADERS),
+    marker="JSON values",
+    forbidden=(OPENAI,),
+)
+invalid_request(
+    "work-empty-strings",
+    "1 MiB of arguments holding ~350 000 empty strings",
+    post(flood_body(OPENAI, b'""'), "open", *FLOOD_HEADERS),
+    marker="JSON values",
+    forbidden=(OPENAI,),
+)
+tool_denied(
+    "work-commas-in-prompt",
+    "a prompt of 1 MiB of commas: one value, judged as usual (openai is denied)",
+    post(flood_body(OPENAI, b"1", items=1, pad=b","), "open", *FLOOD_HEADERS),
+    DENY_OPENAI,
+    forbidden=(OPENAI,),
+)
+tool_denied(
+    "work-at-the-bound",
+    "as many values as the bound allows, padded to 1 MiB with surrogate pairs",
+    post(flood_body(OPENAI, b"0", items=19_900, pad=b"\\ud83d\\ude00"), "open", *FLOOD_HEADERS),
+    DENY_OPENAI,
+    forbidden=(OPENAI,),
+)
+invalid_request(
+    "id-too-long",
+    "a JSON-RPC id of 257 bytes",
+    post(call_body(OPENAI, rid="i" * 257), "open", *FLOOD_HEADERS),
+    marker='"id" is longer than 256 bytes',
+    forbidden=(OPENAI,),
+)
+invalid_request(
+    "id-too-long-utf8",
+    "a JSON-RPC id of 86 three-byte characters (258 bytes)",
+    post(call_body(OPENAI, rid="\u20ac" * 86), "open", *FLOOD_HEADERS),
+    marker='"id" is longer than 256 bytes',
+    forbidden=(OPENAI,),
+)
+tool_denied(
+    "id-at-the-bound",
+    "a JSON-RPC id of exactly 256 bytes: judged as usual (openai is denied)",
+    post(call_body(OPENAI, rid="i" * 256), "open", *FLOOD_HEADERS),
+    DENY_OPENAI,
+    forbidden=(OPENAI,),
+)
+parse_error(
+    "id-huge-integer",
+    "an integer id of 300 digits (no number literal over 64 characters is read)",
+    post(call_body(OPENAI).replace(b'"id":1,', b'"id":' + b"9" * 300 + b","), "open"),
+    forbidden=(OPENAI,),
+)
 
 
 # -- docs -----------------------------------------------------------------------------------

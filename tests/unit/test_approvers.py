@@ -54,7 +54,7 @@ def test_lookup_by_token_hash() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (b"{not json", "not valid JSON"),
+        (b"{not json", "$: invalid JSON at line 1, column 2"),
         (b'{"version":"1","version":"1","approvers":[]}', "duplicate key 'version'"),
         (_doc(version="2"), "$.version: "),
         (json.dumps({"version": "1"}).encode(), "$.approvers: Field required"),

@@ -35,7 +35,7 @@ def test_lookup_by_hash_only() -> None:
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        (b"{", "not valid JSON"),
+        (b"{", "$: invalid JSON at line 1, column 2"),
         (b'{"version":"2","grants":[]}', "$.version"),
         (b'{"version":"1","grants":[],"x":1}', "$.x"),
         (b'{"version":"1","version":"1","grants":[]}', "duplicate key"),

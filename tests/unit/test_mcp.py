@@ -12,6 +12,7 @@ from authz.mcp import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_DEPTH,
+    MAX_ID_BYTES,
     METHOD_NOT_FOUND,
     NOTIFICATION_METHODS,
     PARSE_ERROR,
@@ -78,7 +79,7 @@ REJECTED: list[tuple[str, bytes, int]] = [
         + b"}}",
         PARSE_ERROR,
     ),
-    ("very deep", b"[" * 100_000 + b"]" * 100_000, PARSE_ERROR),
+    ("very deep", b"[" * 100_000 + b"]" * 100_000, INVALID_REQUEST),  # too many values
     ("batch", b"[" + CALL + b"]", INVALID_REQUEST),
     (
         "batch hiding a call",
@@ -335,3 +336,47 @@ def test_well_formed_unknown_methods_reach_the_policy(
     assert request.method == method
     assert request.is_notification is notification
     assert request.tool is None
+
+
+# -- the id bound (MAX_ID_BYTES) -----------------------------------------------------------
+
+
+def _ping(rid: bytes) -> bytes:
+    return b'{"jsonrpc":"2.0","id":' + rid + b',"method":"ping"}'
+
+
+@pytest.mark.parametrize(
+    ("rid", "accepted"),
+    [
+        (json.dumps("i" * MAX_ID_BYTES).encode(), True),
+        (json.dumps("i" * (MAX_ID_BYTES + 1)).encode(), False),
+        (json.dumps("\u20ac" * 85, ensure_ascii=False).encode(), True),  # 255 bytes
+        (json.dumps("\u20ac" * 86, ensure_ascii=False).encode(), False),  # 258 bytes
+        (json.dumps("\u20ac" * 86).encode(), False),  # the same, escaped: 86 characters
+        (b"-" + b"9" * 63, True),  # the longest integer literal the reader takes
+    ],
+)
+def test_ids_are_at_most_256_bytes(rid: bytes, accepted: bool) -> None:
+    for body in (_ping(rid), b'{"jsonrpc":"2.0","id":' + rid + b',"result":{}}'):
+        if accepted:
+            assert parse_message(body).id == json.loads(rid)
+            continue
+        with pytest.raises(McpParseError) as info:
+            parse_message(body)
+        assert info.value.code == INVALID_REQUEST
+        assert info.value.message == f'invalid request: "id" is longer than {MAX_ID_BYTES} bytes'
+        assert info.value.request_id is None  # an over-long id is never echoed
+
+
+def test_huge_integer_ids_are_refused_before_any_conversion() -> None:
+    with pytest.raises(McpParseError) as info:
+        parse_message(_ping(b"9" * 5000))
+    assert info.value.code == PARSE_ERROR
+    assert "longer than 64 characters" in info.value.message
+
+
+def test_an_over_long_id_is_not_echoed_in_other_errors() -> None:
+    body = b'{"jsonrpc":"1.0","id":"' + b"i" * 300 + b'","method":"ping"}'
+    with pytest.raises(McpParseError) as info:
+        parse_message(body)
+    assert info.value.code == INVALID_REQUEST and info.value.request_id is None
