@@ -25,9 +25,10 @@ from authz.audit import AuditContext, log_approval, log_decision
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.grants import GrantTable, bearer_token
-from authz.mcp import INVALID_REQUEST, McpParseError, check_mirror_headers, parse_message
+from authz.mcp import INVALID_REQUEST, McpParseError, check_mirror_headers
 from authz.metrics import Metrics
 from authz.model import Decision, DenyKind, Exhausted, Grant, McpRequest, RequestId, Reservation
+from authz.parsing import ParsePool
 from authz.policy import Policy
 
 log = structlog.get_logger("mcp_authz.service")
@@ -147,6 +148,7 @@ class Authorizer:
         self._fail_open = fail_open
         self._metrics = metrics
         self._store_name = counters.describe().split(" ", 1)[0]
+        self._parser = ParsePool()
 
     async def check(self, http: HttpRequest) -> Verdict:
         started = time.perf_counter()
@@ -221,7 +223,9 @@ class Authorizer:
         if bad is not None:
             return Verdict(bad, decision_id, grant)
         try:
-            request = parse_message(http.body, session_id=http.headers.get("mcp-session-id"))
+            request = await self._parser.parse(
+                http.body, session_id=http.headers.get("mcp-session-id"), grant_id=grant.id
+            )
         except McpParseError as exc:
             return Verdict(
                 Decision.deny(DenyKind.BAD_REQUEST, exc.message, rule="(parse)", rpc_code=exc.code),
