@@ -1360,6 +1360,70 @@ parse_error(
 )
 
 
+# Type coercion -----------------------------------------------------------------------------
+family("Type coercion")
+# A policy judged the raw JSON while the server converts arguments before the tool runs (the
+# SDK reads "yes", 1 or 1.0 as true and "4096" as 4096): a type the rule does not compare
+# is unknown, and deny_if denies on unknown. A backtracking engine would stall every grant
+# on the second rule's pattern; RE2 decides it in linear time.
+POLICIES["coercion"] = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        GEMINI: {
+            "deny_if": [
+                {"conditions": [{"path": "args.returnBase64", "op": "eq", "value": True}]},
+                {"conditions": [{"path": "args.prompt", "op": "regex", "value": "^(a+)+$"}]},
+            ]
+        },
+        GOOGLE: {"deny_if": [{"conditions": [{"path": "args.width", "op": "gt", "value": 1024}]}]},
+    },
+}
+GRANTS["coerce"] = "coercion"
+DENY_BASE64 = f"/tools/{GEMINI}/deny_if/0"
+for cid, value in [
+    ("coerce-bool-number", 1),
+    ("coerce-bool-float", 1.0),
+    ("coerce-bool-string-true", "true"),
+    ("coerce-bool-string-True", "True"),
+    ("coerce-bool-string-t", "t"),
+    ("coerce-bool-string-1", "1"),
+    ("coerce-bool-string-yes", "yes"),
+    ("coerce-bool-string-on", "on"),
+]:
+    tool_denied(
+        cid,
+        f"`returnBase64: {json.dumps(value)}` against `deny_if returnBase64 eq true`",
+        call(GEMINI, "coerce", arguments={"prompt": "a fox", "returnBase64": value}),
+        DENY_BASE64,
+    )
+tool_denied(
+    "coerce-number-string",
+    '`width: "4096"` against `deny_if width gt 1024`',
+    call(GOOGLE, "coerce", arguments={"prompt": "a fox", "width": "4096"}),
+    f"/tools/{GOOGLE}/deny_if/0",
+    forbidden=(GOOGLE,),
+)
+runs(
+    "coerce-control",
+    "positive control: `returnBase64: false`",
+    call(GEMINI, "coerce", arguments={"prompt": "a fox", "returnBase64": False}),
+    "coerce",
+)
+runs(
+    "regex-catastrophic",
+    "a prompt of 40 `a` and a `!` against `deny_if prompt regex ^(a+)+$`: decided at once",
+    call(GEMINI, "coerce", arguments={"prompt": "a" * 40 + "!"}),
+    "coerce",
+)
+tool_denied(
+    "regex-catastrophic-match",
+    "a prompt of 40 `a` against the same rule: it matches",
+    call(GEMINI, "coerce", arguments={"prompt": "a" * 40}),
+    f"/tools/{GEMINI}/deny_if/1",
+)
+
+
 # -- docs -----------------------------------------------------------------------------------
 
 
