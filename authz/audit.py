@@ -113,7 +113,8 @@ def log_approval(
     approver: str | None = None,
     decision_id: str | None = None,
 ) -> None:
-    """One audit event per approval step: requested, approved, denied, used (keys only).
+    """One audit event per approval step: requested, approved, denied, used (keys only,
+    and the arguments' HMAC under the server's digest key: never a plain hash of values).
 
     `approver` is the id the admin credential names; the approver's reason is logged (it is
     the approver's text, not the agent's), argument values never are.
@@ -126,8 +127,8 @@ def log_approval(
         grant_id=approval.grant_id,
         grant_label=approval.grant_label,
         tool=approval.tool,
-        arg_keys=approval.argument_keys,
-        arguments_sha256=approval.arguments_digest,
+        arg_keys=list(approval.argument_keys),
+        arguments_hmac=approval.arguments_hmac,
         policy=approval.policy,
         policy_hash=approval.policy_hash,
         rule=approval.rule,

@@ -308,13 +308,34 @@ def _run_approvals(args: argparse.Namespace) -> int:
         return exc.code
 
 
+_MAX_PAGES = 1000
+"""Pages `approvals list` reads at most (the API answers at most 200 approvals a page)."""
+
+
+def _list_pages(args: argparse.Namespace, status: str) -> dict[str, Any]:
+    """Every approval of `status`, following the API's pages: {"approvals": [...], "now"}."""
+    approvals: list[Any] = []
+    query = {"status": status}
+    answer: Any = {}
+    for _page in range(_MAX_PAGES):
+        answer = _call_admin(args, "GET", "/approvals?" + urllib.parse.urlencode(query))
+        if not isinstance(answer, dict):
+            raise _CliError(2, "the admin API answered something other than a listing")
+        approvals += answer.get("approvals") or []
+        cursor = answer.get("next")
+        if not isinstance(cursor, str) or not cursor:
+            break
+        query = {"status": status, "after": cursor}
+    return {"approvals": approvals, "now": answer.get("now")}
+
+
 def _approvals_list(args: argparse.Namespace) -> int:
     status = "all" if args.all else (args.status or "pending")
-    answer = _call_admin(args, "GET", "/approvals?" + urllib.parse.urlencode({"status": status}))
+    answer = _list_pages(args, status)
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
-    approvals = answer.get("approvals", []) if isinstance(answer, dict) else []
+    approvals = answer["approvals"]
     if not approvals:
         print(f"no {status} approvals" if status != "all" else "no approvals")
         return 0
@@ -363,7 +384,7 @@ def _approvals_show(args: argparse.Namespace) -> int:
         ("tool", approval.get("tool")),
         ("rule", approval.get("rule")),
         ("argument keys", ", ".join(str(k) for k in approval.get("argument_keys") or [])),
-        ("arguments sha256", approval.get("arguments_sha256")),
+        ("arguments hmac", approval.get("arguments_hmac")),
         ("requested", _stamp(approval.get("requested_at"))),
         ("expires", _stamp(approval.get("expires_at"))),
         ("expires in", _expires_in(approval, now) if approval.get("status") in _LIVE else None),
@@ -376,8 +397,11 @@ def _approvals_show(args: argparse.Namespace) -> int:
     for label, value in lines:
         if value is not None and value != "":
             print(f"{label + ':':<18}{_printable(str(value))}")
+    if approval.get("arguments") is None:
+        print("arguments:        (no longer kept: the approval was used or has expired)")
+        return 0
     print("arguments:")
-    arguments = json.dumps(approval.get("arguments", {}), indent=2, ensure_ascii=False)
+    arguments = json.dumps(approval.get("arguments"), indent=2, ensure_ascii=False)
     for line in _printable(arguments, lines=True).splitlines():
         print(f"  {line}")
     return 0

@@ -48,6 +48,8 @@ _FIXED_RULES = {
     "(counters)": "counters",
     "(counters fail-open)": "counters_fail_open",
     "(approvals)": "approvals",
+    "(approval cap)": "approval_cap",
+    "(approval size)": "approval_size",
     "(error)": "error",
 }
 

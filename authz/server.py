@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from authz.approvals.admin import approval_routes
-from authz.approvals.base import ApprovalStore
+from authz.approvals.base import ApprovalLimits, ApprovalStore
 from authz.approvals.listener import admin_config
 from authz.approvals.memory import MemoryApprovalStore
 from authz.approvals.webhook import WebhookNotifier
@@ -224,9 +224,16 @@ def build_counter_store(settings: Settings) -> CounterStore:
 def build_approval_store(settings: Settings, counters: CounterStore) -> ApprovalStore:
     """Approvals live where the counters do: in Redis when a Redis URL is set (shared by
     every replica, so any replica's admin API sees every held call), on the counter store's
-    client (one connection pool per sidecar), else in memory."""
+    client (one connection pool per sidecar), else in memory. Both hold the same bounds
+    (`ApprovalLimits`) and key `arguments_hmac` with MCP_AUTHZ_APPROVAL_DIGEST_KEY, or with
+    a random key of this process when it is not set."""
+    limits = ApprovalLimits(
+        max_pending_per_grant=settings.approval_max_pending,
+        max_argument_bytes=settings.approval_max_argument_bytes,
+    )
+    key = settings.approval_digest_key.encode() if settings.approval_digest_key else None
     if settings.redis_url is None:
-        return MemoryApprovalStore()
+        return MemoryApprovalStore(limits=limits, digest_key=key)
     from authz.approvals.redis import RedisApprovalStore
     from authz.counters.redis import RedisCounterStore
 
@@ -237,6 +244,8 @@ def build_approval_store(settings: Settings, counters: CounterStore) -> Approval
         timeout=settings.redis_timeout,
         url=settings.redis_url,
         owns_client=False,  # the counter store closes it
+        limits=limits,
+        digest_key=key,
     )
 
 
@@ -246,6 +255,7 @@ def build_notifier(settings: Settings, metrics: Metrics | None = None) -> Webhoo
     return WebhookNotifier(
         settings.approval_webhook,
         secret=settings.approval_webhook_secret,
+        max_pending_per_grant=settings.approval_max_pending,  # a queue per grant, fair
         on_result=metrics.observe_webhook if metrics is not None else None,
     )
 
@@ -359,6 +369,7 @@ class Sidecar:
             approvals=self.approvals.describe(),
             approvers=len(self.config.current.approvers),
             approval_webhook=self.notifier.describe() if self.notifier is not None else None,
+            approval_digest_key="configured" if s.approval_digest_key else "per-process",
         )
 
     async def stop(self, grace: float = 2.0) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from authz import engine
-from authz.approvals.base import Approval, ApprovalRequest, ApprovalStore
+from authz.approvals.base import Approval, ApprovalRefused, ApprovalRequest, ApprovalStore
 from authz.approvals.memory import MemoryApprovalStore
 from authz.audit import AuditContext, log_approval, log_decision
 from authz.config import ConfigSource
@@ -323,6 +323,10 @@ class Authorizer:
         for _attempt in range(2):
             try:
                 approval = await self._request_approval(ask)
+            except ApprovalRefused as refused:  # the grant's cap, or arguments too large
+                self._observe_approval("refused")
+                denial = Decision.deny(DenyKind.POLICY, refused.message, rule=refused.rule)
+                return Verdict(denial, decision_id, grant, request, policy)
             except Exception as exc:
                 log.warning(
                     "approval_store_failed", decision_id=decision_id, error=type(exc).__name__

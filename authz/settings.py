@@ -9,6 +9,8 @@ from pathlib import Path
 
 DEFAULT_GRPC = "127.0.0.1:9001"
 DEFAULT_ADMIN = "127.0.0.1:9002"
+DIGEST_KEY_MIN = 16
+"""Characters an approval digest key needs at least."""
 
 
 class SettingsError(ValueError):
@@ -46,6 +48,13 @@ class Settings:
     """URL that is POSTed once per new pending approval (http:// or https://)."""
     approval_webhook_secret: str | None = field(default=None, repr=False)
     """HMAC-SHA256 key of the webhook's `X-Mcp-Authz-Signature` (environment only)."""
+    approval_digest_key: str | None = field(default=None, repr=False)
+    """HMAC-SHA256 key of `arguments_hmac` in approvals, webhooks and audit events
+    (environment only); None: a random key per process."""
+    approval_max_pending: int = 100
+    """Pending approvals one grant may have at once; past that, new held calls are denied."""
+    approval_max_argument_bytes: int = 64 * 1024
+    """Bytes of canonical arguments JSON a held call may carry; larger ones are denied."""
 
     @property
     def grpc_address(self) -> str:
@@ -101,7 +110,20 @@ class Settings:
             check_webhook_url(webhook)
         # The secret comes from the environment only: command lines are visible to others.
         secret = os.environ.get("MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET") or None
+        digest_key = os.environ.get("MCP_AUTHZ_APPROVAL_DIGEST_KEY") or None
+        if digest_key is not None and len(digest_key) < DIGEST_KEY_MIN:
+            raise SettingsError(
+                f"MCP_AUTHZ_APPROVAL_DIGEST_KEY: at least {DIGEST_KEY_MIN} characters "
+                "(e.g. openssl rand -hex 32)"
+            )
         return cls(
+            approval_digest_key=digest_key,
+            approval_max_pending=_positive_int(
+                "MCP_AUTHZ_APPROVAL_MAX_PENDING", 100, maximum=100_000
+            ),
+            approval_max_argument_bytes=_positive_int(
+                "MCP_AUTHZ_APPROVAL_MAX_ARGUMENT_BYTES", 64 * 1024, maximum=1024 * 1024
+            ),
             approvals_remote=_flag(approvals_remote, "MCP_AUTHZ_APPROVALS_REMOTE"),
             approval_webhook=webhook,
             approval_webhook_secret=secret,
@@ -133,6 +155,15 @@ def check_webhook_url(url: str) -> None:
         )
     if any(c.isspace() or ord(c) < 0x20 for c in url) or parts.fragment:
         raise SettingsError("--approval-webhook: no whitespace, control characters or #fragment")
+
+
+def _positive_int(env: str, default: int, *, maximum: int) -> int:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise SettingsError(f"{env}: expected a whole number from 1 to {maximum}, got {raw!r}")
+    return int(raw)
 
 
 def _flag(value: bool | None, env: str) -> bool:

@@ -2,7 +2,7 @@
 
 Mounted on the sidecar's admin HTTP server (see :mod:`authz.server`)::
 
-    GET  /approvals[?status=pending|approved|denied|used|expired|all]
+    GET  /approvals[?status=pending|approved|denied|used|expired|all][&limit=N][&after=C]
     GET  /approvals/{id}
     POST /approvals/{id}/approve      body (optional): {"reason": "..."}
     POST /approvals/{id}/deny         body: {"reason": "..."} (required)
@@ -14,6 +14,10 @@ that credential is recorded as ``decided_by`` (never a name from a header or the
 An approval is *stale* when its grant no longer exists, now uses another policy, or that
 policy's content hash differs from the one the call was held under: it cannot be approved
 (409), since the approved call could never run; it can still be denied.
+
+A listing is one page, oldest first: at most ``limit`` approvals (default
+``LIST_LIMIT``, at most ``LIST_LIMIT_MAX``) and ``next``, the cursor to pass as ``after`` for
+the following page (null on the last one).
 
 Errors are JSON ``{"error": "..."}`` naming the field: 400 bad body, 401 no or unknown
 credential, 404 unknown id, 405 wrong method, 409 not pending / expired / stale, 413 body
@@ -42,6 +46,9 @@ from authz.approvals.base import (
     ApprovalStatus,
     ApprovalStore,
     ApprovalStoreUnavailable,
+    Cursor,
+    format_cursor,
+    parse_cursor,
 )
 from authz.approvers import APPROVERS_FILE, Approver
 from authz.audit import log_approval
@@ -51,6 +58,8 @@ from authz.metrics import Metrics
 from authz.model import Grant
 
 __all__ = [
+    "LIST_LIMIT",
+    "LIST_LIMIT_MAX",
     "MAX_BODY_BYTES",
     "REALM",
     "REASON_MAX",
@@ -63,6 +72,10 @@ log = structlog.get_logger("mcp_authz.approvals.admin")
 
 REALM = 'Bearer realm="mcp-authz-admin"'
 MAX_BODY_BYTES = 64 * 1024
+LIST_LIMIT = 50
+"""Approvals on one page of `GET /approvals` unless `limit` says otherwise."""
+LIST_LIMIT_MAX = 200
+"""The largest `limit` (each approval on a page carries up to 64 KiB of argument values)."""
 REASON_MAX = 1000
 STALE_MESSAGE = (
     "the policy changed since this call was held; it cannot be approved, "
@@ -192,6 +205,23 @@ def _parse_reason(raw: bytes, *, required: bool) -> str | None:
             raise _Refusal(400, "reason: must not be empty")
         return None
     return reason
+
+
+def _parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return LIST_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        raise _Refusal(400, f"limit: must be a whole number from 1 to {LIST_LIMIT_MAX}")
+    return int(raw)
+
+
+def _parse_after(raw: str | None) -> Cursor | None:
+    if raw is None:
+        return None
+    cursor = parse_cursor(raw)
+    if cursor is None:
+        raise _Refusal(400, "after: not a cursor; pass the `next` of the previous page")
+    return cursor
 
 
 async def _read_body(request: Request) -> bytes:
@@ -325,12 +355,22 @@ class _ApprovalsApi:
         statuses = STATUS_FILTERS.get(wanted)
         if statuses is None:
             raise _Refusal(400, f"status: must be one of {', '.join(STATUS_FILTERS)}")
+        limit = _parse_limit(request.query_params.get("limit"))
+        after = _parse_after(request.query_params.get("after"))
         now = self.clock()
-        approvals = await self.store.list_approvals(now, statuses=statuses)
+        found = await self.store.list_approvals(
+            now, statuses=statuses, after=after, limit=limit + 1
+        )
+        page = found[:limit]
+        more = len(found) > limit
         config = self.config.current
         grants = _grants_by_id(config)
         return JSONResponse(
-            {"approvals": [_present(a, config, grants) for a in approvals], "now": now},
+            {
+                "approvals": [_present(a, config, grants) for a in page],
+                "now": now,
+                "next": format_cursor(page[-1].cursor) if more else None,
+            },
             headers=_NO_STORE,
         )
 

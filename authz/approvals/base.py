@@ -19,6 +19,21 @@ Lifecycle (every implementation keeps it; transitions are atomic, also across re
 - A denied approval stays bound until it expires: identical retries get the denial again.
 - `decide` changes pending → approved/denied only before expiry.
 - `consume` changes approved → used only before expiry and only for the same binding.
+
+Bounds (`ApprovalLimits`, the same in every store; a refusal is `ApprovalRefused`):
+
+- a grant has at most `max_pending_per_grant` pending approvals: past that, a call that
+  would create a new one is refused (its retries, and other grants, are unaffected);
+- the canonical JSON of a held call's arguments is at most `max_argument_bytes`: a larger
+  call is refused, never stored;
+- argument values are kept only while the approval is live (pending, approved, or denied
+  and bound), until it is used or expires; its record without them stays for
+  `RETENTION_SECONDS` after expiry, and a store keeps at most `max_records` records beyond
+  the live ones (the first to expire are dropped first).
+
+What leaves a store (the admin API, the webhook, audit events) carries `arguments_hmac`:
+HMAC-SHA256 of the canonical arguments under the store's digest key, so small values
+cannot be recovered by hashing guesses. The binding's own sha256 never leaves the store.
 """
 
 from __future__ import annotations
@@ -26,24 +41,35 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import hmac
 import json
+import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, runtime_checkable
 
 __all__ = [
+    "CAP_RULE",
     "RETENTION_SECONDS",
+    "SIZE_RULE",
     "Approval",
     "ApprovalConflict",
+    "ApprovalLimits",
     "ApprovalNotFound",
+    "ApprovalRefused",
     "ApprovalRequest",
     "ApprovalStatus",
     "ApprovalStore",
     "ApprovalStoreUnavailable",
+    "Cursor",
     "arguments_digest",
+    "arguments_hmac",
     "canonical_json",
+    "format_cursor",
     "new_approval_id",
+    "new_digest_key",
+    "parse_cursor",
 ]
 
 
@@ -68,8 +94,20 @@ def canonical_json(value: Any) -> str:
 
 
 def arguments_digest(arguments: Mapping[str, Any]) -> str:
-    """sha256 (hex) of the canonical JSON of a call's arguments."""
+    """sha256 (hex) of the canonical JSON of a call's arguments: part of the binding, which
+    never leaves the store (small values could be recovered from it by hashing guesses)."""
     return hashlib.sha256(canonical_json(dict(arguments)).encode("utf-8")).hexdigest()
+
+
+def arguments_hmac(key: bytes, arguments_json: str) -> str:
+    """HMAC-SHA256 (hex) of a call's canonical arguments JSON under a server secret: the
+    digest shown to approvers, sent with the webhook and logged."""
+    return hmac.new(key, arguments_json.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def new_digest_key() -> bytes:
+    """A random digest key (per process, when none is configured)."""
+    return secrets.token_bytes(32)
 
 
 def new_approval_id() -> str:
@@ -93,10 +131,24 @@ class ApprovalRequest:
     ttl_seconds: int
     decision_id: str = ""
     """The decision that held the call (joins the audit events)."""
+    arguments_json: str = field(init=False, repr=False, compare=False)
+    """The canonical JSON of `arguments` (computed once)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arguments_json", canonical_json(dict(self.arguments)))
+
+    @property
+    def arguments_size(self) -> int:
+        """Bytes of the canonical arguments JSON (UTF-8): what the size bound counts."""
+        return len(self.arguments_json.encode("utf-8"))
+
+    @property
+    def argument_keys(self) -> list[str]:
+        return sorted(self.arguments)
 
     @property
     def arguments_digest(self) -> str:
-        return arguments_digest(self.arguments)
+        return hashlib.sha256(self.arguments_json.encode("utf-8")).hexdigest()
 
     @property
     def binding(self) -> str:
@@ -117,9 +169,13 @@ class Approval:
     policy: str
     policy_hash: str
     tool: str
-    arguments_digest: str
-    arguments_json: str
-    """Canonical JSON of the arguments (for approvers only)."""
+    arguments_hmac: str
+    """HMAC-SHA256 of the canonical arguments under the store's digest key."""
+    argument_keys: tuple[str, ...]
+    """The arguments' top-level keys, sorted (chosen by the agent)."""
+    arguments_json: str | None
+    """Canonical JSON of the arguments, for approvers only; None once the approval is used
+    or has expired (values are kept only while it is live)."""
     rule: str
     requested_at: float
     expires_at: float
@@ -131,13 +187,17 @@ class Approval:
     used_at: float | None = None
 
     @property
-    def arguments(self) -> dict[str, Any]:
+    def arguments(self) -> dict[str, Any] | None:
+        """The argument values while they are kept, else None."""
+        if self.arguments_json is None:
+            return None
         value = json.loads(self.arguments_json)
         return value if isinstance(value, dict) else {}
 
     @property
-    def argument_keys(self) -> list[str]:
-        return sorted(self.arguments)
+    def cursor(self) -> Cursor:
+        """Where this approval is in a listing (oldest first)."""
+        return (self.requested_at, self.id)
 
     def view(self, now: float) -> Approval:
         """This approval as seen at `now`: pending/approved past expiry read as expired."""
@@ -148,7 +208,7 @@ class Approval:
         return self
 
     def public(self, *, with_arguments: bool) -> dict[str, Any]:
-        """JSON for the admin API and the webhook (argument values only when asked)."""
+        """JSON for the admin API (argument values only when asked; None once dropped)."""
         out: dict[str, Any] = {
             "id": self.id,
             "status": self.status.value,
@@ -157,8 +217,8 @@ class Approval:
             "policy": self.policy,
             "policy_hash": self.policy_hash,
             "tool": self.tool,
-            "arguments_sha256": self.arguments_digest,
-            "argument_keys": self.argument_keys,
+            "arguments_hmac": self.arguments_hmac,
+            "argument_keys": list(self.argument_keys),
             "rule": self.rule,
             "requested_at": self.requested_at,
             "expires_at": self.expires_at,
@@ -190,6 +250,81 @@ class ApprovalStoreUnavailable(Exception):
     """The store could not answer; held calls fail closed."""
 
 
+CAP_RULE: Final = "(approval cap)"
+"""Rule of a call refused because its grant has as many pending approvals as it may."""
+SIZE_RULE: Final = "(approval size)"
+"""Rule of a call refused because its arguments are too large to hold for approval."""
+
+
+class ApprovalRefused(Exception):
+    """A held call the store will not hold: a bound of `ApprovalLimits` is reached.
+
+    `message` names the bound and never the arguments' values; `rule` is `CAP_RULE` or
+    `SIZE_RULE`.
+    """
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalLimits:
+    """What a store holds at most (the same bounds in memory and in Redis)."""
+
+    max_pending_per_grant: int = 100
+    """Pending approvals one grant may have at once."""
+    max_argument_bytes: int = 64 * 1024
+    """Bytes of canonical arguments JSON (UTF-8) a held call may carry."""
+    max_records: int = 10_000
+    """Records kept beyond the live ones (used, denied or expired approvals, for `show` and
+    audits); the first to expire are dropped first."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_pending_per_grant", "max_argument_bytes", "max_records"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def check_size(self, request: ApprovalRequest) -> None:
+        """Raise `ApprovalRefused` when the call's arguments are over the size bound."""
+        size = request.arguments_size
+        if size > self.max_argument_bytes:
+            raise ApprovalRefused(
+                SIZE_RULE,
+                f"arguments: {size} bytes of JSON, more than the {self.max_argument_bytes} "
+                "bytes a call held for approval may carry; the call was not held or run",
+            )
+
+    def cap_reached(self) -> ApprovalRefused:
+        return ApprovalRefused(
+            CAP_RULE,
+            f"this grant already has {self.max_pending_per_grant} pending approvals, the "
+            "most it may have; the call was not held or run: retry once an approver has "
+            "decided one or one has expired",
+        )
+
+
+Cursor = tuple[float, str]
+"""A position in a listing: (requested_at, id) of the last approval seen."""
+
+_CURSOR = re.compile(r"([0-9]{1,12}\.[0-9]{6})_(apr_[0-9a-f]{24})")
+
+
+def format_cursor(cursor: Cursor) -> str:
+    """The text form of a cursor (the admin API's `next` and `after`)."""
+    return f"{cursor[0]:.6f}_{cursor[1]}"
+
+
+def parse_cursor(text: str) -> Cursor | None:
+    """A cursor from its text form, or None when it is not one."""
+    match = _CURSOR.fullmatch(text)
+    if match is None:
+        return None
+    return float(match.group(1)), match.group(2)
+
+
 @runtime_checkable
 class ApprovalStore(Protocol):
     """Where approvals live; memory (one process) or Redis (shared by replicas)."""
@@ -198,6 +333,7 @@ class ApprovalStore(Protocol):
         """The live approval bound to this call, or a new pending one: (approval, created).
 
         The returned approval is already `view(now)`-ed and is never used or expired.
+        Raises `ApprovalRefused` when a new one would pass a bound of the store's limits.
         """
         ...
 
@@ -217,9 +353,15 @@ class ApprovalStore(Protocol):
         ...
 
     async def list_approvals(
-        self, now: float, *, statuses: Sequence[ApprovalStatus] = ()
+        self,
+        now: float,
+        *,
+        statuses: Sequence[ApprovalStatus] = (),
+        after: Cursor | None = None,
+        limit: int | None = None,
     ) -> list[Approval]:
-        """Known approvals as seen at `now`, oldest first; only `statuses` when given."""
+        """Known approvals as seen at `now`, oldest first; only `statuses` when given, only
+        those after the cursor `after`, at most `limit`."""
         ...
 
     async def close(self) -> None: ...

@@ -3,57 +3,120 @@
 The POST body is JSON::
 
     {"event": "approval.requested",
-     "approval_id": "<id>", "tool": "<tool>", "grant_id": "<grant>", "expires_at": <epoch>,
-     "approval": {... Approval.public(with_arguments=False) ...},
-     "admin_path": "/approvals/<id>"}
+     "approval_id": "<id>", "grant_id": "<grant>", "expires_at": <epoch>,
+     "admin_path": "/approvals/<id>",
+     "approval": {"id", "status", "grant_id", "grant_label", "policy", "policy_hash",
+                  "rule", "requested_at", "expires_at", "decision_id",
+                  "arguments_hmac", "argument_count"},
+     "untrusted": {"warning": "...", "tool": "<escaped>", "argument_keys": ["<escaped>", ...],
+                   "argument_keys_omitted": <n>}}
 
-(the top-level `approval_id`, `tool`, `grant_id` and `expires_at` repeat the approval's, for
-receivers that template a chat message from flat fields).
+Everything outside `untrusted` comes from the sidecar and its configuration. `untrusted`
+holds what the agent chose: the tool name it called and its argument keys. Each of those
+strings is escaped (`escape_untrusted`: percent-encoding of every character but ASCII
+letters, digits and `-._~`, at most `UNTRUSTED_MAX_CHARS` characters, then `...`), so a
+key like `URGENT: approve at http://evil.example/` reaches the receiver as
+`URGENT%3A%20approve%20at%20http%3A%2F%2Fevil.example%2F`: no link, no markup, no line
+break. At most `UNTRUSTED_MAX_KEYS` keys are listed. Receivers must show these strings as
+plain text (code), never as markup or links. The approver reads the exact call through the
+authenticated admin API.
 
-Argument *values* never leave the sidecar this way (only their keys and sha256): the person
-reads them through the authenticated admin API. With a secret, the header
+Argument *values* never leave the sidecar this way. `arguments_hmac` is the HMAC-SHA256 of
+the canonical arguments under the server's digest key: it tells equal calls apart without
+letting anyone recover small values by hashing guesses. With a secret, the header
 ``X-Mcp-Authz-Signature: sha256=<hex>`` carries the HMAC-SHA256 of the exact body bytes.
 
-Delivery runs in background tasks (`notify` only schedules), retries connection errors,
-429 and 5xx answers with a short backoff, and logs failures without the URL's path, the
+**Delivery is fair per grant.** Each grant has its own queue of at most
+`max_pending_per_grant` notices; `concurrency` workers take the next notice from the grants
+in turn (round-robin), so a grant that floods the queue delays and drops only its own
+notices, never another grant's. `notify` only enqueues; deliveries retry connection errors,
+429 and 5xx answers with a short backoff, and log failures without the URL's path, the
 secret or any argument. `drain` waits for deliveries in flight at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
 import json
 import urllib.parse
 from collections.abc import Callable
+from typing import Any, Final
 
 import httpx
 import structlog
 
 from authz.approvals.base import Approval
 
-__all__ = ["EVENT", "SIGNATURE_HEADER", "WebhookNotifier", "sign", "webhook_body"]
+__all__ = [
+    "EVENT",
+    "SIGNATURE_HEADER",
+    "UNTRUSTED_MAX_CHARS",
+    "UNTRUSTED_MAX_KEYS",
+    "UNTRUSTED_WARNING",
+    "WebhookNotifier",
+    "escape_untrusted",
+    "sign",
+    "webhook_body",
+]
 
 log = structlog.get_logger("mcp_authz.approvals.webhook")
 
 EVENT = "approval.requested"
 SIGNATURE_HEADER = "X-Mcp-Authz-Signature"
+UNTRUSTED_MAX_CHARS: Final = 64
+"""Characters of one untrusted string shown (before escaping); longer ones end in `...`."""
+UNTRUSTED_MAX_KEYS: Final = 32
+"""Argument keys listed at most; the rest are counted in `argument_keys_omitted`."""
+UNTRUSTED_WARNING: Final = (
+    "Chosen by the agent whose call is held, percent-encoded. Show as plain text, never as "
+    "markup or links, and do not follow instructions in it; read the call itself through "
+    "the admin API."
+)
+
+
+def escape_untrusted(text: str, max_chars: int = UNTRUSTED_MAX_CHARS) -> str:
+    """An agent-chosen string as it may be shown: percent-encoded (UTF-8), every character
+    but ASCII letters, digits and `-._~`; cut at `max_chars` characters, marked by `...`."""
+    shown = urllib.parse.quote(text[:max_chars], safe="", errors="surrogatepass")
+    return shown + ("..." if len(text) > max_chars else "")
 
 
 def webhook_body(approval: Approval) -> bytes:
-    """The exact bytes POSTed for one new approval (no argument values)."""
-    document = {
+    """The exact bytes POSTed for one new approval (no argument values; what the agent
+    chose only in the escaped `untrusted` part)."""
+    keys = list(approval.argument_keys)
+    document: dict[str, Any] = {
         "event": EVENT,
         "approval_id": approval.id,
-        "tool": approval.tool,
         "grant_id": approval.grant_id,
         "expires_at": approval.expires_at,
-        "approval": approval.public(with_arguments=False),
         "admin_path": f"/approvals/{approval.id}",
+        "approval": {
+            "id": approval.id,
+            "status": approval.status.value,
+            "grant_id": approval.grant_id,
+            "grant_label": approval.grant_label,
+            "policy": approval.policy,
+            "policy_hash": approval.policy_hash,
+            "rule": approval.rule,
+            "requested_at": approval.requested_at,
+            "expires_at": approval.expires_at,
+            "decision_id": approval.decision_id,
+            "arguments_hmac": approval.arguments_hmac,
+            "argument_count": len(keys),
+        },
+        "untrusted": {
+            "warning": UNTRUSTED_WARNING,
+            "tool": escape_untrusted(approval.tool),
+            "argument_keys": [escape_untrusted(k) for k in keys[:UNTRUSTED_MAX_KEYS]],
+            "argument_keys_omitted": max(0, len(keys) - UNTRUSTED_MAX_KEYS),
+        },
     }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -72,7 +135,8 @@ def _origin(url: str) -> str:
 
 
 class WebhookNotifier:
-    """POSTs `approval.requested` events; `notify` is synchronous and only schedules."""
+    """POSTs `approval.requested` events from per-grant queues, round-robin; `notify` is
+    synchronous and only enqueues."""
 
     def __init__(
         self,
@@ -82,23 +146,29 @@ class WebhookNotifier:
         attempts: int = 3,
         *,
         backoff: float = 0.25,
-        max_pending: int = 1000,
+        max_pending_per_grant: int = 100,
         concurrency: int = 4,
         on_result: Callable[[str], None] | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
+        if max_pending_per_grant < 1 or concurrency < 1:
+            raise ValueError("max_pending_per_grant and concurrency must be at least 1")
         self.url = url
         self._secret = secret or None
         self._timeout = timeout
         self._attempts = attempts
         self._backoff = backoff
-        self._max_pending = max_pending
+        self._max_per_grant = max_pending_per_grant
         self._concurrency = concurrency
         self._on_result = on_result
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queues: dict[str, collections.deque[tuple[str, bytes]]] = {}
+        """Grant id → its notices not yet taken by a worker: (approval id, body)."""
+        self._turns: collections.deque[str] = collections.deque()
+        """Grants with queued notices, in the order they get their next turn."""
+        self._workers: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
         self._client: httpx.AsyncClient | None = None
-        self._semaphore: asyncio.Semaphore | None = None
 
     def describe(self) -> str:
         signed = "signed" if self._secret else "unsigned"
@@ -106,49 +176,87 @@ class WebhookNotifier:
 
     @property
     def pending(self) -> int:
-        """Deliveries scheduled and not finished."""
-        return len(self._tasks)
+        """Deliveries queued or in flight."""
+        return sum(len(q) for q in self._queues.values()) + self._in_flight
+
+    def queued(self, grant_id: str) -> int:
+        """Notices of one grant waiting for a worker."""
+        queue = self._queues.get(grant_id)
+        return len(queue) if queue is not None else 0
 
     def notify(self, approval: Approval) -> None:
-        """Schedule the POST for a new pending approval; never blocks, never raises."""
+        """Queue the POST for a new pending approval; never blocks, never raises."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             log.error("approval_webhook_failed", approval_id=approval.id, error="no event loop")
             self._result("dropped")
             return
-        if len(self._tasks) >= self._max_pending:
+        grant = approval.grant_id
+        queue = self._queues.get(grant)
+        if queue is None:
+            queue = self._queues[grant] = collections.deque()
+            self._turns.append(grant)
+        if len(queue) >= self._max_per_grant:
             log.error(
                 "approval_webhook_failed",
                 approval_id=approval.id,
-                error="too many deliveries pending; dropped",
-                pending=len(self._tasks),
+                grant_id=grant,
+                error="too many deliveries pending for this grant; dropped",
+                pending=len(queue),
             )
             self._result("dropped")
             return
-        task = loop.create_task(self._deliver(approval.id, webhook_body(approval)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        queue.append((approval.id, webhook_body(approval)))
+        while len(self._workers) < self._concurrency:
+            worker = loop.create_task(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    def _next(self) -> tuple[str, bytes] | None:
+        """The next notice, from the grant whose turn it is (then it goes to the back)."""
+        while self._turns:
+            grant = self._turns.popleft()
+            queue = self._queues.get(grant)
+            if not queue:
+                self._queues.pop(grant, None)
+                continue
+            item = queue.popleft()
+            if queue:
+                self._turns.append(grant)
+            else:
+                del self._queues[grant]
+            return item
+        return None
+
+    async def _work(self) -> None:
+        while (item := self._next()) is not None:
+            self._in_flight += 1
+            try:
+                await self._deliver(*item)
+            finally:
+                self._in_flight -= 1
 
     def _result(self, result: str) -> None:
         if self._on_result is not None:
             with contextlib.suppress(Exception):
                 self._on_result(result)
 
-    def _http(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
-        if self._client is None or self._semaphore is None:
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=self._timeout,
                 follow_redirects=False,
                 headers={"User-Agent": "mcp-authz"},
             )
-            self._semaphore = asyncio.Semaphore(self._concurrency)
-        return self._client, self._semaphore
+        return self._client
 
     async def _deliver(self, approval_id: str, body: bytes) -> None:
         try:
             await self._post(approval_id, body)
-        except Exception as exc:  # a background task must never die with a traceback
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a worker must never die with a traceback
             log.error("approval_webhook_failed", approval_id=approval_id, error=type(exc).__name__)
             self._result("failed")
 
@@ -156,51 +264,52 @@ class WebhookNotifier:
         headers = {"Content-Type": "application/json", "X-Mcp-Authz-Event": EVENT}
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = sign(self._secret, body)
-        client, semaphore = self._http()
-        async with semaphore:
-            for attempt in range(1, self._attempts + 1):
-                status: int | None = None
-                error: str | None = None
-                try:
-                    response = await client.post(self.url, content=body, headers=headers)
-                except httpx.HTTPError as exc:  # connection refused, timeouts, protocol errors
-                    error = type(exc).__name__
-                    retry = True
-                else:
-                    status = response.status_code
-                    if 200 <= status < 300:
-                        log.info("approval_webhook_sent", approval_id=approval_id, status=status)
-                        self._result("sent")
-                        return
-                    retry = status >= 500 or status == 429
-                will_retry = retry and attempt < self._attempts
-                log.warning(
-                    "approval_webhook_failed",
-                    approval_id=approval_id,
-                    webhook=_origin(self.url),
-                    attempt=attempt,
-                    attempts=self._attempts,
-                    status=status,
-                    error=error,
-                    will_retry=will_retry,
-                )
-                if not will_retry:
-                    break
-                await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+        client = self._http()
+        for attempt in range(1, self._attempts + 1):
+            status: int | None = None
+            error: str | None = None
+            try:
+                response = await client.post(self.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:  # connection refused, timeouts, protocol errors
+                error = type(exc).__name__
+                retry = True
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    log.info("approval_webhook_sent", approval_id=approval_id, status=status)
+                    self._result("sent")
+                    return
+                retry = status >= 500 or status == 429
+            will_retry = retry and attempt < self._attempts
+            log.warning(
+                "approval_webhook_failed",
+                approval_id=approval_id,
+                webhook=_origin(self.url),
+                attempt=attempt,
+                attempts=self._attempts,
+                status=status,
+                error=error,
+                will_retry=will_retry,
+            )
+            if not will_retry:
+                break
+            await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
         self._result("failed")
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Wait up to `timeout` seconds for deliveries in flight, then cancel the rest and
-        close the HTTP client (a later `notify` opens a new one)."""
-        tasks = set(self._tasks)
-        if tasks:
-            _done, left = await asyncio.wait(tasks, timeout=timeout)
+        """Wait up to `timeout` seconds for the queued and in-flight deliveries, then cancel
+        the rest and close the HTTP client (a later `notify` opens a new one)."""
+        workers = set(self._workers)
+        if workers:
+            _done, left = await asyncio.wait(workers, timeout=timeout)
+            unsent = sum(len(q) for q in self._queues.values()) + self._in_flight
             for task in left:
                 task.cancel()
             if left:
                 await asyncio.gather(*left, return_exceptions=True)
-                log.warning("approval_webhook_failed", error="shutdown", cancelled=len(left))
+                log.warning("approval_webhook_failed", error="shutdown", cancelled=unsent)
+        self._queues.clear()
+        self._turns.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-            self._semaphore = None

@@ -325,8 +325,62 @@ async def test_webhook_is_posted_once_per_pending_approval(
     payload = json.loads(body)
     assert payload["event"] == "approval.requested"
     assert payload["approval"]["id"] == first
-    assert payload["approval"]["tool"] == GEMINI
-    assert payload["approval"]["argument_keys"] == ["filenameHint", "prompt"]
+    assert payload["untrusted"]["tool"] == GEMINI
+    assert payload["untrusted"]["argument_keys"] == ["filenameHint", "prompt"]
     assert b"hook-value-7" not in body  # values only through the admin API
     expected = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers["x-mcp-authz-signature"] == f"sha256={expected}"
+
+
+def _webhook_body_of(receiver: Receiver, approval: str) -> bytes:
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        mine = [body for _, _, body in receiver.posts if approval.encode() in body]
+        if mine:
+            return mine[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no webhook POST for {approval}")
+
+
+async def test_the_webhook_and_the_audit_log_give_no_values_away(
+    stack: Stack, receiver: Receiver
+) -> None:
+    """A brute force over small values finds nothing: the digest sent out and logged is
+    keyed with a server secret, not a plain sha256 of the canonical arguments."""
+    held = approval_id(await call(stack, "agent-a", OPENAI, {"amount": 4711}))
+    body = _webhook_body_of(receiver, held)
+    hexes = set(re.findall(rb"[0-9a-f]{64}", body))
+    hexes |= set(re.findall(rb"[0-9a-f]{64}", stack.log_path("sidecar").read_bytes()))
+    for guess in range(100_000):
+        canonical = json.dumps({"amount": guess}, separators=(",", ":")).encode()
+        assert hashlib.sha256(canonical).hexdigest().encode() not in hexes, guess
+    assert b"4711" not in body
+    # the keyed digest is the same in the webhook, the audit events and the admin API
+    digest = json.loads(body)["approval"]["arguments_hmac"]
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    events = [e for e in sidecar_events(stack, "approval") if e["approval_id"] == held]
+    assert events and all(e["arguments_hmac"] == digest for e in events)
+    status, shown, _ = admin(stack.admin_url, "GET", f"/approvals/{held}")
+    assert status == 200 and shown["arguments_hmac"] == digest
+
+
+async def test_agent_chosen_keys_reach_the_webhook_only_escaped_and_marked(
+    stack: Stack, receiver: Receiver
+) -> None:
+    hostile = "URGENT: approve at http://evil.example/now"
+    held = approval_id(await call(stack, "agent-b", OPENAI, {hostile: True, "prompt": "x"}))
+    body = _webhook_body_of(receiver, held)
+    text = body.decode("ascii")  # nothing outside ASCII either
+    assert "evil.example/" not in text and "http://" not in text and "URGENT: " not in text
+    payload = json.loads(body)
+    untrusted = payload["untrusted"]
+    assert "agent" in untrusted["warning"] and "plain text" in untrusted["warning"]
+    assert untrusted["argument_keys"] == [
+        "URGENT%3A%20approve%20at%20http%3A%2F%2Fevil.example%2Fnow",
+        "prompt",
+    ]
+    outside = json.dumps({k: v for k, v in payload.items() if k != "untrusted"})
+    assert "URGENT" not in outside  # (the rule pointer names the tool as the policy does)
+    # the approver still sees the exact call through the admin API
+    status, shown, _ = admin(stack.admin_url, "GET", f"/approvals/{held}")
+    assert status == 200 and shown["argument_keys"] == [hostile, "prompt"]

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import structlog
 
-from authz.approvals.base import ApprovalRequest, ApprovalStatus
+from authz.approvals.base import (
+    CAP_RULE,
+    SIZE_RULE,
+    ApprovalLimits,
+    ApprovalRequest,
+    ApprovalStatus,
+    arguments_digest,
+)
 from authz.approvals.memory import MemoryApprovalStore
 from authz.config import ConfigSource
 from authz.counters.memory import MemoryCounterStore
@@ -304,6 +311,41 @@ async def test_store_failure_fails_closed(config_dir: Path, clock: Clock) -> Non
     assert verdict.decision.rule == "(approvals)"
 
 
+async def test_past_the_grants_cap_a_new_held_call_is_a_policy_denial(
+    config_dir: Path, clock: Clock
+) -> None:
+    store = MemoryApprovalStore(limits=ApprovalLimits(max_pending_per_grant=2))
+    authorizer = Authorizer(
+        ConfigSource.open(config_dir), MemoryCounterStore(), clock=clock, approvals=store
+    )
+    first = await _check(authorizer, _body(prompt="a", width=2048))
+    second = await _check(authorizer, _body(prompt="b", width=2048))
+    assert {first.decision.kind, second.decision.kind} == {DenyKind.APPROVAL_REQUIRED}
+    third = await _check(authorizer, _body(prompt="c-secret", width=2048))
+    assert third.decision.kind is DenyKind.POLICY and third.decision.rule == CAP_RULE
+    assert "2 pending approvals" in third.decision.message
+    assert "c-secret" not in third.decision.message
+    text = json.loads(check_response(third).denied_response.body)["result"]["content"][0]["text"]
+    assert text.startswith("[POLICY DENIED] ") and "(approval cap)" in text
+    # the held calls are still held; another grant is not capped
+    again = await _check(authorizer, _body(prompt="a", width=2048))
+    assert again.decision.ticket is not None and first.decision.ticket is not None
+    assert again.decision.ticket.id == first.decision.ticket.id
+    other = await _check(authorizer, _body(prompt="c", width=2048), token="tok2")
+    assert other.decision.kind is DenyKind.APPROVAL_REQUIRED
+
+
+async def test_arguments_too_large_to_hold_are_a_policy_denial(
+    authorizer: Authorizer, store: MemoryApprovalStore
+) -> None:
+    bound = store.limits.max_argument_bytes
+    verdict = await _check(authorizer, _body(prompt="s" * bound, width=2048))
+    assert verdict.decision.kind is DenyKind.POLICY and verdict.decision.rule == SIZE_RULE
+    assert f"the {bound} bytes" in verdict.decision.message
+    assert "sss" not in verdict.decision.message
+    assert await store.list_approvals(0) == [] and notified == []
+
+
 # -- rendering --------------------------------------------------------------------------------
 
 
@@ -342,6 +384,10 @@ async def test_audit_records_every_step_with_keys_only(
     approvals = [e for e in logs if e["event"] == "approval"]
     assert [e["action"] for e in approvals] == ["requested", "used"]
     assert all(e["arg_keys"] == ["prompt", "width"] for e in approvals)
+    # the digest that is logged is keyed: hashing guesses of the values cannot find it
+    plain = arguments_digest({"prompt": "secret-prompt", "width": 2048})
+    assert all(len(e["arguments_hmac"]) == 64 and e["arguments_hmac"] != plain for e in approvals)
+    assert plain not in repr(logs) and "arguments_sha256" not in repr(logs)
     assert approvals[1]["approver"] == "alice"
     decisions = [e for e in logs if e["event"] == "decision"]
     assert [d["decision"] for d in decisions] == ["deny", "allow"]

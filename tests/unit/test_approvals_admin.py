@@ -65,7 +65,7 @@ class UnavailableStore(MemoryApprovalStore):
         raise ApprovalStoreUnavailable("redis timed out")
 
     async def list_approvals(
-        self, now: float, *, statuses: Sequence[ApprovalStatus] = ()
+        self, now: float, *, statuses: Sequence[ApprovalStatus] = (), **_page: Any
     ) -> list[Approval]:
         raise ApprovalStoreUnavailable("redis timed out")
 
@@ -268,6 +268,43 @@ def test_list_shows_pending_with_arguments_and_filters_by_status(admin: RunningA
     bad = call(admin, "GET", "/approvals?status=bogus")
     assert bad.status_code == 400
     assert bad.json()["error"].startswith("status: must be one of pending")
+
+
+def test_the_listing_comes_in_pages(admin: RunningAdmin) -> None:
+    held = [admin.hold(arguments={"n": n}) for n in range(5)]
+    first = call(admin, "GET", "/approvals").json()
+    assert [a["id"] for a in first["approvals"]] == [a.id for a in held]
+    assert first["next"] is None  # all on one page
+    seen, path, pages = [], "/approvals?limit=2", 0
+    while True:
+        page = call(admin, "GET", path).json()
+        pages += 1
+        seen += [a["id"] for a in page["approvals"]]
+        if page["next"] is None:
+            break
+        assert len(page["approvals"]) == 2
+        path = f"/approvals?limit=2&after={page['next']}"
+    assert seen == [a.id for a in held] and pages == 3
+    exact = call(admin, "GET", "/approvals?limit=5").json()
+    assert len(exact["approvals"]) == 5 and exact["next"] is None
+    for query, field in (
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=x", "limit"),
+        ("after=nope", "after"),
+        ("after=1.5_apr_0", "after"),
+    ):
+        refused = call(admin, "GET", f"/approvals?{query}")
+        assert refused.status_code == 400, query
+        assert refused.json()["error"].startswith(f"{field}: ")
+
+
+def test_used_or_expired_approvals_no_longer_show_values(admin: RunningAdmin) -> None:
+    expired = admin.hold(now=time.time() - 700)
+    shown = call(admin, "GET", f"/approvals/{expired.id}").json()
+    assert shown["status"] == "expired" and shown["arguments"] is None
+    assert shown["argument_keys"] == ["n", "prompt"] and len(shown["arguments_hmac"]) == 64
+    assert "arguments_sha256" not in shown
 
 
 def test_show_one_and_unknown_ids(admin: RunningAdmin) -> None:

@@ -32,7 +32,18 @@ from authz.approvals import (
     ApprovalStore,
     ApprovalStoreUnavailable,
 )
-from authz.approvals.base import RETENTION_SECONDS, arguments_digest, canonical_json
+from authz.approvals.base import (
+    CAP_RULE,
+    RETENTION_SECONDS,
+    SIZE_RULE,
+    ApprovalLimits,
+    ApprovalRefused,
+    arguments_digest,
+    arguments_hmac,
+    canonical_json,
+    format_cursor,
+    parse_cursor,
+)
 from authz.approvals.memory import MemoryApprovalStore
 from authz.approvals.redis import RedisApprovalStore
 from tests.redis_server import RedisClusterProcesses, RedisServer, free_port
@@ -42,6 +53,7 @@ ID = re.compile(r"apr_[0-9a-f]{24}")
 UNKNOWN_ID = "apr_" + "0" * 24
 MALFORMED_IDS = ["", "apr_", "apr_xyz", "APR_" + "0" * 24, "apr_" + "0" * 23, "*", "{a}", "a:b"]
 EXPIRY_WAIT = 1.3  # past a 1 s ttl (times are microseconds; 0.3 s of slack for a busy host)
+KEY = b"test-digest-key-0123456789abcdef"
 
 
 def req(**changes: Any) -> ApprovalRequest:
@@ -67,24 +79,45 @@ def prefix() -> str:
     return f"test-{secrets.token_hex(4)}"
 
 
-def _redis_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> RedisApprovalStore:
+def _redis_store(
+    request: pytest.FixtureRequest, kind: str, prefix: str, **options: Any
+) -> RedisApprovalStore:
+    options.setdefault("digest_key", KEY)
     if kind == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
-        return RedisApprovalStore.from_url(server.url, prefix=prefix, timeout=2.0)
+        return RedisApprovalStore.from_url(server.url, prefix=prefix, timeout=2.0, **options)
     cluster: RedisClusterProcesses = request.getfixturevalue("redis_cluster")
-    return RedisApprovalStore.from_url(cluster.url, cluster=True, prefix=prefix, timeout=2.0)
+    return RedisApprovalStore.from_url(
+        cluster.url, cluster=True, prefix=prefix, timeout=2.0, **options
+    )
+
+
+async def _replicas(
+    request: pytest.FixtureRequest, kind: str, prefix: str, **options: Any
+) -> list[Store]:
+    """Two stores over the same approvals: two Redis clients (two sidecar replicas), or the
+    one memory store twice (memory is shared by one process only)."""
+    if kind == "memory":
+        memory = MemoryApprovalStore(digest_key=KEY, **options)
+        return [memory, memory]
+    return [_redis_store(request, kind, prefix, **options) for _ in "ab"]
 
 
 @pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def replicas(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[list[Store]]:
-    """Two stores over the same approvals: two Redis clients (two sidecar replicas), or the
-    one memory store twice (memory is shared by one process only)."""
-    made: list[Store]
-    if request.param == "memory":
-        memory = MemoryApprovalStore()
-        made = [memory, memory]
-    else:
-        made = [_redis_store(request, request.param, prefix) for _ in "ab"]
+    made = await _replicas(request, request.param, prefix)
+    yield made
+    for store in made:
+        await store.close()
+
+
+LIMITS = ApprovalLimits(max_pending_per_grant=3, max_argument_bytes=200, max_records=5)
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def bounded(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[list[Store]]:
+    """`replicas` with small bounds: 3 pending per grant, 200 bytes of arguments, 5 records."""
+    made = await _replicas(request, request.param, prefix, limits=LIMITS)
     yield made
     for store in made:
         await store.close()
@@ -97,7 +130,9 @@ def store(replicas: list[Store]) -> Store:
 
 @pytest.fixture
 async def redis_store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisApprovalStore]:
-    store = RedisApprovalStore.from_url(redis_server.url, prefix=prefix, timeout=2.0)
+    store = RedisApprovalStore.from_url(
+        redis_server.url, prefix=prefix, timeout=2.0, digest_key=KEY
+    )
     yield store
     await store.close()
 
@@ -122,7 +157,9 @@ async def test_a_new_call_creates_a_pending_approval(store: Store) -> None:
     assert (approval.policy, approval.policy_hash) == ("imagegen", "ph-1")
     assert (approval.tool, approval.rule) == ("generate_image", asked.rule)
     assert approval.decision_id == "dec-1"
-    assert approval.arguments_digest == arguments_digest(asked.arguments)
+    assert approval.arguments_hmac == arguments_hmac(KEY, canonical_json(dict(asked.arguments)))
+    assert approval.arguments_hmac != arguments_digest(asked.arguments)  # keyed, not a hash
+    assert approval.argument_keys == ("n", "opts", "prompt")
     assert approval.arguments_json == canonical_json(dict(asked.arguments))
     assert approval.arguments == {"prompt": "un chat é 猫", "n": 1, "opts": {"z": [1.5, None]}}
     assert before - 0.05 <= approval.requested_at <= after + 0.05
@@ -322,7 +359,12 @@ async def test_expiry(replicas: list[Store]) -> None:
         lasting.id: ApprovalStatus.PENDING,
     }
     for approval_id, status in expected.items():
-        assert (await b.get(approval_id, now)).status is status
+        seen = await b.get(approval_id, now)
+        assert seen.status is status
+        # values are kept while the approval is live, never after it is used or expired
+        kept = status is ApprovalStatus.PENDING
+        assert (seen.arguments is not None) is kept, (status, seen.arguments)
+        assert seen.argument_keys == ("n", "prompt") and seen.arguments_hmac
     expired = await a.list_approvals(time.time(), statuses=[ApprovalStatus.EXPIRED])
     assert [x.id for x in expired] == [pending.id, approved.id]
     # an expired approval is unusable: it cannot be decided or consumed
@@ -405,6 +447,171 @@ async def test_concurrent_consumes_succeed_exactly_once(replicas: list[Store]) -
     )
     assert len({x.id for x, _ in held_again}) == 1 and sum(c for _, c in held_again) == 1
     assert held_again[0][0].id != approval.id
+
+
+# -- bounds: the per-grant cap, the argument size, the records kept -----------------------
+
+
+def small(n: int, **changes: Any) -> ApprovalRequest:
+    return req(arguments={"n": n}, **changes)
+
+
+async def test_a_grant_has_at_most_its_cap_of_pending_approvals(bounded: list[Store]) -> None:
+    a, b = bounded
+    made = [(await (a if n % 2 else b).request(small(n), time.time()))[0] for n in range(3)]
+    with pytest.raises(ApprovalRefused) as refused:
+        await a.request(small(3), time.time())
+    assert refused.value.rule == CAP_RULE
+    assert "3 pending approvals" in refused.value.message
+    # a retry still finds its approval; another grant has its own places
+    again, created = await b.request(small(0), time.time())
+    assert (again.id, created) == (made[0].id, False)
+    other, created = await b.request(small(3, grant_id="g-2"), time.time())
+    assert created is True
+    # a decision frees a place; so does an approval or a denial
+    await a.decide(made[0].id, approve=True, approver="x", reason=None, now=time.time())
+    fourth, created = await b.request(small(3), time.time())
+    assert created is True
+    with pytest.raises(ApprovalRefused):
+        await b.request(small(4), time.time())
+    await b.decide(made[1].id, approve=False, approver="x", reason="no", now=time.time())
+    fifth, created = await a.request(small(4), time.time())
+    assert created is True
+    pending = await a.list_approvals(time.time(), statuses=[ApprovalStatus.PENDING])
+    assert {x.id for x in pending} == {made[2].id, fourth.id, fifth.id, other.id}
+
+
+async def test_an_expired_approval_frees_its_place(bounded: list[Store]) -> None:
+    a, b = bounded
+    for n in range(3):
+        await a.request(small(n, ttl_seconds=1), time.time())
+    with pytest.raises(ApprovalRefused):
+        await b.request(small(3), time.time())
+    await asyncio.sleep(EXPIRY_WAIT)
+    for n in range(3, 6):
+        assert (await b.request(small(n), time.time()))[1] is True
+
+
+async def test_the_cap_holds_under_concurrent_requests(bounded: list[Store]) -> None:
+    async def ask(store: Store, n: int) -> bool:
+        try:
+            await store.request(small(n), time.time())
+        except ApprovalRefused:
+            return False
+        return True
+
+    results = await asyncio.gather(*(ask(bounded[n % 2], n) for n in range(30)))
+    assert sum(results) == 3
+    pending = await bounded[0].list_approvals(time.time(), statuses=[ApprovalStatus.PENDING])
+    assert len(pending) == 3
+
+
+async def test_arguments_over_the_size_bound_are_refused_and_not_stored(
+    bounded: list[Store],
+) -> None:
+    a, _ = bounded
+    fits = req(arguments={"prompt": "x" * 180})  # 193 bytes of canonical JSON
+    assert fits.arguments_size <= LIMITS.max_argument_bytes
+    assert (await a.request(fits, time.time()))[1] is True
+    secret = "sk-" + "9" * 200
+    with pytest.raises(ApprovalRefused) as refused:
+        await a.request(req(arguments={"token": secret}), time.time())
+    assert refused.value.rule == SIZE_RULE
+    message = refused.value.message
+    assert "arguments" in message and "200 bytes" in message and "215 bytes" in message
+    assert secret not in message and "token" not in message
+    # multi-byte characters count as their UTF-8 bytes
+    with pytest.raises(ApprovalRefused):
+        await a.request(req(arguments={"p": "é" * 100}), time.time())
+    assert [x.arguments for x in await a.list_approvals(time.time())] == [fits.arguments]
+
+
+async def test_values_go_with_use_the_record_stays(bounded: list[Store]) -> None:
+    a, b = bounded
+    approval, _ = await a.request(small(1), time.time())
+    assert (await b.get(approval.id, time.time())).arguments == {"n": 1}
+    await b.decide(approval.id, approve=True, approver="x", reason=None, now=time.time())
+    assert (await a.get(approval.id, time.time())).arguments == {"n": 1}  # approved: shown
+    assert await a.consume(approval.id, approval.binding, time.time()) is True
+    used = await b.get(approval.id, time.time())
+    assert used.status is ApprovalStatus.USED and used.arguments is None
+    assert used.argument_keys == ("n",) and used.arguments_hmac == approval.arguments_hmac
+
+
+async def test_records_beyond_the_bound_are_dropped_oldest_first(bounded: list[Store]) -> None:
+    a, b = bounded
+    finished = []
+    for n in range(8):  # each used at once: finished records, never live
+        approval, _ = await a.request(small(n, ttl_seconds=60 + n), time.time())
+        await b.decide(approval.id, approve=True, approver="x", reason=None, now=time.time())
+        assert await a.consume(approval.id, approval.binding, time.time())
+        finished.append(approval)
+    live, _ = await b.request(small(100), time.time())
+    kept = await a.list_approvals(time.time())
+    assert live.id in {x.id for x in kept}
+    assert len(kept) <= LIMITS.max_records + 1  # the live one on top
+    kept_ids = [x.id for x in kept if x.id != live.id]
+    assert kept_ids == [x.id for x in finished[-len(kept_ids) :]]  # the oldest went first
+    with pytest.raises(ApprovalNotFound):
+        await b.get(finished[0].id, time.time())
+
+
+async def test_listing_in_pages(bounded: list[Store]) -> None:
+    a, b = bounded
+    made = []
+    for n in range(3):
+        for grant in ("g-1", "g-2"):
+            made.append((await a.request(small(n, grant_id=grant), time.time()))[0])
+            await asyncio.sleep(0.002)
+    await b.decide(made[2].id, approve=False, approver="x", reason="no", now=time.time())
+    pages, after = [], None
+    while True:
+        page = await b.list_approvals(time.time(), after=after, limit=4)
+        pages.append([x.id for x in page])
+        if len(page) < 4:
+            break
+        after = page[-1].cursor
+    assert pages == [[x.id for x in made[:4]], [x.id for x in made[4:]]]
+    pending = await a.list_approvals(
+        time.time(), statuses=[ApprovalStatus.PENDING], after=made[0].cursor, limit=2
+    )
+    assert [x.id for x in pending] == [made[1].id, made[3].id]
+    assert await a.list_approvals(time.time(), after=made[-1].cursor) == []
+    assert await a.list_approvals(time.time(), limit=1) == [made[0]]
+
+
+def test_cursor_text_round_trips() -> None:
+    cursor = (1796198217.31966, "apr_" + "ab" * 12)
+    text = format_cursor(cursor)
+    assert text == "1796198217.319660_apr_abababababababababababab"
+    assert parse_cursor(text) == cursor
+    for bad in ("", "1.5_apr_x", "x_apr_" + "0" * 24, text + "0", "1e9_apr_" + "0" * 24):
+        assert parse_cursor(bad) is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"max_pending_per_grant": 0}, {"max_argument_bytes": -1}, {"max_records": True}],
+)
+def test_limits_must_be_positive(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        ApprovalLimits(**changes)
+
+
+async def test_the_digest_is_keyed() -> None:
+    one, two = MemoryApprovalStore(digest_key=KEY), MemoryApprovalStore(digest_key=b"k" * 32)
+    first, _ = await one.request(req(), time.time())
+    again, _ = await one.request(req(grant_id="g-2"), time.time())
+    other, _ = await two.request(req(), time.time())
+    assert first.arguments_hmac == again.arguments_hmac  # same arguments, same key
+    assert first.arguments_hmac != other.arguments_hmac  # another key
+    unkeyed = hashlib.sha256(canonical_json(dict(req().arguments)).encode()).hexdigest()
+    assert unkeyed not in (first.arguments_hmac, other.arguments_hmac)
+    random_keys = {
+        (await MemoryApprovalStore().request(req(), time.time()))[0].arguments_hmac
+        for _ in range(3)
+    }
+    assert len(random_keys) == 3  # without a configured key: one of its own per store
 
 
 # -- canonical JSON and the argument digest ----------------------------------------------
@@ -495,14 +702,22 @@ async def test_redis_keys_and_their_expiry(redis_store: RedisApprovalStore) -> N
     prefix = redis_store.prefix
     assert record == f"{prefix}:{{a}}:a:{approval.id}"
     assert binding == f"{prefix}:{{a}}:b:{asked.binding}"
+    values, pending = redis_store.values_key(approval.id), redis_store.pending_key("g-1")
+    assert values == f"{prefix}:{{a}}:v:{approval.id}"
+    assert pending == f"{prefix}:{{a}}:p:{hashlib.sha256(b'g-1').hexdigest()}"
     stored = {text(k): text(v) for k, v in (await client.hgetall(record)).items()}
-    assert stored["arguments_json"] == '{"n":2,"prompt":"un chat é"}'  # values, for approvers
+    assert "arguments_json" not in stored and "un chat" not in json.dumps(stored)
+    assert stored["argument_keys"] == '["n", "prompt"]'
+    assert stored["arguments_hmac"] == approval.arguments_hmac
+    assert text(await client.get(values)) == '{"n":2,"prompt":"un chat é"}'  # for approvers
     assert stored["status"] == "pending" and stored["id"] == approval.id
     assert "decided_by" not in stored and "reason" not in stored
     assert await client.get(binding) == approval.id.encode()
+    assert await client.zscore(pending, approval.id) == pytest.approx(approval.expires_at)
     seconds, micros = await client.time()
     now_ms = seconds * 1000 + micros / 1000
-    assert abs(await client.pttl(binding) - (approval.expires_at * 1000 - now_ms)) < 250
+    for key in (binding, values, pending):
+        assert abs(await client.pttl(key) - (approval.expires_at * 1000 - now_ms)) < 250
     expected = (approval.expires_at + RETENTION_SECONDS) * 1000 - now_ms
     assert abs(await client.pttl(record) - expected) < 250
     assert await client.zscore(redis_store.index_key, approval.id) == pytest.approx(
@@ -510,8 +725,11 @@ async def test_redis_keys_and_their_expiry(redis_store: RedisApprovalStore) -> N
     )
     await redis_store.decide(approval.id, approve=True, approver="a", reason=None, now=0)
     assert await client.get(binding) == approval.id.encode()  # still bound while approved
+    assert await client.exists(pending) == 0  # decided: no longer counts against the cap
+    assert await client.exists(values) == 1  # still shown while approved
     assert await redis_store.consume(approval.id, asked.binding, time.time()) is True
     assert await client.exists(binding) == 0  # the next identical call is held again
+    assert await client.exists(values) == 0  # used: the values are gone
     assert abs(await client.pttl(record) - expected) < 500  # kept for `show` and audits
     keys = {k async for k in client.scan_iter(f"{prefix}:*")}
     assert {k.decode() for k in keys} == {record, redis_store.index_key, redis_store.drops_key}

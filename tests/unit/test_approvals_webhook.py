@@ -15,9 +15,16 @@ from pathlib import Path
 import pytest
 import structlog
 
-from authz.approvals.base import Approval, ApprovalRequest
+from authz.approvals.base import Approval, ApprovalLimits, ApprovalRequest, arguments_digest
 from authz.approvals.memory import MemoryApprovalStore
-from authz.approvals.webhook import WebhookNotifier
+from authz.approvals.webhook import (
+    UNTRUSTED_MAX_CHARS,
+    UNTRUSTED_MAX_KEYS,
+    UNTRUSTED_WARNING,
+    WebhookNotifier,
+    escape_untrusted,
+    webhook_body,
+)
 from authz.counters.memory import MemoryCounterStore
 from authz.metrics import Metrics
 from authz.server import build_approval_store, build_notifier
@@ -35,14 +42,22 @@ def receiver() -> Iterator[Receiver]:
         yield running
 
 
-async def _approval(prompt: str = SECRET_VALUE) -> Approval:
+async def _approval(
+    prompt: str = SECRET_VALUE,
+    *,
+    grant: str = "g1",
+    arguments: dict[str, object] | None = None,
+    tool: str = "image.generate.gemini",
+) -> Approval:
     request = ApprovalRequest(
-        grant_id="g1",
+        grant_id=grant,
         grant_label="Agent One",
         policy="seed",
         policy_hash="ab" * 32,
-        tool="image.generate.gemini",
-        arguments={"prompt": prompt, "filenameHint": "fox-77", "size": {"w": 31337777}},
+        tool=tool,
+        arguments=arguments
+        if arguments is not None
+        else {"prompt": prompt, "filenameHint": "fox-77", "size": {"w": 31337777}},
         rule="/tools/image.generate.gemini/approve_if/0",
         ttl_seconds=300,
         decision_id="c" * 24,
@@ -70,12 +85,35 @@ async def test_posts_the_event_signed_without_argument_values(receiver: Receiver
     payload = json.loads(body)
     assert payload["event"] == "approval.requested"
     assert payload["admin_path"] == f"/approvals/{approval.id}"
-    assert payload["approval"] == approval.public(with_arguments=False)
-    assert payload["approval"]["argument_keys"] == ["filenameHint", "prompt", "size"]
-    assert "arguments" not in payload["approval"]
+    assert payload["approval_id"] == approval.id and payload["grant_id"] == "g1"
+    assert payload["expires_at"] == approval.expires_at
+    assert payload["approval"] == {
+        "id": approval.id,
+        "status": "pending",
+        "grant_id": "g1",
+        "grant_label": "Agent One",
+        "policy": "seed",
+        "policy_hash": "ab" * 32,
+        "rule": "/tools/image.generate.gemini/approve_if/0",
+        "requested_at": approval.requested_at,
+        "expires_at": approval.expires_at,
+        "decision_id": "c" * 24,
+        "arguments_hmac": approval.arguments_hmac,
+        "argument_count": 3,
+    }
+    # what the agent chose, apart and escaped
+    assert payload["untrusted"] == {
+        "warning": UNTRUSTED_WARNING,
+        "tool": "image.generate.gemini",
+        "argument_keys": ["filenameHint", "prompt", "size"],
+        "argument_keys_omitted": 0,
+    }
+    assert "tool" not in payload and "tool" not in payload["approval"]
     for value in (SECRET_VALUE, "fox-77", "31337777"):
         assert value.encode() not in body  # keys only, never values
     assert SECRET.encode() not in body
+    # the digest is keyed: the plain sha256 of the arguments is nowhere
+    assert arguments_digest(approval.arguments or {}).encode() not in body
 
     rendered = json.dumps(logs, default=str)
     assert SECRET not in rendered and SECRET_VALUE not in rendered
@@ -191,6 +229,104 @@ async def test_slow_receivers_do_not_block_notify_and_drain_bounds_shutdown() ->
         server.server_close()
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("prompt", "prompt"),
+        ("filename_hint-2.x~", "filename_hint-2.x~"),
+        (
+            "URGENT: approve at http://evil.example/now",
+            "URGENT%3A%20approve%20at%20http%3A%2F%2Fevil.example%2Fnow",
+        ),
+        ("<b>bold</b>", "%3Cb%3Ebold%3C%2Fb%3E"),
+        ("[click](https://x.example)", "%5Bclick%5D%28https%3A%2F%2Fx.example%29"),
+        ("line\nbreak\u202e", "line%0Abreak%E2%80%AE"),
+        ("*_`@here`_*", "%2A_%60%40here%60_%2A"),
+        ("é", "%C3%A9"),
+        ("", ""),
+    ],
+)
+def test_escape_untrusted(text: str, shown: str) -> None:
+    assert escape_untrusted(text) == shown
+
+
+def test_escape_untrusted_cuts_long_strings() -> None:
+    assert escape_untrusted("a" * 100) == "a" * UNTRUSTED_MAX_CHARS + "..."
+    assert escape_untrusted("a" * UNTRUSTED_MAX_CHARS) == "a" * UNTRUSTED_MAX_CHARS
+
+
+async def test_agent_chosen_keys_reach_the_body_only_escaped_and_marked() -> None:
+    hostile = "URGENT: approve at http://evil.example/now <b>approve</b>"
+    keys = {hostile: 1, **{f"k{i:02d}": i for i in range(40)}}
+    approval = await _approval(arguments=keys)
+    body = webhook_body(approval)
+    body.decode("ascii")  # every character outside ASCII is escaped too
+    text = body.decode()
+    assert "http://" not in text and "<b>" not in text and "URGENT: approve" not in text
+    payload = json.loads(body)
+    untrusted = payload["untrusted"]
+    assert untrusted["warning"] == UNTRUSTED_WARNING
+    assert len(untrusted["argument_keys"]) == UNTRUSTED_MAX_KEYS
+    assert untrusted["argument_keys_omitted"] == len(keys) - UNTRUSTED_MAX_KEYS
+    assert untrusted["argument_keys"][0].startswith("URGENT%3A%20approve%20at%20http%3A%2F%2F")
+    assert payload["approval"]["argument_count"] == len(keys)
+    outside = json.dumps({k: v for k, v in payload.items() if k != "untrusted"})
+    assert "URGENT" not in outside and "k00" not in outside
+
+
+async def test_a_grants_flood_drops_only_its_own_notices() -> None:
+    """Per-grant queues: grant A floods while the receiver is slow; A's surplus is dropped,
+    B's one notice is delivered, and it goes out before A's backlog."""
+    with Receiver() as receiver:
+        results: list[str] = []
+        notifier = WebhookNotifier(
+            receiver.url,
+            concurrency=1,
+            max_pending_per_grant=3,
+            on_result=results.append,
+        )
+        receiver.close_gate()
+        flood = [await _approval(f"a-{i}", grant="A") for i in range(10)]
+        with structlog.testing.capture_logs() as logs:
+            notifier.notify(flood[0])
+            for _ in range(100):  # the worker has taken A's first notice: it is in flight
+                if receiver.posts:
+                    break
+                await asyncio.sleep(0.01)
+            for approval in flood[1:]:
+                notifier.notify(approval)
+            b = await _approval("b", grant="B")
+            notifier.notify(b)
+        assert notifier.queued("A") == 3 and notifier.queued("B") == 1
+        assert notifier.pending == 5  # 3 + 1 queued, 1 in flight
+        receiver.open_gate()
+        await notifier.drain()
+        order = [p["approval_id"] for p in receiver.payloads()]
+    assert order == [flood[0].id, flood[1].id, b.id, flood[2].id, flood[3].id]
+    assert results.count("dropped") == 6 and results.count("sent") == 5
+    dropped = [e for e in logs if "dropped" in str(e.get("error"))]
+    assert {e["grant_id"] for e in dropped} == {"A"}
+    assert {e["approval_id"] for e in dropped} == {a.id for a in flood[4:]}
+
+
+async def test_grants_take_turns() -> None:
+    with Receiver() as receiver:
+        notifier = WebhookNotifier(receiver.url, concurrency=1)
+        receiver.close_gate()
+        made = {
+            g: [await _approval(f"{g}-{i}", grant=g) for i in range(n)]
+            for g, n in (("A", 4), ("B", 2), ("C", 1))
+        }
+        for grant in ("A", "B", "C"):
+            for approval in made[grant]:
+                notifier.notify(approval)
+        receiver.open_gate()
+        await notifier.drain()
+        grants = [p["grant_id"] for p in receiver.payloads()]
+    # all queued before the worker's first turn: one each, in the order grants arrived
+    assert grants == ["A", "B", "C", "A", "B", "A", "A"]
+
+
 def test_notify_outside_an_event_loop_drops_without_raising(receiver: Receiver) -> None:
     approval = asyncio.run(_approval())
     results: list[str] = []
@@ -210,7 +346,13 @@ def test_describe_hides_the_path_and_query() -> None:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("MCP_AUTHZ_APPROVAL_WEBHOOK", "MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET"):
+    for name in (
+        "MCP_AUTHZ_APPROVAL_WEBHOOK",
+        "MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET",
+        "MCP_AUTHZ_APPROVAL_DIGEST_KEY",
+        "MCP_AUTHZ_APPROVAL_MAX_PENDING",
+        "MCP_AUTHZ_APPROVAL_MAX_ARGUMENT_BYTES",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -231,6 +373,71 @@ def test_webhook_settings_flags_env_and_secret(clean_env: pytest.MonkeyPatch) ->
     settings = _settings()
     assert settings.approval_webhook_secret == SECRET
     assert SECRET not in repr(settings)  # never printed with the settings
+
+
+def test_approval_bounds_and_digest_key_from_the_environment(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    default = _settings()
+    assert (default.approval_max_pending, default.approval_max_argument_bytes) == (100, 65536)
+    assert default.approval_digest_key is None
+    assert default.approval_max_pending == ApprovalLimits().max_pending_per_grant
+    assert default.approval_max_argument_bytes == ApprovalLimits().max_argument_bytes
+    clean_env.setenv("MCP_AUTHZ_APPROVAL_MAX_PENDING", "7")
+    clean_env.setenv("MCP_AUTHZ_APPROVAL_MAX_ARGUMENT_BYTES", "2048")
+    clean_env.setenv("MCP_AUTHZ_APPROVAL_DIGEST_KEY", "k" * 32)
+    settings = _settings()
+    assert (settings.approval_max_pending, settings.approval_max_argument_bytes) == (7, 2048)
+    assert settings.approval_digest_key == "k" * 32
+    assert "k" * 32 not in repr(settings)
+    store = build_approval_store(settings, MemoryCounterStore())
+    assert isinstance(store, MemoryApprovalStore)
+    assert store.limits == ApprovalLimits(max_pending_per_grant=7, max_argument_bytes=2048)
+
+
+async def test_replicas_with_one_digest_key_agree_on_the_digest(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("MCP_AUTHZ_APPROVAL_DIGEST_KEY", "shared-" + "k" * 20)
+    one, two = (build_approval_store(_settings(), MemoryCounterStore()) for _ in "ab")
+    request = ApprovalRequest(
+        grant_id="g1",
+        grant_label="g1",
+        policy="seed",
+        policy_hash="ab" * 32,
+        tool="t",
+        arguments={"amount": 4711},
+        rule="/tools/t/approve_if/0",
+        ttl_seconds=60,
+    )
+    a, _ = await one.request(request, time.time())
+    b, _ = await two.request(request, time.time())
+    assert a.arguments_hmac == b.arguments_hmac
+    clean_env.delenv("MCP_AUTHZ_APPROVAL_DIGEST_KEY")
+    c, _ = await build_approval_store(_settings(), MemoryCounterStore()).request(
+        request, time.time()
+    )
+    assert c.arguments_hmac != a.arguments_hmac  # no key configured: one per process
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MCP_AUTHZ_APPROVAL_MAX_PENDING", "0"),
+        ("MCP_AUTHZ_APPROVAL_MAX_PENDING", "ten"),
+        ("MCP_AUTHZ_APPROVAL_MAX_ARGUMENT_BYTES", "-1"),
+        ("MCP_AUTHZ_APPROVAL_MAX_ARGUMENT_BYTES", "2000000"),
+        ("MCP_AUTHZ_APPROVAL_DIGEST_KEY", "short"),
+    ],
+)
+def test_bad_approval_settings_name_the_variable(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(SettingsError, match=name) as raised:
+        _settings()
+    if name.endswith("DIGEST_KEY"):
+        assert value not in str(raised.value)
 
 
 @pytest.mark.parametrize(
