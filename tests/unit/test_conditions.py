@@ -379,12 +379,13 @@ def ancestor(op: str, actual: Any, expected: Any) -> bool:
     if op in conditions.NUMERIC_OPS:
         if not (num(actual) and num(expected)):
             return False
-        return {
+        holds: bool = {
             "lt": actual < expected,
             "lte": actual <= expected,
             "gt": actual > expected,
             "gte": actual >= expected,
         }[op]
+        return holds
     if op == "contains":
         if isinstance(actual, str):
             return isinstance(expected, str) and expected in actual
