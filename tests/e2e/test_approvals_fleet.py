@@ -48,10 +48,15 @@ async def test_approval_through_one_replica_is_honoured_by_the_other(fleet: Stac
         held = approval_id(await call(fleet, "agent-a", GEMINI, args))
         creator = _creator(fleet, held)
         other = 1 - creator
-        # both replicas see the same pending approval
+        # both replicas see the same pending approval, with the digest its creator computed
+        # (each replica has a key of its own here: none is configured)
+        digests = set()
         for index in range(2):
             status, body, _ = admin(fleet.replica_admin_url(index), "GET", f"/approvals/{held}")
             assert status == 200 and body["status"] == "pending", (index, body)
+            assert body["arguments"] == args
+            digests.add(body["arguments_hmac"])
+        assert len(digests) == 1
         status, body, _ = admin(
             fleet.replica_admin_url(other), "POST", f"/approvals/{held}/approve", body={}
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from authz.approvals.admin import LIST_LIMIT
 from authz.approvals.base import ApprovalStatus
 from authz.stack import free_port
 from tests.unit.test_approvals_admin import (
@@ -96,6 +97,24 @@ def test_list_as_a_table_with_env_token_and_bare_host_port(admin: RunningAdmin) 
     assert rows[second.id][1:5] == ["pending", "g2", TOOL, "prompt,seed"]
     assert re.fullmatch(r"(9|10)m\d\ds", rows[first.id][5])  # 600 s ttl
     assert "red fox" not in result.stdout  # the list shows keys, not values
+
+
+def test_list_follows_the_pages(admin: RunningAdmin) -> None:
+    held = [admin.hold(arguments={"n": n}) for n in range(LIST_LIMIT + 7)]  # two pages
+    listed = approvals(admin, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [a["id"] for a in json.loads(listed.stdout)["approvals"]] == [a.id for a in held]
+    table = approvals(admin, "list")
+    assert table.returncode == 0, table.stderr
+    assert {line.split()[0] for line in table.stdout.splitlines()[1:]} == {a.id for a in held}
+
+
+def test_show_says_when_the_values_are_gone(admin: RunningAdmin) -> None:
+    expired = admin.hold(now=time.time() - 700)
+    shown = approvals(admin, "show", expired.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "no longer kept" in shown.stdout and "red fox" not in shown.stdout
+    assert "arguments hmac:" in shown.stdout
 
 
 def test_list_json_status_and_all(admin: RunningAdmin) -> None:
