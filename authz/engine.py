@@ -60,8 +60,6 @@ NO_POLICY = "(no policy)"
 HIDDEN = "(hidden)"
 DEFAULT_DENY = "(default deny)"
 
-GLOBAL_SCOPE_KEY = "*"
-
 
 def pointer(*parts: str | int) -> str:
     """A JSON Pointer (RFC 6901) to a policy element: `pointer('tools', 'a/b')` → `/tools/a~1b`."""
@@ -91,9 +89,10 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     applicable limit (the limit's `cost`, 1 by default, or the `increment` of an Intercept
     `state` rule); the caller reserves them and calls `settle`. A limit whose cost is read
     from an argument that is present but not a non-negative integer denies the call
-    (POLICY, rule `.../limits/<counter>/cost`). Scope keys: grant → `grant.id`; session →
-    `<grant.id>/<request.session_id>`, or `grant.id` when the request has no session (so a
-    session limit without sessions behaves per grant); global → `"*"`.
+    (POLICY, rule `.../limits/<counter>/cost`). Who shares a bucket (`Claim.scope_key`):
+    grant → the grant; session → the grant and `request.session_id`, or the grant alone
+    when the request has no session (so a session limit without sessions behaves per
+    grant); global → everyone. Buckets are per policy (`Claim.policy`).
     """
     if policy is None:
         return _no_policy(grant)
@@ -139,7 +138,7 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
                 return claim
             claims.append(claim)
         for i, rule in enumerate(entry.rules):
-            claim_or_denial = _rule_claim(tool, key, i, rule, args)
+            claim_or_denial = _rule_claim(tool, key, i, rule, args, grant.policy)
             if isinstance(claim_or_denial, Decision):
                 return claim_or_denial
             if claim_or_denial is not None:
@@ -297,13 +296,15 @@ def _policy_deny(message: str, rule: str) -> Decision:
 # -- limits → claims -------------------------------------------------------------------
 
 
-def _scope_key(scope: str, grant: Grant, request: McpRequest) -> str:
+def _scope_key(scope: str, grant: Grant, request: McpRequest) -> tuple[str, ...]:
+    """Who shares a bucket of `scope`, as separate parts (`Claim.bucket` encodes them
+    so that no grant id or session id can pass for another pair)."""
     if scope == "grant":
-        return grant.id
+        return (grant.id,)
     if scope == "session":
-        # keyed under the grant: a caller cannot spend another grant's session bucket
-        return f"{grant.id}/{request.session_id}" if request.session_id else grant.id
-    return GLOBAL_SCOPE_KEY
+        # under the grant: a caller cannot spend another grant's session bucket
+        return (grant.id, request.session_id) if request.session_id else (grant.id,)
+    return ()
 
 
 def _limit_claim(
@@ -331,6 +332,7 @@ def _limit_claim(
         cost=cost,
         rule=pointer(*where, limit.counter),
         on_deny=limit.on_deny,
+        policy=grant.policy,
     )
 
 
@@ -350,9 +352,10 @@ def _limit_cost(cost: int | LimitCost, args: Mapping[str, Any]) -> int | None:
 
 
 def _rule_claim(
-    tool: str, key: str, index: int, rule: ActionRule, args: Mapping[str, Any]
+    tool: str, key: str, index: int, rule: ActionRule, args: Mapping[str, Any], policy: str
 ) -> Claim | Decision | None:
-    """The claim of an Intercept `state`/`rate_limit` rule: a global counter per tool."""
+    """The claim of an Intercept `state`/`rate_limit` rule of `policy`: a global counter
+    per tool key."""
     limit = rule.counter_limit()
     if limit is None:
         return None
@@ -371,12 +374,14 @@ def _rule_claim(
     return Claim(
         counter=f"{STATE_PREFIX}{scope}.{limit.counter}",
         scope="global",
-        scope_key=GLOBAL_SCOPE_KEY,
+        scope_key=(),
         window_seconds=WINDOW_SECONDS[limit.window],
         max=limit.max,
         cost=cost,
         rule=where,
         on_deny=rule.on_deny,
+        policy=policy,
+        state=(scope, limit.counter),
     )
 
 

@@ -34,6 +34,11 @@ from authz.jsonfile import load_document
 from authz.model import Grant
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_GRANT_ID = re.compile(r"[!-~]{1,200}")
+"""A grant id (used with fullmatch): 1 to 200 visible ASCII characters. The id is sent to
+the upstream in the `x-mcp-grant` header and written to every audit event, so it has no
+space, no control character (a CR made every call of the grant a plain-text 503) and
+nothing outside ASCII."""
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] ([!-~]+)")
 """Used with fullmatch: `$` alone would also match before a trailing newline."""
 
@@ -110,12 +115,21 @@ class _JwtEntry(BaseModel):
 class _GrantEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=200)
+    id: StrictStr
     label: str = ""
     token_sha256: str | None = None
     spiffe_id: StrictStr | None = None
     jwt: _JwtEntry | None = None
     policy: str = Field(min_length=1, max_length=200)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if _GRANT_ID.fullmatch(value) is None:
+            raise ValueError(
+                "must be 1 to 200 visible ASCII characters (no spaces or control characters)"
+            )
+        return value
 
     @field_validator("token_sha256")
     @classmethod

@@ -6,6 +6,7 @@ Nothing here knows about protobuf, gRPC, Redis or files.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,26 +66,53 @@ class DenyKind(enum.Enum):
     APPROVAL_REQUIRED = "approval_required"  # held until a person approves (approve_if)
 
 
+def bucket_part(*parts: str) -> str:
+    """Several names as one key part that no other sequence of names gives: a compact JSON
+    array (`("team", "ci")` → `["team","ci"]`, `("team/ci",)` → `["team/ci"]`)."""
+    return json.dumps(parts, separators=(",", ":"))
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """One unit of quota a call wants from one bucket.
 
-    `bucket` identifies the counter bucket: (counter, scope, scope key, window seconds).
-    Limits that share a counter name and scope key share a bucket.
+    Limits that share a policy, a counter name, a scope, who shares it and a window share a
+    bucket (across tools); see `bucket`.
     """
 
     counter: str
+    """The counter as the policy names it: a limit's `counter`, or `state.<tool>.<counter>`
+    for an Intercept `state` rule (the path its conditions read). For messages."""
     scope: str
-    scope_key: str
+    """`grant`, `session` or `global`."""
+    scope_key: tuple[str, ...]
+    """Who shares the bucket within its scope: `(grant id,)` for `grant`; `(grant id,
+    session id)` for `session`, or `(grant id,)` when the request has no session; `()` for
+    `global`."""
     window_seconds: int
     max: int
     cost: int
     rule: str
     on_deny: str | None = None
+    policy: str = ""
+    """The policy whose limit this is: a bucket belongs to one policy (by name)."""
+    state: tuple[str, str] | None = None
+    """For an Intercept `state` counter: (tool key, counter name) as the policy writes them
+    (`_global` for the `"*"` entry), which `counter` joins with dots."""
 
     @property
     def bucket(self) -> tuple[str, str, str, int]:
-        return (self.counter, self.scope, self.scope_key, self.window_seconds)
+        """(counter, scope, sharers, window seconds), each name part encoded by
+        `bucket_part`, so that different tuples of policy, counter (and tool, for a `state`
+        counter), scope, grant and session never give the same bucket, in memory or in
+        Redis: `team` in session `ci` and `team/ci` without one are two buckets."""
+        counter = (*self.state,) if self.state is not None else (self.counter,)
+        return (
+            bucket_part(self.policy, *counter),
+            self.scope,
+            bucket_part(*self.scope_key),
+            self.window_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ from authz.model import Claim, Exhausted, Reservation
 __all__ = ["Bucket", "CounterStore"]
 
 Bucket = tuple[str, str, str, int]
-"""(counter, scope, scope key, window seconds): see `Claim.bucket`."""
+"""(counter, scope, sharers, window seconds), the names encoded so that different callers
+never share one by accident: see `Claim.bucket`."""
 
 
 @runtime_checkable

@@ -13,14 +13,23 @@ is no read-then-write race between replicas. `release` is a second script.
 
 Key layout (`P` is the prefix, default `mcp-authz`; `{c}` is the hash tag, see below):
 
-    P:{c}:b:<window s>:<scope>:<counter>:<scope key>   hash {w: window start, c: count}
-    P:{c}:r:<token>                                    hash {<bucket key>: "<start>:<cost>"}
-    P:{c}:health                                       never written; `ping` reads it
+    P:{c}:b:<window s>:<scope>:<counter>:<sharers>   hash {w: window start, c: count}
+    P:{c}:r:<token>                                  hash {<bucket key>: "<start>:<cost>"}
+    P:{c}:health                                     never written; `ping` reads it
 
-Scope, counter and scope key are percent-encoded (UTF-8, every byte outside
-`A-Z a-z 0-9 _ . - ~`), so no grant id, session id or counter name can add a `:`, a brace
-or whitespace to a key: distinct buckets get distinct keys and every key keeps its slot. A
-bucket key expires (PEXPIREAT) at its window's end plus `EXPIRE_MARGIN_MS`, and is reset by
+`<counter>` and `<sharers>` are the parts of `Claim.bucket`: JSON arrays of the policy and
+the counter (`["imagegen","images"]`; an Intercept `state` counter adds its tool:
+`["imagegen","create_charge","daily_spend"]`), and of who shares the bucket (`["team"]`,
+`["team","ci"]` for grant `team` in session `ci`, `[]` for a global one). A JSON array tells
+its parts apart, so different tuples never make the same key: grant `team/ci` without a
+session is `["team/ci"]`. Every component is then percent-encoded (UTF-8, every byte outside
+`A-Z a-z 0-9 _ . - ~ [ ] " ,`), so no name can add a `:`, a brace or whitespace to a key:
+every key keeps its slot. For example, a session limit `per_session` of policy `p`:
+
+    mcp-authz:{c}:b:86400:session:["p","per_session"]:["team","ci"]
+    mcp-authz:{c}:b:86400:session:["p","per_session"]:["team%2Fci"]
+
+A bucket key expires (PEXPIREAT) at its window's end plus `EXPIRE_MARGIN_MS`, and is reset by
 the next reserve if it still holds an older window. A reservation record holds what the call
 took, expires with the latest of its windows, and is deleted by the first `release`:
 
@@ -169,8 +178,9 @@ return 0
 
 
 def _component(text: str) -> str:
-    """One key component: percent-encoded, so it holds no `:`, brace, `%` or whitespace."""
-    return quote(text, safe="", errors="surrogatepass")
+    """One key component: percent-encoded, so it holds no `:`, brace, `%` or whitespace
+    (the brackets, quotes and commas of a JSON array stay readable)."""
+    return quote(text, safe='[]",', errors="surrogatepass")
 
 
 class RedisCounterStore(ScriptStore):
@@ -198,11 +208,11 @@ class RedisCounterStore(ScriptStore):
         self._count = client.register_script(COUNT_LUA)
 
     def bucket_key(self, bucket: Bucket) -> str:
-        """The Redis key of a bucket: `<prefix>:{c}:b:<window>:<scope>:<counter>:<key>`."""
-        counter, scope, scope_key, window = bucket
+        """The Redis key of a bucket: `<prefix>:{c}:b:<window>:<scope>:<counter>:<sharers>`."""
+        counter, scope, sharers, window = bucket
         return (
             f"{self._base}b:{int(window)}:{_component(scope)}:"
-            f"{_component(counter)}:{_component(scope_key)}"
+            f"{_component(counter)}:{_component(sharers)}"
         )
 
     def reservation_key(self, token: str) -> str:

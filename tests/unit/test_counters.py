@@ -12,14 +12,16 @@ NOW = 1_800_000_000.0  # a minute boundary (divisible by 60 and by 3600)
 
 def claim(
     counter: str = "image.generate.gemini_rate",
-    key: str = "g-1",
+    key: str | tuple[str, ...] = "g-1",
     max_: int = 30,
     window: int = 60,
     scope: str = "grant",
     cost: int = 1,
     rule: str = "/tools/t/limits/c",
 ) -> Claim:
-    return Claim(counter, scope, key, window, max_, cost, rule)
+    """A claim; `key` is who shares the bucket: one grant id, the parts, or "" for all."""
+    sharers = key if isinstance(key, tuple) else (key,) if key else ()
+    return Claim(counter, scope, sharers, window, max_, cost, rule)
 
 
 async def test_is_a_counter_store() -> None:

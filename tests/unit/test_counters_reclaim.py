@@ -14,7 +14,7 @@ NOW = 1_800_000_000.0  # a minute boundary
 
 
 def session_claim(session: int, window: int = 1, max_: int = 3) -> Claim:
-    return Claim("openai_session", "session", f"g-1/s-{session}", window, max_, 1, "/tools/t")
+    return Claim("openai_session", "session", ("g-1", f"s-{session}"), window, max_, 1, "/tools/t")
 
 
 async def test_expired_session_buckets_are_reclaimed_at_the_next_sweep() -> None:
@@ -45,7 +45,7 @@ async def test_bucket_count_stays_bounded_over_many_sweeps() -> None:
 
 async def test_live_windows_survive_the_sweep_with_their_counts() -> None:
     store = MemoryCounterStore(sweep_interval=1.0)
-    minute = Claim("images", "grant", "g-1", 60, 3, 1, "/tools/t")
+    minute = Claim("images", "grant", ("g-1",), 60, 3, 1, "/tools/t")
     for t in (0.0, 1.0, 2.0):
         assert isinstance(await store.reserve([minute], NOW + t), Reservation)
     for second in range(3, 50):  # many sweeps inside the minute, with other short keys
@@ -72,7 +72,7 @@ async def test_reservations_kept_for_release_are_reclaimed_too() -> None:
 
 async def test_outstanding_reservations_are_capped() -> None:
     store = MemoryCounterStore(sweep_interval=3600.0, max_outstanding=100)
-    day = [Claim("d", "session", f"g/{i}", 86_400, 1, 1, "/tools/t") for i in range(1000)]
+    day = [Claim("d", "session", ("g", str(i)), 86_400, 1, 1, "/tools/t") for i in range(1000)]
     first = await store.reserve([day[0]], NOW)
     assert isinstance(first, Reservation)
     for claim in day[1:]:

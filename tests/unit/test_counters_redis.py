@@ -45,14 +45,16 @@ ODD_IDS = [
 
 def claim(
     counter: str = "image.generate.gemini_rate",
-    key: str = "g-1",
+    key: str | tuple[str, ...] = "g-1",
     max_: int = 30,
     window: int = 60,
     scope: str = "grant",
     cost: int = 1,
     rule: str = "/tools/t/limits/c",
 ) -> Claim:
-    return Claim(counter, scope, key, window, max_, cost, rule)
+    """A claim; `key` is who shares the bucket: one grant id, the parts, or "" for all."""
+    sharers = key if isinstance(key, tuple) else (key,) if key else ()
+    return Claim(counter, scope, sharers, window, max_, cost, rule)
 
 
 async def count(store: Store, bucket: Bucket) -> int:
@@ -339,7 +341,9 @@ async def test_key_names_are_safe_for_any_id(redis_store: RedisCounterStore) -> 
     await clear_of_window_end(60)
     claims = [claim(key=i, max_=1) for i in ODD_IDS]
     claims += [claim(counter="x:y", key="z", max_=1), claim(counter="x", key="y:z", max_=1)]
-    claims += [claim(scope="session", key=f"g-1/{i}", max_=1) for i in ODD_IDS]
+    claims += [claim(scope="session", key=("g-1", i), max_=1) for i in ODD_IDS]
+    # the parts never join: grant `team` in session `ci` is not grant `team/ci`
+    claims += [claim(scope="session", key=k, max_=1) for k in [("team", "ci"), ("team/ci",)]]
     for c in claims:  # distinct ids, distinct buckets: each has its own unit
         assert isinstance(await redis_store.reserve([c], time.time()), Reservation), c
     for c in claims:
@@ -349,7 +353,7 @@ async def test_key_names_are_safe_for_any_id(redis_store: RedisCounterStore) -> 
     base = f"{redis_store.prefix}:{{c}}:b:"
     for key in keys:
         assert key.startswith(base)
-        assert re.fullmatch(r"\d+(:[A-Za-z0-9_.~%-]*){3}", key[len(base) :]), key
+        assert re.fullmatch(r'\d+(:[A-Za-z0-9_.~%\[\]",-]*){3}', key[len(base) :]), key
     stored = {k.decode() async for k in redis_store.client.scan_iter(f"{redis_store.prefix}:*")}
     assert set(keys) <= stored
     slots = {key_slot(k.encode()) for k in stored} | {key_slot(b"{c}")}

@@ -605,12 +605,13 @@ def test_seed_claim() -> None:
     assert claim == Claim(
         counter="image.generate.gemini_rate",
         scope="grant",
-        scope_key="g-1",
+        scope_key=("g-1",),
         window_seconds=60,
         max=30,
         cost=1,
         rule="/tools/image.generate.gemini/limits/image.generate.gemini_rate",
         on_deny=None,
+        policy="imagegen",
     )
 
 
@@ -638,9 +639,9 @@ def test_claims_order_pointers_and_escaping() -> None:
         "/all_tools/limits/all~1calls",
     ]
     assert [(c.scope, c.scope_key, c.window_seconds, c.max) for c in claims] == [
-        ("session", "g-1/s-9", 1, 2),
-        ("grant", "g-1", 3600, 50),
-        ("global", "*", 86400, 1000),
+        ("session", ("g-1", "s-9"), 1, 2),
+        ("grant", ("g-1",), 3600, 50),
+        ("global", (), 86400, 1000),
     ]
     assert claims[0].on_deny == "slow"
     assert all(c.cost == 1 for c in claims)
@@ -659,7 +660,7 @@ def test_default_allow_unlisted_tool_gets_only_all_tools_limits() -> None:
 def test_session_scope_falls_back_to_grant() -> None:
     policy = {"version": "1", "all_tools": {"limits": [limit("c", scope="session")]}}
     (claim,) = claims_for(policy, call("t"))
-    assert (claim.scope, claim.scope_key) == ("session", "g-1")
+    assert (claim.scope, claim.scope_key) == ("session", ("g-1",))
 
 
 def test_denied_calls_carry_no_claims() -> None:
@@ -697,12 +698,14 @@ def test_intercept_rule_claims() -> None:
     assert spend == Claim(
         counter="state.create_charge.daily_spend",
         scope="global",
-        scope_key="*",
+        scope_key=(),
         window_seconds=86400,
         max=999,
         cost=250,
         rule="/tools/create_charge/rules/0",
         on_deny=None,
+        policy="imagegen",
+        state=("create_charge", "daily_spend"),
     )
     assert (rate.counter, rate.max, rate.cost, rate.rule, rate.on_deny) == (
         "state._global._rate_minute",
@@ -786,7 +789,7 @@ def test_limit_cost(where: str, cost: Any, args: dict[str, Any], expected: int |
     (claim,) = decision.claims
     assert claim.rule == base
     assert claim.cost == expected and type(claim.cost) is int
-    assert (claim.counter, claim.max, claim.scope_key) == ("images", 5, "g-1")
+    assert (claim.counter, claim.max, claim.scope_key) == ("images", 5, ("g-1",))
 
 
 def test_cost_denial_pointers_are_escaped() -> None:
@@ -898,7 +901,7 @@ async def test_same_bucket_claims_take_the_largest_cost() -> None:
 SEED_CLAIM = Claim(
     counter="image.generate.gemini_rate",
     scope="grant",
-    scope_key="g-1",
+    scope_key=("g-1",),
     window_seconds=60,
     max=30,
     cost=1,

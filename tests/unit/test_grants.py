@@ -329,3 +329,37 @@ def test_jwt_lookup_fails_closed_if_two_grants_match() -> None:
     table = GrantTable({}, jwt_grants=((JwtMatcher(ISSUER), a), (JwtMatcher(ISSUER, "x"), b)))
     assert table.lookup_jwt({"iss": ISSUER, "sub": "x"}) is None
     assert table.lookup_jwt({"iss": ISSUER, "sub": "y"}) == a
+
+
+@pytest.mark.parametrize(
+    "gid",
+    [
+        "team\rci",
+        "team\nci",
+        "a\x00",
+        "tab\there",
+        "with space",
+        "caf\u00e9",
+        "\u200bzw",
+        "",
+        "x" * 201,
+    ],
+)
+def test_grant_ids_are_visible_ascii(gid: str) -> None:
+    with pytest.raises(GrantsError) as info:
+        load_grants(_doc(_grant("ok", "tok-ok"), _grant(gid, "tok-bad")))
+    message = str(info.value)
+    assert message.startswith("grants.json: $.grants[1].id: ")
+    assert "visible ASCII" in message
+    assert gid not in message or not gid  # the value itself is not repeated
+
+
+@pytest.mark.parametrize("gid", ["team/ci", "a:b", "{c}", "x" * 200, "!~", "team%2Fci"])
+def test_any_visible_ascii_grant_id_loads(gid: str) -> None:
+    grant = load_grants(_doc(_grant(gid, "tok"))).lookup("tok")
+    assert grant is not None and grant.id == gid
+
+
+def test_a_grant_id_must_be_a_string() -> None:
+    with pytest.raises(GrantsError, match=r"\$\.grants\[0\]\.id: "):
+        load_grants(_doc({"id": 7, "token_sha256": hash_token("t"), "policy": "p"}))
