@@ -104,7 +104,9 @@ def test_forwarded_for_does_not_pass_the_loopback_gate(stack: Stack) -> None:
 # -- half-sent requests -------------------------------------------------------------------
 
 
-def _closed_after(port: int, pieces: list[bytes], gap: float, results: dict[str, float], name: str):
+def _closed_after(
+    port: int, pieces: list[bytes], gap: float, results: dict[str, float], name: str
+) -> threading.Thread:
     """Send `pieces` `gap` seconds apart (never finishing the request), then wait for the
     server to close the connection; record the seconds from connect to close."""
 
