@@ -34,7 +34,7 @@ __all__ = [
 APPROVERS_FILE = "approvers.json"
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_APPROVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
+_APPROVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}")
 """Letters, digits and `. _ @ + -` (an e-mail address fits): the id is written into audit
 events and shown in terminals, so it has no spaces or control characters."""
 
@@ -62,7 +62,7 @@ class _ApproverEntry(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _APPROVER_ID.match(value):
+        if _APPROVER_ID.fullmatch(value) is None:  # `$` would let a final newline in
             raise ValueError(
                 "must be 1 to 200 characters: letters, digits and . _ @ + - "
                 "(starting with a letter or digit)"

@@ -63,6 +63,7 @@ def test_lookup_by_token_hash() -> None:
         (_doc(_entry("a", "t", role="admin")), "$.approvers[0].role: Extra inputs"),
         (_doc(_entry("a", "t"), extra=1), "$.extra: Extra inputs"),
         (_doc(_entry("has space", "t")), "$.approvers[0].id: "),
+        (_doc(_entry("alice\n", "t")), "$.approvers[0].id: "),
         (_doc(_entry("", "t")), "$.approvers[0].id: "),
         (_doc({"id": 7, "token_sha256": hash_token("t")}), "$.approvers[0].id: "),
         (_doc(_entry("a", "t", label="line\nbreak")), "$.approvers[0].label: "),
