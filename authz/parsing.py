@@ -51,9 +51,13 @@ class ParsePool:
         if not is_large(body):
             return parse_message(body, session_id=session_id)
         await self._turn(grant_id)
-        job = asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(parse_message, body, session_id=session_id)
-        )
+        try:
+            job = asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(parse_message, body, session_id=session_id)
+            )
+        except BaseException:  # not submitted (the pool is closed): the turn is not used
+            self._hand_on()
+            raise
         job.add_done_callback(lambda _: self._hand_on())
         # shielded: a cancelled check (Envoy gave up) leaves the worker's turn to the job
         return await asyncio.shield(job)

@@ -109,3 +109,13 @@ async def test_a_cancelled_check_gives_up_its_turn(monkeypatch: pytest.MonkeyPat
     finally:
         pool.close()
     assert worker.order == ["first", "kept", "next"]
+
+
+async def test_a_closed_pool_refuses_large_bodies_without_blocking_the_next() -> None:
+    pool = ParsePool()
+    pool.close()
+    for _ in range(2):  # the turn taken by the first refusal is handed on
+        with pytest.raises(RuntimeError):
+            # bounded: a turn that is never handed on would make the second wait forever
+            await asyncio.wait_for(pool.parse(large("late"), session_id=None, grant_id="a"), 10)
+    assert (await pool.parse(PING, session_id=None, grant_id="a")).method == "ping"
