@@ -341,11 +341,14 @@ def _limit_cost(cost: int | LimitCost, args: Mapping[str, Any]) -> int | None:
 
     A missing argument costs `default`; a present one must be a non-negative integer (an
     integral float such as 3.0 counts as 3; null, strings, booleans, fractions and negative
-    numbers do not).
+    numbers do not). A path through a non-object (`args.opts.n` with `opts` sent as a
+    string, which a coercing server may decode into an object) is unusable, not missing.
     """
     if isinstance(cost, int):
         return cost
-    value = conditions.resolve(args, cost.from_)
+    value = conditions.locate(args, cost.from_)
+    if isinstance(value, conditions.Blocked):
+        return None
     if value is conditions.MISSING:
         return cost.default
     return non_negative_int(value)

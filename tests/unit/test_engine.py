@@ -741,7 +741,9 @@ COST_CASES: list[tuple[str, Any, dict[str, Any], int | None]] = [
     ("from-missing-default", {"from": "args.n", "default": 4}, {"m": 2}, 4),
     ("from-missing-default-zero", {"from": "args.n", "default": 0}, {}, 0),
     ("from-missing-default-ignored-when-present", {"from": "args.n", "default": 4}, {"n": 2}, 2),
-    ("from-through-non-object-is-missing", {"from": "args.opts.count"}, {"opts": "x"}, 1),
+    # a string the server may decode into {"count": 50}: unusable, never the default
+    ("from-through-non-object-is-unusable", {"from": "args.opts.count"}, {"opts": "x"}, None),
+    ("from-through-null-is-missing", {"from": "args.opts.count"}, {"opts": None}, 1),
     ("from-float", N, {"n": 2.5}, None),
     ("from-string", N, {"n": "3"}, None),
     ("from-true", N, {"n": True}, None),
