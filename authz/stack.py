@@ -106,6 +106,8 @@ class Stack:
     """When Envoy's listener speaks TLS: the context `post_raw` and the readiness probe use
     (trust for Envoy's certificate, and a client certificate if the listener requires one).
     The readiness probe expects a 401, so give it a client certificate without a grant."""
+    upstream_args: Sequence[str] = ()
+    """Extra `imagegen-upstream` arguments (e.g. `--event-store memory`)."""
     procs: dict[str, Proc] = field(default_factory=dict)
     replica_ports: list[tuple[int, int]] = field(default_factory=list)
     """(gRPC, admin) ports of every sidecar; the first is `ports.authz_grpc/authz_admin`."""
@@ -195,6 +197,7 @@ class Stack:
         ]
         if self.upstream_json_response:
             argv.append("--json-response")
+        argv += self.upstream_args
         self._spawn("upstream", argv, self.upstream_env())
         self._wait_tcp("upstream", self.ports.upstream)
 

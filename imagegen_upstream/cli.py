@@ -23,7 +23,9 @@ from imagegen_upstream import __version__
 from imagegen_upstream.server import build_app
 from imagegen_upstream.settings import (
     ENV_ALLOWED_HOSTS,
+    ENV_EVENT_STORE,
     ENV_RECORD_FILE,
+    EVENT_STORES,
     Settings,
     from_env,
     split_csv,
@@ -56,6 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         f"the check); added to {ENV_ALLOWED_HOSTS}",
     )
     parser.add_argument("--record", type=Path, help=f"execution record file ({ENV_RECORD_FILE})")
+    parser.add_argument(
+        "--event-store",
+        choices=EVENT_STORES,
+        help=f"keep sent SSE events for resuming with Last-Event-ID ({ENV_EVENT_STORE}; "
+        "default none)",
+    )
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
@@ -71,6 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         allowed_hosts=(*base.allowed_hosts, *extra_hosts),
         record_file=args.record,
         log_level=args.log_level,
+        event_store=args.event_store,
     )
 
 
@@ -123,7 +132,8 @@ def ready_line(settings: Settings, port: int) -> str:
     record = settings.record_file or "-"
     return (
         f"imagegen-upstream ready url=http://{host}:{port}{settings.path} mode={mode} "
-        f"outputs={settings.outputs.resolve()} allowed_hosts={hosts} record={record}"
+        f"outputs={settings.outputs.resolve()} allowed_hosts={hosts} record={record} "
+        f"event_store={settings.event_store}"
     )
 
 

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imagegen_upstream import __version__
+from imagegen_upstream.events import MemoryEventStore
 from imagegen_upstream.record import ExecutionRecorder
 from imagegen_upstream.settings import Settings
 from imagegen_upstream.tools import ImageTools
@@ -45,6 +46,7 @@ def build_app(settings: Settings, server: MCPServer | None = None) -> Starlette:
         streamable_http_path=settings.path,
         json_response=settings.json_response,
         stateless_http=settings.stateless_http,
+        event_store=MemoryEventStore() if settings.event_store == "memory" else None,
         transport_security=settings.transport_security(),
         host=settings.host,
     )

@@ -15,6 +15,8 @@ LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "[::1]")
 ENV_ALLOWED_HOSTS = "IMAGEGEN_ALLOWED_HOSTS"
 ENV_RECORD_FILE = "IMAGEGEN_RECORD_FILE"
 ENV_OUTPUTS = "IMAGEGEN_OUTPUTS"
+ENV_EVENT_STORE = "IMAGEGEN_EVENT_STORE"
+EVENT_STORES = ("none", "memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,12 @@ class Settings:
     record_file: Path | None = None
     log_level: str = "INFO"
     path: str = "/mcp"
+    event_store: str = "none"
+    """`memory`: keep sent SSE events so clients can resume (`Last-Event-ID`); `none`."""
+
+    def __post_init__(self) -> None:
+        if self.event_store not in EVENT_STORES:
+            raise ValueError(f"event store must be one of {EVENT_STORES}: {self.event_store!r}")
 
     @property
     def host_check_disabled(self) -> bool:
@@ -69,6 +77,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "outputs": Path(outputs),
         "allowed_hosts": split_csv(env.get(ENV_ALLOWED_HOSTS)),
         "record_file": Path(record) if record else None,
+        "event_store": env.get(ENV_EVENT_STORE) or "none",
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
