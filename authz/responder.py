@@ -2,13 +2,16 @@
 
 The response-phase sibling of `service.py`. It knows nothing about protobuf (the ext_proc
 edge, `authz/envoy/extproc.py`, builds the `ResponseContext` and feeds the inspector) and
-nothing about which counter store it has. It looks up the grant's policy for listings, gives
-a failed call's reservation back (`CounterStore.release`: idempotent, never below zero) and
-writes one audit event per allowed request's response, under the request's decision id:
+nothing about which stores it has. It looks up the grant's current policy (what its answers
+must not show), gives back the reservation of a call the server did not run
+(`CounterStore.release`: idempotent, never below zero), frees the request's id in the
+in-flight registry (`InflightStore.release`) and writes one audit event per allowed
+request's response, under the request's decision id:
 
     {"event": "response", "decision_id": ..., "grant_id": ..., "method": "tools/call",
-     "tool": ..., "status": 503, "media": "none", "tools_removed": 0, "give_back": true,
-     "reason": "http_status", "released": true, "complete": false, "duration_ms": ...}
+     "tool": ..., "status": 503, "origin": "upstream_reset_before_response_started{...}",
+     "media": "json", "tools_removed": 0, "withheld": 0, "give_back": true,
+     "reason": "not_delivered", "released": true, "complete": null, "duration_ms": ...}
 """
 
 from __future__ import annotations
@@ -19,15 +22,10 @@ import structlog
 
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
+from authz.inflight.base import InflightStore
+from authz.listing import Hides, listing_filter
 from authz.metrics import Metrics
-from authz.response import (
-    MAX_HELD_BYTES,
-    TOOLS_LIST,
-    Hides,
-    ResponseContext,
-    ResponseInspector,
-    listing_filter,
-)
+from authz.response import MAX_HELD_BYTES, ResponseContext, ResponseInspector
 
 log = structlog.get_logger("mcp_authz.response")
 _audit = structlog.get_logger("mcp_authz.audit")
@@ -43,27 +41,32 @@ class Responder:
         *,
         metrics: Metrics | None = None,
         limit: int = MAX_HELD_BYTES,
+        inflight: InflightStore | None = None,
     ) -> None:
         self._config = config
         self._counters = counters
+        self._inflight = inflight
         self._metrics = metrics
         self._limit = limit
         self._store_name = counters.describe().split(" ", 1)[0]
         self._pending: set[asyncio.Task[None]] = set()
 
     def open(self, context: ResponseContext) -> ResponseInspector:
-        """An inspector for one response; listings are filtered by the grant's policy."""
+        """An inspector for one response; every answer to a grant whose policy hides tools
+        is filtered by that policy as it is now. A policy that hid tools when the request
+        was allowed and is gone now hides every tool."""
         hides: Hides | None = None
-        if context.allowed and context.method == TOOLS_LIST and context.policy:
+        if context.allowed and context.policy:
             policy = self._config.current.policy(context.policy)
-            if policy is None:
+            if policy is not None:
+                hides = listing_filter(policy)
+            elif context.hides:
                 log.warning(
                     "response_policy_missing",
                     decision_id=context.decision_id,
                     policy=context.policy,
                 )
-            else:
-                hides = listing_filter(policy)
+                hides = _hide_everything
         return ResponseInspector(context, hides, limit=self._limit)
 
     def finish(self, inspector: ResponseInspector, seconds: float) -> None:
@@ -83,10 +86,20 @@ class Responder:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def settle(self, inspector: ResponseInspector, seconds: float) -> None:
-        """Give the quota back if the call failed, then write the audit event."""
+        """Free the request's id, give the quota back if the server did not run the call,
+        then write the audit event."""
         context, outcome = inspector.context, inspector.outcome
         released: bool | None = None
         error: str | None = None
+        if context.inflight is not None and self._inflight is not None:
+            try:
+                await self._inflight.release(context.inflight, context.decision_id or "")
+            except Exception as exc:  # the entry expires on its own (INFLIGHT_TTL_SECONDS)
+                log.warning(
+                    "inflight_release_failed",
+                    decision_id=context.decision_id,
+                    error=type(exc).__name__,
+                )
         if outcome.give_back and context.reservation is not None:
             try:
                 await self._counters.release(context.reservation)
@@ -95,7 +108,7 @@ class Responder:
                 released, error = False, f"{type(exc).__name__}: {exc}"
                 if self._metrics is not None:
                     self._metrics.store_errors.labels(store=self._store_name).inc()
-        if outcome.unparsed or outcome.oversized:
+        if outcome.unparsed or outcome.oversized or outcome.withheld:
             log.warning(
                 "response_unparsed",
                 decision_id=context.decision_id,
@@ -103,6 +116,7 @@ class Responder:
                 media=outcome.media,
                 unparsed=outcome.unparsed,
                 oversized=outcome.oversized,
+                withheld=outcome.withheld,
             )
         if not context.allowed:
             return  # a denial or an Envoy local reply: the request phase logged it
@@ -120,8 +134,10 @@ class Responder:
             method=context.method,
             tool=context.tool,
             status=outcome.status,
+            origin=outcome.origin,
             media=outcome.media,
             tools_removed=outcome.tools_removed,
+            withheld=outcome.withheld,
             give_back=outcome.give_back,
             reason=outcome.reason,
             released=released,
@@ -129,3 +145,7 @@ class Responder:
             duration_ms=round(seconds * 1000, 3),
             **extra,
         )
+
+
+def _hide_everything(_name: str | None) -> bool:
+    return True

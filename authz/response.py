@@ -1,69 +1,124 @@
 """The response phase, pure: what the MCP server answered, and what the client gets to see.
 
-Sans-IO and synchronous, like the engine: `ResponseInspector` is told the response's status
-and content type, then its body chunk by chunk, and answers with the bytes to send on. At the
-end its `Outcome` says how many tools a `tools/list` listing lost and whether an allowed
-`tools/call` failed upstream, so that its quota goes back. The Envoy edge
-(`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the outcome.
+Sans-IO and synchronous, like the engine: `ResponseInspector` is told the response's status,
+content type and Envoy's account of where the response came from, then its body chunk by
+chunk, and answers with the bytes to send on. Its `Outcome` says how many tools were cut,
+which messages were withheld, and whether an allowed `tools/call` gets its quota back. The
+Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the outcome.
 
-- **tools/list** (a response to a `tools/list` *request*, matched by JSON-RPC id): tools the
-  grant's policy hides (`hide`, `"*"`; with `hide_denied` also tools it can never call) are
-  cut out of `result.tools`. Only the bytes of those array elements change: `nextCursor`,
-  other members and every other message keep their exact bytes, and a response that loses
-  no tool is never re-serialised. JSON bodies are held whole (at most `MAX_HELD_BYTES`);
-  SSE events pass as they arrive, only the event in progress is held (at most
-  `MAX_HELD_BYTES`), so notifications before the result are not delayed.
-- **Give-back** (an allowed `tools/call` that took quota): the call failed when the answer
-  is an HTTP error status (>= 400: 5xx from the server or Envoy; a 4xx means the server
-  refused the request before running it), a JSON-RPC `error` for the call's id, a body that
-  ends without an answer for the id, or a stream that ends early (reset, timeout). A result
-  (also `isError: true`) is a completed call. An answer that cannot be read (malformed,
-  over the size bound) keeps the quota: when in doubt, the limit wins.
-- Anything else (local replies of the sidecar's denials, other methods, non-JSON bodies,
-  malformed JSON or SSE) passes through unchanged. Nothing here raises on upstream bytes.
+- **Hiding** (a grant whose policy hides tools, `authz.listing.listing_filter`): every
+  response to that grant goes through FILTER, whatever its method, id or HTTP method (the
+  GET stream and its `Last-Event-ID` replays included). Each JSON-RPC message (a JSON body,
+  or the data of one SSE event) is read whole when it fits `MAX_HELD_BYTES` and loses the
+  hidden elements of every `result.tools` array (`authz.listing.filter_tools`; all other
+  bytes are kept). What cannot be checked fails closed, as a JSON-RPC error in its place
+  (`Outcome.withheld`): a message that is not UTF-8 or not JSON, a body that is neither JSON
+  nor SSE (REFUSE: the sidecar answers instead of the server), a JSON answer to a
+  `tools/list` that answers another id, and a message over the bound that reaches a
+  `result.tools` array (found by `authz.listing.ToolsScanner` while the message streams on;
+  a large tool result without one, an image say, passes).
+- **Give-back** (an allowed `tools/call` that took quota) needs evidence that the server
+  did not run the call, from the response headers and Envoy's attributes:
+  `response.code_details` other than `via_upstream` with a response flag saying the request
+  was never sent (`NOT_DELIVERED_FLAGS`: no healthy upstream, connection failure, overflow,
+  no cluster, DNS failure, drop overload), or an HTTP 4xx from the server itself (the MCP
+  transport refuses a request with a 4xx before it dispatches it). Nothing the body says
+  counts (an SDK answers a cancelled call with a JSON-RPC error after the tool ran), nor
+  does a 5xx from the server (a JSON-response server sends its status after the tool ran,
+  e.g. 500 when the session is deleted mid-call), nor a stream that ends early.
+- Anything else (denials, Envoy's local replies) passes unchanged; a `tools/call` that took
+  quota, and a session request answered in SSE, are read without change (OBSERVE), to log
+  how they ended and to tell the in-flight registry when the request is over.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from authz.listing import (
+    Hides,
+    ToolsScanner,
+    Unparsable,
+    answer_kind,
+    filter_tools,
+    parse_message,
+    same_id,
+)
 from authz.model import RequestId, Reservation
-from authz.policy import WILDCARD, Policy
+from authz.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
 
 __all__ = [
+    "DELIVERED_FLAGS",
     "MAX_HELD_BYTES",
-    "Hides",
+    "NOT_DELIVERED_FLAGS",
     "Outcome",
     "Plan",
     "ResponseContext",
     "ResponseInspector",
-    "SseSplitter",
-    "Unparsable",
-    "answer_kind",
-    "filter_tools_list",
-    "listing_filter",
-    "never_callable",
-    "rewrite_event",
+    "give_back_evidence",
+    "withheld_error",
 ]
 
 MAX_HELD_BYTES: Final = 1 << 20
-"""The most body bytes held per response (a JSON body, or one SSE event); beyond it the
-response passes through unchanged."""
+"""The most body bytes held per message (a JSON body, or one SSE event)."""
 
 TOOLS_LIST: Final = "tools/list"
 TOOLS_CALL: Final = "tools/call"
+VIA_UPSTREAM: Final = "via_upstream"
+"""Envoy's `response.code_details` for a response the upstream sent."""
 
-Hides = Callable[[str | None], bool]
-"""Whether a listed tool (by name; None when the entry has no string name) is removed."""
+# Envoy's response flags (`response.flags`, a bit set; envoy/stream_info/stream_info.h).
+FLAG_UH: Final = 0x2  # no healthy upstream
+FLAG_UT: Final = 0x4  # upstream request timeout
+FLAG_LR: Final = 0x8  # local reset
+FLAG_UR: Final = 0x10  # upstream remote reset
+FLAG_UF: Final = 0x20  # upstream connection failure
+FLAG_UC: Final = 0x40  # upstream connection termination
+FLAG_UO: Final = 0x80  # upstream overflow (circuit breaker)
+FLAG_URX: Final = 0x8000  # upstream retry limit exceeded
+FLAG_SI: Final = 0x10000  # stream idle timeout
+FLAG_UMSDR: Final = 0x80000  # upstream max stream duration reached
+FLAG_UPE: Final = 0x800000  # upstream protocol error
+FLAG_NC: Final = 0x1000000  # no cluster found
+FLAG_DF: Final = 0x4000000  # DNS resolution failed
+FLAG_DO: Final = 0x8000000  # drop overload
+
+NOT_DELIVERED_FLAGS: Final = FLAG_UH | FLAG_UF | FLAG_UO | FLAG_NC | FLAG_DF | FLAG_DO
+"""Envoy never sent the request: the call cannot have run."""
+DELIVERED_FLAGS: Final = (
+    FLAG_UT | FLAG_LR | FLAG_UR | FLAG_UC | FLAG_URX | FLAG_SI | FLAG_UMSDR | FLAG_UPE
+)
+"""The request may have reached the server (a reset, a timeout, a retry after one)."""
+
+WITHHELD_CODE: Final = -32603
 
 
-class Unparsable(ValueError):
-    """Upstream bytes that are not the JSON (or SSE) they claim to be."""
+def give_back_evidence(status: int | None, details: str | None, flags: int | None) -> str | None:
+    """Why the quota of a call goes back (`not_delivered`, `refused`), or None: no evidence
+    that the server did not run it. `details`/`flags` are Envoy's `response.code_details` and
+    `response.flags` (None when Envoy did not send them: no evidence either)."""
+    if details is None or flags is None:
+        return None
+    if details != VIA_UPSTREAM:
+        if flags & NOT_DELIVERED_FLAGS and not flags & DELIVERED_FLAGS:
+            return "not_delivered"
+        return None
+    if status is not None and 400 <= status < 500:
+        return "refused"
+    return None
+
+
+def withheld_error(rpc_id: RequestId, why: str) -> str:
+    """The JSON-RPC error that stands in for a message the sidecar could not check."""
+    message = (
+        "[POLICY DENIED] the MCP server's answer was withheld: it could not be checked for "
+        f"tools this grant may not see ({why})"
+    )
+    payload = {"jsonrpc": "2.0", "id": rpc_id, "error": {"code": WITHHELD_CODE, "message": message}}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +134,16 @@ class ResponseContext:
     grant_id: str | None = None
     policy: str | None = None
     method: str | None = None
+    """The request's JSON-RPC method (None: a GET or DELETE, or unknown)."""
     tool: str | None = None
     rpc_id: RequestId = None
-    """The JSON-RPC id of the request (None: a notification, or unknown)."""
+    """The JSON-RPC id of the request (None: a notification, a GET, or unknown)."""
     reservation: Reservation | None = None
     """The quota the call took (only when there is something to give back)."""
+    inflight: str | None = None
+    """The in-flight registry key the request holds (`authz.inflight`), to free at its end."""
+    hides: bool = False
+    """The grant's policy hid tools when the request was allowed."""
 
     @property
     def allowed(self) -> bool:
@@ -96,9 +156,11 @@ class Plan(enum.Enum):
     PASS = "pass"
     """Nothing to do with the body: it is not sent to the sidecar."""
     OBSERVE = "observe"
-    """Stream the body through the sidecar unchanged (give-back detection)."""
+    """Stream the body through the sidecar unchanged (how the request ended)."""
     FILTER = "filter"
-    """Stream the body through the sidecar, which may rewrite it (tools/list)."""
+    """Stream the body through the sidecar, which may rewrite it (a grant that hides tools)."""
+    REFUSE = "refuse"
+    """The body cannot be checked: the sidecar answers in its place (`refusal`)."""
 
 
 @dataclass(slots=True)
@@ -108,385 +170,23 @@ class Outcome:
     status: int | None = None
     media: str = "none"
     """`json`, `sse`, `other` (any other content type) or `none` (no body)."""
+    origin: str | None = None
+    """Envoy's `response.code_details` (`via_upstream`, or why Envoy answered itself)."""
     tools_removed: int = 0
+    withheld: int = 0
+    """Messages replaced by a JSON-RPC error because they could not be checked."""
     give_back: bool = False
     reason: str | None = None
-    """Why quota goes back (`http_status`, `jsonrpc_error`, `no_response`, `incomplete`) or
-    stays (`result`, `unparsed`); None when the response took no quota."""
+    """Why quota goes back (`not_delivered`, `refused`) or stays (`result`,
+    `jsonrpc_error`, `http_status`, `no_response`, `incomplete`, `unparsed`); None when the
+    response took no quota."""
     unparsed: int = 0
-    """JSON bodies or SSE events that could not be read (passed through unchanged)."""
+    """Messages that could not be read."""
     oversized: int = 0
-    """Bodies or events over `MAX_HELD_BYTES` (passed through unchanged)."""
+    """Messages over `MAX_HELD_BYTES` (streamed on, scanned for `result.tools`)."""
     complete: bool | None = None
     """Whether the body, streamed through the sidecar, ended normally (False: the stream
     ended first); None when the body did not go through the sidecar."""
-
-
-# -- JSON-RPC ids and answers -----------------------------------------------------------
-
-
-def same_id(a: object, b: object) -> bool:
-    """JSON-RPC ids are equal: same type (string or integer, never bool) and value."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return False
-    if isinstance(a, str) and isinstance(b, str):
-        return a == b
-    if isinstance(a, int) and isinstance(b, int):
-        return a == b
-    return False
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise Unparsable(f"not JSON: {type(exc).__name__}") from None
-
-
-def answer_kind(text: str, rpc_id: RequestId) -> str | None:
-    """`result` or `error` when `text` is the JSON-RPC answer to `rpc_id`, else None.
-
-    Raises `Unparsable` when `text` is not JSON.
-    """
-    message = _loads(text)
-    if not isinstance(message, dict) or not same_id(message.get("id"), rpc_id):
-        return None
-    if "error" in message:
-        return "error"
-    if "result" in message:
-        return "result"
-    return None
-
-
-# -- tools/list: cut hidden tools out of the raw JSON text ----------------------------------
-
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_WS = re.compile(r"[ \t\n\r]*")
-_STRUCTURE = re.compile(r'["\[\]{}]')
-_SCALAR_END = re.compile(r"[,\]}\s]|\Z")
-
-
-def _skip_ws(text: str, i: int) -> int:
-    match = _WS.match(text, i)
-    assert match is not None
-    return match.end()
-
-
-def _value_end(text: str, i: int) -> int:
-    """The end of the JSON value starting at `i` (the text is known to be valid JSON)."""
-    char = text[i]
-    if char == '"':
-        match = _STRING.match(text, i)
-        if match is None:
-            raise Unparsable("unterminated string")
-        return match.end()
-    if char not in "[{":
-        end = _SCALAR_END.search(text, i)
-        assert end is not None
-        return end.start()
-    depth = 0
-    pos = i
-    while True:
-        match = _STRUCTURE.search(text, pos)
-        if match is None:
-            raise Unparsable("unterminated container")
-        char = match.group()
-        if char == '"':
-            string = _STRING.match(text, match.start())
-            if string is None:
-                raise Unparsable("unterminated string")
-            pos = string.end()
-            continue
-        depth += 1 if char in "[{" else -1
-        pos = match.end()
-        if depth == 0:
-            return pos
-
-
-def _members(text: str, i: int) -> list[tuple[str, int, int]]:
-    """(key, value start, value end) of the object starting at `i`."""
-    members: list[tuple[str, int, int]] = []
-    pos = _skip_ws(text, i + 1)
-    if text[pos] == "}":
-        return members
-    while True:
-        key_match = _STRING.match(text, pos)
-        if key_match is None:
-            raise Unparsable("object key expected")
-        key = json.loads(key_match.group())
-        pos = _skip_ws(text, key_match.end())
-        pos = _skip_ws(text, pos + 1)  # the ':'
-        end = _value_end(text, pos)
-        members.append((key, pos, end))
-        pos = _skip_ws(text, end)
-        if text[pos] == "}":
-            return members
-        pos = _skip_ws(text, pos + 1)  # the ','
-
-
-def _elements(text: str, i: int) -> tuple[list[tuple[int, int]], int]:
-    """((start, end) of each element, position of the closing bracket) of an array at `i`."""
-    elements: list[tuple[int, int]] = []
-    pos = _skip_ws(text, i + 1)
-    if text[pos] == "]":
-        return elements, pos
-    while True:
-        end = _value_end(text, pos)
-        elements.append((pos, end))
-        pos = _skip_ws(text, end)
-        if text[pos] == "]":
-            return elements, pos
-        pos = _skip_ws(text, pos + 1)
-
-
-def _name_of(entry: object) -> str | None:
-    name = entry.get("name") if isinstance(entry, dict) else None
-    return name if isinstance(name, str) else None
-
-
-def _tool_name(text: str) -> str | None:
-    return _name_of(json.loads(text))
-
-
-def filter_tools_list(text: str, rpc_id: RequestId, hides: Hides) -> tuple[str, int]:
-    """Remove the tools `hides` names from the `tools/list` answer to `rpc_id`.
-
-    Returns (text, number of tools removed). When nothing is removed, or `text` is not that
-    answer (another id, an error, no `result.tools` list), `text` itself is returned. Only
-    the removed array elements (and their separators) are cut from the text: every other
-    byte, `nextCursor` included, is kept as it was. Duplicate keys are handled as a JSON
-    parser that keeps the last one reads them, and every `tools` array is filtered.
-
-    Raises `Unparsable` when `text` is not JSON.
-    """
-    message = _loads(text)
-    if not isinstance(message, dict) or not same_id(message.get("id"), rpc_id):
-        return text, 0
-    result = message.get("result")
-    if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
-        return text, 0
-    if not any(hides(_name_of(tool)) for tool in result["tools"]):
-        return text, 0
-
-    edits: list[tuple[int, int, str]] = []
-    removed = 0
-    start = _skip_ws(text, 0)
-    for key, value_start, _ in _members(text, start):
-        if key != "result" or text[value_start] != "{":
-            continue
-        for inner_key, tools_start, tools_end in _members(text, value_start):
-            if inner_key != "tools" or text[tools_start] != "[":
-                continue
-            elements, close = _elements(text, tools_start)
-            kept = [(s, e) for s, e in elements if not hides(_tool_name(text[s:e]))]
-            if len(kept) == len(elements):
-                continue
-            removed += len(elements) - len(kept)
-            if not kept:
-                replacement = "[]"
-            else:
-                separator = text[elements[0][1] : elements[1][0]] if len(elements) > 1 else ","
-                leading = text[tools_start + 1 : elements[0][0]]
-                trailing = text[elements[-1][1] : close]
-                body = separator.join(text[s:e] for s, e in kept)
-                replacement = f"[{leading}{body}{trailing}]"
-            edits.append((tools_start, tools_end, replacement))
-    for edit_start, edit_end, replacement in sorted(edits, reverse=True):
-        text = text[:edit_start] + replacement + text[edit_end:]
-    return text, removed
-
-
-# -- which tools a listing hides -------------------------------------------------------------
-
-
-def never_callable(policy: Policy, tool: str) -> bool:
-    """Whether every `tools/call` of `tool` is denied whatever its arguments.
-
-    True for a tool that is not listed under `default: deny`, or whose own entry or the
-    `"*"` entry has a `deny_if` rule without conditions or an Intercept `action: deny` rule.
-    """
-    own = policy.tool(tool)
-    if own is None and policy.default == "deny":
-        return True
-    entries = [own, policy.wildcard if tool != WILDCARD else None]
-    for entry in entries:
-        if entry is None:
-            continue
-        if any(not rule.conditions for rule in entry.deny_if):
-            return True
-        if any(rule.action == "deny" for rule in entry.rules):
-            return True
-    return False
-
-
-def listing_filter(policy: Policy) -> Hides | None:
-    """What a grant with `policy` must not see in `tools/list`; None when that is nothing."""
-    if policy.hides_all:
-        return lambda _name: True
-    hidden = frozenset(policy.document.hide)
-    hide_denied = policy.document.hide_denied
-    if not hidden and not hide_denied:
-        return None
-
-    def hides(name: str | None) -> bool:
-        if name is None:
-            return False
-        return name in hidden or (hide_denied and never_callable(policy, name))
-
-    return hides
-
-
-# -- SSE ---------------------------------------------------------------------------------
-
-_EOL = re.compile(rb"[\r\n]")
-_LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|\Z)")
-
-
-class SseSplitter:
-    """Cuts a `text/event-stream` body into events as bytes arrive (CRLF, LF or CR lines).
-
-    `feed` returns segments in order: (bytes, True) for a complete event, ending with its
-    blank line, and (bytes, False) for bytes to pass on unread (an event longer than
-    `limit`, passed on as it arrives, up to its end). Only the event in progress is held,
-    never more than `limit` bytes of it. The segments concatenate to exactly the bytes fed.
-    """
-
-    def __init__(self, limit: int = MAX_HELD_BYTES) -> None:
-        self._limit = limit
-        self._held = bytearray()
-        self._line_empty = True
-        self._after_cr = False
-        self._skipping = False
-        self.oversized = 0
-
-    @property
-    def held(self) -> int:
-        return len(self._held)
-
-    def _boundaries(self, data: bytes) -> list[int]:
-        """Offsets in `data` just after each blank line (the end of an event)."""
-        ends: list[int] = []
-        pos = 0
-        for match in _EOL.finditer(data):
-            i = match.start()
-            if i > pos:
-                self._line_empty, self._after_cr = False, False
-            if data[i] == 0x0A and self._after_cr and i == pos:
-                self._after_cr = False  # the LF of a CRLF
-                if ends and ends[-1] == i:
-                    ends[-1] = i + 1
-                pos = i + 1
-                continue
-            if self._line_empty:
-                ends.append(i + 1)
-            self._line_empty = True
-            self._after_cr = data[i] == 0x0D
-            pos = i + 1
-        if pos < len(data):
-            self._line_empty, self._after_cr = False, False
-        return ends
-
-    def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
-        out: list[tuple[bytes, bool]] = []
-        start = 0
-        for end in self._boundaries(data):
-            piece = data[start:end]
-            if self._skipping:
-                out.append((piece, False))
-                self._skipping = False
-            else:
-                event = bytes(self._held) + piece
-                self._held.clear()
-                if len(event) > self._limit:
-                    out.append((event, False))
-                    self.oversized += 1
-                else:
-                    out.append((event, True))
-            start = end
-        tail = data[start:]
-        if self._skipping:
-            if tail:
-                out.append((tail, False))
-        else:
-            self._held += tail
-            if len(self._held) > self._limit:
-                out.append((bytes(self._held), False))
-                self._held.clear()
-                self._skipping = True
-                self.oversized += 1
-        return out
-
-    def finish(self) -> bytes:
-        """The bytes of an event that never ended (passed on as they are)."""
-        rest = bytes(self._held)
-        self._held.clear()
-        return rest
-
-
-def _event_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
-    """(content, terminator) of each line of one event."""
-    lines = []
-    pos = 0
-    while pos < len(raw):
-        match = _LINE.match(raw, pos)
-        assert match is not None
-        lines.append((match.group(1), match.group(2)))
-        pos = match.end()
-    return lines
-
-
-def _field(line: bytes) -> tuple[bytes, bytes]:
-    name, colon, value = line.partition(b":")
-    if colon and value.startswith(b" "):
-        value = value[1:]
-    return name, value
-
-
-def event_data(raw: bytes) -> str | None:
-    """The data of a `message` event (data lines joined by LF), or None for other events.
-
-    Raises `Unparsable` when the event is not UTF-8.
-    """
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Unparsable("SSE event is not UTF-8") from None
-    kind = b"message"
-    data: list[bytes] = []
-    for content, _ in _event_lines(raw):
-        if not content or content.startswith(b":"):
-            continue
-        name, value = _field(content)
-        if name == b"data":
-            data.append(value)
-        elif name == b"event":
-            kind = value
-    if kind != b"message" or not data:
-        return None
-    return b"\n".join(data).decode("utf-8")
-
-
-def rewrite_event(raw: bytes, data: str) -> bytes:
-    """`raw` with its data replaced by `data`: other lines and every terminator are kept.
-
-    The new data goes where the first data line was (one line per LF in `data`).
-    """
-    out = bytearray()
-    written = False
-    for content, terminator in _event_lines(raw):
-        name, _ = _field(content) if content and not content.startswith(b":") else (b"", b"")
-        if name != b"data":
-            out += content + terminator
-            continue
-        if not written:
-            eol = terminator or b"\n"
-            for line in data.split("\n"):
-                out += b"data: " + line.encode("utf-8") + eol
-            written = True
-    return bytes(out)
-
-
-# -- the inspector -----------------------------------------------------------------------
 
 
 def _media(content_type: str | None, content_encoding: str | None = None) -> str:
@@ -497,6 +197,17 @@ def _media(content_type: str | None, content_encoding: str | None = None) -> str
     if (content_encoding or "").strip().lower() not in ("", "identity"):
         return "other"
     return {"application/json": "json", "text/event-stream": "sse"}.get(media, "other")
+
+
+class _LongEvent:
+    """An SSE event over the bound, streamed on while its data is scanned for tools."""
+
+    def __init__(self) -> None:
+        self.scanner = ToolsScanner()
+        self.reader = SseDataReader(self.scanner)
+        self.skipping = False
+        """The event was cut (an error event stands in for it): its remaining bytes go."""
+        self.started = False
 
 
 class ResponseInspector:
@@ -513,15 +224,24 @@ class ResponseInspector:
         self.limit = limit
         self.outcome = Outcome()
         self.plan = Plan.PASS
+        self.refusal: tuple[int, str] | None = None
+        """(status, JSON body) the sidecar answers with instead, for REFUSE."""
         self._held = bytearray()
         self._splitter: SseSplitter | None = None
-        self._settled = False
-        """Nothing more to learn from the body (the answer was seen, or reading gave up)."""
+        self._answered: str | None = None
+        """`result` or `error` once a message answering the request's id was seen."""
         self._uncertain = False
         """Some of the body could not be read; it may have held the answer."""
+        self._quota_open = False
+        """The give-back question is still open (the body decides the audit reason)."""
+        self._scanner: ToolsScanner | None = None
+        """A JSON body over the bound, streaming on while scanned."""
+        self._long: _LongEvent | None = None
+        self._withholding = False
+        """Everything from here on is dropped (a JSON body was cut)."""
         self._done = False
         self.error: Exception | None = None
-        """An unexpected error while reading the body (a bug; the bytes passed unchanged)."""
+        """An unexpected error while reading the body (a bug; logged by the edge)."""
 
     @property
     def done(self) -> bool:
@@ -529,18 +249,17 @@ class ResponseInspector:
 
     @property
     def needs_body(self) -> bool:
-        """Whether the sidecar must see more of the body; False once the answer was seen
-        and nothing is held (the rest of the body can pass without the sidecar)."""
-        if self._done or self.plan is Plan.PASS:
+        """Whether the sidecar must see more of the body. FILTER reads to the end; OBSERVE
+        until the answer to the request's id was seen and nothing is held."""
+        if self._done or self.plan in (Plan.PASS, Plan.REFUSE):
             return False
-        if not self._settled:
-            return True
-        return self._splitter is not None and self._splitter.held > 0
+        return self.plan is Plan.FILTER or self._answered is None
 
     def stop(self) -> None:
         """The rest of the body passes without the sidecar (see `needs_body`)."""
         if not self._done and self.plan is not Plan.PASS:
             self.outcome.complete = True
+        self._settle_quota()
         self._done = True
 
     @property
@@ -560,38 +279,54 @@ class ResponseInspector:
         end_of_stream: bool,
         *,
         content_encoding: str | None = None,
+        details: str | None = None,
+        flags: int | None = None,
     ) -> Plan:
         """The response headers arrived: decide whether the sidecar needs the body.
 
-        A body with a `content-encoding` (compressed) is opaque: media `other`.
+        `details`/`flags`: Envoy's `response.code_details` and `response.flags` (None when
+        Envoy did not send them). A body with a `content-encoding` (compressed) is `other`.
         """
         out = self.outcome
         out.status = status
+        out.origin = details
         out.media = "none" if end_of_stream else _media(content_type, content_encoding)
         ctx = self.context
         ok = status is not None and 200 <= status < 300
+        has_body = not end_of_stream
+        upstream = details is None or details == VIA_UPSTREAM
         if self.takes_quota:
-            if status is not None and status >= 400:
-                self._finish(give_back=True, reason="http_status")
-            elif end_of_stream and ok:
-                self._finish(give_back=True, reason="no_response")
-            elif ok and out.media in ("json", "sse"):
-                self.plan = Plan.OBSERVE
+            evidence = give_back_evidence(status, details, flags)
+            if evidence is not None:
+                self._quota(give_back=True, reason=evidence)
+            elif not ok:
+                self._quota(give_back=False, reason="http_status")
+            elif not has_body:
+                self._quota(give_back=False, reason="no_response")
+            elif out.media not in ("json", "sse"):
+                self._quota(give_back=False, reason="unparsed")
             else:
-                self._finish(give_back=False, reason="unparsed")
+                self._quota_open = True
+        if not ctx.allowed or not has_body:
+            self.plan = Plan.PASS
+        elif self.hides is not None and upstream:
+            if out.media != "other":  # JSON, SSE, or no content type (read as JSON)
+                self.plan = Plan.FILTER
+            elif (content_encoding or "").strip().lower() not in ("", "identity"):
+                self._refuse("a compressed body")
+            else:
+                self._refuse("neither JSON nor an event stream")
         elif (
-            ctx.allowed
-            and ctx.method == TOOLS_LIST
-            and ctx.rpc_id is not None
-            and self.hides is not None
-            and ok
-            and not end_of_stream
+            ok
             and out.media in ("json", "sse")
+            and (self._quota_open or (ctx.inflight is not None and out.media == "sse"))
         ):
-            self.plan = Plan.FILTER
+            self.plan = Plan.OBSERVE
         else:
-            self._finish(give_back=False, reason=None)
-        if self.plan is not Plan.PASS and out.media == "sse":
+            self.plan = Plan.PASS
+        if self.plan in (Plan.PASS, Plan.REFUSE):
+            self._settle_quota()
+        if self.plan in (Plan.OBSERVE, Plan.FILTER) and out.media == "sse":
             self._splitter = SseSplitter(self.limit)
         return self.plan
 
@@ -601,16 +336,20 @@ class ResponseInspector:
             return None
         if self.plan is Plan.OBSERVE:
             self._observe(chunk, end_of_stream)
-            return None
-        if self.plan is not Plan.FILTER:
-            return None
-        if self.outcome.media == "sse":
-            out = self._filter_sse(chunk, end_of_stream)
+            out: bytes | None = None
+        elif self.plan is Plan.FILTER:
+            if self._withholding:
+                out = b""
+            elif self.outcome.media == "sse":
+                out = self._filter_sse(chunk, end_of_stream)
+            else:
+                out = self._filter_json(chunk, end_of_stream)
+            out = None if out == chunk else out
         else:
-            out = self._filter_json(chunk, end_of_stream)
+            return None
         if end_of_stream:
             self._end()
-        return None if out == chunk else out
+        return out
 
     def abort(self) -> None:
         """The stream ended before the body did (reset, timeout, disconnect)."""
@@ -618,39 +357,65 @@ class ResponseInspector:
             return
         if self.plan is not Plan.PASS:
             self.outcome.complete = False
-        if self.takes_quota and self.plan is Plan.OBSERVE and not self._settled:
-            if self._uncertain:
-                self._finish(give_back=False, reason="unparsed")
-            else:
-                self._finish(give_back=True, reason="incomplete")
+        if self._quota_open:
+            self._quota(give_back=False, reason="unparsed" if self._uncertain else "incomplete")
         self._done = True
 
-    def give_up(self) -> bytes:
-        """Stop touching the body (after an internal error): the bytes held so far."""
-        held = bytes(self._held)
+    def give_up(self) -> None:
+        """Stop reading (after an internal error while observing). Observing never holds a
+        byte back from the client, so nothing is owed to it."""
         self._held.clear()
         if self._splitter is not None:
-            held += self._splitter.finish()
+            self._splitter.finish()
         self.plan = Plan.PASS
         self.outcome.unparsed += 1
-        if self.takes_quota and not self._settled:
-            self._finish(give_back=False, reason="unparsed")
-        return held
+        if self._quota_open:
+            self._quota(give_back=False, reason="unparsed")
+
+    def fail_closed(self) -> bytes:
+        """Stop filtering (after an internal error): the error that ends what the client
+        gets; every later chunk is dropped. Never raises."""
+        self._held.clear()
+        self._withholding = True
+        self.outcome.withheld += 1
+        self.outcome.unparsed += 1
+        error = withheld_error(self._error_id(None), "the gateway failed to read it")
+        if self.outcome.media == "sse":
+            return b"\r\n\r\nevent: message\r\ndata: " + error.encode("utf-8") + b"\r\n\r\n"
+        return error.encode("utf-8")
+
+    @property
+    def answered(self) -> bool:
+        """Whether a message answering the request's id went by."""
+        return self._answered is not None
 
     # -- internals -------------------------------------------------------------------
 
-    def _finish(self, *, give_back: bool, reason: str | None) -> None:
+    def _quota(self, *, give_back: bool, reason: str) -> None:
         self.outcome.give_back = give_back
         self.outcome.reason = reason
-        self._settled = True
+        self._quota_open = False
+
+    def _settle_quota(self) -> None:
+        """The body is not read (further): the quota question closes with what is known."""
+        if self._quota_open:
+            self._quota(give_back=False, reason=self._answered_reason() or "no_response")
+
+    def _answered_reason(self) -> str | None:
+        if self._answered == "error":
+            return "jsonrpc_error"
+        if self._answered == "result":
+            return "result"
+        return "unparsed" if self._uncertain else None
+
+    def _refuse(self, why: str) -> None:
+        self.plan = Plan.REFUSE
+        self.outcome.withheld += 1
+        self.refusal = (502, withheld_error(self.context.rpc_id, why))
 
     def _end(self) -> None:
         self.outcome.complete = True
-        if self.takes_quota and not self._settled:
-            if self._uncertain:
-                self._finish(give_back=False, reason="unparsed")
-            else:
-                self._finish(give_back=True, reason="no_response")
+        self._settle_quota()
         self._done = True
 
     def _unreadable(self, exc: Exception) -> None:
@@ -660,129 +425,208 @@ class ResponseInspector:
         if not isinstance(exc, Unparsable):
             self.error = exc
 
-    def _answer(self, text: str) -> None:
-        """Settle the give-back from one JSON-RPC message (or note it could not be read)."""
-        try:
-            kind = answer_kind(text, self.context.rpc_id)
-        except Exception as exc:
-            self._unreadable(exc)
-            return
-        if kind == "error":
-            self._finish(give_back=True, reason="jsonrpc_error")
-        elif kind == "result":
-            self._finish(give_back=False, reason="result")
+    def _note(self, message: Any) -> None:
+        """A message went by: is it the answer to the request's id?"""
+        if self._answered is None:
+            self._answered = answer_kind(message, self.context.rpc_id)
+
+    def _error_id(self, message_id: RequestId) -> RequestId:
+        """The id a stand-in error carries: the message's own, else the request's while its
+        answer is still due (so the client's request ends with the error), else null."""
+        if message_id is not None:
+            return message_id
+        if self._answered is None and self.context.rpc_id is not None:
+            self._answered = "error"
+            return self.context.rpc_id
+        return None
+
+    # -- OBSERVE -------------------------------------------------------------------------
 
     def _observe(self, chunk: bytes, end_of_stream: bool) -> None:
-        if not self._settled:
-            if self._splitter is not None:
-                self._observe_sse(chunk, end_of_stream)
-            else:
-                self._observe_json(chunk, end_of_stream)
-        if end_of_stream:
-            self._end()
+        if self._answered is not None:
+            return
+        if self._splitter is not None:
+            self._observe_sse(chunk, end_of_stream)
+        else:
+            self._observe_json(chunk, end_of_stream)
 
     def _observe_json(self, chunk: bytes, end_of_stream: bool) -> None:
+        if self._uncertain:
+            return
         if len(self._held) + len(chunk) > self.limit:
             self._held.clear()
             self.outcome.oversized += 1
-            self._finish(give_back=False, reason="unparsed")
+            self._uncertain = True
             return
         self._held += chunk
         if end_of_stream:
-            text = self._decode(bytes(self._held))
+            raw = bytes(self._held)
             self._held.clear()
-            if text is not None:
-                self._answer(text)
+            self._read(raw)
 
     def _observe_sse(self, chunk: bytes, end_of_stream: bool) -> None:
         splitter = self._splitter
         assert splitter is not None
-        for raw, complete in splitter.feed(chunk):
-            if self._settled:
+        for raw, kind in splitter.feed(chunk):
+            if self._answered is not None:
                 break
-            if not complete:
+            if kind is not Segment.EVENT:
                 self._uncertain = True
                 continue
-            data = self._event_data(raw)
-            if data is not None:
-                self._answer(data)
+            try:
+                _, data = event_payload(raw)
+            except Exception as exc:
+                self._unreadable(exc)
+                continue
+            if data is not None and data.strip():
+                self._read_text(data)
         self.outcome.oversized = splitter.oversized
-        if end_of_stream and not self._settled and splitter.finish().strip(b"\r\n"):
+        if end_of_stream and self._answered is None and splitter.finish().strip(b"\r\n"):
             self._uncertain = True  # an event that never ended
 
+    def _read(self, raw: bytes) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._unreadable(Unparsable("not UTF-8"))
+            return
+        self._read_text(text)
+
+    def _read_text(self, text: str) -> None:
+        try:
+            self._note(parse_message(text))
+        except Exception as exc:
+            self._unreadable(exc)
+
+    # -- FILTER: JSON ----------------------------------------------------------------------
+
     def _filter_json(self, chunk: bytes, end_of_stream: bool) -> bytes:
-        if self.outcome.oversized:
+        if self._scanner is not None:  # over the bound: streaming on, scanned
+            cut = self._scanner.feed(chunk)
+            if self._scanner.found or self._scanner.broken:
+                self._withholding = True
+                self.outcome.withheld += 1
+                return chunk[: cut or 0] if self._scanner.found else b""
             return chunk
-        if len(self._held) + len(chunk) > self.limit:
+        self._held += chunk
+        if len(self._held) > self.limit:
             self.outcome.oversized += 1
-            out = bytes(self._held) + chunk
+            scanner = ToolsScanner()
+            scanner.feed(bytes(self._held))
+            if scanner.found or scanner.broken:
+                self._held.clear()
+                self._withholding = True
+                return self._json_error("larger than 1 MiB")
+            self._scanner = scanner
+            out = bytes(self._held)
             self._held.clear()
             return out
-        self._held += chunk
         if not end_of_stream:
             return b""
         original = bytes(self._held)
         self._held.clear()
-        text = self._decode(original)
-        if text is None:
+        try:
+            text = original.decode("utf-8")
+        except UnicodeDecodeError:
+            self.outcome.unparsed += 1
+            return self._json_error("not UTF-8")
+        if not text.strip():
             return original
         try:
-            new, removed = filter_tools_list(text, self.context.rpc_id, self._hides)
+            new, removed, message = filter_tools(text, self._hides)
         except Exception as exc:
             self._unreadable(exc)
-            return original
+            return self._json_error("not JSON")
+        ctx = self.context
+        if (
+            ctx.method == TOOLS_LIST
+            and ctx.rpc_id is not None
+            and isinstance(message, dict)
+            and "result" in message
+            and not same_id(message.get("id"), ctx.rpc_id)
+        ):
+            return self._json_error("an answer to another request")
+        self._note(message)
         if not removed:
             return original
         self.outcome.tools_removed += removed
         return new.encode("utf-8")
 
+    def _json_error(self, why: str) -> bytes:
+        """The body that stands in for a JSON body: the answer to the request's id."""
+        self.outcome.withheld += 1
+        return withheld_error(self._error_id(None), why).encode("utf-8")
+
+    # -- FILTER: SSE -------------------------------------------------------------------------
+
     def _filter_sse(self, chunk: bytes, end_of_stream: bool) -> bytes:
         splitter = self._splitter
         assert splitter is not None
-        if self._settled:
-            return splitter.finish() + chunk  # the listing was seen: the rest passes on
         out = bytearray()
-        for raw, complete in splitter.feed(chunk):
-            out += self._filter_event(raw) if complete and not self._settled else raw
+        for raw, kind in splitter.feed(chunk):
+            if kind is Segment.EVENT:
+                out += self._filter_event(raw)
+            else:
+                out += self._long_event(raw, last=kind is Segment.LAST)
         self.outcome.oversized = splitter.oversized
         if end_of_stream:
-            out += splitter.finish()
+            rest = splitter.finish()
+            if rest.strip(b"\r\n"):  # an event the stream never ended: checked all the same
+                out += self._filter_event(rest)
+            elif rest:
+                out += rest
         return bytes(out)
 
     def _filter_event(self, raw: bytes) -> bytes:
-        data = self._event_data(raw)
-        if data is None:
-            return raw
         try:
-            kind = answer_kind(data, self.context.rpc_id)
-            if kind is None:
-                return raw
-            self._settled = True
-            new, removed = filter_tools_list(data, self.context.rpc_id, self._hides)
-            if not removed:
-                return raw
-            rewritten = rewrite_event(raw, new)
+            _, data = event_payload(raw)
         except Exception as exc:
             self._unreadable(exc)
+            return self._event_error(raw, None, "not UTF-8")
+        if data is None or not data.strip():
+            return raw
+        try:
+            new, removed, message = filter_tools(data, self._hides)
+        except Exception as exc:
+            self._unreadable(exc)
+            return self._event_error(raw, None, "not JSON")
+        self._note(message)
+        if not removed:
             return raw
         self.outcome.tools_removed += removed
-        return rewritten
+        return rewrite_event(raw, new)
+
+    def _event_error(self, raw: bytes | None, message_id: RequestId, why: str) -> bytes:
+        self.outcome.withheld += 1
+        error = withheld_error(self._error_id(message_id), why)
+        if raw is not None:
+            return rewrite_event(raw, error)
+        return b"event: message\r\ndata: " + error.encode("utf-8") + b"\r\n\r\n"
+
+    def _long_event(self, raw: bytes, *, last: bool) -> bytes:
+        """A piece of an event over the bound: scanned, passed on, or cut at `result.tools`."""
+        long = self._long
+        if long is None:
+            long = self._long = _LongEvent()
+        out = b""
+        if not long.skipping:
+            cut = long.reader.feed(raw)
+            scanner = long.scanner
+            if scanner.found or scanner.broken:
+                long.skipping = True
+                why = "larger than 1 MiB" if scanner.found else "not JSON"
+                if not long.started:  # nothing of it went out: the error replaces it
+                    out = self._event_error(None, scanner.message_id, why)
+                else:  # end the event (its data no longer parses), then the error
+                    kept = raw[: cut or 0] if scanner.found else b""
+                    out = kept + b"\r\n\r\n" + self._event_error(None, scanner.message_id, why)
+            else:
+                long.started = True
+                out = raw
+        if last:
+            self._long = None
+        return out
 
     def _hides(self, name: str | None) -> bool:
         assert self.hides is not None
         return self.hides(name)
-
-    def _event_data(self, raw: bytes) -> str | None:
-        try:
-            return event_data(raw)
-        except Exception as exc:
-            self._unreadable(exc)
-            return None
-
-    def _decode(self, raw: bytes) -> str | None:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            self.outcome.unparsed += 1
-            self._uncertain = True
-            return None

@@ -35,6 +35,8 @@ from authz.counters.base import CounterStore
 from authz.counters.memory import MemoryCounterStore
 from authz.envoy.authz import check_response, http_request_from_check
 from authz.envoy.extproc import ExternalProcessorService
+from authz.inflight.base import InflightStore
+from authz.inflight.memory import MemoryInflightStore
 from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authz.metrics import Metrics
 from authz.responder import Responder
@@ -249,6 +251,25 @@ def build_approval_store(settings: Settings, counters: CounterStore) -> Approval
     )
 
 
+def build_inflight_store(settings: Settings, counters: CounterStore) -> InflightStore:
+    """In-flight ids live where the counters do: in Redis when a Redis URL is set (Envoy may
+    send two requests of one session to different replicas), on the counter store's client,
+    else in memory."""
+    if settings.redis_url is None:
+        return MemoryInflightStore()
+    from authz.counters.redis import RedisCounterStore
+    from authz.inflight.redis import RedisInflightStore
+
+    assert isinstance(counters, RedisCounterStore)
+    return RedisInflightStore(
+        counters.client,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+        url=settings.redis_url,
+        owns_client=False,  # the counter store closes it
+    )
+
+
 def build_notifier(settings: Settings, metrics: Metrics | None = None) -> WebhookNotifier | None:
     if settings.approval_webhook is None:
         return None
@@ -277,11 +298,12 @@ class Sidecar:
         self.counters: CounterStore = build_counter_store(settings)
         self.metrics = Metrics(self.config)
         self.approvals: ApprovalStore = build_approval_store(settings, self.counters)
+        self.inflight = build_inflight_store(settings, self.counters)
         self.store_health = StoreHealth(
             self.counters,
             shared=settings.redis_url is not None,
             on_change=self._store_changed,
-            also=(self.approvals,),
+            also=(self.approvals, self.inflight),
         )
         self.notifier = build_notifier(settings, self.metrics)
         self.authorizer = Authorizer(
@@ -291,9 +313,13 @@ class Sidecar:
             metrics=self.metrics,
             approvals=self.approvals,
             notify=self.notifier.notify if self.notifier is not None else None,
+            inflight=self.inflight,
         )
-        # The response phase (ext_proc): tools/list filtering and quota give-back.
-        self.responder = Responder(self.config, self.counters, metrics=self.metrics)
+        # The response phase (ext_proc): hidden tools filtered out of every answer, quota
+        # given back for calls the server did not run, in-flight ids freed.
+        self.responder = Responder(
+            self.config, self.counters, metrics=self.metrics, inflight=self.inflight
+        )
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._admin: uvicorn.Server | None = None
@@ -387,6 +413,7 @@ class Sidecar:
         if self.notifier is not None:
             await self.notifier.drain()  # approval webhooks in flight
         await self.approvals.close()
+        await self.inflight.close()
         await self.counters.close()
         log.info("sidecar_stopped")
 

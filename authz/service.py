@@ -25,7 +25,9 @@ from authz.audit import AuditContext, log_approval, log_decision
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
 from authz.grants import GrantTable, bearer_token
-from authz.mcp import INVALID_REQUEST, McpParseError, check_mirror_headers
+from authz.inflight.base import InflightStore, inflight_key
+from authz.inflight.memory import MemoryInflightStore
+from authz.mcp import INVALID_REQUEST, RESPONSE_METHOD, McpParseError, check_mirror_headers
 from authz.metrics import Metrics
 from authz.model import Decision, DenyKind, Exhausted, Grant, McpRequest, RequestId, Reservation
 from authz.parsing import ParsePool
@@ -114,6 +116,9 @@ class Verdict:
     """Allowed without quota because the counter store could not answer (fail-open mode)."""
     reply_id: RequestId = None
     """The id to echo when the body could not be parsed into a request."""
+    inflight: str | None = None
+    """The in-flight registry key the allowed request holds (`authz.inflight`); the response
+    phase frees it when the response ends."""
 
 
 def new_decision_id() -> str:
@@ -135,11 +140,14 @@ class Authorizer:
         metrics: Metrics | None = None,
         approvals: ApprovalStore | None = None,
         notify: Callable[[Approval], None] | None = None,
+        inflight: InflightStore | None = None,
     ) -> None:
         """`approvals` holds approvals of held calls (memory when None); `notify` is called
-        (synchronously: it must only schedule work) once per new pending approval."""
+        (synchronously: it must only schedule work) once per new pending approval;
+        `inflight` registers the ids of requests in flight per session (memory when None)."""
         self._config = config
         self._counters = counters
+        self._inflight: InflightStore = inflight if inflight is not None else MemoryInflightStore()
         self._approvals: ApprovalStore = (
             approvals if approvals is not None else MemoryApprovalStore()
         )
@@ -248,10 +256,68 @@ class Authorizer:
             )
 
         decision = engine.decide(policy, grant, request)
+        key: str | None = None
+        if decision.allowed:
+            claimed = await self._claim_id(request, decision_id)
+            if isinstance(claimed, Decision):
+                return Verdict(claimed, decision_id, grant, request, policy)
+            key = claimed
         if decision.allowed and decision.approval is not None:
             assert policy is not None
-            return await self._approval_gate(decision, decision_id, grant, request, policy)
-        return await self._limit(decision, decision_id, grant, request, policy)
+            verdict = await self._approval_gate(decision, decision_id, grant, request, policy)
+        else:
+            verdict = await self._limit(decision, decision_id, grant, request, policy)
+        return await self._keep_id(verdict, key)
+
+    async def _claim_id(self, request: McpRequest, decision_id: str) -> Decision | str | None:
+        """Register the request's id as in flight in its session (the key), or the denial of
+        a request whose id collides with one in flight; None when nothing is registered
+        (no id, no session, or the store is down in fail-open mode)."""
+        if request.is_notification or request.id is None or request.session_id is None:
+            return None
+        if request.method == RESPONSE_METHOD:  # answers a server request: not ours to track
+            return None
+        key = inflight_key(request.session_id, request.id)
+        try:
+            claimed = await self._inflight.claim(key, decision_id, self._clock())
+        except Exception as exc:
+            log.warning(
+                "inflight_store_failed",
+                decision_id=decision_id,
+                error=type(exc).__name__,
+                fail_open=self._fail_open,
+            )
+            if self._fail_open:
+                return None
+            return Decision.deny(
+                DenyKind.UNAVAILABLE,
+                "request id state is unavailable, so the request was not run; retry shortly",
+                rule="(inflight)",
+                retry_after=1,
+            )
+        if not claimed:
+            return Decision.deny(
+                DenyKind.BAD_REQUEST,
+                "invalid request: this id is already used by a request still in flight in "
+                'this session (the server compares ids as text: 7 and "7" are the same id); '
+                "send it with a new id",
+                rule="(id in use)",
+                rpc_code=INVALID_REQUEST,
+            )
+        return key
+
+    async def _keep_id(self, verdict: Verdict, key: str | None) -> Verdict:
+        """An allowed request keeps its registered id until its response ends; a denied one
+        never reaches the server, so its id is free again at once."""
+        if key is None:
+            return verdict
+        if verdict.decision.allowed:
+            return dataclasses.replace(verdict, inflight=key)
+        try:
+            await self._inflight.release(key, verdict.decision_id)
+        except Exception as exc:  # the entry expires on its own
+            log.warning("inflight_release_failed", error=type(exc).__name__)
+        return verdict
 
     async def _limit(
         self,

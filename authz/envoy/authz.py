@@ -15,6 +15,7 @@ from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
+from authz.listing import hides_tools
 from authz.mcp import METHOD_NOT_FOUND
 from authz.model import DenyKind, McpRequest, RequestId
 from authz.service import PATH_RULE, HttpRequest, Verdict
@@ -202,6 +203,12 @@ def _metadata(verdict: Verdict) -> struct_pb2.Struct:
     if verdict.grant is not None:
         fields["grant_id"].string_value = verdict.grant.id
         fields["policy"].string_value = verdict.grant.policy
+    if decision.allowed and hides_tools(verdict.policy):
+        # every answer is filtered; deploy/envoy.yaml routes such requests to the /mcp route
+        # whose response phase fails closed (failure_mode_allow: false)
+        fields["hides"].bool_value = True
+    if verdict.inflight is not None:
+        fields["inflight"].string_value = verdict.inflight  # freed at the response's end
     request = verdict.request
     if request is not None:
         fields["mcp_method"].string_value = request.method

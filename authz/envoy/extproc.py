@@ -11,19 +11,22 @@ The contract with `deploy/envoy.yaml` (filter `envoy.filters.http.ext_proc`):
   ext_authz metadata (`metadata_options.forwarding_namespaces.untyped`:
   `envoy.filters.http.ext_authz`, never a client header) written by `authz._metadata`:
   `decision_id`, `decision`, `grant_id`, `policy`, `mcp_method`, `tool`, `jsonrpc_id` (the
-  request's JSON-RPC id as JSON text) and, for a call that took quota, `reservation`
-  (`token`, `entries` of `counter`, `scope`, `key`, `window`, `start`, `cost`);
+  request's JSON-RPC id as JSON text), `hides` (the grant's policy hides tools), `inflight`
+  (the request's in-flight registry key) and, for a call that took quota, `reservation`
+  (`token`, `entries` of `counter`, `scope`, `key`, `window`, `start`, `cost`); and Envoy's
+  account of the response (`response_attributes`, under this filter's name in
+  `attributes`): `response.code_details` and `response.flags`, the evidence for give-back;
 - the answer to the headers either lets the body pass without the sidecar (the stream then
-  ends) or switches this response to STREAMED body mode (`mode_override`, which must be in
-  the filter's `allowed_override_modes`); a body that may be rewritten loses its
-  `content-length` (Envoy then frames it itself);
+  ends), switches this response to STREAMED body mode (`mode_override`, which must be in
+  the filter's `allowed_override_modes`; a body that may be rewritten loses its
+  `content-length`, and Envoy frames it itself), or replaces the response with the
+  sidecar's own (`immediate_response`: a body a grant that hides tools may not get unread);
 - each body chunk is answered at once, in order: unchanged, replaced, or cleared (held by
   the sidecar and sent with a later chunk), so SSE events flow as they arrive; once the
-  sidecar has seen what it needs (the answer to the request's id) it ends the stream and
-  Envoy passes the rest of the body by itself;
-- a failed call's quota is given back before the answer to the message that showed the
-  failure, so the client never sees the failure before its quota is back; when the stream
-  ends first (reset, timeout, disconnect) it is given back in the background.
+  sidecar has seen what it needs it ends the stream and Envoy passes the rest of the body
+  by itself (never for a grant that hides tools: every message is read);
+- the quota of a call Envoy never delivered (or the server refused) is given back before
+  the answer to the headers, so the client never sees the failure before its quota is back.
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ from authz._pb.envoy.service.ext_proc.v3 import (
     external_processor_pb2,
     external_processor_pb2_grpc,
 )
+from authz._pb.envoy.type.v3 import http_status_pb2
 from authz.model import RequestId, Reservation
 from authz.responder import Responder
-from authz.response import Plan, ResponseContext, ResponseInspector
+from authz.response import Plan, ResponseContext, ResponseInspector, withheld_error
 
 __all__ = [
     "EXT_PROC_SERVICE",
@@ -52,6 +56,8 @@ __all__ = [
     "ExternalProcessorService",
     "body_response",
     "headers_response",
+    "immediate_response",
+    "response_attributes",
     "response_context",
 ]
 
@@ -59,6 +65,8 @@ log = structlog.get_logger("mcp_authz.extproc")
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+"""The key under which Envoy sends the filter's `response_attributes`."""
 
 _Mode = processing_mode_pb2.ProcessingMode
 STREAMED_RESPONSE = _Mode(
@@ -141,7 +149,29 @@ def response_context(metadata: base_pb2.Metadata) -> ResponseContext:
         tool=_text(fields.get("tool")),
         rpc_id=_rpc_id(fields.get("jsonrpc_id")),
         reservation=reservation,
+        inflight=_text(fields.get("inflight")),
+        hides=fields.get("hides") is True,
     )
+
+
+def response_attributes(request: _pb.ProcessingRequest) -> tuple[str | None, int | None]:
+    """Envoy's `response.code_details` and `response.flags` for this response; None for
+    what Envoy did not send (an older configuration: then there is no evidence)."""
+    if EXT_PROC_FILTER not in request.attributes:
+        return None, None
+    fields = request.attributes[EXT_PROC_FILTER].fields
+    details: str | None = None
+    flags: int | None = None
+    if "response.code_details" in fields:
+        value = fields["response.code_details"]
+        if value.WhichOneof("kind") == "string_value":
+            details = value.string_value
+    if "response.flags" in fields:
+        value = fields["response.flags"]
+        number = value.number_value
+        if value.WhichOneof("kind") == "number_value" and number >= 0 and number == int(number):
+            flags = int(number)
+    return details, flags
 
 
 def _header_value(header: base_pb2.HeaderValue) -> str:
@@ -183,6 +213,22 @@ def headers_response(plan: Plan) -> _pb.ProcessingResponse:
     return response
 
 
+def immediate_response(status: int, body: str) -> _pb.ProcessingResponse:
+    """The sidecar answers instead of the server: `status`, a JSON body."""
+    reply = _pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+        body=body.encode("utf-8"),
+        details="mcp_authz_withheld",
+    )
+    reply.headers.set_headers.append(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+    )
+    return _pb.ProcessingResponse(immediate_response=reply)
+
+
 def body_response(replacement: bytes | None) -> _pb.ProcessingResponse:
     """The answer to one body chunk: unchanged (None), cleared (b"") or replaced."""
     common = _pb.CommonResponse()
@@ -215,8 +261,10 @@ def _continue(kind: str | None) -> _pb.ProcessingResponse:
 class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):
     """`envoy.service.ext_proc.v3.ExternalProcessor/Process`: one stream per response.
 
-    Never fails a response: an error inside the sidecar lets the rest of the body through
-    unchanged (and is logged); Envoy's `failure_mode_allow` covers a sidecar it cannot reach.
+    An error inside the sidecar is logged and lets an observed body through unchanged; a
+    filtered body (a grant that hides tools) ends with a JSON-RPC error instead. A sidecar
+    Envoy cannot reach is Envoy's `failure_mode_allow`: false on the route that serves
+    grants that hide tools (deploy/envoy.yaml), true elsewhere.
     """
 
     def __init__(self, responder: Responder) -> None:
@@ -235,7 +283,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                 kind = request.WhichOneof("request")
                 if kind == "response_headers" and inspector is None:
                     inspector, answer = self._headers(request)
-                    if inspector.plan is Plan.PASS:
+                    if inspector.plan in (Plan.PASS, Plan.REFUSE):
                         # Give back before the client sees the failure: a retry finds it.
                         await self._responder.settle(inspector, time.perf_counter() - started)
                         settled = True
@@ -270,17 +318,27 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
     ) -> tuple[ResponseInspector, _pb.ProcessingResponse]:
         inspector = self._responder.open(response_context(request.metadata_context))
         status, content_type, encoding = response_headers(request.response_headers)
+        details, flags = response_attributes(request)
         try:
             plan = inspector.headers(
                 status,
                 content_type,
                 request.response_headers.end_of_stream,
                 content_encoding=encoding,
+                details=details,
+                flags=flags,
             )
         except Exception:
             log.exception("extproc_headers_failed", decision_id=inspector.context.decision_id)
-            inspector.give_up()
-            plan = Plan.PASS
+            if inspector.hides is None:
+                inspector.give_up()
+                plan = Plan.PASS
+            else:  # a grant that hides tools gets no body the sidecar did not read
+                why = "the gateway failed to read it"
+                inspector.refusal = (502, withheld_error(inspector.context.rpc_id, why))
+                inspector.plan = plan = Plan.REFUSE
+        if plan is Plan.REFUSE and inspector.refusal is not None:
+            return inspector, immediate_response(*inspector.refusal)
         return inspector, headers_response(plan)
 
     @staticmethod
@@ -290,8 +348,10 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             out = inspector.body(chunk, body.end_of_stream)
         except Exception:
             log.exception("extproc_body_failed", decision_id=inspector.context.decision_id)
-            held = inspector.give_up()
-            return held + chunk if held else None
+            if inspector.plan is Plan.FILTER:
+                return inspector.fail_closed()
+            inspector.give_up()  # observing: the chunk passes unchanged
+            return None
         if inspector.error is not None:  # a bug while reading; the bytes passed unchanged
             log.error(
                 "response_read_failed",

@@ -215,7 +215,9 @@ def test_repo_config_key_choices() -> None:
         "REJECT_REQUEST"
     )
     # only /mcp is routed to the upstream; every other path is a 404 from Envoy itself
-    route, fallback = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    # (the first /mcp route serves grants that hide tools: tests/unit/test_extproc_edge.py)
+    hiding, route, fallback = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert hiding["match"]["path"] == "/mcp" and hiding["route"] == route["route"]
     assert route["match"] == {"path": "/mcp"}
     assert route["route"]["cluster"] == UPSTREAM_CLUSTER
     assert route["route"]["timeout"] == "0s"

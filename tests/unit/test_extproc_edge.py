@@ -3,7 +3,9 @@
 The request phase runs for real (`Authorizer.check` → `check_response`); its dynamic
 metadata is handed to the ext_proc service exactly as Envoy forwards it
 (`metadata_context.filter_metadata["envoy.filters.http.ext_authz"]`), and the service is
-driven with the `ProcessingRequest`s Envoy sends. Give-back runs on both counter stores.
+driven with the `ProcessingRequest`s Envoy sends, with the response attributes Envoy adds
+(`response.code_details`, `response.flags`). Give-back and the in-flight registry run on
+both kinds of store (memory, Redis).
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from authz.envoy.extproc import (
     ExternalProcessorService,
     body_response,
     headers_response,
+    response_attributes,
     response_context,
 )
 from authz.grants import hash_token
+from authz.inflight import InflightStore, MemoryInflightStore
+from authz.inflight.redis import RedisInflightStore
 from authz.model import Reservation
 from authz.responder import Responder
 from authz.response import Plan, ResponseContext
@@ -41,6 +46,8 @@ from tests.redis_server import RedisServer
 
 Store = MemoryCounterStore | RedisCounterStore
 NOW = 1_000_020.0
+UF, UC = 0x20, 0x40
+REFUSED_CONNECTION = "upstream_reset_before_response_started{remote_connection_failure}"
 TOOL = "image.generate.gemini"
 HIDDEN = "image.generate.replicate"
 POLICIES = {
@@ -82,19 +89,40 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await made.close()
 
 
+def inflight_store(store: Store) -> InflightStore:
+    """In-flight ids where the counters are (as the sidecar builds them)."""
+    if isinstance(store, RedisCounterStore):
+        return RedisInflightStore(store.client, prefix=store.prefix, timeout=1.0, owns_client=False)
+    return MemoryInflightStore()
+
+
 class Pipeline:
-    def __init__(self, root: Path, store: Store) -> None:
+    def __init__(
+        self, root: Path, store: Store, inflight: InflightStore | None = None, **options: Any
+    ) -> None:
         config = ConfigSource.open(root)
         self.store = store
-        self.authorizer = Authorizer(config, store, clock=lambda: NOW)
-        self.responder = Responder(config, store)
+        self.inflight = inflight if inflight is not None else inflight_store(store)
+        self.authorizer = Authorizer(
+            config, store, clock=lambda: NOW, inflight=self.inflight, **options
+        )
+        self.responder = Responder(config, store, inflight=self.inflight)
         self.service = ExternalProcessorService(self.responder)
+        self.bucket: tuple[str, str, str, int] | None = None
 
-    async def check(self, grant: str, body: dict[str, Any]) -> Verdict:
+    async def check(
+        self, grant: str, body: dict[str, Any], *, session: str | None = None
+    ) -> Verdict:
         headers = {"content-type": "application/json", "authorization": f"Bearer {grant}"}
-        return await self.authorizer.check(
+        if session is not None:
+            headers["mcp-session-id"] = session
+        verdict = await self.authorizer.check(
             HttpRequest("POST", "/mcp", headers, json.dumps(body).encode())
         )
+        reservation = verdict.decision.reservation
+        if grant == "q" and reservation is not None and reservation.entries:
+            self.bucket = reservation.entries[0][0]
+        return verdict
 
     async def respond(
         self, verdict: Verdict, messages: list[pb.ProcessingRequest]
@@ -111,8 +139,12 @@ class Pipeline:
         await self.responder.drain()
         return out
 
-    async def used(self, grant: str = "q") -> int:
-        bucket = ("c", "grant", grant, 86_400)
+    async def used(self) -> int:
+        """The count of the quota policy's bucket for grant `q` (its key as the store made
+        it, read from a reservation)."""
+        if self.bucket is None:
+            return 0
+        bucket = self.bucket
         if isinstance(self.store, MemoryCounterStore):
             return self.store.count(bucket, NOW)
         return await self.store.count(bucket)
@@ -140,8 +172,15 @@ def list_tools(rid: Any = 1) -> dict[str, Any]:
 
 
 def headers(
-    status: int, content_type: str | None = None, eos: bool = False, encoding: str | None = None
+    status: int,
+    content_type: str | None = None,
+    eos: bool = False,
+    encoding: str | None = None,
+    *,
+    details: str | None = "via_upstream",
+    flags: int | None = 0,
 ) -> pb.ProcessingRequest:
+    """Response headers as Envoy sends them, with the filter's response attributes."""
     values = [(":status", str(status))]
     if content_type:
         values.append(("content-type", content_type))
@@ -150,9 +189,21 @@ def headers(
     header_map = base_pb2.HeaderMap(
         headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values]
     )
-    return pb.ProcessingRequest(
+    request = pb.ProcessingRequest(
         response_headers=pb.HttpHeaders(headers=header_map, end_of_stream=eos)
     )
+    attributes: dict[str, Any] = {"response.code": float(status)}
+    if details is not None:
+        attributes["response.code_details"] = details
+    if flags is not None:
+        attributes["response.flags"] = float(flags)  # CEL numbers arrive as doubles
+    request.attributes["envoy.filters.http.ext_proc"].update(attributes)
+    return request
+
+
+def not_delivered() -> pb.ProcessingRequest:
+    """Envoy's local reply for a connection the upstream refused (flag UF)."""
+    return headers(503, "application/json", details=REFUSED_CONNECTION, flags=UF)
 
 
 def body(data: bytes, eos: bool = False) -> pb.ProcessingRequest:
@@ -182,6 +233,28 @@ async def test_metadata_carries_id_and_reservation_exactly(pipeline: Pipeline, r
         reservation=verdict.decision.reservation,
     )
     assert type(context.rpc_id) is type(rid)
+
+
+async def test_metadata_tells_the_response_phase_what_to_filter_and_free(
+    pipeline: Pipeline,
+) -> None:
+    hider = response_context(metadata_of(await pipeline.check("h", list_tools(1), session="s")))
+    assert hider.hides and hider.inflight is not None and len(hider.inflight) == 64
+    plain = response_context(metadata_of(await pipeline.check("q", call(2))))
+    assert not plain.hides and plain.inflight is None  # no session: nothing registered
+    fields = check_response(await pipeline.check("h", list_tools(3))).dynamic_metadata.fields
+    assert fields["hides"].bool_value is True
+
+
+def test_response_attributes_are_read_from_the_filters_namespace() -> None:
+    assert response_attributes(not_delivered()) == (REFUSED_CONNECTION, UF)
+    assert response_attributes(headers(200)) == ("via_upstream", 0)
+    bare = headers(200, details=None, flags=None)
+    assert response_attributes(bare) == (None, None)
+    odd = headers(200)
+    odd.attributes["envoy.filters.http.ext_proc"].update({"response.flags": -1.5})
+    assert response_attributes(odd) == ("via_upstream", None)
+    assert response_attributes(pb.ProcessingRequest()) == (None, None)
 
 
 async def test_denials_and_notifications_carry_no_reservation_or_id(pipeline: Pipeline) -> None:
@@ -272,6 +345,8 @@ def test_envoy_filter_config_matches_the_service(name: str) -> None:
     assert config["grpc_service"]["envoy_grpc"]["cluster_name"] == "mcp_authz"
     assert config["failure_mode_allow"] is True  # see docs/security.md
     assert config["message_timeout"] == "1s"
+    # the evidence for give-back
+    assert config["response_attributes"] == ["response.code_details", "response.flags"]
     # off unless the route turns it on: route-less local replies never reach it
     off = _mode(config["processing_mode"])
     assert off.request_header_mode == off.response_header_mode == off.SKIP
@@ -281,7 +356,30 @@ def test_envoy_filter_config_matches_the_service(name: str) -> None:
     on = _mode(override["processing_mode"])
     assert (on.request_header_mode, on.response_header_mode) == (on.SKIP, on.SEND)
     assert on.response_body_mode == on.NONE  # bodies only when the sidecar asks
-    assert all("typed_per_filter_config" not in r for r in routes if r is not mcp)
+    assert "failure_mode_allow" not in override
+    # a grant that hides tools: the same route, chosen by the sidecar's own metadata after
+    # ext_authz (clear_route_cache), whose response phase fails closed
+    hiding = routes[0]
+    assert hiding["match"] == {
+        "path": "/mcp",
+        "dynamic_metadata": [
+            {
+                "filter": METADATA_NAMESPACE,
+                "path": [{"key": "hides"}],
+                "value": {"bool_match": True},
+            }
+        ],
+    }
+    closed = hiding["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"]
+    assert closed == {**override, "failure_mode_allow": False}
+    assert {k: v for k, v in hiding.items() if k not in ("match", "typed_per_filter_config")} == {
+        k: v for k, v in mcp.items() if k not in ("match", "typed_per_filter_config")
+    }
+    ext_authz = hcm["http_filters"][
+        [f["name"] for f in hcm["http_filters"]].index("envoy.filters.http.ext_authz")
+    ]["typed_config"]
+    assert ext_authz["clear_route_cache"] is True
+    assert all("typed_per_filter_config" not in r for r in routes if r not in (mcp, hiding))
     assert config["allow_mode_override"] is True
     assert [_mode(m) for m in config["allowed_override_modes"]] == [STREAMED_RESPONSE]
     forwarded = config["metadata_options"]["forwarding_namespaces"]["untyped"]
@@ -338,17 +436,43 @@ async def test_service_filters_an_sse_listing_and_passes_other_events(pipeline: 
     assert out[1].response_body.response.body_mutation.body == note  # the rest is held
     rewritten = out[2].response_body.response.body_mutation.body
     assert HIDDEN.encode() not in rewritten and rewritten.endswith(b"\r\n\r\n")
-    assert len(out) == 3  # the listing was seen: the stream ends, the rest passes by itself
+    assert len(out) == 4  # a grant that hides tools: every chunk is read, to the end
 
 
-async def test_service_leaves_a_compressed_listing_alone(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize(
+    ("content_type", "encoding"), [("application/json", "gzip"), ("text/html", None)]
+)
+async def test_service_answers_itself_when_a_body_cannot_be_checked(
+    pipeline: Pipeline, content_type: str, encoding: str | None
+) -> None:
     verdict = await pipeline.check("h", list_tools(3))
-    out = await pipeline.respond(verdict, [headers(200, "application/json", encoding="gzip")])
-    assert len(out) == 1 and not out[0].HasField("mode_override")
+    with structlog.testing.capture_logs() as logs:
+        out = await pipeline.respond(verdict, [headers(200, content_type, encoding=encoding)])
+    assert len(out) == 1 and out[0].HasField("immediate_response")
+    reply = out[0].immediate_response
+    assert reply.status.code == 502
+    error = json.loads(reply.body)
+    assert error["id"] == 3 and error["error"]["message"].startswith("[POLICY DENIED] ")
+    [content_type_header] = reply.headers.set_headers
+    assert content_type_header.header.key == "content-type"
+    event = next(e for e in logs if e["event"] == "response")
+    assert event["withheld"] == 1
+
+
+async def test_service_filters_every_answer_to_a_grant_that_hides_tools(
+    pipeline: Pipeline,
+) -> None:
+    """A ping answered with a listing (the SDK routes by str(id)): filtered all the same."""
+    verdict = await pipeline.check("h", {"jsonrpc": "2.0", "id": "3", "method": "ping"})
+    out = await pipeline.respond(
+        verdict, [headers(200, "text/event-stream"), body(sse(LISTING)), body(b"", eos=True)]
+    )
+    rewritten = out[1].response_body.response.body_mutation.body
+    assert HIDDEN.encode() not in rewritten and b'"name": "a"' in rewritten
 
 
 async def test_service_leaves_other_responses_and_ends_the_stream(pipeline: Pipeline) -> None:
-    verdict = await pipeline.check("h", {"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    verdict = await pipeline.check("q", {"jsonrpc": "2.0", "id": 1, "method": "ping"})
     out = await pipeline.respond(verdict, [headers(200, "text/event-stream"), body(b"x")])
     assert len(out) == 1 and not out[0].HasField("mode_override")  # then the stream ends
 
@@ -368,7 +492,7 @@ async def test_service_answers_unexpected_messages(pipeline: Pipeline) -> None:
     ]
 
 
-async def test_an_internal_error_passes_the_body_through(
+async def test_an_internal_error_while_filtering_fails_closed(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verdict = await pipeline.check("h", list_tools(3))
@@ -377,18 +501,19 @@ async def test_an_internal_error_passes_the_body_through(
     def boom(*_args: Any) -> tuple[str, int]:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("authz.response.filter_tools_list", boom)
+    monkeypatch.setattr("authz.response.filter_tools", boom)
     with structlog.testing.capture_logs() as logs:
         out = await pipeline.respond(
             verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
         )
-    assert out[2].response_body.response.body_mutation.body == raw  # held + this chunk
+    error = json.loads(out[2].response_body.response.body_mutation.body)
+    assert error["id"] == 3 and error["error"]["code"] == -32603  # never the unread listing
     assert any(e["event"] == "response_read_failed" for e in logs)
     event = next(e for e in logs if e["event"] == "response")
-    assert (event["tools_removed"], event["unparsed"]) == (0, 1)
+    assert (event["tools_removed"], event["unparsed"], event["withheld"]) == (0, 1, 1)
 
 
-async def test_an_error_in_the_inspector_itself_passes_the_rest_through(
+async def test_an_error_in_the_inspector_itself_ends_the_answer_with_an_error(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verdict = await pipeline.check("h", list_tools(3))
@@ -402,36 +527,88 @@ async def test_an_error_in_the_inspector_itself_passes_the_rest_through(
         out = await pipeline.respond(
             verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
         )
-    # the chunk passes unchanged and the stream ends: Envoy passes the rest by itself
-    assert len(out) == 2 and not out[1].response_body.response.HasField("body_mutation")
+    assert json.loads(out[1].response_body.response.body_mutation.body)["id"] == 3
+    assert out[2].response_body.response.body_mutation.clear_body  # the rest is dropped
     assert any(e["event"] == "extproc_body_failed" for e in logs)
+
+
+async def test_an_error_in_the_inspector_while_observing_passes_the_body(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verdict = await pipeline.check("q", call(1))
+
+    def boom(*_args: Any) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("authz.response.ResponseInspector._observe", boom)
+    out = await pipeline.respond(
+        verdict, [headers(200, "application/json"), body(b'{"jsonrpc"'), body(b"}", eos=True)]
+    )
+    assert len(out) == 2 and not out[1].response_body.response.HasField("body_mutation")
+    assert await pipeline.used() == 1
 
 
 # -- give-back through the service, on both stores ------------------------------------------
 
 
-async def test_a_5xx_gives_the_quota_back_once_and_never_below_zero(pipeline: Pipeline) -> None:
+async def test_a_call_envoy_never_delivered_gives_back_once_never_below_zero(
+    pipeline: Pipeline,
+) -> None:
     first = await pipeline.check("q", call(1))
     second = await pipeline.check("q", call(2))
     assert await pipeline.used() == 2
     with structlog.testing.capture_logs() as logs:
-        await pipeline.respond(first, [headers(503, "application/json")])
+        await pipeline.respond(first, [not_delivered()])
     assert await pipeline.used() == 1
     event = next(e for e in logs if e["event"] == "response")
-    assert (event["give_back"], event["reason"], event["released"]) == (True, "http_status", True)
+    assert (event["give_back"], event["reason"], event["released"]) == (
+        True,
+        "not_delivered",
+        True,
+    )
     assert event["decision_id"] == first.decision_id and event["status"] == 503
+    assert event["origin"] == REFUSED_CONNECTION
     # the same response again (a retried stream): idempotent
-    await pipeline.respond(first, [headers(503, "application/json")])
+    await pipeline.respond(first, [not_delivered()])
     assert await pipeline.used() == 1
-    await pipeline.respond(second, [headers(502)])
-    await pipeline.respond(second, [headers(502)])
+    await pipeline.respond(second, [not_delivered()])
+    await pipeline.respond(second, [not_delivered()])
     assert await pipeline.used() == 0
     third = await pipeline.check("q", call(3))
     assert third.decision.allowed and await pipeline.used() == 1
 
 
+async def test_a_4xx_from_the_server_gives_back(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("q", call(1))
+    await pipeline.respond(verdict, [headers(400, "application/json")])
+    assert await pipeline.used() == 0
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        headers(500, "application/json"),  # the server's own 5xx: after the tool ran
+        headers(503, "application/json", details=REFUSED_CONNECTION, flags=UC),  # delivered
+        headers(503, "application/json", details=None, flags=None),  # no evidence at all
+    ],
+)
+async def test_without_evidence_the_quota_stays(
+    pipeline: Pipeline, response: pb.ProcessingRequest
+) -> None:
+    verdict = await pipeline.check("q", call(1))
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.respond(verdict, [response])
+    assert await pipeline.used() == 1
+    event = next(e for e in logs if e["event"] == "response")
+    assert (event["give_back"], event["reason"], event["released"]) == (
+        False,
+        "http_status",
+        None,
+    )
+
+
 @pytest.mark.parametrize("media", ["sse", "json"])
-async def test_a_jsonrpc_error_gives_back_and_a_result_keeps(
+async def test_a_jsonrpc_error_and_a_result_both_keep_the_quota(
     pipeline: Pipeline, media: str
 ) -> None:
     def answer(message: dict[str, Any]) -> list[pb.ProcessingRequest]:
@@ -439,15 +616,12 @@ async def test_a_jsonrpc_error_gives_back_and_a_result_keeps(
             return [headers(200, "text/event-stream"), body(sse(message)), body(b"", eos=True)]
         return [headers(200, "application/json"), body(json.dumps(message).encode(), eos=True)]
 
-    failed = await pipeline.check("q", call(1))
-    error = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "Invalid"}}
-    out = await pipeline.respond(failed, answer(error))
+    cancelled = await pipeline.check("q", call(1))
+    error = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32800, "message": "Request cancelled"}}
+    out = await pipeline.respond(cancelled, answer(error))
     assert all(not m.response_body.response.HasField("body_mutation") for m in out[1:])
-    assert await pipeline.used() == 0
-    for rid in (2, 3):
-        done = await pipeline.check("q", call(rid))
-        result = {"jsonrpc": "2.0", "id": rid, "result": {"content": [], "isError": rid == 3}}
-        await pipeline.respond(done, answer(result))
+    done = await pipeline.check("q", call(2))
+    await pipeline.respond(done, answer({"jsonrpc": "2.0", "id": 2, "result": {"content": []}}))
     assert await pipeline.used() == 2
     assert not (await pipeline.check("q", call(4))).decision.allowed
 
@@ -464,10 +638,10 @@ async def test_the_stream_ends_once_the_answer_is_seen(pipeline: Pipeline) -> No
     assert await pipeline.used() == 1
 
 
-async def test_a_stream_that_ends_early_gives_back(pipeline: Pipeline) -> None:
+async def test_a_stream_that_ends_early_keeps_the_quota(pipeline: Pipeline) -> None:
     verdict = await pipeline.check("q", call(1))
     await pipeline.respond(verdict, [headers(200, "text/event-stream"), body(b"event: mes")])
-    assert await pipeline.used() == 0
+    assert await pipeline.used() == 1
 
 
 async def test_a_denial_and_a_local_reply_pass_untouched(pipeline: Pipeline) -> None:
@@ -488,8 +662,68 @@ async def test_a_store_that_fails_keeps_the_quota_and_is_logged(tmp_path: Path) 
     pipeline = Pipeline(write_config(tmp_path / "config"), Broken())
     verdict = await pipeline.check("q", call(1))
     with structlog.testing.capture_logs() as logs:
-        await pipeline.respond(verdict, [headers(500)])
+        await pipeline.respond(verdict, [not_delivered()])
     event = next(e for e in logs if e["event"] == "response")
     assert (event["give_back"], event["released"]) == (True, False)
     assert "OSError" in event["release_error"]
     assert await pipeline.used() == 1
+
+
+# -- ids in flight, through the request and the response phase -------------------------------
+
+
+def answer_to(rid: Any) -> list[pb.ProcessingRequest]:
+    message = {"jsonrpc": "2.0", "id": rid, "result": {}}
+    return [headers(200, "text/event-stream"), body(sse(message)), body(b"", eos=True)]
+
+
+async def test_a_colliding_id_is_refused_until_the_first_answer_went_by(
+    pipeline: Pipeline,
+) -> None:
+    first = await pipeline.check("q", call(7), session="s1")
+    assert first.decision.allowed and first.inflight is not None
+    for rid, method in [("7", "tools/call"), (7, "tools/list"), ("7", "ping")]:
+        clash = await pipeline.check("q", {**call(rid), "method": method}, session="s1")
+        assert not clash.decision.allowed and clash.decision.rule == "(id in use)"
+        rendered = check_response(clash).denied_response
+        assert rendered.status.code == 400
+        error = json.loads(rendered.body)
+        assert error["id"] == rid and error["error"]["code"] == -32600
+        assert "in flight" in error["error"]["message"]
+    # another session, or no session (the 2026-07-28 era): no collision
+    assert (await pipeline.check("q", call("7"), session="s2")).decision.allowed
+    assert (await pipeline.check("h", list_tools("7"))).decision.allowed
+    assert await pipeline.used() == 2  # the refused calls took no quota
+    await pipeline.respond(first, answer_to(7))
+    again = await pipeline.check("h", list_tools("7"), session="s1")
+    assert again.decision.allowed
+
+
+async def test_a_denied_request_frees_its_id_at_once(pipeline: Pipeline) -> None:
+    denied = await pipeline.check("q", call(1, tool="not-allowed"), session="s1")
+    assert not denied.decision.allowed and denied.inflight is None
+    assert (await pipeline.check("q", call(1), session="s1")).decision.allowed
+
+
+async def test_a_response_that_ends_early_frees_its_id(pipeline: Pipeline) -> None:
+    verdict = await pipeline.check("h", list_tools(4), session="s1")
+    await pipeline.respond(verdict, [headers(200, "text/event-stream"), body(b"event: mes")])
+    assert (await pipeline.check("h", list_tools(4), session="s1")).decision.allowed
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_a_registry_that_cannot_answer_fails_closed(tmp_path: Path, fail_open: bool) -> None:
+    class Down(MemoryInflightStore):
+        async def claim(self, key: str, owner: str, now: float) -> bool:
+            raise OSError("down")
+
+    pipeline = Pipeline(
+        write_config(tmp_path / "config"), MemoryCounterStore(), Down(), fail_open=fail_open
+    )
+    verdict = await pipeline.check("q", call(1), session="s1")
+    if fail_open:  # --redis-fail-open: the call goes through, unregistered
+        assert verdict.decision.allowed and verdict.inflight is None
+    else:
+        assert not verdict.decision.allowed and verdict.decision.rule == "(inflight)"
+        assert check_response(verdict).denied_response.status.code == 200  # a tool result
+        assert await pipeline.used() == 0

@@ -1,7 +1,10 @@
 """The response phase's fail mode, on the real Envoy 1.40 with deploy/envoy.yaml.
 
-ext_proc fails open (`failure_mode_allow: true`, see docs/security.md): a processor that is
-missing, too slow or erroring never blocks a response; it passes as the upstream sent it.
+ext_proc fails open (`failure_mode_allow: true`, see docs/security.md) for grants that hide
+nothing: a processor that is missing, too slow or erroring never blocks a response; it
+passes as the upstream sent it. For a grant that hides tools (the sidecar's metadata says
+`hides`) Envoy picks the other /mcp route, whose response phase fails closed: the same
+failures fail the response, and the listing never reaches the client unread.
 A stub gRPC server plays the sidecar (ext_authz allows, with the metadata of a tools/list
 request) and a stub processor misbehaves in each way; a well-behaved stub shows the same
 set-up does filter, so the fail-open cases are not vacuous.
@@ -10,6 +13,7 @@ set-up does filter, so the fail-open cases are not vacuous.
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import subprocess
 import threading
@@ -25,6 +29,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
@@ -48,14 +53,27 @@ class Behaviour:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+HIDES_HEADER = "x-test-hides"
+"""The stub sidecar's stand-in for a grant whose policy hides tools."""
+
+
 class AllowingAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc, unused-ignore]
     def Check(self, request: Any, context: Any) -> external_auth_pb2.CheckResponse:
-        response = external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=0), ok_response=external_auth_pb2.OkHttpResponse()
+        ok = external_auth_pb2.OkHttpResponse()
+        # as the sidecar does on every allow: a request header changes, so Envoy picks the
+        # route again (clear_route_cache) with this metadata
+        ok.headers.append(
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="x-mcp-grant", value="g"))
         )
-        response.dynamic_metadata.update(
-            {"decision_id": "d", "decision": "allow", "mcp_method": "tools/list"}
-        )
+        response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=0), ok_response=ok)
+        metadata: dict[str, Any] = {
+            "decision_id": "d",
+            "decision": "allow",
+            "mcp_method": "tools/list",
+        }
+        if HIDES_HEADER in request.attributes.request.http.headers:
+            metadata["hides"] = True
+        response.dynamic_metadata.update(metadata)
         return response
 
 
@@ -129,13 +147,20 @@ class Harness:
     envoy_port: int
     behaviour: Behaviour
 
-    def post(self) -> tuple[int, bytes, float]:
+    def post(self, *, hides: bool = False) -> tuple[int, bytes, float]:
+        """(status, body, seconds); status 0 when the response was cut off (a reset)."""
         started = time.monotonic()
         conn = http.client.HTTPConnection(LOOPBACK, self.envoy_port, timeout=15)
+        headers = {"content-type": "application/json"}
+        if hides:
+            headers[HIDES_HEADER] = "1"
         try:
-            conn.request("POST", "/mcp", body=b"{}", headers={"content-type": "application/json"})
+            conn.request("POST", "/mcp", body=b"{}", headers=headers)
             response = conn.getresponse()
-            return response.status, response.read(), time.monotonic() - started
+            try:
+                return response.status, response.read(), time.monotonic() - started
+            except http.client.IncompleteRead as cut:
+                return 0, cut.partial, time.monotonic() - started
         finally:
             conn.close()
 
@@ -198,10 +223,10 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         upstream.server_close()
 
 
-def run(harness: Harness, mode: str) -> tuple[int, bytes, float]:
+def run(harness: Harness, mode: str, *, hides: bool = False) -> tuple[int, bytes, float]:
     harness.behaviour.mode = mode
     before = harness.behaviour.streams
-    result = harness.post()
+    result = harness.post(hides=hides)
     assert harness.behaviour.streams == before + 1  # the processor was asked
     return result
 
@@ -228,3 +253,25 @@ def test_a_processor_that_fails_mid_body_does_not_fail_the_response(harness: Har
     # The chunk the processor held when it failed is lost with it (the sidecar only ever
     # holds the SSE event in progress of a tools/list answer); the rest still comes, as sent.
     assert body == LISTING[30:]
+
+
+@pytest.mark.parametrize("hides", [False, True])
+def test_a_working_processor_filters_on_both_routes(harness: Harness, hides: bool) -> None:
+    status, body, _ = run(harness, "ok", hides=hides)
+    assert (status, body) == (200, LISTING.replace(b',{"name":"hidden"}', b""))
+
+
+@pytest.mark.parametrize("mode", ["unimplemented", "error-headers", "slow", "error-body"])
+def test_a_broken_processor_fails_the_response_of_a_grant_that_hides_tools(
+    harness: Harness, mode: str
+) -> None:
+    status, body, seconds = run(harness, mode, hides=True)
+    assert b'"hidden"' not in body  # never the unread listing
+    if mode == "error-body":
+        assert status in (0, 200) and body != LISTING  # cut off once the body started
+    else:  # Envoy's 500 (504 for the timeout), with a JSON-RPC error (a local reply mapper)
+        assert status >= 500
+        error = json.loads(body)["error"]
+        assert error["message"].startswith("the policy sidecar could not check the answer")
+    if mode == "slow":
+        assert 0.9 < seconds < 2.4

@@ -1,231 +1,52 @@
-"""The response phase, pure (authz/response.py): listing filter, SSE framing, give-back."""
+"""The response phase, pure (authz/response.py, authz/sse.py): SSE framing, filtering every
+answer to a grant that hides tools, failing closed, and the evidence for give-back."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from authz.listing import Hides, ToolsScanner, Unparsable, filter_tools
 from authz.model import Reservation
-from authz.policy import load_policy
 from authz.response import (
-    Hides,
+    NOT_DELIVERED_FLAGS,
     Plan,
     ResponseContext,
     ResponseInspector,
-    SseSplitter,
-    Unparsable,
-    answer_kind,
-    event_data,
-    filter_tools_list,
-    listing_filter,
-    never_callable,
-    rewrite_event,
+    give_back_evidence,
+    withheld_error,
 )
+from authz.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
 
 HIDDEN = "image.generate.replicate"
+UF, UH, UR, UC, UT, UAEX = 0x20, 0x2, 0x10, 0x40, 0x4, 0x1000
+EARLY_RESET = "upstream_reset_before_response_started{remote_connection_failure}"
 
 
 def hide(*names: str) -> Hides:
     return lambda name: name in names
 
 
-def listing(tools: list[Any], rid: object = 1, **extra: Any) -> str:
-    return json.dumps({"jsonrpc": "2.0", "id": rid, "result": {"tools": tools, **extra}})
-
-
 def tool(name: str) -> dict[str, Any]:
     return {"name": name, "description": f"the {name} tool", "inputSchema": {"type": "object"}}
 
 
-# -- filter_tools_list ------------------------------------------------------------------
+def listing(tools: list[Any], rid: object = 1, **extra: Any) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "result": {"tools": tools, **extra}})
 
 
-def test_removes_hidden_tools_and_keeps_every_other_byte() -> None:
-    text = listing([tool("a"), tool(HIDDEN), tool("b")], nextCursor="c2")
-    new, removed = filter_tools_list(text, 1, hide(HIDDEN))
-    assert removed == 1
-    assert json.loads(new) == json.loads(listing([tool("a"), tool("b")], nextCursor="c2"))
-    # exactly the element and one separator are gone
-    assert new == text.replace(json.dumps(tool(HIDDEN)) + ", ", "")
+# -- SSE framing --------------------------------------------------------------------------
 
 
-def test_next_cursor_is_kept_byte_for_byte() -> None:
-    # escapes a re-serialisation would change: \u00e9, \/, a surrogate pair, spacing
-    cursor_bytes = '"p\\u00e9ge\\/2\\ud83d\\ude00==="'
-    text = (
-        '{ "jsonrpc":"2.0" , "id" : 7, "result" : { "nextCursor" : '
-        + cursor_bytes
-        + ' , "tools" : [ {"name":"image.generate.replicate"} ,\n {"name":"x"} ] ,'
-        + ' "_meta": {"k": [1, 2.50, "\\""]} } }'
-    )
-    new, removed = filter_tools_list(text, 7, hide(HIDDEN))
-    assert removed == 1
-    assert cursor_bytes in new
-    assert new.count(cursor_bytes) == 1
-    assert '"_meta": {"k": [1, 2.50, "\\""]}' in new  # untouched, not re-serialised
-    assert json.loads(new)["result"]["nextCursor"] == "pége/2\U0001f600==="
-    assert json.loads(new)["result"]["tools"] == [{"name": "x"}]
-
-
-def test_nothing_hidden_returns_the_same_text() -> None:
-    text = listing([tool("a"), tool("b")], nextCursor="n")
-    new, removed = filter_tools_list(text, 1, hide(HIDDEN))
-    assert (new, removed) == (text, 0)
-    assert new is text
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        listing([tool(HIDDEN)], rid=2),  # another request's answer
-        listing([tool(HIDDEN)], rid="1"),  # "1" is not 1
-        '{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}',
-        '{"jsonrpc":"2.0","id":1,"result":{"content":[]}}',  # not a listing
-        '{"jsonrpc":"2.0","id":1,"result":{"tools":{"name":"image.generate.replicate"}}}',
-        '{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}',
-        '[{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}]',
-        '"a string"',
-    ],
-)
-def test_other_messages_are_left_alone(text: str) -> None:
-    assert filter_tools_list(text, 1, hide(HIDDEN)) == (text, 0)
-
-
-@pytest.mark.parametrize("text", ["", "{", '{"id":1,', "nope", '{"a":1}x', "\ud800"])
-def test_malformed_json_raises_unparsable(text: str) -> None:
-    with pytest.raises(Unparsable):
-        filter_tools_list(text, 1, hide(HIDDEN))
-
-
-def test_every_shape_of_removal() -> None:
-    names = ["a", HIDDEN, "b", HIDDEN, "c"]
-    for keep in range(1 << len(names)):
-        tools = [{"name": n, "i": i} for i, n in enumerate(names)]
-        hidden = {f"{n}{i}" for i, n in enumerate(names) if not keep >> i & 1}
-        renamed = [{"name": f"{t['name']}{t['i']}", "i": t["i"]} for t in tools]
-        for indent in (None, 2):
-            text = json.dumps(
-                {"jsonrpc": "2.0", "id": 1, "result": {"tools": renamed}}, indent=indent
-            )
-            new, removed = filter_tools_list(text, 1, hide(*hidden))
-            kept = [t for t in renamed if t["name"] not in hidden]
-            assert removed == len(renamed) - len(kept)
-            assert json.loads(new)["result"]["tools"] == kept
-
-
-def test_hide_all_removes_entries_without_a_name_too() -> None:
-    text = listing([tool("a"), {"title": "nameless"}, 3])
-    new, removed = filter_tools_list(text, 1, lambda _name: True)
-    assert removed == 3 and json.loads(new)["result"]["tools"] == []
-
-
-def test_entries_without_a_string_name_are_kept_otherwise() -> None:
-    text = listing([{"name": 5}, {"title": "x"}, tool(HIDDEN)])
-    new, removed = filter_tools_list(text, 1, hide(HIDDEN))
-    assert removed == 1
-    assert json.loads(new)["result"]["tools"] == [{"name": 5}, {"title": "x"}]
-
-
-def test_duplicate_keys_every_tools_array_is_filtered() -> None:
-    text = (
-        '{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"image.generate.replicate"}],'
-        '"tools":[{"name":"a"},{"name":"image.generate.replicate"}]}}'
-    )
-    new, removed = filter_tools_list(text, 1, hide(HIDDEN))
-    assert removed == 2
-    assert HIDDEN not in new
-    assert json.loads(new)["result"]["tools"] == [{"name": "a"}]
-
-
-def test_large_listing_is_fast_enough_and_exact() -> None:
-    tools = [tool(f"t{i}") for i in range(3000)] + [tool(HIDDEN)]
-    random.Random(4).shuffle(tools)
-    text = listing(tools, nextCursor="z")
-    new, removed = filter_tools_list(text, 1, hide(HIDDEN))
-    assert removed == 1
-    assert len(json.loads(new)["result"]["tools"]) == 3000
-
-
-@pytest.mark.parametrize(
-    ("text", "kind"),
-    [
-        ('{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}', "result"),
-        ('{"jsonrpc":"2.0","id":1,"result":{}}', "result"),
-        ('{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad"}}', "error"),
-        ('{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"bad"}}', None),
-        ('{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}', None),
-        ('{"jsonrpc":"2.0","id":true,"result":{}}', None),
-        ('{"jsonrpc":"2.0","method":"notifications/progress","params":{}}', None),
-    ],
-)
-def test_answer_kind(text: str, kind: str | None) -> None:
-    assert answer_kind(text, 1) == kind
-
-
-def test_ids_compare_by_type_and_exact_value() -> None:
-    big = 2**63 + 1
-    assert answer_kind(f'{{"jsonrpc":"2.0","id":{big},"result":{{}}}}', big) == "result"
-    assert answer_kind(f'{{"jsonrpc":"2.0","id":{big},"result":{{}}}}', big - 1) is None
-    assert answer_kind('{"jsonrpc":"2.0","id":"a\\u00e9","result":{}}', "aé") == "result"
-
-
-# -- which tools a listing hides --------------------------------------------------------
-
-
-def test_listing_filter_follows_hide_and_hide_denied() -> None:
-    plain = load_policy({"version": "1"}, name="p")
-    assert listing_filter(plain) is None
-    hiding = listing_filter(load_policy({"version": "1", "hide": [HIDDEN]}, name="p"))
-    assert hiding is not None and hiding(HIDDEN) and not hiding("x") and not hiding(None)
-    everything = listing_filter(load_policy({"version": "1", "hide": "*"}, name="p"))
-    assert everything is not None and everything("x") and everything(None)
-
-
-DENYING = {
-    "version": "1",
-    "default": "deny",
-    "hide_denied": True,
-    "tools": {
-        "gemini": {},
-        "openai": {"deny_if": [{"conditions": []}]},
-        "google": {"deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 1}]}]},
-        "flux": {"rules": [{"name": "off", "action": "deny"}]},
-        "rate": {"rules": [{"rate_limit": "5/minute"}]},
-    },
-}
-
-
-def test_hide_denied_removes_tools_the_grant_can_never_call() -> None:
-    policy = load_policy(DENYING, name="d")
-    hides = listing_filter(policy)
-    assert hides is not None
-    assert [n for n in ("gemini", "openai", "google", "flux", "rate", "unlisted") if hides(n)] == [
-        "openai",
-        "flux",
-        "unlisted",
-    ]
-
-
-def test_never_callable_under_default_allow_and_the_star_entry() -> None:
-    allow = load_policy({"version": "1", "tools": {"a": {}}}, name="a")
-    assert not never_callable(allow, "unlisted") and not never_callable(allow, "a")
-    star = load_policy(
-        {"version": "1", "tools": {"*": {"deny_if": [{"conditions": []}]}}}, name="s"
-    )
-    assert never_callable(star, "anything")
-
-
-# -- SSE ---------------------------------------------------------------------------------
-
-
-def split_all(stream: bytes, sizes: list[int], limit: int = 1 << 20) -> list[tuple[bytes, bool]]:
+def split_all(stream: bytes, sizes: list[int], limit: int = 1 << 20) -> list[tuple[bytes, Segment]]:
     splitter = SseSplitter(limit)
-    out: list[tuple[bytes, bool]] = []
+    out: list[tuple[bytes, Segment]] = []
     pos = 0
     for size in sizes:
         out += splitter.feed(stream[pos : pos + size])
@@ -233,7 +54,7 @@ def split_all(stream: bytes, sizes: list[int], limit: int = 1 << 20) -> list[tup
     out += splitter.feed(stream[pos:])
     rest = splitter.finish()
     if rest:
-        out.append((rest, False))
+        out.append((rest, Segment.PART))
     return out
 
 
@@ -255,43 +76,67 @@ def test_splitter_finds_events_whatever_the_chunking(seed: int) -> None:
     sizes = [rng.randint(0, 7) for _ in range(20)]
     segments = split_all(stream, sizes)
     assert b"".join(s for s, _ in segments) == stream
-    data = [event_data(s) for s, complete in segments if complete]
+    data = [event_payload(s)[1] for s, kind in segments if kind is Segment.EVENT]
     assert [d for d in data if d is not None] == DATA
 
 
 def test_splitter_keeps_crlf_pairs_together_within_a_chunk() -> None:
     segments = split_all(b"data: 1\r\n\r\ndata: 2\r\n\r\n", [])
-    assert segments == [(b"data: 1\r\n\r\n", True), (b"data: 2\r\n\r\n", True)]
+    assert segments == [(b"data: 1\r\n\r\n", Segment.EVENT), (b"data: 2\r\n\r\n", Segment.EVENT)]
 
 
-def test_splitter_passes_an_oversized_event_and_resyncs() -> None:
+def test_splitter_marks_an_oversized_event_from_first_part_to_last() -> None:
     big = b"data: " + b"x" * 100 + b"\n\n"
     stream = b"data: a\n\n" + big + b"data: b\n\n"
     segments = split_all(stream, [5, 20, 30, 40, 50], limit=50)
     assert b"".join(s for s, _ in segments) == stream
-    complete = [s for s, c in segments if c]
-    assert complete == [b"data: a\n\n", b"data: b\n\n"]
-    assert any(not c for _, c in segments)
+    kinds = [k for _, k in segments]
+    assert [s for s, k in segments if k is Segment.EVENT] == [b"data: a\n\n", b"data: b\n\n"]
+    first = kinds.index(Segment.PART)
+    last = kinds.index(Segment.LAST)
+    assert first < last and all(k is Segment.PART for k in kinds[first:last])
+    assert b"".join(s for s, _ in segments[first : last + 1]) == big
+    # an oversized event that arrives in one piece: a PART, then an empty LAST
+    assert split_all(big, [], limit=50) == [(big, Segment.PART), (b"", Segment.LAST)]
 
 
-def test_event_data_and_rewrite() -> None:
-    raw = b'event: message\r\nid: 9\r\ndata: {"a":\r\ndata: 1}\r\n: note\r\n\r\n'
-    assert event_data(raw) == '{"a":\n1}'
-    assert event_data(b"event: ping\ndata: x\n\n") is None
-    assert event_data(b": only a comment\n\n") is None
-    assert event_data(b"data:x\n\n") == "x"
+def test_event_payload_and_rewrite_keep_every_other_line() -> None:
+    raw = b'event: message\r\nid: 9\r\ndata: {"a":\r\ndata: 1}\r\nretry: 5\r\n: note\r\n\r\n'
+    assert event_payload(raw) == ("message", '{"a":\n1}')
+    assert event_payload(b"event: ping\ndata: x\n\n") == ("ping", "x")
+    assert event_payload(b": only a comment\n\n") == ("message", None)
+    assert event_payload(b"id: 1\ndata:\n\n") == ("message", "")
+    assert event_payload(b"data:x\n\n") == ("message", "x")
     new = rewrite_event(raw, '{"b":2}')
-    assert new == b'event: message\r\nid: 9\r\ndata: {"b":2}\r\n: note\r\n\r\n'
+    assert new == b'event: message\r\nid: 9\r\ndata: {"b":2}\r\nretry: 5\r\n: note\r\n\r\n'
+    assert rewrite_event(b"id: 4\n\n", "{}") == b"id: 4\ndata: {}\n\n"
     with pytest.raises(Unparsable):
-        event_data(b"data: \xff\n\n")
+        event_payload(b"data: \xff\n\n")
 
 
-# -- the inspector -----------------------------------------------------------------------
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_the_data_reader_feeds_data_lines_only_and_maps_offsets(size: int) -> None:
+    raw = (
+        b'id: 7\r\nevent: message\r\n: {"result":{"tools":[\r\ndata: {"id":1,\r\n'
+        b'data: "result":{"x":1,\r\ndata:"tools" :[1]}}\r\n\r\n'
+    )
+    reader = SseDataReader(ToolsScanner())
+    at = None
+    for pos in range(0, len(raw), size):
+        found = reader.feed(raw[pos : pos + size])
+        if found is not None:
+            at = pos + found
+            break
+    assert at == raw.index(b"[1]")
+    assert reader.scanner.message_id == 1
+
+
+# -- the inspector ---------------------------------------------------------------------------
 
 RESERVATION = Reservation(entries=((("c", "grant", "g", 60), 0, 1),), token="a" * 32)
 
 
-def ctx(method: str, rid: object = 1, **kw: Any) -> ResponseContext:
+def ctx(method: str | None, rid: object = 1, **kw: Any) -> ResponseContext:
     fields: dict[str, Any] = {
         "decision_id": "d",
         "decision": "allow",
@@ -316,13 +161,20 @@ def run(
     status: int = 200,
     content_type: str = "text/event-stream",
     end: bool = True,
+    details: str | None = "via_upstream",
+    flags: int | None = 0,
 ) -> bytes:
     """Feed a response; returns what the client receives."""
-    plan = inspector.headers(status, content_type, end_of_stream=not chunks and end)
+    plan = inspector.headers(
+        status, content_type, end_of_stream=not chunks and end, details=details, flags=flags
+    )
+    if plan is Plan.REFUSE:
+        assert inspector.refusal is not None
+        return inspector.refusal[1].encode()
     out = bytearray()
     for i, chunk in enumerate(chunks):
         last = end and i == len(chunks) - 1
-        if plan is Plan.PASS:
+        if plan is Plan.PASS or inspector.done:
             out += chunk
             continue
         replaced = inspector.body(chunk, last)
@@ -332,8 +184,42 @@ def run(
     return bytes(out)
 
 
-def sse(*messages: str) -> bytes:
-    return b"".join(b"event: message\r\ndata: " + m.encode() + b"\r\n\r\n" for m in messages)
+def sse(*messages: str, ids: bool = False) -> bytes:
+    out = b""
+    for n, message in enumerate(messages):
+        head = f"id: e{n}\r\n".encode() if ids else b""
+        out += head + b"event: message\r\ndata: " + message.encode() + b"\r\n\r\n"
+    return out
+
+
+def events_of(raw: bytes) -> list[Any]:
+    """The JSON messages a client reads from an SSE body, as the SSE specification reads
+    lines (CRLF, LF or CR); an event whose data does not parse is None."""
+    out: list[Any] = []
+    data: list[bytes] = []
+    for line in re.split(rb"\r\n|\r|\n", raw):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif not line:
+            joined = b"\n".join(data)
+            data = []
+            if joined.strip():
+                try:
+                    out.append(json.loads(joined))
+                except ValueError:
+                    out.append(None)
+    return out
+
+
+def chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+def names(message: Any) -> set[str]:
+    result = message.get("result", {}) if isinstance(message, dict) else {}
+    tools = result.get("tools", []) if isinstance(result, dict) else []
+    return {t.get("name") for t in tools if isinstance(t, dict)}
 
 
 PROGRESS = '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}'
@@ -341,23 +227,20 @@ LISTING = listing([tool("a"), tool(HIDDEN)], nextCursor="n2")
 FILTERED = listing([tool("a")], nextCursor="n2")
 
 
-def chunked(data: bytes, size: int) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+def _cut(text: str) -> str:
+    return filter_tools(text, hide(HIDDEN))[0]
 
 
 @pytest.mark.parametrize("size", [1, 3, 17, 10_000])
 def test_sse_listing_is_filtered_and_other_events_pass(size: int) -> None:
-    stream = sse(PROGRESS, LISTING)
+    stream = sse(PROGRESS, LISTING, ids=True)
     inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
     got = run(inspector, chunked(stream, size))
-    assert got == sse(PROGRESS, FILTERED).replace(FILTERED.encode(), _cut(LISTING).encode())
-    assert json.loads(got.split(b"data: ")[2].split(b"\r\n")[0]) == json.loads(FILTERED)
-    assert inspector.outcome.tools_removed == 1
-    assert inspector.outcome.complete is True
-
-
-def _cut(text: str) -> str:
-    return filter_tools_list(text, 1, hide(HIDDEN))[0]
+    assert got == stream.replace(LISTING.encode(), _cut(LISTING).encode())
+    assert b"id: e0\r\n" in got and b"id: e1\r\n" in got  # event ids kept (resumption)
+    assert events_of(got)[1] == json.loads(FILTERED)
+    assert (inspector.outcome.tools_removed, inspector.outcome.complete) == (1, True)
+    assert inspector.answered
 
 
 def test_sse_events_before_the_listing_are_not_held() -> None:
@@ -368,21 +251,11 @@ def test_sse_events_before_the_listing_are_not_held() -> None:
     assert inspector.body(LISTING[1:].encode() + b"\r\n\r\n", True) is not None
 
 
-def test_sse_listing_for_another_id_or_without_hidden_tools_passes_unchanged() -> None:
-    for inspector, stream in [
-        (ResponseInspector(ctx("tools/list", rid=2), hide(HIDDEN)), sse(LISTING)),
-        (ResponseInspector(ctx("tools/list"), hide("zzz")), sse(LISTING)),
-    ]:
-        assert run(inspector, chunked(stream, 5)) == stream
-        assert inspector.outcome.tools_removed == 0
-
-
 @pytest.mark.parametrize("size", [1, 7, 100_000])
 def test_json_listing_is_filtered_whole(size: int) -> None:
     inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
     got = run(inspector, chunked(LISTING.encode(), size), content_type="application/json")
     assert got == _cut(LISTING).encode()
-    assert json.loads(got) == json.loads(FILTERED)
 
 
 def test_json_listing_with_nothing_hidden_is_returned_byte_for_byte() -> None:
@@ -392,135 +265,274 @@ def test_json_listing_with_nothing_hidden_is_returned_byte_for_byte() -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b'{"jsonrpc":"2.0","id":1,"result":{"tools":[', b"\xff\xfe{}", b"<html>oops</html>"],
+    ("context", "media"),
+    [
+        (ctx("ping", rid="7"), "sse"),  # the SDK routed a listing to a ping with id "7"
+        (ctx("ping", rid="7"), "json"),
+        (ctx(None, rid=None), "sse"),  # a GET stream, or its Last-Event-ID replay
+        (ctx("tools/call", rid=3), "sse"),
+        (ctx("tools/list", rid=2), "sse"),  # a listing under another id
+    ],
 )
-def test_malformed_json_passes_unchanged_and_is_counted(body: bytes) -> None:
-    inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
-    assert run(inspector, chunked(body, 3), content_type="application/json") == body
-    assert inspector.outcome.unparsed == 1
-
-
-def test_malformed_sse_passes_unchanged_and_the_next_event_is_still_filtered() -> None:
-    stream = b"data: {not json\r\n\r\ndata: \xff\xfe\r\n\r\n" + sse(LISTING)
-    inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
-    got = run(inspector, chunked(stream, 9))
-    assert got.startswith(b"data: {not json\r\n\r\ndata: \xff\xfe\r\n\r\n")
+def test_every_answer_with_result_tools_is_filtered(context: ResponseContext, media: str) -> None:
+    message = listing([tool(HIDDEN), tool("a")], rid=7)
+    body = sse(message, ids=True) if media == "sse" else message.encode()
+    content_type = "text/event-stream" if media == "sse" else "application/json"
+    inspector = ResponseInspector(context, hide(HIDDEN))
+    got = run(inspector, chunked(body, 11), content_type=content_type)
     assert HIDDEN.encode() not in got
-    assert inspector.outcome.unparsed == 2 and inspector.outcome.tools_removed == 1
+    read = events_of(got) if media == "sse" else [json.loads(got)]
+    assert [names(m) for m in read] == [{"a"}]
 
 
-def test_over_the_bound_passes_through_unchanged() -> None:
-    big = listing([tool(HIDDEN)] + [tool(f"t{i}") for i in range(50)])
-    for content_type, body in [("application/json", big.encode()), ("text/event-stream", sse(big))]:
-        inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN), limit=1000)
-        assert run(inspector, chunked(body, 300), content_type=content_type) == body
-        assert inspector.outcome.oversized == 1 and inspector.outcome.tools_removed == 0
-
-
-def test_an_oversized_event_does_not_stop_filtering_the_next_one() -> None:
-    stream = sse('{"jsonrpc":"2.0","method":"x","params":{"p":"' + "y" * 2000 + '"}}', LISTING)
-    inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN), limit=1000)
-    got = run(inspector, chunked(stream, 256))
-    assert HIDDEN.encode() not in got and inspector.outcome.oversized == 1
+def test_a_json_listing_that_answers_another_id_is_an_error() -> None:
+    inspector = ResponseInspector(ctx("tools/list", rid=7), hide(HIDDEN))
+    got = run(inspector, [listing([tool("a")], rid="7").encode()], content_type="application/json")
+    error = json.loads(got)
+    assert error["id"] == 7 and error["error"]["code"] == -32603
+    assert "another request" in error["error"]["message"]
+    assert inspector.outcome.withheld == 1
 
 
 @pytest.mark.parametrize(
-    ("context", "status", "content_type"),
+    ("body", "why"),
     [
-        (ctx("tools/list", decision="deny"), 200, "application/json"),  # a sidecar denial
-        (ctx("tools/list", decision=None), 413, "application/json"),  # Envoy, before the check
-        (ctx("tools/list"), 503, "application/json"),  # an Envoy local reply after the allow
-        (ctx("tools/list"), 200, "text/html"),
-        (ctx("initialize"), 200, "text/event-stream"),
-        (ctx("tools/call"), 200, "application/json"),  # no reservation: nothing to do
-        (ResponseContext(), 200, "text/event-stream"),  # a GET stream, no metadata
+        (b'{"jsonrpc":"2.0","id":1,"result":{"tools":[', "not JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"<html>oops</html>", "not JSON"),
     ],
 )
-def test_responses_the_sidecar_leaves_alone(
-    context: ResponseContext, status: int, content_type: str
+def test_a_json_body_that_cannot_be_read_is_an_error_for_the_request(body: bytes, why: str) -> None:
+    inspector = ResponseInspector(ctx("tools/list", rid=4), hide(HIDDEN))
+    got = run(inspector, chunked(body, 3), content_type="application/json")
+    assert json.loads(got) == json.loads(withheld_error(4, why))
+    assert inspector.outcome.withheld == 1
+
+
+def test_an_sse_event_that_cannot_be_read_is_replaced_and_the_next_still_filtered() -> None:
+    stream = b"id: x1\r\ndata: {not json\r\n\r\ndata: \xff\xfe\r\n\r\n" + sse(LISTING)
+    inspector = ResponseInspector(ctx("tools/list", rid=1), hide(HIDDEN))
+    got = run(inspector, chunked(stream, 9))
+    first, second, third = events_of(got)
+    assert first["id"] == 1 and first["error"]["code"] == -32603  # the request's answer is due
+    assert second["id"] is None and "not UTF-8" in second["error"]["message"]
+    assert names(third) == {"a"}
+    assert got.startswith(b"id: x1\r\n")
+    assert inspector.outcome.withheld == 2 and inspector.outcome.tools_removed == 1
+
+
+BIG = listing([tool(HIDDEN)] + [tool(f"t{i}") for i in range(50)], rid=6)
+IMAGE = json.dumps(
+    {"jsonrpc": "2.0", "id": 6, "result": {"content": [{"type": "image", "data": "A" * 5000}]}}
+)
+
+
+@pytest.mark.parametrize("size", [1, 300, 100_000])
+def test_a_listing_over_the_bound_is_an_error_in_its_place(size: int) -> None:
+    stream = sse(PROGRESS, BIG, PROGRESS, ids=True)
+    inspector = ResponseInspector(ctx("tools/list", rid=6), hide(HIDDEN), limit=1000)
+    got = run(inspector, chunked(stream, size))
+    assert HIDDEN.encode() not in got and b"t7" not in got
+    progress, error, after = events_of(got)
+    assert progress == after == json.loads(PROGRESS)
+    assert error["id"] == 6 and "larger than 1 MiB" in error["error"]["message"]
+    assert inspector.outcome.oversized == 1 and inspector.outcome.withheld == 1
+    json_inspector = ResponseInspector(ctx("tools/list", rid=6), hide(HIDDEN), limit=1000)
+    got = run(json_inspector, chunked(BIG.encode(), size), content_type="application/json")
+    assert json.loads(got)["id"] == 6 and json.loads(got)["error"]["code"] == -32603
+
+
+@pytest.mark.parametrize("size", [1, 300, 100_000])
+def test_a_large_result_without_tools_passes_unchanged(size: int) -> None:
+    stream = sse(PROGRESS, IMAGE, ids=True)
+    for content_type, body in [("text/event-stream", stream), ("application/json", IMAGE.encode())]:
+        inspector = ResponseInspector(ctx("tools/call", rid=6), hide(HIDDEN), limit=1000)
+        assert run(inspector, chunked(body, size), content_type=content_type) == body
+        assert inspector.outcome.oversized == 1 and inspector.outcome.withheld == 0
+
+
+def test_tools_found_past_the_bound_end_the_message_and_nothing_of_them_passes() -> None:
+    late = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 6,
+            "result": {"content": [{"type": "text", "text": "y" * 3000}], "tools": [tool(HIDDEN)]},
+        }
+    )
+    stream = sse(late, PROGRESS)
+    inspector = ResponseInspector(ctx("ping", rid=6), hide(HIDDEN), limit=1000)
+    got = run(inspector, chunked(stream, 500))
+    assert HIDDEN.encode() not in got
+    cut, error, progress = events_of(got)
+    assert cut is None  # the message was ended where the tools began: it no longer parses
+    assert error["id"] == 6 and error["error"]["code"] == -32603
+    assert progress == json.loads(PROGRESS)
+    json_inspector = ResponseInspector(ctx("ping", rid=6), hide(HIDDEN), limit=1000)
+    got = run(json_inspector, chunked(late.encode(), 500), content_type="application/json")
+    assert HIDDEN.encode() not in got and got == late.encode()[: late.index('"tools": [') + 9]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding", "why"),
+    [
+        ("text/html", None, "neither JSON nor an event stream"),
+        ("application/octet-stream", None, "neither JSON nor an event stream"),
+        ("application/json", "gzip", "a compressed body"),
+    ],
+)
+def test_a_body_that_cannot_be_checked_is_refused(
+    content_type: str, encoding: str | None, why: str
+) -> None:
+    inspector = ResponseInspector(ctx("tools/list", rid=2), hide(HIDDEN))
+    plan = inspector.headers(200, content_type, False, content_encoding=encoding)
+    assert plan is Plan.REFUSE and inspector.refusal == (502, withheld_error(2, why))
+
+
+def test_a_body_without_a_content_type_is_read_as_json() -> None:
+    inspector = ResponseInspector(ctx("tools/list", rid=1), hide(HIDDEN))
+    assert json.loads(run(inspector, [LISTING.encode()], content_type="")) == json.loads(FILTERED)
+
+
+def test_fail_closed_ends_what_the_client_gets() -> None:
+    inspector = ResponseInspector(ctx("tools/list", rid=5), hide(HIDDEN))
+    inspector.headers(200, "text/event-stream", False)
+    assert inspector.body(sse(PROGRESS), False) is None
+    tail = inspector.fail_closed()
+    assert [m["id"] for m in events_of(tail)] == [5]
+    assert inspector.body(sse(LISTING), True) == b""
+    json_one = ResponseInspector(ctx("tools/list", rid=5), hide(HIDDEN))
+    json_one.headers(200, "application/json", False)
+    assert json.loads(json_one.fail_closed())["id"] == 5
+
+
+@pytest.mark.parametrize(
+    ("context", "status", "content_type", "details"),
+    [
+        (ctx("tools/list", decision="deny"), 200, "application/json", "ext_authz_denied"),
+        (ctx("tools/list", decision=None), 413, "application/json", "request_payload_too_large"),
+        (ctx("tools/list"), 503, "application/json", EARLY_RESET),  # Envoy's own reply
+        (ResponseContext(), 200, "text/event-stream", "via_upstream"),  # no metadata
+    ],
+)
+def test_responses_a_hiding_grant_leaves_alone(
+    context: ResponseContext, status: int, content_type: str, details: str
 ) -> None:
     inspector = ResponseInspector(context, hide(HIDDEN))
-    assert inspector.headers(status, content_type, False) is Plan.PASS
-    assert inspector.outcome.give_back is False
+    assert inspector.headers(status, content_type, False, details=details) is Plan.PASS
 
 
-# -- give-back ---------------------------------------------------------------------------
-
-RESULT = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
-IS_ERROR = '{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}'
-RPC_ERROR = '{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"Invalid"}}'
-OTHER_ERROR = '{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"Invalid"}}'
-
-
-ANSWERS = [
-    ([RESULT], False, "result"),
-    ([IS_ERROR], False, "result"),
-    ([PROGRESS, IS_ERROR], False, "result"),
-    ([RPC_ERROR], True, "jsonrpc_error"),
-    ([PROGRESS, RPC_ERROR], True, "jsonrpc_error"),
-    ([OTHER_ERROR], True, "no_response"),
-    ([PROGRESS], True, "no_response"),
-    ([RESULT, RPC_ERROR], False, "result"),  # the first answer counts
-]
-CASES = [(m, g, r, "sse") for m, g, r in ANSWERS] + [
-    (m, g, r, "json")
-    for m, g, r in ANSWERS
-    if len(m) == 1  # a JSON body is one message
-]
+@pytest.mark.parametrize(
+    ("context", "content_type"),
+    [
+        (ctx("tools/list"), "application/json"),
+        (ctx("initialize"), "text/event-stream"),
+        (ctx("tools/call"), "application/json"),  # no reservation
+        (ctx("ping", inflight="k"), "application/json"),  # the answer is the whole body
+    ],
+)
+def test_without_hiding_most_responses_pass(context: ResponseContext, content_type: str) -> None:
+    inspector = ResponseInspector(context, None)
+    assert inspector.headers(200, content_type, False) is Plan.PASS
 
 
-@pytest.mark.parametrize(("messages", "give_back", "reason", "media"), CASES)
-def test_give_back_follows_the_answer(
-    messages: list[str], give_back: bool, reason: str, media: str
+def test_a_session_request_answered_in_sse_is_observed_until_its_answer() -> None:
+    inspector = ResponseInspector(ctx("ping", rid=3, inflight="k"), None)
+    assert inspector.headers(200, "text/event-stream", False) is Plan.OBSERVE
+    assert inspector.body(sse(PROGRESS), False) is None and inspector.needs_body
+    assert inspector.body(sse('{"jsonrpc":"2.0","id":3,"result":{}}'), False) is None
+    assert not inspector.needs_body and inspector.answered
+
+
+# -- give-back: evidence that the call did not run ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "flags", "reason"),
+    [
+        (503, "upstream_reset_before_response_started{connection_failure}", UF, "not_delivered"),
+        (503, "no_healthy_upstream", UH, "not_delivered"),
+        (503, "upstream_reset_before_response_started{overflow}", 0x80, "not_delivered"),
+        (400, "via_upstream", 0, "refused"),
+        (404, "via_upstream", 0, "refused"),
+        (500, "via_upstream", 0, None),  # a JSON-response server's status comes after the run
+        (503, "via_upstream", 0, None),
+        (200, "via_upstream", 0, None),
+        (503, EARLY_RESET, UC, None),  # delivered, then the connection closed
+        (503, EARLY_RESET, UR, None),
+        (504, "upstream_response_timeout", UT, None),
+        (503, EARLY_RESET, UF | UR, None),  # a retry after a delivered attempt
+        (403, "ext_authz_denied", UAEX, None),
+        (400, None, None, None),  # no attributes from Envoy: no evidence
+        (503, EARLY_RESET, None, None),
+    ],
+)
+def test_give_back_evidence(
+    status: int, details: str | None, flags: int | None, reason: str | None
 ) -> None:
-    if media == "json":
-        body, content_type = messages[0].encode(), "application/json"
-    else:
-        body, content_type = sse(*messages), "text/event-stream"
+    assert give_back_evidence(status, details, flags) == reason
+    assert NOT_DELIVERED_FLAGS & UF
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "flags", "give_back", "reason"),
+    [
+        (
+            503,
+            EARLY_RESET.replace("remote_connection_failure", "connection_failure"),
+            UF,
+            True,
+            "not_delivered",
+        ),
+        (400, "via_upstream", 0, True, "refused"),
+        (500, "via_upstream", 0, False, "http_status"),
+        (503, EARLY_RESET, UC, False, "http_status"),
+    ],
+)
+def test_the_headers_decide_the_give_back(
+    status: int, details: str, flags: int, give_back: bool, reason: str
+) -> None:
     inspector = ResponseInspector(call_ctx())
-    assert run(inspector, chunked(body, 5), content_type=content_type) == body  # never changed
+    assert (
+        inspector.headers(status, "application/json", False, details=details, flags=flags)
+        is Plan.PASS
+    )
     assert (inspector.outcome.give_back, inspector.outcome.reason) == (give_back, reason)
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 400, 404])
-def test_an_http_error_status_gives_back_without_reading_the_body(status: int) -> None:
+RESULT = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
+IS_ERROR = '{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}'
+RPC_ERROR = '{"jsonrpc":"2.0","id":1,"error":{"code":-32800,"message":"Request cancelled"}}'
+
+
+@pytest.mark.parametrize(
+    ("messages", "reason"),
+    [
+        ([RESULT], "result"),
+        ([PROGRESS, IS_ERROR], "result"),
+        ([RPC_ERROR], "jsonrpc_error"),  # e.g. a cancelled call: the tool may have run
+        ([PROGRESS], "no_response"),
+    ],
+)
+@pytest.mark.parametrize("media", ["sse", "json"])
+def test_whatever_the_body_says_the_quota_stays(
+    messages: list[str], reason: str, media: str
+) -> None:
+    if media == "json" and len(messages) > 1:
+        return
+    body = sse(*messages) if media == "sse" else messages[0].encode()
+    content_type = "text/event-stream" if media == "sse" else "application/json"
     inspector = ResponseInspector(call_ctx())
-    assert inspector.headers(status, "application/json", False) is Plan.PASS
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (True, "http_status")
+    assert inspector.headers(200, content_type, False) is Plan.OBSERVE
+    assert run(ResponseInspector(call_ctx()), chunked(body, 5), content_type=content_type) == body
+    run(inspector := ResponseInspector(call_ctx()), chunked(body, 5), content_type=content_type)
+    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, reason)
 
 
-def test_a_stream_that_ends_early_gives_back() -> None:
+def test_a_stream_that_ends_early_keeps_the_quota() -> None:
     inspector = ResponseInspector(call_ctx())
     run(inspector, [sse(PROGRESS), b'event: message\r\ndata: {"jsonrpc"'], end=False)
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (True, "incomplete")
+    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, "incomplete")
     assert inspector.outcome.complete is False
-
-
-def test_a_stream_that_ends_after_the_result_keeps_the_quota() -> None:
-    inspector = ResponseInspector(call_ctx())
-    run(inspector, [sse(RESULT)], end=False)
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, "result")
-
-
-def test_an_unreadable_answer_keeps_the_quota() -> None:
-    for body, content_type in [
-        (b"data: {broken\r\n\r\n", "text/event-stream"),
-        (b"{broken", "application/json"),
-        (b"<html></html>", "text/html"),
-    ]:
-        inspector = ResponseInspector(call_ctx())
-        run(inspector, [body], content_type=content_type)
-        assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, "unparsed")
-    inspector = ResponseInspector(call_ctx(), limit=100)
-    run(inspector, [sse('{"jsonrpc":"2.0","id":1,"result":{"x":"' + "y" * 300 + '"}}')])
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, "unparsed")
-
-
-def test_no_body_at_all_gives_back() -> None:
-    inspector = ResponseInspector(call_ctx())
-    assert inspector.headers(200, "application/json", True) is Plan.PASS
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (True, "no_response")
 
 
 def test_no_give_back_without_a_reservation_or_for_a_denial() -> None:
@@ -530,40 +542,35 @@ def test_no_give_back_without_a_reservation_or_for_a_denial() -> None:
         call_ctx(reservation=Reservation()),
     ]:
         inspector = ResponseInspector(context)
-        assert inspector.headers(503, "application/json", False) is Plan.PASS
+        inspector.headers(503, "application/json", False, details=EARLY_RESET, flags=UF)
         assert inspector.outcome.give_back is False
 
 
-def test_a_compressed_body_is_opaque() -> None:
-    listing = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
-    assert listing.headers(200, "application/json", False, content_encoding="gzip") is Plan.PASS
-    call = ResponseInspector(call_ctx())
-    assert call.headers(200, "text/event-stream", False, content_encoding="br") is Plan.PASS
-    assert (call.outcome.give_back, call.outcome.reason, call.outcome.media) == (
-        False,
-        "unparsed",
-        "other",
-    )
-    plain = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
-    assert plain.headers(200, "application/json", False, content_encoding="identity") is Plan.FILTER
+def test_a_hiding_grants_call_is_filtered_and_its_quota_question_still_answered() -> None:
+    inspector = ResponseInspector(call_ctx(), hide(HIDDEN))
+    got = run(inspector, chunked(sse(PROGRESS, RESULT), 7))
+    assert got == sse(PROGRESS, RESULT)
+    assert inspector.plan is Plan.FILTER
+    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, "result")
 
 
-def test_give_up_returns_what_was_held() -> None:
-    inspector = ResponseInspector(ctx("tools/list"), hide(HIDDEN))
+def test_giving_up_an_observed_body_keeps_the_quota_and_owes_nothing() -> None:
+    inspector = ResponseInspector(call_ctx())
     inspector.headers(200, "application/json", False)
-    assert inspector.body(b'{"jsonrpc"', False) == b""
-    assert inspector.give_up() == b'{"jsonrpc"'
-    assert inspector.body(b":1}", True) is None
-    assert inspector.outcome.unparsed == 1
+    assert inspector.body(b'{"jsonrpc"', False) is None  # observing: passed as it came
+    inspector.give_up()
+    assert inspector.plan is Plan.PASS and inspector.body(b":1}", True) is None
+    assert inspector.outcome.unparsed == 1 and inspector.outcome.reason == "unparsed"
 
 
 # -- properties: any bytes, any chunking ---------------------------------------------------
 
 SSE_PIECES = st.sampled_from(
     [
-        *(b"data: ", b"event: message", b"event: ping", b"\r\n", b"\n", b"\r", b":", b" "),
-        *(b"{", b"}", b'"id":1', b"\xff", b"\x00"),
-        *(LISTING.encode(), RESULT.encode(), RPC_ERROR.encode()),
+        *(b"data: ", b"data:", b"id: 1", b"event: message", b"event: ping", b": c"),
+        *(b"\r\n", b"\n", b"\r", b":", b" ", b"{", b"}", b'"id":1', b"\xff", b"\x00"),
+        *(LISTING.encode(), RESULT.encode(), RPC_ERROR.encode(), BIG.encode()),
+        *(b'{"result":{"tools":[{"name":"image.generate.replicate"}]}}',),
     ]
 )
 
@@ -571,6 +578,9 @@ SSE_PIECES = st.sampled_from(
 def _replay(inspector: ResponseInspector, body: bytes, cuts: list[int], media: str) -> bytes:
     content_type = "text/event-stream" if media == "sse" else "application/json"
     plan = inspector.headers(200, content_type, end_of_stream=False)
+    if plan is Plan.REFUSE:
+        assert inspector.refusal is not None
+        return inspector.refusal[1].encode()
     bounds = sorted({min(c, len(body)) for c in cuts} | {len(body)})
     out, start = bytearray(), 0
     for end in bounds:
@@ -581,28 +591,31 @@ def _replay(inspector: ResponseInspector, body: bytes, cuts: list[int], media: s
     return bytes(out)
 
 
+def _readable_hidden(out: bytes, media: str) -> bool:
+    """Whether a client could read the hidden tool in a `result.tools` array."""
+    try:
+        read = events_of(out) if media == "sse" else [json.loads(out)]
+    except ValueError:
+        return False
+    return any(HIDDEN in names(m) for m in read if isinstance(m, dict))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     pieces=st.lists(SSE_PIECES, max_size=30),
-    cuts=st.lists(st.integers(0, 2000), max_size=8),
+    cuts=st.lists(st.integers(0, 6000), max_size=8),
     media=st.sampled_from(["sse", "json"]),
 )
-def test_any_body_any_chunking_never_raises_and_only_listings_change(
+def test_any_body_any_chunking_never_shows_a_hidden_tool(
     pieces: list[bytes], cuts: list[int], media: str
 ) -> None:
     body = b"".join(pieces)
-    # nothing hidden: every byte passes exactly as sent, however it is cut
-    same = ResponseInspector(ctx("tools/list"), hide("zzz"), limit=300)
-    assert _replay(same, body, cuts, media) == body
-    assert same.error is None
-    # give-back only reads
-    observer = ResponseInspector(call_ctx(), limit=300)
+    # nothing hidden and nothing to check: every byte passes exactly as sent
+    observer = ResponseInspector(call_ctx(), limit=1000)
     assert _replay(observer, body, cuts, media) == body
     assert observer.outcome.reason is not None and observer.error is None
-    # filtering: never raises, and only ever removes bytes
-    hider = ResponseInspector(ctx("tools/list"), hide(HIDDEN), limit=300)
+    # a grant that hides a tool: never raises, never lets a client read it
+    hider = ResponseInspector(ctx("tools/list"), hide(HIDDEN), limit=1000)
     out = _replay(hider, body, cuts, media)
     assert hider.error is None
-    assert len(out) <= len(body)
-    if not hider.outcome.tools_removed:
-        assert out == body
+    assert not _readable_hidden(out, media)
