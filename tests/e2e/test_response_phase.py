@@ -5,9 +5,11 @@ JSON (`--json-response`), with the SDK client in both protocol eras. Pagination 
 against a small paginating MCP server (the real SDK's low-level `Server`) started here.
 
 - tools/list: a grant sees exactly what its policy does not hide; other grants see all.
-- Give-back: a call the upstream fails (a JSON-RPC error, a 5xx, a reset) returns its quota,
-  so failures never use up a limit; a result, `isError: true` included, keeps it. Each
-  response is one audit event under the request's decision id.
+- Give-back: a call Envoy could not deliver (the upstream is down) or the server refused
+  (an HTTP 4xx) returns its quota; everything else keeps it: a result (`isError: true`
+  included), a JSON-RPC error, a 5xx or reset after the request was delivered. Each response
+  is one audit event under the request's decision id. (tests/e2e/test_quota_evidence.py:
+  cancel, DELETE, disconnect and id collisions.)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from authz.grants import hash_token
-from authz.response import filter_tools_list
+from authz.listing import filter_tools
 from authz.stack import LOOPBACK, Stack
 from imagegen_upstream.testing import serve_in_thread
 from tests.e2e.conftest import executed, mcp_client, token_for, wait_for_fresh_window
@@ -231,7 +233,7 @@ def test_listings_keep_every_other_byte(stack: Stack) -> None:
     assert through_envoy(stack, "viewer", body, headers) == direct  # nothing hidden: as sent
     hidden = through_envoy(stack, "hider", body, headers)
     assert hidden != direct
-    expected, removed = filter_tools_list(direct.decode(), 5, lambda name: name == REPLICATE)
+    expected, removed, _ = filter_tools(direct.decode(), lambda name: name == REPLICATE)
     assert removed == 1 and hidden == expected.encode()
     assert json.loads(hidden)["result"] == {
         **json.loads(direct)["result"],
@@ -384,32 +386,46 @@ def runs_of(stack: Stack, grant: str) -> int:
 
 
 @pytest.mark.parametrize("era", ERAS)
-async def test_jsonrpc_errors_return_their_quota_results_keep_it(stack: Stack, era: str) -> None:
+async def test_a_refused_call_returns_its_quota_an_error_answer_keeps_it(
+    stack: Stack, era: str
+) -> None:
+    """Invalid params: the 2026-07-28 transport refuses the request with HTTP 400 before it
+    runs anything (evidence: the quota goes back); the handshake era answers a JSON-RPC error
+    in a 200 (no evidence: an SDK answers a cancelled call the same way after the tool ran,
+    so the quota stays)."""
     grant = f"rpc-error-{mode_of(stack)}-{era}"
+    refused = era != "legacy"
     wait_for_fresh_window(25)
     async with mcp_client(stack, token_for(grant), mode=era) as client:
-        for _ in range(3):  # more failures than the limit (2 a minute)
+        attempts = 3 if refused else 1  # refused: more than the limit (2 a minute)
+        for _ in range(attempts):
             with pytest.raises(MCPError) as failed:
                 await client.session.send_request(invalid_call(), types.CallToolResult)
             assert failed.value.error.code == -32602
-        failures = responses_of(stack, grant, "tools/call", 3)
+        failures = responses_of(stack, grant, "tools/call", attempts)
         assert runs_of(stack, grant) == 0
         ok = await client.call_tool(GEMINI, {"prompt": "a fox"})
         assert not ok.is_error
-        tool_error = await client.call_tool(GEMINI, {"prompt": "[offline:error] a fox"})
-        assert tool_error.is_error  # a completed call: it keeps its quota
-    assert runs_of(stack, grant) == 2
+        if refused:
+            tool_error = await client.call_tool(GEMINI, {"prompt": "[offline:error] a fox"})
+            assert tool_error.is_error  # a completed call: it keeps its quota
+    assert runs_of(stack, grant) == (2 if refused else 1)
     assert_limit_reached(stack, grant)
 
     for event in failures:
-        assert event["give_back"] is True and event["released"] is True
-        # 2026-07-28: the SDK answers invalid params with HTTP 400; handshake era: a
-        # JSON-RPC error in a 200 response
-        assert event["reason"] in ("jsonrpc_error", "http_status"), event
-    kept = responses_of(stack, grant, "tools/call", 2)
+        if refused:
+            assert (event["status"], event["give_back"], event["reason"]) == (400, True, "refused")
+            assert event["released"] is True and event["origin"] == "via_upstream"
+        else:
+            assert (event["status"], event["give_back"], event["reason"]) == (
+                200,
+                False,
+                "jsonrpc_error",
+            )
+    kept = responses_of(stack, grant, "tools/call", 2 if refused else 1)
     assert [(e["give_back"], e["reason"], e["released"]) for e in kept] == [
         (False, "result", None)
-    ] * 2
+    ] * len(kept)
 
 
 async def call_until_upstream_dies(stack: Stack, grant: str, era: str) -> None:
@@ -435,41 +451,56 @@ async def call_until_upstream_dies(stack: Stack, grant: str, era: str) -> None:
 
 
 @pytest.mark.parametrize("era", ERAS)
-async def test_a_call_the_upstream_dies_in_returns_its_quota(stack: Stack, era: str) -> None:
+async def test_a_call_the_upstream_dies_in_keeps_its_quota(stack: Stack, era: str) -> None:
+    """The request was delivered and the tool ran (the provider may have been paid): a reset
+    or a 5xx after delivery is no evidence that it did not run."""
     grant = f"killed-{mode_of(stack)}-{era}"
     wait_for_fresh_window(40)
     await call_until_upstream_dies(stack, grant, era)
     [died] = responses_of(stack, grant, "tools/call", 1)
-    assert died["give_back"] is True and died["released"] is True
+    assert died["give_back"] is False and died["released"] is None
     # Before the response started (JSON; a 2026-07-28 answer not yet committed to SSE),
-    # Envoy answers 503; once an SSE response started, the stream is reset.
+    # Envoy answers 503 (reset: flag UC/UR); once an SSE response started, the stream is
+    # reset.
     if died["reason"] == "http_status":
-        assert died["status"] >= 500
+        assert died["status"] >= 500 and died["origin"] != "via_upstream"
     else:
         assert (died["reason"], died["status"], died["complete"]) == ("incomplete", 200, False)
+    async with mcp_client(stack, token_for(grant), mode=era) as client:
+        assert not (await client.call_tool(GEMINI, {"prompt": "one"})).is_error
+    assert_limit_reached(stack, grant)
+
+
+def calls_while_upstream_down(stack: Stack, grant: str, count: int) -> None:
+    stack.kill("upstream")
+    try:
+        body, headers = stateless_call(1)
+        for _ in range(count):
+            status, _, reply = stack.post_raw(
+                body, headers={**headers, "authorization": f"Bearer {token_for(grant)}"}
+            )
+            assert status == 503, reply  # not delivered (flag UF)
+            assert b"was not delivered" in reply
+    finally:
+        stack.restart("upstream")
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_upstream_down_returns_the_quota(stack: Stack, era: str) -> None:
+    """Envoy never delivered the call (connection refused: flag UF): the legit give-back."""
+    grant = f"down-{mode_of(stack)}-{era}"
+    wait_for_fresh_window(25)
+    calls_while_upstream_down(stack, grant, 3)
+    events = responses_of(stack, grant, "tools/call", 3)
+    assert {(e["status"], e["give_back"], e["reason"], e["released"]) for e in events} == {
+        (503, True, "not_delivered", True)
+    }
+    assert all(e["origin"].startswith("upstream_reset_before_response_started") for e in events)
+    assert runs_of(stack, grant) == 0
     async with mcp_client(stack, token_for(grant), mode=era) as client:
         for prompt in ("one", "two"):  # the full limit is still there
             assert not (await client.call_tool(GEMINI, {"prompt": prompt})).is_error
     assert_limit_reached(stack, grant)
-
-
-def test_upstream_down_returns_the_quota(stack: Stack) -> None:
-    grant = f"down-{mode_of(stack)}-legacy"
-    wait_for_fresh_window(20)
-    stack.kill("upstream")
-    try:
-        body, headers = stateless_call(1)
-        for _ in range(3):
-            status, _, _ = stack.post_raw(
-                body, headers={**headers, "authorization": f"Bearer {token_for(grant)}"}
-            )
-            assert status == 503  # not delivered (flag UF)
-    finally:
-        stack.restart("upstream")
-    events = responses_of(stack, grant, "tools/call", 3)
-    assert {(e["status"], e["give_back"], e["reason"]) for e in events} == {
-        (503, True, "http_status")
-    }
 
 
 # -- the shared (Redis) store -----------------------------------------------------------------
@@ -493,10 +524,8 @@ async def test_give_back_with_redis_and_two_replicas(redis_stack: Stack, era: st
     reservation travels in the metadata, and either replica can give it back."""
     grant = f"redis-sse-{era}"
     wait_for_fresh_window(25)
+    calls_while_upstream_down(redis_stack, grant, 4)
     async with mcp_client(redis_stack, token_for(grant), mode=era) as client:
-        for _ in range(4):
-            with pytest.raises(MCPError):
-                await client.session.send_request(invalid_call(), types.CallToolResult)
         for prompt in ("one", "two"):
             assert not (await client.call_tool(GEMINI, {"prompt": prompt})).is_error
     assert_limit_reached(redis_stack, grant)
