@@ -12,11 +12,13 @@ Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the
   or the data of one SSE event) is read whole when it fits `MAX_HELD_BYTES` and loses the
   hidden elements of every `result.tools` array (`authz.listing.filter_tools`; all other
   bytes are kept). What cannot be checked fails closed, as a JSON-RPC error in its place
-  (`Outcome.withheld`): a message that is not UTF-8 or not JSON, a body that is neither JSON
-  nor SSE (REFUSE: the sidecar answers instead of the server), a JSON answer to a
-  `tools/list` that answers another id, and a message over the bound that reaches a
-  `result.tools` array (found by `authz.listing.ToolsScanner` while the message streams on;
-  a large tool result without one, an image say, passes).
+  (`Outcome.withheld`): a message over the bound that reaches a `result.tools` array (found
+  by `authz.listing.ToolsScanner` while the message streams on; a large tool result without
+  one, an image say, passes), a JSON answer to a `tools/list` that answers another id, and,
+  in a 2xx response or any answer to a `tools/list`, a message that is not UTF-8 or not
+  JSON and a body that is neither JSON nor SSE (REFUSE: the sidecar answers instead of the
+  server). An error page (the server's 421 for a wrong Host, say) is no message a client
+  reads, and passes.
 - **Give-back** (an allowed `tools/call` that took quota) needs evidence that the server
   did not run the call, from the response headers and Envoy's attributes:
   `response.code_details` other than `via_upstream` with a response flag saying the request
@@ -239,6 +241,8 @@ class ResponseInspector:
         self._long: _LongEvent | None = None
         self._withholding = False
         """Everything from here on is dropped (a JSON body was cut)."""
+        self._strict = True
+        """A message that cannot be read is withheld (False: passed as it came)."""
         self._done = False
         self.error: Exception | None = None
         """An unexpected error while reading the body (a bug; logged by the edge)."""
@@ -310,8 +314,14 @@ class ResponseInspector:
         if not ctx.allowed or not has_body:
             self.plan = Plan.PASS
         elif self.hides is not None and upstream:
+            # What cannot be read fails closed for an answer a client reads as a message
+            # (a 2xx, or anything that answers a tools/list); an error page (the server's
+            # 421 for a wrong Host, say) is not a message and passes as it is.
+            self._strict = ok or ctx.method == TOOLS_LIST
             if out.media != "other":  # JSON, SSE, or no content type (read as JSON)
                 self.plan = Plan.FILTER
+            elif not self._strict:
+                self.plan = Plan.PASS
             elif (content_encoding or "").strip().lower() not in ("", "identity"):
                 self._refuse("a compressed body")
             else:
@@ -503,7 +513,7 @@ class ResponseInspector:
     def _filter_json(self, chunk: bytes, end_of_stream: bool) -> bytes:
         if self._scanner is not None:  # over the bound: streaming on, scanned
             cut = self._scanner.feed(chunk)
-            if self._scanner.found or self._scanner.broken:
+            if self._scanner.found or (self._scanner.broken and self._strict):
                 self._withholding = True
                 self.outcome.withheld += 1
                 return chunk[: cut or 0] if self._scanner.found else b""
@@ -513,7 +523,7 @@ class ResponseInspector:
             self.outcome.oversized += 1
             scanner = ToolsScanner()
             scanner.feed(bytes(self._held))
-            if scanner.found or scanner.broken:
+            if scanner.found or (scanner.broken and self._strict):
                 self._held.clear()
                 self._withholding = True
                 return self._json_error("larger than 1 MiB")
@@ -529,14 +539,14 @@ class ResponseInspector:
             text = original.decode("utf-8")
         except UnicodeDecodeError:
             self.outcome.unparsed += 1
-            return self._json_error("not UTF-8")
+            return self._json_error("not UTF-8") if self._strict else original
         if not text.strip():
             return original
         try:
             new, removed, message = filter_tools(text, self._hides)
         except Exception as exc:
             self._unreadable(exc)
-            return self._json_error("not JSON")
+            return self._json_error("not JSON") if self._strict else original
         ctx = self.context
         if (
             ctx.method == TOOLS_LIST
@@ -582,14 +592,14 @@ class ResponseInspector:
             _, data = event_payload(raw)
         except Exception as exc:
             self._unreadable(exc)
-            return self._event_error(raw, None, "not UTF-8")
+            return self._event_error(raw, None, "not UTF-8") if self._strict else raw
         if data is None or not data.strip():
             return raw
         try:
             new, removed, message = filter_tools(data, self._hides)
         except Exception as exc:
             self._unreadable(exc)
-            return self._event_error(raw, None, "not JSON")
+            return self._event_error(raw, None, "not JSON") if self._strict else raw
         self._note(message)
         if not removed:
             return raw
@@ -612,7 +622,7 @@ class ResponseInspector:
         if not long.skipping:
             cut = long.reader.feed(raw)
             scanner = long.scanner
-            if scanner.found or scanner.broken:
+            if scanner.found or (scanner.broken and self._strict):
                 long.skipping = True
                 why = "larger than 1 MiB" if scanner.found else "not JSON"
                 if not long.started:  # nothing of it went out: the error replaces it

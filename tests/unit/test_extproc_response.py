@@ -388,6 +388,28 @@ def test_a_body_that_cannot_be_checked_is_refused(
     assert plan is Plan.REFUSE and inspector.refusal == (502, withheld_error(2, why))
 
 
+@pytest.mark.parametrize(
+    ("method", "status", "content_type", "body", "withheld"),
+    [
+        ("tools/call", 421, "", b"Invalid Host header", False),  # an error page
+        ("tools/call", 421, "text/plain", b"Invalid Host header", False),
+        ("ping", 500, "application/json", b"Internal Server Error", False),
+        ("tools/list", 421, "", b"Invalid Host header", True),  # answers a tools/list
+        ("tools/list", 400, "text/plain", b"bad", True),
+        ("ping", 200, "", b"not json", True),  # a 2xx: read as a message
+    ],
+)
+def test_what_cannot_be_read_fails_closed_for_messages_a_client_reads(
+    method: str, status: int, content_type: str, body: bytes, withheld: bool
+) -> None:
+    inspector = ResponseInspector(ctx(method, rid=2), hide(HIDDEN))
+    got = run(inspector, chunked(body, 4), status=status, content_type=content_type)
+    assert (got != body) is withheld
+    assert (inspector.outcome.withheld == 1) is withheld
+    if withheld:
+        assert json.loads(got)["error"]["code"] == -32603
+
+
 def test_a_body_without_a_content_type_is_read_as_json() -> None:
     inspector = ResponseInspector(ctx("tools/list", rid=1), hide(HIDDEN))
     assert json.loads(run(inspector, [LISTING.encode()], content_type="")) == json.loads(FILTERED)
