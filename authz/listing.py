@@ -282,7 +282,6 @@ def filter_tools(text: str, hides: Hides) -> tuple[str, int, Any]:
 
 _B_WS: Final = re.compile(rb"[ \t\n\r]*")
 _B_OPAQUE_STOP: Final = re.compile(rb'["\[\]{}]')
-_B_STRING_STOP: Final = re.compile(rb'["\\]')
 _B_SCALAR: Final = re.compile(rb'[^ \t\n\r,\]}:\[{"]*')
 _MAX_KEY: Final = 64
 """Encoded bytes kept of a key: `"id"`, `"result"` and `"tools"` fit even fully escaped."""
@@ -378,11 +377,11 @@ class ToolsScanner:
                 self._buf += data[i : i + 1]
             self._escape = False
             return i + 1
-        match = _B_STRING_STOP.search(data, i)
-        end = len(data) if match is None else match.start()
+        stops = [at for at in (data.find(b'"', i), data.find(b"\\", i)) if at >= 0]
+        end = min(stops) if stops else len(data)  # memchr: a long string (base64) is fast
         if keep and len(self._buf) <= _MAX_KEY + _MAX_ID:
             self._buf += data[i:end]
-        if match is None:
+        if not stops:
             return end
         if data[end] == 0x5C:  # backslash
             if keep:

@@ -30,7 +30,6 @@ __all__ = [
 _EOL: Final = re.compile(rb"[\r\n]")
 _LINE: Final = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|\Z)")
 _FIELD: Final = re.compile(rb"[^:\r\n]*")
-_TO_EOL: Final = re.compile(rb"[^\r\n]*")
 
 
 class Segment(enum.Enum):
@@ -67,6 +66,10 @@ class SseSplitter:
 
     def _boundaries(self, data: bytes) -> list[int]:
         """Offsets in `data` just after each blank line (the end of an event)."""
+        if b"\n" not in data and b"\r" not in data:  # a piece of a long line (base64, say)
+            if data:
+                self._line_empty, self._after_cr = False, False
+            return []
         ends: list[int] = []
         pos = 0
         for match in _EOL.finditer(data):
@@ -199,6 +202,12 @@ def rewrite_event(raw: bytes, data: str) -> bytes:
     return bytes(out)
 
 
+def _line_end(raw: bytes, i: int) -> int:
+    """The offset of the first CR or LF at or after `i` (len(raw) without one)."""
+    ends = [end for end in (raw.find(b"\r", i), raw.find(b"\n", i)) if end >= 0]
+    return min(ends) if ends else len(raw)
+
+
 class SseDataReader:
     """The data of one event, read piece by piece, fed to `scanner` (data lines joined by
     LF, as a client joins them). `feed(raw)` returns the offset in `raw` where the scanner
@@ -241,9 +250,7 @@ class SseDataReader:
                 if self._state == "data":
                     self._data_line()
             else:
-                match = _TO_EOL.match(raw, i)
-                assert match is not None
-                end = match.end()
+                end = _line_end(raw, i)
                 if self._state == "data" and end > i:
                     cut = self.scanner.feed(raw[i:end])
                     if cut is not None:
