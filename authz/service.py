@@ -466,7 +466,8 @@ class Authorizer:
         if http.partial_body:
             return Decision.deny(
                 DenyKind.TOO_LARGE,
-                "request body is larger than the sidecar accepts (it arrived truncated); the call was not run",
+                "request body is larger than the sidecar accepts (it arrived truncated); "
+                "the call was not run",
                 rule="(body)",
             )
         encoding = http.headers.get("content-encoding", "identity").strip().lower()
