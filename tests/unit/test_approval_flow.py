@@ -311,6 +311,83 @@ async def test_store_failure_fails_closed(config_dir: Path, clock: Clock) -> Non
     assert verdict.decision.rule == "(approvals)"
 
 
+class RacedStore(MemoryApprovalStore):
+    """An identical call uses the approval between this call's reservation and its consume
+    (what the losing replica sees when two approved retries race)."""
+
+    raced = 0
+
+    async def consume(self, approval_id: str, binding: str, now: float) -> bool:
+        if self.raced == 0:
+            self.raced += 1
+            assert await super().consume(approval_id, binding, now)  # the other call wins
+        return await super().consume(approval_id, binding, now)
+
+
+class ConsumeFails(MemoryApprovalStore):
+    async def consume(self, approval_id: str, binding: str, now: float) -> bool:
+        raise ConnectionError("down")
+
+
+async def _approved_big_call(authorizer: Authorizer, store: MemoryApprovalStore) -> str:
+    held = await _check(authorizer, _body(prompt="x", width=2048))
+    assert held.decision.ticket is not None
+    approval_id = held.decision.ticket.id
+    await store.decide(approval_id, approve=True, approver="a", reason=None, now=1_000_000.0)
+    return approval_id
+
+
+async def _remaining_quota(authorizer: Authorizer) -> int:
+    """Small calls (no approval needed) allowed until the limit of 2 an hour denies one."""
+    for allowed, rid in enumerate(range(100, 105)):
+        verdict = await _check(authorizer, _body(rid=rid, prompt="x", width=10))
+        if not verdict.decision.allowed:
+            assert verdict.decision.kind is DenyKind.RATE_LIMITED, verdict.decision
+            return allowed
+    raise AssertionError("the limit never denied")
+
+
+async def test_an_approved_call_that_loses_the_race_gives_its_quota_back(
+    config_dir: Path, clock: Clock
+) -> None:
+    store = RacedStore()
+    counters = MemoryCounterStore()
+    authorizer = Authorizer(ConfigSource.open(config_dir), counters, clock=clock, approvals=store)
+    approval_id = await _approved_big_call(authorizer, store)
+    lost = await _check(authorizer, _body(prompt="x", width=2048))
+    # held again under a new approval, and the quota it had reserved is back
+    assert lost.decision.kind is DenyKind.APPROVAL_REQUIRED, lost.decision
+    assert lost.decision.ticket is not None and lost.decision.ticket.id != approval_id
+    assert lost.decision.reservation is None
+    assert (await store.get(approval_id, clock.now)).status is ApprovalStatus.USED
+    assert await _remaining_quota(authorizer) == 2
+
+
+async def test_a_store_error_at_consume_gives_the_quota_back(
+    config_dir: Path, clock: Clock
+) -> None:
+    store = ConsumeFails()
+    authorizer = Authorizer(
+        ConfigSource.open(config_dir), MemoryCounterStore(), clock=clock, approvals=store
+    )
+    approval_id = await _approved_big_call(authorizer, store)
+    failed = await _check(authorizer, _body(prompt="x", width=2048))
+    assert failed.decision.kind is DenyKind.UNAVAILABLE and failed.decision.rule == "(approvals)"
+    assert failed.decision.reservation is None
+    assert (await store.get(approval_id, clock.now)).status is ApprovalStatus.APPROVED
+    assert await _remaining_quota(authorizer) == 2
+
+
+async def test_an_approved_call_that_runs_keeps_its_quota(
+    authorizer: Authorizer, store: MemoryApprovalStore, clock: Clock
+) -> None:
+    approval_id = await _approved_big_call(authorizer, store)
+    ran = await _check(authorizer, _body(prompt="x", width=2048))
+    assert ran.decision.allowed and ran.decision.reservation is not None
+    assert (await store.get(approval_id, clock.now)).status is ApprovalStatus.USED
+    assert await _remaining_quota(authorizer) == 1  # the approved call took one of the two
+
+
 async def test_past_the_grants_cap_a_new_held_call_is_a_policy_denial(
     config_dir: Path, clock: Clock
 ) -> None:

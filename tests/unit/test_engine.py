@@ -374,6 +374,50 @@ CASES += [
         False,
         D0,
     ),
+    # the "*" entry's require/deny_if/rules still apply when the tool's own entry allows
+    *[
+        Case(
+            f"wildcard-{section}-beside-an-allowing-own-entry-{'holds' if ok else 'denies'}",
+            {"version": "1", "default": "deny", "tools": {"t": {}, "*": star}},
+            call("t", {"ok": ok}),
+            ok,
+            None if ok else f"/tools/*/{section}/0",
+        )
+        for section, star in [
+            ("require", {"require": [{"conditions": [cond("args.ok", "eq", True)]}]}),
+            ("deny_if", {"deny_if": [{"conditions": [cond("args.ok", "eq", False)]}]}),
+            ("rules", {"rules": [{"name": "ok", "conditions": [cond("args.ok", "eq", True)]}]}),
+        ]
+        for ok in (True, False)
+    ],
+    Case(
+        "wildcard-deny-action-beside-an-own-entry",
+        {
+            "version": "1",
+            "tools": {
+                "t": {"limits": [{"counter": "c", "window": "minute", "max": 5}]},
+                "*": {"rules": [{"name": "off", "action": "deny"}]},
+            },
+        },
+        call("t"),
+        False,
+        "/tools/*/rules/0",
+        "tool 't' denied by rule 'off'",
+    ),
+    Case(
+        "own-entry-passes-then-wildcard-denies",
+        {
+            "version": "1",
+            "tools": {
+                "t": {"require": [{"conditions": [cond("args.ok", "eq", True)]}]},
+                "*": {"deny_if": [{"conditions": [], "on_deny": "closed for maintenance"}]},
+            },
+        },
+        call("t", {"ok": True}),
+        False,
+        "/tools/*/deny_if/0",
+        "closed for maintenance",
+    ),
     # seed
     Case("seed-allows-gemini", {}, call(GEM, {"prompt": "cat"}), True),
     Case("seed-denies-others", {}, call("image.generate.other"), False, "(default deny)"),
@@ -1058,3 +1102,81 @@ def test_approve_if_holds_on_true_or_unknown(
     if held:
         assert decision.approval is not None
         assert decision.approval.rule == "/tools/t/approve_if/0"
+
+
+# -- approval rules: the tool's own entry, then "*" ---------------------------------------------
+
+HOLDS = [cond("args.amount", "gt", 100)]
+
+
+@pytest.mark.parametrize(
+    ("own", "star", "amount", "rule"),
+    [
+        # "*" asks for approval although the tool has an entry of its own
+        ({}, {"approve_if": [{"conditions": HOLDS}]}, 500, "/tools/*/approve_if/0"),
+        ({}, {"require_approval": True}, 5, "/tools/*/require_approval"),
+        (
+            {"limits": [limit("c")], "deny_if": [{"conditions": [cond("args.x", "eq", 1)]}]},
+            {"approve_if": [{"conditions": HOLDS}]},
+            500,
+            "/tools/*/approve_if/0",
+        ),
+        # the own entry's rule does not hold: "*" still does
+        (
+            {"approve_if": [{"conditions": [cond("args.amount", "gt", 1000)]}]},
+            {"approve_if": [{"conditions": HOLDS}]},
+            500,
+            "/tools/*/approve_if/0",
+        ),
+        (
+            {"approve_if": [{"conditions": HOLDS}]},
+            {"require_approval": True},
+            5,
+            "/tools/*/require_approval",
+        ),
+        # both hold: the own entry's rule is the one that asks
+        (
+            {"approve_if": [{"conditions": HOLDS}]},
+            {"require_approval": True},
+            500,
+            "/tools/t/approve_if/0",
+        ),
+        (
+            {"require_approval": True},
+            {"approve_if": [{"conditions": HOLDS}]},
+            500,
+            "/tools/t/require_approval",
+        ),
+        # neither holds
+        ({}, {"approve_if": [{"conditions": HOLDS}]}, 5, None),
+    ],
+)
+def test_approval_rules_of_the_own_entry_then_the_star_entry(
+    own: dict[str, Any], star: dict[str, Any], amount: int, rule: str | None
+) -> None:
+    policy = {"version": "1", "default": "deny", "tools": {"t": own, "*": star}}
+    decision = decide(load_policy(policy, name="p"), GRANT, call("t", {"amount": amount}))
+    assert decision.allowed, decision
+    assert (decision.approval.rule if decision.approval is not None else None) == rule
+
+
+def test_a_call_the_star_entry_denies_is_never_put_to_a_person() -> None:
+    policy = {
+        "version": "1",
+        "tools": {
+            "t": {"require_approval": True},
+            "*": {"deny_if": [{"conditions": [cond("args.amount", "gt", 100)]}]},
+        },
+    }
+    decision = decide(load_policy(policy, name="p"), GRANT, call("t", {"amount": 500}))
+    assert not decision.allowed and decision.approval is None
+    assert decision.rule == "/tools/*/deny_if/0"
+
+
+def test_a_tool_named_star_is_judged_by_the_star_entry_once() -> None:
+    policy = {
+        "version": "1",
+        "tools": {"*": {"limits": [limit("c")], "rules": [{"rate_limit": "9/minute"}]}},
+    }
+    claims = claims_for(policy, call("*"))
+    assert [c.rule for c in claims] == ["/tools/*/limits/c", "/tools/*/rules/0"]

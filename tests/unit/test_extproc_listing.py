@@ -268,6 +268,26 @@ def test_never_callable_under_default_allow_and_the_star_entry() -> None:
     assert never_callable(star, "anything")
 
 
+@pytest.mark.parametrize(
+    ("star", "never"),
+    [
+        ({"deny_if": [{"conditions": []}]}, True),
+        ({"rules": [{"name": "off", "action": "deny"}]}, True),
+        ({"deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 1}]}]}, False),
+        ({"rules": [{"rate_limit": "5/minute"}]}, False),
+        ({}, False),
+    ],
+)
+def test_the_star_entry_counts_beside_a_tools_own_entry(star: dict[str, Any], never: bool) -> None:
+    policy = load_policy(
+        {"version": "1", "hide_denied": True, "tools": {"a": {}, "*": star}}, name="s"
+    )
+    assert never_callable(policy, "a") is never
+    assert never_callable(policy, "unlisted") is never
+    hides = listing_filter(policy)
+    assert hides is not None and hides("a") is never
+
+
 # -- ToolsScanner: a message read piece by piece ------------------------------------------
 
 
