@@ -59,6 +59,29 @@ POLICIES: dict[str, Any] = {
         },
     },
     "reloadable": {"version": "1", "default": "deny"},
+    "star": {
+        "version": "1",
+        "default": "deny",
+        "tools": {
+            "image.generate.gemini": {},
+            "*": {
+                "deny_if": [
+                    {
+                        "conditions": [
+                            {"path": "args.prompt", "op": "regex", "value": "(?i)forbidden"}
+                        ],
+                        "on_deny": "no tool may draw this",
+                    }
+                ],
+                "require": [
+                    {
+                        "conditions": [{"path": "args.filenameHint", "op": "eq", "value": "ok"}],
+                        "on_deny": "every call names its file ok",
+                    }
+                ],
+            },
+        },
+    },
     "strict": {
         "version": "1",
         "default": "deny",
@@ -79,6 +102,7 @@ GRANTS = {
     "reload": "reloadable",
     "eras": "open",
     "strict": "strict",
+    "star": "star",
 }
 
 

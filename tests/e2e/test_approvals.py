@@ -60,6 +60,16 @@ POLICY: dict[str, Any] = {
             ],
         },
         OPENAI: {"require_approval": {"ttl": 2}},
+        "*": {
+            "approve_if": [
+                {
+                    "name": "flagged files",
+                    "conditions": [
+                        {"path": "args.filenameHint", "op": "eq", "value": "needs-a-person"}
+                    ],
+                }
+            ]
+        },
     },
 }
 
@@ -210,6 +220,26 @@ async def test_held_approved_runs_once_then_held_again(stack: Stack) -> None:
     assert "coffee shop" not in log_text  # argument values are never logged
 
 
+async def test_the_star_entry_holds_a_call_beside_the_tools_own_entry(stack: Stack) -> None:
+    """gemini's own approve_if does not hold (no logo); the "*" entry's does."""
+    args = {"prompt": "a plain cat", "filenameHint": "needs-a-person"}
+    before = runs(stack, GEMINI, "agent-a")
+    held = await call(stack, "agent-a", GEMINI, args)
+    first = approval_id(held)
+    assert "needs a person's approval (flagged files)" in text_of(held)
+    assert runs(stack, GEMINI, "agent-a") == before
+    status, shown, _ = admin(stack.admin_url, "GET", f"/approvals/{first}")
+    assert status == 200 and shown["rule"] == "/tools/*/approve_if/0", shown
+    assert cli(stack, "approve", first).returncode == 0
+    ran = await call(stack, "agent-a", GEMINI, args)
+    assert not ran.is_error, text_of(ran)
+    assert runs(stack, GEMINI, "agent-a") == before + 1
+    # without the flag, the own entry alone decides: no person is asked
+    plain = await call(stack, "agent-a", GEMINI, {"prompt": "a plain cat"})
+    assert not plain.is_error, text_of(plain)
+    assert runs(stack, GEMINI, "agent-a") == before + 2
+
+
 async def test_changed_arguments_are_not_approved(stack: Stack) -> None:
     args = {"prompt": "a logo for a bakery"}
     first = approval_id(await call(stack, "agent-a", GEMINI, args))
@@ -297,15 +327,37 @@ def test_admin_api_requires_the_approver_credential(stack: Stack) -> None:
         assert response.status == 200
 
 
-def test_admin_api_errors_name_the_problem(stack: Stack) -> None:
-    status, body, _ = admin(stack.admin_url, "GET", "/approvals/apr_ffffffffffffffffffffffff")
-    assert status == 404 and "error" in body
-    status, body, _ = admin(stack.admin_url, "GET", "/approvals/not-an-id")
-    assert status == 404
-    status, body, _ = admin(
-        stack.admin_url, "POST", "/approvals/apr_ffffffffffffffffffffffff/deny", body={}
+async def test_admin_api_errors_name_the_problem(stack: Stack) -> None:
+    unknown = "/approvals/apr_ffffffffffffffffffffffff"
+    assert admin(stack.admin_url, "GET", unknown)[:2] == (404, {"error": "approval not found"})
+    assert admin(stack.admin_url, "GET", "/approvals/not-an-id")[:2] == (
+        404,
+        {"error": "approval not found"},
     )
-    assert status in (400, 404)
+    # a deny without a reason: the body is read before the id is looked up
+    status, body, _ = admin(stack.admin_url, "POST", f"{unknown}/deny", body={})
+    assert (status, body) == (400, {"error": "reason: required (a non-empty string)"})
+    status, body, _ = admin(stack.admin_url, "POST", f"{unknown}/deny", body={"reason": "x"})
+    assert (status, body) == (404, {"error": "approval not found"})
+    status, body, _ = admin(stack.admin_url, "POST", f"{unknown}/approve", body={"why": "x"})
+    assert status == 400 and body["error"].startswith("why: unknown field"), body
+    status, body, _ = admin(stack.admin_url, "GET", "/approvals?status=everything")
+    assert status == 400 and body["error"].startswith("status: must be one of "), body
+    status, body, _ = admin(stack.admin_url, "GET", "/approvals?limit=0")
+    assert status == 400 and body["error"].startswith("limit: "), body
+    status, body, headers = admin(stack.admin_url, "DELETE", unknown)
+    assert (status, body) == (405, {"error": "method DELETE not allowed; use GET"})
+    assert headers.get("allow", headers.get("Allow")) == "GET"
+    # an approval that is not pending any more: 409 with its status
+    first = approval_id(await call(stack, "agent-b", OPENAI, {"prompt": "decided twice"}))
+    assert (
+        admin(stack.admin_url, "POST", f"/approvals/{first}/deny", body={"reason": "no"})[0] == 200
+    )
+    status, body, _ = admin(stack.admin_url, "POST", f"/approvals/{first}/approve", body={})
+    assert status == 409 and body["status"] == "denied", body
+    assert body["error"] == (
+        f"approval {first} is denied; only a pending approval can be approved or denied"
+    )
 
 
 async def test_webhook_is_posted_once_per_pending_approval(

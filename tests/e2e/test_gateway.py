@@ -167,6 +167,30 @@ async def test_conditions(stack: Stack) -> None:
     assert len(_images(stack)) == images_before + 1
 
 
+async def test_the_star_entry_applies_beside_the_tools_own_entry(stack: Stack) -> None:
+    """gemini has an entry of its own that allows everything; the "*" entry's require and
+    deny_if still judge every call of it."""
+    before = len(executed(stack))
+    async with mcp_client(stack, token_for("star")) as client:
+        forbidden = await client.call_tool(
+            "image.generate.gemini", {"prompt": "a forbidden cat", "filenameHint": "ok"}
+        )
+        unnamed = await client.call_tool("image.generate.gemini", {"prompt": "a cat"})
+        ok = await client.call_tool(
+            "image.generate.gemini", {"prompt": "a cat", "filenameHint": "ok"}
+        )
+    assert forbidden.is_error and _text(forbidden).startswith("[POLICY DENIED] ")
+    assert "no tool may draw this" in _text(forbidden)
+    assert "/tools/*/deny_if/0" in _text(forbidden)
+    assert unnamed.is_error and "every call names its file ok" in _text(unnamed)
+    assert "/tools/*/require/0" in _text(unnamed)
+    assert not ok.is_error, _text(ok)
+    # the upstream ran the one call both entries allow, and nothing else
+    assert [(e["tool"], e["grant"]) for e in executed(stack)[before:]] == [
+        ("image.generate.gemini", "star")
+    ]
+
+
 async def test_grant_without_policy_denies_everything(stack: Stack) -> None:
     before = executed(stack)
     status, _, body = stack.post_raw(

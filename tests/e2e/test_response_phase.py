@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import mcp_types as types
 import pytest
+from mcp import Client
 from mcp.server.lowlevel.server import Server
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
@@ -56,6 +58,11 @@ POLICIES: dict[str, dict[str, Any]] = {
         "tools": {GEMINI: {}, OPENAI: {"deny_if": [{"conditions": []}]}},
     },
     "hide-all": {"version": "1", "hide": "*"},
+    "star-denier": {
+        "version": "1",
+        "hide_denied": True,
+        "tools": {GEMINI: {}, "*": {"rules": [{"name": "maintenance", "action": "deny"}]}},
+    },
     "quota": {
         "version": "1",
         "default": "deny",
@@ -70,6 +77,7 @@ GRANTS = {
     "viewer": "viewer",
     "denier": "denier",
     "hide-all": "hide-all",
+    "star-denier": "star-denier",
     "pager": "pager",
     "pager-viewer": "viewer",
     **{
@@ -180,6 +188,20 @@ async def test_hide_denied_and_hide_all(stack: Stack, era: str) -> None:
     # default deny lists gemini only; openai is denied outright; the rest are unlisted
     assert await tool_names(stack, "denier", era) == {GEMINI}
     assert await tool_names(stack, "hide-all", era) == set()
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_hide_denied_follows_the_star_entry_beside_a_tools_own_entry(
+    stack: Stack, era: str
+) -> None:
+    """gemini's own entry allows it, but the "*" entry denies every call: it is hidden too."""
+    before = len(executed(stack))
+    assert await tool_names(stack, "star-denier", era) == set()
+    async with mcp_client(stack, token_for("star-denier"), mode=era) as client:
+        denied = await client.call_tool(GEMINI, {"prompt": "a cat"})
+    assert denied.is_error
+    assert "/tools/*/rules/0" in " ".join(getattr(p, "text", "") for p in denied.content)
+    assert len(executed(stack)) == before
 
 
 STATELESS_META = {
@@ -428,23 +450,38 @@ async def test_a_refused_call_returns_its_quota_an_error_answer_keeps_it(
     ] * len(kept)
 
 
+@contextlib.asynccontextmanager
+async def client_of_a_dying_server(stack: Stack, grant: str, era: str) -> AsyncIterator[Client]:
+    """`mcp_client` whose server is killed while it is open: closing it may then fail (how
+    depends on the era), and only that failure is ignored; the body's own failures count."""
+    manager = mcp_client(stack, token_for(grant), mode=era)
+    client = await manager.__aenter__()
+    try:
+        yield client
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await manager.__aexit__(*sys.exc_info())
+        raise
+    with contextlib.suppress(Exception):
+        await manager.__aexit__(None, None, None)
+
+
 async def call_until_upstream_dies(stack: Stack, grant: str, era: str) -> None:
     """Start a call, wait until the upstream runs it, kill the upstream mid-call."""
     before = runs_of(stack, grant)
     stack.pause("gemini")  # the tool now waits on the (frozen) Gemini endpoint
     try:
-        with contextlib.suppress(Exception):
-            async with mcp_client(stack, token_for(grant), mode=era) as client:
-                call = asyncio.ensure_future(
-                    client.call_tool(GEMINI, {"prompt": "dies"}, read_timeout_seconds=15)
-                )
-                deadline = time.monotonic() + 10
-                while runs_of(stack, grant) == before:
-                    assert time.monotonic() < deadline, "the upstream never ran the call"
-                    await asyncio.sleep(0.05)
-                stack.kill("upstream")
-                with pytest.raises(Exception):  # noqa: B017 - how it fails depends on the era
-                    await asyncio.wait_for(call, 20)
+        async with client_of_a_dying_server(stack, grant, era) as client:
+            call = asyncio.ensure_future(
+                client.call_tool(GEMINI, {"prompt": "dies"}, read_timeout_seconds=15)
+            )
+            deadline = time.monotonic() + 10
+            while runs_of(stack, grant) == before:
+                assert time.monotonic() < deadline, "the upstream never ran the call"
+                await asyncio.sleep(0.05)
+            stack.kill("upstream")
+            with pytest.raises(Exception):  # noqa: B017 - how it fails depends on the era
+                await asyncio.wait_for(call, 20)
     finally:
         stack.resume("gemini")
         stack.restart("upstream")
