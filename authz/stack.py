@@ -34,11 +34,39 @@ class StackError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port no other process is handed for the next minute, for a server to bind.
+
+    Binding port 0 and closing the socket again is not enough: the kernel may hand the same
+    port to the next `bind(0)` or outgoing connection of any process before our server binds
+    it ("Address already in use"). See `reserve_port`.
+    """
+    return reserve_port(0, host)
+
+
+def reserve_port(port: int, host: str = LOOPBACK) -> int:
+    """Hold `port` (0: one the kernel picks) for a server that will bind it by number.
+
+    The port is left in TIME_WAIT: a connection to it is accepted and closed from the
+    listening side first. For about 60 s the kernel then skips it for `bind(0)` and for the
+    local ports of outgoing connections, in every process, while a server that binds it by
+    number with SO_REUSEADDR (Envoy, grpc, uvicorn, http.server and redis-server all do)
+    takes it at once. Raises OSError when a given `port` is in use or held already.
+    """
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))  # without SO_REUSEADDR: fails if anything holds it
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1)
+        address = listener.getsockname()
+        with socket.create_connection(address[:2], timeout=5) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the listening side closes first: its port enters TIME_WAIT
+            client.recv(1)  # wait for that close to arrive, so the order is certain
+    bound: int = address[1]
+    return bound
 
 
 def find_envoy() -> str:

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from authz.stack import free_port as stack_free_port
+from authz.stack import reserve_port
+
 __all__ = [
     "RedisClusterProcesses",
     "RedisNotInstalled",
@@ -49,24 +52,18 @@ def _binary(name: str) -> str:
     return path
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port(*, cluster: bool = False) -> int:
-    """A free loopback port; with `cluster`, its cluster bus port (+10000) is free too."""
+    """A loopback port held for a server (`authz.stack.free_port`); with `cluster`, its
+    cluster bus port (+10000) is held too."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            port = int(sock.getsockname()[1])
+        port = stack_free_port(HOST)
         if not cluster:
             return port
-        if port + CLUSTER_BUS_OFFSET < 65536 and _port_is_free(port + CLUSTER_BUS_OFFSET):
+        if port + CLUSTER_BUS_OFFSET < 65536:
+            try:
+                reserve_port(port + CLUSTER_BUS_OFFSET, HOST)
+            except OSError:
+                continue
             return port
     raise RuntimeError("no free loopback port found")
 

