@@ -146,6 +146,36 @@ def executed(stack: Stack) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+FORWARDED = "cluster.imagegen_upstream.upstream_rq_total"
+IN_FLIGHT = (
+    "http.mcp_ingress.downstream_rq_active",
+    "cluster.imagegen_upstream.upstream_rq_active",
+)
+
+
+def forwarded(stack: Stack) -> int:
+    """Requests Envoy has sent to the MCP server so far (its counter, current at once)."""
+    return stack.envoy_stats(f"^{FORWARDED.replace('.', '[.]')}$").get(FORWARDED, 0)
+
+
+def wait_until_envoy_idle(stack: Stack, timeout: float = 10.0) -> None:
+    """Wait until Envoy has no request in flight, neither from a client nor to the MCP server.
+
+    Positive evidence that nothing is still on its way: every request Envoy forwarded has
+    been answered (the server records an execution before it answers) or reset, and none
+    can be forwarded later. Call it once the clients have their answers and are closed.
+    """
+    pattern = "|".join(name.replace(".", "[.]") for name in IN_FLIGHT)
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = stack.envoy_stats(f"^({pattern})$")
+        assert set(stats) == set(IN_FLIGHT), stats
+        if not any(stats.values()):
+            return
+        assert time.monotonic() < deadline, f"Envoy still busy: {stats}"
+        time.sleep(0.02)
+
+
 def audit_events(stack: Stack) -> list[dict[str, Any]]:
     events = []
     for line in stack.log_path("sidecar").read_text().splitlines():

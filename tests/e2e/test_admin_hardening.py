@@ -105,10 +105,16 @@ def test_forwarded_for_does_not_pass_the_loopback_gate(stack: Stack) -> None:
 
 
 def _closed_after(
-    port: int, pieces: list[bytes], gap: float, results: dict[str, float], name: str
+    port: int,
+    pieces: list[bytes],
+    gap: float,
+    results: dict[str, float],
+    name: str,
+    in_place: threading.Event | None = None,
 ) -> threading.Thread:
     """Send `pieces` `gap` seconds apart (never finishing the request), then wait for the
-    server to close the connection; record the seconds from connect to close."""
+    server to close the connection; record the seconds from connect to close. `in_place` is
+    set once the connection is open and its first piece sent."""
 
     def run() -> None:
         started = time.monotonic()
@@ -123,6 +129,8 @@ def _closed_after(
                         except OSError:
                             break
                         sent += 1
+                    if in_place is not None:
+                        in_place.set()
                     try:
                         if sock.recv(65536) == b"":
                             break
@@ -147,16 +155,19 @@ def test_half_sent_requests_are_closed_within_10_s(stack: Stack) -> None:
         b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
     )
     results: dict[str, float] = {}
+    in_place = [threading.Event() for _ in range(4)]
     threads = [
-        _closed_after(port, [], 0, results, "nothing sent"),
-        _closed_after(port, [head], 0, results, "half a head"),
+        _closed_after(port, [], 0, results, "nothing sent", in_place[0]),
+        _closed_after(port, [head], 0, results, "half a head", in_place[1]),
         # one byte a second: the deadline runs from the start, more bytes do not extend it
-        _closed_after(port, [bytes([b]) for b in head], 1.0, results, "a byte a second"),
-        _closed_after(port, [body_head + b'{"reason": "'], 0, results, "half a body"),
+        _closed_after(
+            port, [bytes([b]) for b in head], 1.0, results, "a byte a second", in_place[2]
+        ),
+        _closed_after(port, [body_head + b'{"reason": "'], 0, results, "half a body", in_place[3]),
     ]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    assert all(event.wait(10) for event in in_place)  # every slow client is connected
     status, _ = get(LOOPBACK, port, "/healthz", {})  # others are served meanwhile
     assert status == 200
     for thread in threads:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from authz.grants import hash_token
 from authz.stack import LOOPBACK, Stack
 from tests.e2e import corpus
-from tests.e2e.conftest import executed
+from tests.e2e.conftest import executed, forwarded, wait_until_envoy_idle
 from tests.e2e.corpus import CORPUS, DENIED, GEMINI, Case, Reply
 
 pytestmark = pytest.mark.e2e
@@ -191,9 +190,13 @@ def check_reply(c: Case, reply: Reply) -> None:
 @pytest.mark.parametrize("c", CORPUS, ids=[c.id for c in CORPUS])
 def test_corpus(adv_stack: Stack, c: Case) -> None:
     before = executed(adv_stack)
+    sent = forwarded(adv_stack)
     reply = exchange(adv_stack.ports.envoy, c.request, half_close=c.half_close)
     if c.by == "none":
-        time.sleep(0.2)  # nothing answered: give a (wrongly) forwarded request time to land
+        # nothing answered: a request Envoy forwarded anyway has landed (or was reset) once
+        # Envoy is idle, and Envoy's own count says whether it forwarded one at all
+        wait_until_envoy_idle(adv_stack)
+    assert forwarded(adv_stack) - sent == (1 if c.by == "upstream" else 0)
     after = executed(adv_stack)
     assert after[: len(before)] == before
     new = after[len(before) :]
@@ -207,8 +210,9 @@ def test_corpus(adv_stack: Stack, c: Case) -> None:
 
 def test_record_holds_only_the_positive_controls(adv_stack: Stack) -> None:
     """After the corpus (run before this test): the upstream ran exactly the positive
-    controls, as their grants, and nothing else, not even late."""
-    time.sleep(0.3)
+    controls, as their grants, and nothing else, not even late (Envoy forwarded exactly one
+    request per positive control, and has nothing in flight any more)."""
+    wait_until_envoy_idle(adv_stack)
     record = [(e["tool"], e["grant"]) for e in executed(adv_stack)]
     assert record == _ran
     assert {tool for tool, _ in record} <= {GEMINI}

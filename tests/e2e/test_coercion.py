@@ -26,7 +26,7 @@ from mcp.types import CallToolResult, TextContent
 
 from authz.grants import hash_token
 from authz.stack import LOOPBACK, Stack
-from tests.e2e.conftest import executed, mcp_client
+from tests.e2e.conftest import executed, mcp_client, wait_until_envoy_idle
 from tests.e2e.typed_upstream import TOOL as PROBE
 
 pytestmark = pytest.mark.e2e
@@ -161,7 +161,7 @@ async def test_coerced_values_are_denied_and_never_run(
     for value in arguments.values():
         if isinstance(value, str):
             assert repr(value) not in text and f'"{value}"' not in text  # never echoed
-    time.sleep(0.2)  # a call that was (wrongly) forwarded has time to land
+    wait_until_envoy_idle(imagegen)  # a call that was (wrongly) forwarded has landed
     assert len(executed(imagegen)) == ran, "the upstream ran a denied call"
     assert len(provider_requests(imagegen)) == asked, "the provider was called"
 
@@ -339,7 +339,7 @@ async def test_strict_types_deny_what_the_tool_would_receive_as_forbidden(
     text = text_of(result)
     assert result.is_error and text.startswith(DENIED), text
     assert text.endswith(f"(rule: /tools/{PROBE}/deny_if/{rule})"), text
-    time.sleep(0.2)
+    wait_until_envoy_idle(typed)
     assert len(received(typed)) == before, "the tool ran"
 
 
@@ -389,5 +389,5 @@ async def test_genuine_values_run_and_genuine_violations_are_denied(
     for arguments, rule in violations:
         result = await call_as(typed, grant, PROBE, arguments)
         assert text_of(result).endswith(f"(rule: /tools/{PROBE}/deny_if/{rule})")
-    time.sleep(0.2)
+    wait_until_envoy_idle(typed)
     assert len(received(typed)) == before + 1

@@ -18,11 +18,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -196,6 +196,22 @@ def config_state(stack: Stack) -> dict[str, Any]:
     return config
 
 
+def polled_after(stack: Stack, moment: float) -> float:
+    """Wait until the sidecar ends a poll of a rejected directory after `moment` (/readyz
+    `last_error_at`, set by every such poll); its time. A poll that ends after the end of
+    another began after it: `polled_after(stack, polled_after(stack, t))` saw the files as
+    they were at `t`."""
+    found: list[float] = []
+
+    def ended() -> bool:
+        at = config_state(stack)["last_error_at"]
+        found[:] = [at] if at is not None and at > moment else []
+        return bool(found)
+
+    wait_until(ended, what="a poll of the configuration directory")
+    return found[0]
+
+
 def ready_with(stack: Stack, policy: str, raw: bytes, error: str | None) -> bool:
     """/readyz shows `raw` as the loaded `policy` and `error` (None, or a substring)."""
     state = config_state(stack)
@@ -204,6 +220,9 @@ def ready_with(stack: Stack, policy: str, raw: bytes, error: str | None) -> bool
     if error is None:
         return state["last_error"] is None
     return error in (state["last_error"] or "")
+
+
+Reply = tuple[int, dict[str, str], bytes]
 
 
 def call(stack: Stack, grant: str, tool: str, rid: int = 1) -> tuple[int, dict[str, str], bytes]:
@@ -367,33 +386,85 @@ def test_sidecar_killed_and_restarted_mid_traffic(stack: Stack) -> None:
     assert Counter(runs(stack, since)) == Counter({("guard", OPENAI): by[(OPENAI, "allowed")]})
 
 
-def test_sidecar_frozen_past_the_timeout_fails_closed_then_recovers(stack: Stack) -> None:
+def authz_timeout(stack: Stack) -> float:
+    """The ext_authz timeout of the running Envoy, in seconds (deploy/envoy.yaml: 1 s)."""
+    config = json.loads(stack.envoy_config_path().read_text())
+    timeouts = [
+        http_filter["typed_config"]["grpc_service"]["timeout"]
+        for listener in config["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for network_filter in chain["filters"]
+        for http_filter in network_filter.get("typed_config", {}).get("http_filters", [])
+        if http_filter["name"] == "envoy.filters.http.ext_authz"
+    ]
+    assert len(set(timeouts)) == 1, timeouts
+    return float(timeouts[0].removesuffix("s"))
+
+
+async def h2_call(client: httpx.AsyncClient, stack: Stack, grant: str, tool: str) -> Reply:
+    """`call`, as one stream of the caller's HTTP/2 connection to Envoy."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": {"prompt": "a fault"}, "_meta": META},
+    }
+    response = await client.post(
+        stack.mcp_url,
+        content=json.dumps(body).encode(),
+        headers={
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {token(grant)}",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call",
+            "mcp-name": tool,
+        },
+    )
+    assert response.http_version == "HTTP/2"
+    return (
+        response.status_code,
+        {k.lower(): v for k, v in response.headers.items()},
+        response.content,
+    )
+
+
+async def test_sidecar_frozen_past_the_timeout_fails_closed_then_recovers(stack: Stack) -> None:
     since = len(executed(stack))
     errors = envoy_counter(stack, AUTHZ_ERRORS)
     decisions = len(audit_events(stack))
-    stack.pause("sidecar")
-    try:
+    timeout = authz_timeout(stack)
+    # One HTTP/2 connection to Envoy is served by one Envoy worker, whose one connection to
+    # the sidecar carries the timed-out checks and, behind them, the checks after the thaw.
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=30) as client:
 
-        def timed(tool: str) -> tuple[float, tuple[int, dict[str, str], bytes]]:
+        async def timed(tool: str) -> tuple[float, Reply]:
             started = time.monotonic()
-            reply = call(stack, "guard", tool)
+            reply = await h2_call(client, stack, "guard", tool)
             return time.monotonic() - started, reply
 
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(timed, [OPENAI, REPLICATE, OPENAI, REPLICATE]))
-    finally:
-        stack.resume("sidecar")
-    for elapsed, reply in results:
-        assert_sidecar_unavailable(reply)
-        assert 0.9 <= elapsed < 2.5, elapsed  # ext_authz timeout: 1 s in deploy/envoy.yaml
-    assert envoy_counter(stack, AUTHZ_ERRORS) - errors == len(results)
+        await h2_call(client, stack, "guard", REPLICATE)  # the connections are up
+        decisions += 1
+        stack.pause("sidecar")
+        try:
+            results = await asyncio.gather(*(timed(t) for t in [OPENAI, REPLICATE] * 2))
+        finally:
+            stack.resume("sidecar")
+        for elapsed, reply in results:
+            assert_sidecar_unavailable(reply)
+            # Envoy's timeout answered: not sooner, and not only once the sidecar thawed
+            # (generous: a loaded 2-core box may be slow to run this test's own code)
+            assert timeout - 0.1 <= elapsed < timeout + 5.0, elapsed
+        assert envoy_counter(stack, AUTHZ_ERRORS) - errors == len(results)
 
-    assert_allowed(call(stack, "guard", OPENAI))
-    assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
-    time.sleep(0.5)  # anything the thawed sidecar still had queued has been answered by now
+        assert_allowed(await h2_call(client, stack, "guard", OPENAI))
+        assert_denied(await h2_call(client, stack, "guard", REPLICATE), "(default deny)")
     assert runs(stack, since) == [("guard", OPENAI)]
     # Envoy reset the timed-out Check streams, so the thawed sidecar never decided them (no
-    # quota taken for them either): only the two calls after SIGCONT were decided.
+    # quota taken for them either): only the two calls after SIGCONT were decided. Their
+    # decisions are logged before they are answered, and the sidecar read the timed-out
+    # streams before them on the same connection, so a decision of those would be logged
+    # by now.
     assert len(audit_events(stack)) - decisions == 2
 
 
@@ -657,7 +728,7 @@ def test_deleted_grants_file_keeps_the_last_good_grants(stack: Stack) -> None:
     assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
     # a policy change still cannot apply while the directory as a whole is invalid
     (stack.config_dir / "policies" / "guard.json").write_bytes(policy_bytes(GUARD_PAUSED))
-    time.sleep(0.5)
+    polled_after(stack, polled_after(stack, time.time()))  # a whole poll after the write
     assert ready_with(stack, "guard", policy_bytes(GUARD_V1), error="grants.json")
     assert_allowed(call(stack, "guard", OPENAI))
 

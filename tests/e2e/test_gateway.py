@@ -293,15 +293,17 @@ def test_header_body_disagreement_is_denied(stack: Stack) -> None:
 
 def test_audit_line_has_no_token_or_argument_values(stack: Stack) -> None:
     secret_prompt = "a-very-secret-prompt-value"
-    stack.post_raw(
+    _, headers, _ = stack.post_raw(
         _call_body("image.generate.openai", {"prompt": secret_prompt}),
         headers={**JSON, "authorization": f"Bearer {token_for('seed-b')}"},
     )
-    time.sleep(0.3)
+    decision_id = headers["x-mcp-authz-decision-id"]
+    _wait(lambda: any(e["decision_id"] == decision_id for e in audit_events(stack)))
     log_text = stack.log_path("sidecar").read_text()
     assert secret_prompt not in log_text
     assert token_for("seed-b") not in log_text
-    event = [e for e in audit_events(stack) if e.get("tool") == "image.generate.openai"][-1]
+    [event] = [e for e in audit_events(stack) if e["decision_id"] == decision_id]
+    assert event["tool"] == "image.generate.openai"
     assert event["arg_keys"] == ["prompt"]
     assert event["grant_id"] == "seed-b"
     assert event["decision"] == "deny" and event["rule"] == "(default deny)"

@@ -14,7 +14,7 @@ from mcp.types import CallToolResult, TextContent
 
 from authz.grants import hash_token
 from authz.stack import Stack
-from tests.e2e.conftest import executed, mcp_client
+from tests.e2e.conftest import audit_events, executed, mcp_client
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -222,7 +222,9 @@ def test_redis_down_fails_closed_then_recovers(fleet: Stack, redis: RedisServer)
             assert "quota state is unavailable" in text
             assert "(counters)" in text
             assert headers.get("retry-after") == "1"
-            assert elapsed < 1.0  # bounded by the Redis timeout, well inside Envoy's 1 s
+            # The sidecar's answer (not Envoy's 503) shows it came within Envoy's 1 s; this
+            # generous bound, measured by this test's own slower clock, only catches a hang.
+            assert elapsed < 5.0
         assert executed(fleet) == before  # nothing reached the upstream
 
         # readiness reports the state on both replicas
@@ -267,14 +269,15 @@ def test_fail_open_allows_and_logs(tmp_path: Path, redis: RedisServer) -> None:
         assert status == 200
         assert not _raw_denied(reply), reply
         assert headers.get("x-mcp-authz-fail-open") == "true"
-        time.sleep(0.3)
-        events = [
-            json.loads(line)
-            for line in stack.log_path("sidecar").read_text().splitlines()
-            if '"event": "decision"' in line and '"tool": "image.generate.openai"' in line
-        ]
-        assert events and events[-1]["fail_open"] is True
-        assert events[-1]["rule"] == "(counters fail-open)"
+        decision_id = headers["x-mcp-authz-decision-id"]
+        deadline = time.monotonic() + 10
+        while not (events := [e for e in audit_events(stack) if e["decision_id"] == decision_id]):
+            assert time.monotonic() < deadline, "the decision was never logged"
+            time.sleep(0.05)
+        [event] = events
+        assert event["tool"] == "image.generate.openai"
+        assert event["fail_open"] is True
+        assert event["rule"] == "(counters fail-open)"
         code, report = _ready(stack, 0)
         assert code == 200
         assert report["counter_store"]["ok"] is False
