@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pydantic
 import pytest
 
@@ -135,7 +136,6 @@ def test_seed_loads_verbatim() -> None:
 
 
 def test_seed_validates_against_committed_schema() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(json.loads(SEED), policy_json_schema())
 
 
@@ -729,7 +729,6 @@ def test_committed_schema_matches_generated() -> None:
     ],
 )
 def test_schema_describes_limit_cost(cost: Any, valid: bool) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     doc = mutate(f"{G}/limits/0/cost", cost)
     errors = list(jsonschema.Draft202012Validator(policy_json_schema()).iter_errors(doc))
     assert (not errors) is valid, errors
