@@ -140,6 +140,7 @@ def test_only_envoy_is_published_on_10000(resolved: dict[str, Any]) -> None:
         assert ports(services[name]) == [], f"{name} must not be published"
 
 
+@pytest.mark.processes
 def test_bind_address_can_be_opened_up() -> None:
     opened = compose_config(MCP_AUTHZ_BIND="0.0.0.0", GOOGLE_API_KEY="real-key")
     assert ports(opened["services"]["envoy"]) == [Port("0.0.0.0", 10000, 10000)]

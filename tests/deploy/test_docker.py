@@ -358,6 +358,7 @@ def test_grpc_probe_defaults_to_the_port_of_mcp_authz_grpc(sidecar: tuple[int, i
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.processes
 def test_probes_fail_when_nothing_listens() -> None:
     port = free_port()
     grpc = run_probe("grpc", f"127.0.0.1:{port}")
@@ -366,6 +367,7 @@ def test_probes_fail_when_nothing_listens() -> None:
     assert http.returncode == 1 and http.stderr.startswith("unhealthy: GET")
 
 
+@pytest.mark.processes
 def test_grpc_probe_reports_not_serving() -> None:
     from concurrent import futures
 
@@ -387,6 +389,7 @@ def test_grpc_probe_reports_not_serving() -> None:
         server.stop(0)
 
 
+@pytest.mark.processes
 def test_http_probe_against_the_offline_gemini_endpoint() -> None:
     from imagegen_upstream.offline_gemini import start_in_thread
 
@@ -432,12 +435,14 @@ def entrypoint_env(**env: str) -> dict[str, str]:
     return result
 
 
+@pytest.mark.processes
 def test_entrypoint_uses_the_offline_endpoint_without_a_key() -> None:
     env = entrypoint_env(GOOGLE_API_KEY="", IMAGEGEN_OFFLINE_GEMINI_URL="http://gemini:8090")
     assert env["GOOGLE_API_KEY"] == "offline-demo-key"
     assert env["GOOGLE_GEMINI_BASE_URL"] == "http://gemini:8090"
 
 
+@pytest.mark.processes
 def test_entrypoint_keeps_a_real_key_and_the_default_endpoint() -> None:
     env = entrypoint_env(
         GOOGLE_API_KEY="real-key",
@@ -448,11 +453,13 @@ def test_entrypoint_keeps_a_real_key_and_the_default_endpoint() -> None:
     assert "GOOGLE_GEMINI_BASE_URL" not in env  # empty is removed: the SDK's default applies
 
 
+@pytest.mark.processes
 def test_entrypoint_without_offline_endpoint_leaves_the_key_unset() -> None:
     env = entrypoint_env(GOOGLE_API_KEY="")
     assert "GOOGLE_API_KEY" not in env and "GOOGLE_GEMINI_BASE_URL" not in env
 
 
+@pytest.mark.processes
 def test_entrypoint_execs_its_arguments_unchanged() -> None:
     sh = shutil.which("sh")
     assert sh is not None

@@ -497,6 +497,7 @@ def validate(config: dict[str, Any], tmp_path: Path) -> tuple[int, str]:
     return proc.returncode, proc.stderr[-2000:]
 
 
+@pytest.mark.processes
 def test_istio_ext_authz_and_ext_proc_pass_envoy_validate(
     provider: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -506,6 +507,7 @@ def test_istio_ext_authz_and_ext_proc_pass_envoy_validate(
     assert code == 0, stderr
 
 
+@pytest.mark.processes
 def test_envoy_validate_rejects_a_misspelt_ext_proc_field(
     provider: dict[str, Any], tmp_path: Path
 ) -> None:

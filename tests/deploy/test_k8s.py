@@ -176,6 +176,7 @@ def test_gateway_envoy_config_is_the_repo_config_with_pod_addresses(docs: list[D
     assert sorted(rendered[path] for path in changed) == ["127.0.0.1", upstream_host]
 
 
+@pytest.mark.processes
 def test_gateway_envoy_config_passes_envoy_validate(docs: list[Doc], tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(one(docs, "ConfigMap", "mcp-gateway-envoy")["data"]["envoy.yaml"])
@@ -293,6 +294,7 @@ def test_envoy_readiness_asks_its_admin_endpoint(docs: list[Doc]) -> None:
     assert "GET /ready" in command[2]
 
 
+@pytest.mark.processes
 def test_envoy_readiness_command_works_against_a_real_envoy(
     docs: list[Doc], tmp_path: Path
 ) -> None:

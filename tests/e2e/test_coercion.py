@@ -234,6 +234,7 @@ def regex_policy(pattern: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.processes
 def test_check_policy_accepts_catastrophic_patterns_under_re2(tmp_path: Path) -> None:
     path = tmp_path / "catastrophic.json"
     path.write_text(json.dumps(regex_policy(CATASTROPHIC)))
@@ -253,6 +254,7 @@ def test_check_policy_accepts_catastrophic_patterns_under_re2(tmp_path: Path) ->
         ("x{,3}", "means a repetition in Python but literal text in RE2"),
     ],
 )
+@pytest.mark.processes
 def test_check_policy_refuses_patterns_re2_cannot_run(
     tmp_path: Path, pattern: str, hint: str
 ) -> None:

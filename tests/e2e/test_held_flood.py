@@ -217,6 +217,7 @@ def test_a_flood_of_large_held_calls_stays_bounded_in_redis(
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.processes
 def test_pending_approvals_are_capped_per_grant(request: pytest.FixtureRequest, store: str) -> None:
     stack: Stack = request.getfixturevalue(f"{store}_stack")
     arguments = [{"prompt": "p" * 1024, "n": i} for i in range(CAP + 20)]

@@ -651,6 +651,7 @@ def test_mesh_config_identity_settings() -> None:
     assert JWT_AUTHN_NAMESPACE in ext_authz["metadata_context_namespaces"]
 
 
+@pytest.mark.processes
 def test_rendered_mesh_config_passes_envoy_validate(tmp_path: Path) -> None:
     """The file as shipped names placeholder certificate paths, which `--mode validate`
     opens; a copy rendered with generated files must validate."""

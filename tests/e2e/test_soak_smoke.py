@@ -15,6 +15,7 @@ pytestmark = pytest.mark.e2e
 SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
 
 
+@pytest.mark.processes
 def test_soak_smoke(tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}

@@ -218,6 +218,7 @@ def test_malformed_authorization_and_probes_stay_open(admin: RunningAdmin) -> No
         assert call(admin, "GET", path, token=None).status_code == 200
 
 
+@pytest.mark.processes
 def test_without_approvers_file_every_call_is_refused_with_a_hint(tmp_path: Path) -> None:
     running = RunningAdmin(write_config(tmp_path, approvers=False)).start()
     try:
@@ -508,6 +509,7 @@ def test_an_unchanged_reload_keeps_approvals_approvable(admin: RunningAdmin) -> 
 # -- store failures and readiness -------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_store_unavailable_is_a_503(tmp_path: Path) -> None:
     running = RunningAdmin(write_config(tmp_path), store=UnavailableStore()).start()
     try:

@@ -225,6 +225,7 @@ def test_a_stale_approval_is_refused(admin: RunningAdmin) -> None:
     assert approvals(admin, "deny", approval.id, "--reason", "policy moved").returncode == 0
 
 
+@pytest.mark.processes
 def test_unreachable_or_malformed_admin_is_a_usage_error() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     result = cli("approvals", "list", "--admin", dead, "--token", ALICE)
@@ -234,6 +235,7 @@ def test_unreachable_or_malformed_admin_is_a_usage_error() -> None:
         assert cli("approvals", "list", "--admin", bad).returncode == 2, bad
 
 
+@pytest.mark.processes
 def test_a_redirect_is_refused_and_the_token_stays_home() -> None:
     """urllib would follow a redirect with the Authorization header; the CLI must not."""
     import http.server

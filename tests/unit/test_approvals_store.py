@@ -74,6 +74,12 @@ def req(**changes: Any) -> ApprovalRequest:
 # -- fixtures ---------------------------------------------------------------------------
 
 
+REDIS_KINDS = [
+    pytest.param(kind, marks=pytest.mark.processes) for kind in ("redis", "redis-cluster")
+]
+"""The Redis-backed variants of a store fixture: they run redis-server."""
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"test-{secrets.token_hex(4)}"
@@ -103,7 +109,7 @@ async def _replicas(
     return [_redis_store(request, kind, prefix, **options) for _ in "ab"]
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def replicas(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[list[Store]]:
     made = await _replicas(request, request.param, prefix)
     yield made
@@ -114,7 +120,7 @@ async def replicas(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator
 LIMITS = ApprovalLimits(max_pending_per_grant=3, max_argument_bytes=200, max_records=5)
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def bounded(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[list[Store]]:
     """`replicas` with small bounds: 3 pending per grant, 200 bytes of arguments, 5 records."""
     made = await _replicas(request, request.param, prefix, limits=LIMITS)

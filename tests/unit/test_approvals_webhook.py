@@ -129,6 +129,7 @@ async def test_without_a_secret_there_is_no_signature(receiver: Receiver) -> Non
     assert json.loads(body)["event"] == "approval.requested"
 
 
+@pytest.mark.processes
 async def test_retries_after_a_500_then_succeeds() -> None:
     with Receiver(statuses=(500, 503)) as receiver:
         results: list[str] = []
@@ -150,6 +151,7 @@ async def test_retries_after_a_500_then_succeeds() -> None:
     assert results == ["sent"]
 
 
+@pytest.mark.processes
 async def test_gives_up_after_the_attempts_and_logs_without_secrets() -> None:
     with Receiver(statuses=(500, 500, 500, 500)) as receiver:
         results: list[str] = []
@@ -168,6 +170,7 @@ async def test_gives_up_after_the_attempts_and_logs_without_secrets() -> None:
     assert SECRET not in rendered and SECRET_VALUE not in rendered
 
 
+@pytest.mark.processes
 async def test_a_client_error_is_not_retried() -> None:
     with Receiver(statuses=(400,)) as receiver:
         results: list[str] = []
@@ -194,6 +197,7 @@ async def test_connection_errors_are_retried_and_logged_by_type() -> None:
     assert results == ["failed"]
 
 
+@pytest.mark.processes
 async def test_slow_receivers_do_not_block_notify_and_drain_bounds_shutdown() -> None:
     release = threading.Event()
 
@@ -274,6 +278,7 @@ async def test_agent_chosen_keys_reach_the_body_only_escaped_and_marked() -> Non
     assert "URGENT" not in outside and "k00" not in outside
 
 
+@pytest.mark.processes
 async def test_a_grants_flood_drops_only_its_own_notices() -> None:
     """Per-grant queues: grant A floods while the receiver is slow; A's surplus is dropped,
     B's one notice is delivered, and it goes out before A's backlog."""
@@ -309,6 +314,7 @@ async def test_a_grants_flood_drops_only_its_own_notices() -> None:
     assert {e["approval_id"] for e in dropped} == {a.id for a in flood[4:]}
 
 
+@pytest.mark.processes
 async def test_grants_take_turns() -> None:
     with Receiver() as receiver:
         notifier = WebhookNotifier(receiver.url, concurrency=1)

@@ -96,7 +96,7 @@ async def redis_store(redis_server: RedisServer, prefix: str) -> AsyncIterator[R
     await store.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.processes)])
 async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Store]:
     made: Store
     if request.param == "memory":

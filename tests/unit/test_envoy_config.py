@@ -112,6 +112,7 @@ def test_repo_config_path() -> None:
     assert path.is_file()
 
 
+@pytest.mark.processes
 def test_repo_config_passes_envoy_validate() -> None:
     proc = envoy_validate(repo_envoy_config_path())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -119,6 +120,7 @@ def test_repo_config_passes_envoy_validate() -> None:
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
+@pytest.mark.processes
 def test_rendered_config_passes_envoy_validate(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"envoy{suffix}"
     write_envoy_config(rendered(), path)

@@ -75,7 +75,7 @@ def write_config(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.processes)])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     made: Store
     if request.param == "memory":

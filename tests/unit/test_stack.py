@@ -27,6 +27,7 @@ def test_ports_are_distinct() -> None:
     assert len(set(ports)) == len(ports)
 
 
+@pytest.mark.processes
 def test_a_held_port_is_refused_to_others_and_taken_by_a_server_that_reuses_it() -> None:
     port = free_port()
     with pytest.raises(OSError) as taken:
@@ -38,6 +39,7 @@ def test_a_held_port_is_refused_to_others_and_taken_by_a_server_that_reuses_it()
             pass
 
 
+@pytest.mark.processes
 def test_the_kernel_never_hands_a_held_port_to_bind_zero_or_a_connection() -> None:
     held = {free_port() for _ in range(50)}
     with _bind(0, reuse=True) as server:
@@ -60,6 +62,7 @@ def test_the_kernel_never_hands_a_held_port_to_bind_zero_or_a_connection() -> No
                     server.accept()[0].close()
 
 
+@pytest.mark.processes
 def test_a_given_port_is_held_only_when_nothing_uses_it() -> None:
     with _bind(0, reuse=True) as server:
         server.listen(1)
