@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= parser policy
 
-.PHONY: venv system-deps bench-deps demo test test-unit test-e2e bench lint fmt protos schema clean
+.PHONY: venv system-deps bench-deps demo test test-unit test-e2e test-pure bench lint fmt protos schema clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test-unit: venv system-deps
 
 test-e2e: venv system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/e2e $(PYTEST_ARGS)
+
+# The pure tests only: no process, no listening socket (tests/conftest.py checks the marker).
+test-pure: venv
+	$(BIN)/python -m pytest -ra -m "not processes" $(PYTEST_ARGS)
 
 # The decision-hop benchmark (bench/README.md): Debian's wrk and h2load (nghttp2-client).
 bench-deps:
