@@ -16,8 +16,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from authz.approvals.base import Approval
-from authz.model import Decision, Grant, McpRequest
+from authz.model import Approval, Decision, Grant, McpRequest
 
 _SECRET_FIELDS = frozenset(
     {"token", "authorization", "arguments", "args", "params", "body", "raw_body", "password"}

@@ -175,6 +175,21 @@ def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def non_negative_int(value: object) -> int | None:
+    """`value` as a non-negative integer, or None when it is not one.
+
+    JSON has one number type, so an integral float counts (3.0 → 3); booleans, strings,
+    fractions (2.5), negative numbers and non-finite floats do not.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
 def json_equal(a: object, b: object) -> bool:
     """Equality with JSON semantics: numbers by value, no bool/number or string/number mixing."""
     if is_number(a) and is_number(b):

@@ -14,8 +14,13 @@ Rule pointers (RFC 6901, `~` → `~0`, `/` → `~1` in tool and counter names):
 `/tools/<tool>/limits/<counter>`, `/tools/<tool>/approve_if/<i>`,
 `/tools/<tool>/require_approval`, `/all_tools/limits/<counter>` (and `.../cost` when a
 limit's cost argument is unusable), and the fixed `(no policy)`, `(hidden)`,
-`(default deny)`. Messages carry no argument values from the
+`(default deny)` (`FixedRule`). Messages carry no argument values from the
 request (policy values are fine) and no "[POLICY DENIED]" prefix: the edge adds it.
+
+The listing rules are the same rules read the other way round (`listing_filter`): which
+tools a grant's `tools/list` loses, because the policy hides them or, with `hide_denied`,
+because `decide` denies every call of them whatever the arguments (`never_callable`). The
+response phase only applies them to the server's answers.
 """
 
 from __future__ import annotations
@@ -26,16 +31,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from authz import conditions
-from authz.approvals.base import Approval, ApprovalStatus
-from authz.conditions import Truth
+from authz.conditions import Truth, non_negative_int
 from authz.model import (
+    Approval,
     ApprovalRequirement,
+    ApprovalStatus,
     ApprovalTicket,
     Claim,
     Decision,
     DenyKind,
     Exhausted,
+    FixedRule,
     Grant,
+    Hides,
     McpRequest,
     Outcome,
     Reservation,
@@ -51,14 +59,18 @@ from authz.policy import (
     Policy,
     Rule,
     ToolPolicy,
-    non_negative_int,
 )
 
-__all__ = ["NO_POLICY", "decide", "decide_stream", "judge_approval", "pointer", "settle"]
-
-NO_POLICY = "(no policy)"
-HIDDEN = "(hidden)"
-DEFAULT_DENY = "(default deny)"
+__all__ = [
+    "decide",
+    "decide_stream",
+    "hides_tools",
+    "judge_approval",
+    "listing_filter",
+    "never_callable",
+    "pointer",
+    "settle",
+]
 
 
 def pointer(*parts: str | int) -> str:
@@ -71,7 +83,7 @@ def _no_policy(grant: Grant) -> Decision:
         DenyKind.POLICY,
         f"grant {grant.label or grant.id!r} uses policy {grant.policy!r}, which is not "
         "loaded; every call is denied until it is",
-        rule=NO_POLICY,
+        rule=FixedRule.NO_POLICY,
     )
 
 
@@ -97,7 +109,7 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     if policy is None:
         return _no_policy(grant)
     if not request.is_tool_call:
-        allowed, method_rule = policy.document.methods.decide(request.method)
+        allowed, method_rule = policy.document.methods.permits(request.method)
         if allowed:
             return Decision.allow()
         return Decision.deny(
@@ -109,20 +121,17 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     if not tool:
         return Decision.deny(DenyKind.BAD_REQUEST, "tools/call without a tool name")
     if policy.is_hidden(tool):
-        return Decision.deny(DenyKind.POLICY, f"tool {tool!r} is hidden by policy", rule=HIDDEN)
-    own = policy.tool(tool)
-    if own is None and policy.default == "deny":
         return Decision.deny(
-            DenyKind.POLICY, f"tool {tool!r} is not permitted by policy", rule=DEFAULT_DENY
+            DenyKind.POLICY, f"tool {tool!r} is hidden by policy", rule=FixedRule.HIDDEN
+        )
+    if _unlisted_denied(policy, tool):
+        return Decision.deny(
+            DenyKind.POLICY,
+            f"tool {tool!r} is not permitted by policy",
+            rule=FixedRule.DEFAULT_DENY,
         )
 
-    entries: list[tuple[str, ToolPolicy]] = []
-    if own is not None:
-        entries.append((tool, own))
-    wildcard = policy.wildcard
-    if wildcard is not None and tool != WILDCARD:
-        entries.append((WILDCARD, wildcard))
-
+    entries = _entries(policy, tool)
     args = request.arguments
     strict = policy.strict_types
     for key, entry in entries:
@@ -153,6 +162,63 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
         claims=tuple(claims),
         approval=_approval_requirement(entries, args, strict),
     )
+
+
+def _unlisted_denied(policy: Policy, tool: str) -> bool:
+    """Whether `tool` is denied for not being listed (`default: deny`)."""
+    return policy.default == "deny" and policy.tool(tool) is None
+
+
+def _entries(policy: Policy, tool: str) -> list[tuple[str, ToolPolicy]]:
+    """(key, entry) of the entries that judge a call of `tool`, in order: its own entry,
+    then the "*" entry (which judges every tool but a tool named "*")."""
+    entries: list[tuple[str, ToolPolicy]] = []
+    own = policy.tool(tool)
+    if own is not None:
+        entries.append((tool, own))
+    wildcard = policy.wildcard
+    if wildcard is not None and tool != WILDCARD:
+        entries.append((WILDCARD, wildcard))
+    return entries
+
+
+# -- listings: the same rules, read for tools/list ---------------------------------------
+
+
+def never_callable(policy: Policy, tool: str) -> bool:
+    """Whether `decide` denies every `tools/call` of `tool`, whatever its arguments.
+
+    True for a tool that is not listed under `default: deny`, or whose own entry or the
+    `"*"` entry has a rule that always denies (`_always_denies`).
+    """
+    if _unlisted_denied(policy, tool):
+        return True
+    return any(_always_denies(entry) for _, entry in _entries(policy, tool))
+
+
+def hides_tools(policy: Policy | None) -> bool:
+    """Whether a grant with `policy` must not see some tools (its answers are all filtered)."""
+    if policy is None:
+        return False
+    return policy.hides_all or bool(policy.document.hide) or policy.document.hide_denied
+
+
+def listing_filter(policy: Policy) -> Hides | None:
+    """What a grant with `policy` must not see in `tools/list`: the hidden tools and, with
+    `hide_denied`, the tools it can never call; None when that is nothing."""
+    if policy.hides_all:
+        return lambda _name: True
+    if not hides_tools(policy):
+        return None
+    hidden = frozenset(policy.document.hide)
+    hide_denied = policy.document.hide_denied
+
+    def hides(name: str | None) -> bool:
+        if name is None:
+            return False
+        return name in hidden or (hide_denied and never_callable(policy, name))
+
+    return hides
 
 
 # -- approvals -------------------------------------------------------------------------
@@ -275,6 +341,14 @@ def _check_entry(
             message = _noted(action_rule.on_deny or default, found)
             return _policy_deny(message, pointer("tools", key, "rules", i))
     return None
+
+
+def _always_denies(entry: ToolPolicy) -> bool:
+    """Whether `_check_entry` denies every call for this entry: it has a `deny_if` rule
+    without conditions (always true) or an Intercept `action: deny` rule."""
+    if any(not rule.conditions for rule in entry.deny_if):
+        return True
+    return any(rule.action == "deny" for rule in entry.rules)
 
 
 def _noted(message: str, found: conditions.Evaluation) -> str:

@@ -8,21 +8,16 @@ known (`grants.json: $.grants[3].token_sha256: ...`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from authz import strictjson
+from authz.strictjson import json_path
 
-__all__ = ["json_path", "load_document"]
+__all__ = ["load_document"]
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-def json_path(loc: Sequence[int | str]) -> str:
-    """A pydantic error location as a JSON path: `("grants", 3, "id")` → `$.grants[3].id`."""
-    return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
 
 
 def load_document(

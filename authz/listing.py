@@ -1,7 +1,7 @@
-"""Tool listings, pure: which tools a grant may not see, and cutting them out of JSON-RPC text.
+"""Tool listings, pure: cutting the tools a grant may not see out of JSON-RPC text.
 
-- `listing_filter(policy)`: what a grant's listings lose (`hide`, `"*"`, and with
-  `hide_denied` the tools it can never call); None when nothing.
+Which tools those are is the engine's (`authz.engine.listing_filter`, a `Hides`).
+
 - `filter_tools(text, hides)`: one JSON-RPC message (or a batch) as text → the same text
   without the hidden elements of every `result.tools` array, whatever the message's id. Only
   those elements (and their separators) are cut: `nextCursor`, other members and every other
@@ -17,79 +17,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from authz.model import RequestId
-from authz.policy import WILDCARD, Policy
+from authz.model import Hides, RequestId
 
 __all__ = [
-    "Hides",
     "ToolsScanner",
     "Unparsable",
     "answer_kind",
     "filter_tools",
-    "hides_tools",
-    "listing_filter",
-    "never_callable",
     "parse_message",
     "same_id",
 ]
 
-Hides = Callable[[str | None], bool]
-"""Whether a listed tool (by name; None when the entry has no string name) is removed."""
-
 
 class Unparsable(ValueError):
     """Upstream bytes that are not the JSON (or SSE) they claim to be."""
-
-
-# -- which tools a listing hides -------------------------------------------------------------
-
-
-def never_callable(policy: Policy, tool: str) -> bool:
-    """Whether every `tools/call` of `tool` is denied whatever its arguments.
-
-    True for a tool that is not listed under `default: deny`, or whose own entry or the
-    `"*"` entry has a `deny_if` rule without conditions or an Intercept `action: deny` rule.
-    """
-    own = policy.tool(tool)
-    if own is None and policy.default == "deny":
-        return True
-    entries = [own, policy.wildcard if tool != WILDCARD else None]
-    for entry in entries:
-        if entry is None:
-            continue
-        if any(not rule.conditions for rule in entry.deny_if):
-            return True
-        if any(rule.action == "deny" for rule in entry.rules):
-            return True
-    return False
-
-
-def hides_tools(policy: Policy | None) -> bool:
-    """Whether a grant with `policy` must not see some tools (its answers are all filtered)."""
-    if policy is None:
-        return False
-    return policy.hides_all or bool(policy.document.hide) or policy.document.hide_denied
-
-
-def listing_filter(policy: Policy) -> Hides | None:
-    """What a grant with `policy` must not see in `tools/list`; None when that is nothing."""
-    if policy.hides_all:
-        return lambda _name: True
-    if not hides_tools(policy):
-        return None
-    hidden = frozenset(policy.document.hide)
-    hide_denied = policy.document.hide_denied
-
-    def hides(name: str | None) -> bool:
-        if name is None:
-            return False
-        return name in hidden or (hide_denied and never_callable(policy, name))
-
-    return hides
 
 
 # -- JSON-RPC messages -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Labels are bounded: `tool` is a tool the grant's policy names (or `(unlisted)` /
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from authz.config import ConfigSource
-from authz.model import Decision
+from authz.model import Decision, FixedRule
 from authz.policy import Policy
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -35,23 +35,25 @@ _LATENCY_BUCKETS = (
     1.0,
 )
 
-_FIXED_RULES = {
-    "(auth)": "auth",
-    "(parse)": "parse",
-    "(headers)": "headers",
-    "(body)": "body",
-    "(http)": "http",
-    "(path)": "path",
-    "(no policy)": "no_policy",
-    "(hidden)": "hidden",
-    "(default deny)": "default_deny",
-    "(counters)": "counters",
-    "(counters fail-open)": "counters_fail_open",
-    "(approvals)": "approvals",
-    "(approval cap)": "approval_cap",
-    "(approval size)": "approval_size",
-    "(error)": "error",
+_FIXED_RULES: Mapping[str, str] = {
+    FixedRule.AUTH: "auth",
+    FixedRule.PARSE: "parse",
+    FixedRule.HEADERS: "headers",
+    FixedRule.BODY: "body",
+    FixedRule.HTTP: "http",
+    FixedRule.PATH: "path",
+    FixedRule.NO_POLICY: "no_policy",
+    FixedRule.HIDDEN: "hidden",
+    FixedRule.DEFAULT_DENY: "default_deny",
+    FixedRule.COUNTERS: "counters",
+    FixedRule.COUNTERS_FAIL_OPEN: "counters_fail_open",
+    FixedRule.APPROVALS: "approvals",
+    FixedRule.APPROVAL_CAP: "approval_cap",
+    FixedRule.APPROVAL_SIZE: "approval_size",
+    FixedRule.ERROR: "error",
 }
+"""`rule_kind` of the fixed rules; the others (`(inflight)`, `(id in use)`) count as
+`other`."""
 
 
 _CHILD_CACHE_MAX = 4096

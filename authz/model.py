@@ -1,15 +1,37 @@
-"""Domain types shared by the parser, the engine, the counter stores and the Envoy edge.
+"""Domain types shared by the parser, the engine, the stores, the pipeline and the edges.
 
 Nothing here knows about protobuf, gRPC, Redis or files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+__all__ = [
+    "Approval",
+    "ApprovalRequirement",
+    "ApprovalStatus",
+    "ApprovalTicket",
+    "Claim",
+    "Cursor",
+    "Decision",
+    "DenyKind",
+    "Exhausted",
+    "FixedRule",
+    "Grant",
+    "Hides",
+    "JsonValue",
+    "McpRequest",
+    "Outcome",
+    "RequestId",
+    "Reservation",
+    "bucket_part",
+]
 
 JsonValue = Any
 """A value produced by the strict JSON parser (dict, list, str, int, float, bool, None)."""
@@ -53,9 +75,12 @@ class Outcome(enum.Enum):
 
 
 class DenyKind(enum.Enum):
-    """Why a request was denied; the Envoy edge maps each kind to an HTTP shape."""
+    """Why a request was denied; every edge maps each kind to one HTTP shape
+    (`authz.envoy.denial`)."""
 
     UNAUTHENTICATED = "unauthenticated"  # 401 + WWW-Authenticate
+    INVALID_TOKEN = "invalid_token"  # 401: a credential that names no grant (error=invalid_token)
+    NOT_FOUND = "not_found"  # 404: not the MCP endpoint
     BAD_REQUEST = "bad_request"  # malformed JSON / JSON-RPC / header mismatch
     POLICY = "policy"  # a policy rule denied the call
     RATE_LIMITED = "rate_limited"  # a limit is exhausted (Retry-After)
@@ -64,6 +89,53 @@ class DenyKind(enum.Enum):
     TOO_LARGE = "too_large"  # body truncated by Envoy (partial)
     UNSUPPORTED_MEDIA = "unsupported_media"  # wrong Content-Type or a Content-Encoding
     APPROVAL_REQUIRED = "approval_required"  # held until a person approves (approve_if)
+
+
+class FixedRule(enum.StrEnum):
+    """The rule of a denial that no element of a policy caused (a policy's own rules are
+    JSON pointers, `/tools/<tool>/...`). Each renders as its value, e.g. `(auth)`, exactly as
+    the README's table of denials, the audit events and the metrics show it."""
+
+    AUTH = "(auth)"
+    """No credential, or one that names no grant."""
+    PATH = "(path)"
+    """Not the MCP endpoint."""
+    HTTP = "(http)"
+    """An HTTP method the endpoint does not serve, a method override, a token in the URL."""
+    HEADERS = "(headers)"
+    """`Mcp-*` headers that disagree with the body, a malformed `Mcp-Session-Id`."""
+    BODY = "(body)"
+    """A truncated, compressed or non-JSON body, or a body on GET or DELETE."""
+    PARSE = "(parse)"
+    """Not one valid MCP JSON-RPC message."""
+    ID_IN_USE = "(id in use)"
+    """The request's id is in flight in its session already."""
+    NO_POLICY = "(no policy)"
+    """The grant's policy is not loaded."""
+    HIDDEN = "(hidden)"
+    """A call of a tool the policy hides."""
+    DEFAULT_DENY = "(default deny)"
+    """A call of a tool the policy does not list, under `default: deny`."""
+    COUNTERS = "(counters)"
+    """The counter store could not answer (fail closed)."""
+    COUNTERS_FAIL_OPEN = "(counters fail-open)"
+    """Allowed without quota: the counter store could not answer (fail open)."""
+    INFLIGHT = "(inflight)"
+    """The in-flight registry could not answer (fail closed)."""
+    APPROVALS = "(approvals)"
+    """The approval store could not answer (fail closed)."""
+    APPROVAL_CAP = "(approval cap)"
+    """The grant has as many pending approvals as it may."""
+    APPROVAL_SIZE = "(approval size)"
+    """The arguments are too large to hold for approval."""
+    ERROR = "(error)"
+    """The sidecar failed while deciding (fail closed)."""
+
+
+Hides = Callable[[str | None], bool]
+"""Whether a tool is cut from a grant's listings (by name; None for an entry without a
+string name). Decided by the engine (`authz.engine.listing_filter`), applied to the
+server's answers by the response phase."""
 
 
 def bucket_part(*parts: str) -> str:
@@ -154,8 +226,108 @@ class ApprovalTicket:
     expires_at: float
 
 
+class ApprovalStatus(enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    USED = "used"
+    EXPIRED = "expired"
+    """Reported for a pending or approved approval whose expiry has passed."""
+
+
+Cursor = tuple[float, str]
+"""A position in a listing of approvals: (requested_at, id) of the last approval seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """One approval of a held tool call, as a store holds it (`authz.approvals`)."""
+
+    id: str
+    status: ApprovalStatus
+    binding: str
+    grant_id: str
+    grant_label: str
+    policy: str
+    policy_hash: str
+    tool: str
+    arguments_hmac: str
+    """HMAC-SHA256 of the canonical arguments under the store's digest key."""
+    argument_keys: tuple[str, ...]
+    """The arguments' top-level keys, sorted (chosen by the agent)."""
+    arguments_json: str | None
+    """Canonical JSON of the arguments, for approvers only; None once the approval is used
+    or has expired (values are kept only while it is live)."""
+    rule: str
+    requested_at: float
+    expires_at: float
+    decision_id: str = ""
+    decided_at: float | None = None
+    decided_by: str | None = None
+    """The approver's id (from their admin credential), never a client-supplied name."""
+    reason: str | None = None
+    used_at: float | None = None
+
+    @property
+    def arguments(self) -> dict[str, Any] | None:
+        """The argument values while they are kept, else None."""
+        if self.arguments_json is None:
+            return None
+        value = json.loads(self.arguments_json)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def cursor(self) -> Cursor:
+        """Where this approval is in a listing (oldest first)."""
+        return (self.requested_at, self.id)
+
+    def view(self, now: float) -> Approval:
+        """This approval as seen at `now`: pending/approved past expiry read as expired."""
+        if self.status in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED) and (
+            now >= self.expires_at
+        ):
+            return dataclasses.replace(self, status=ApprovalStatus.EXPIRED)
+        return self
+
+    def public(self, *, with_arguments: bool) -> dict[str, Any]:
+        """JSON for the admin API (argument values only when asked; None once dropped)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status.value,
+            "grant_id": self.grant_id,
+            "grant_label": self.grant_label,
+            "policy": self.policy,
+            "policy_hash": self.policy_hash,
+            "tool": self.tool,
+            "arguments_hmac": self.arguments_hmac,
+            "argument_keys": list(self.argument_keys),
+            "rule": self.rule,
+            "requested_at": self.requested_at,
+            "expires_at": self.expires_at,
+            "decision_id": self.decision_id,
+            "decided_at": self.decided_at,
+            "decided_by": self.decided_by,
+            "reason": self.reason,
+            "used_at": self.used_at,
+        }
+        if with_arguments:
+            out["arguments"] = self.arguments
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """The answer to one request: allowed, or denied with a kind, a rule and a message.
+
+    Made by the engine (`authz.engine`: `decide`, then `judge_approval` and `settle`) for
+    what a policy judges, and by the pipeline (`authz.pipeline`) for what it refuses itself
+    (HTTP shape, credential, parsing, unavailable stores). An allowed tool call carries the
+    `claims` it needs from the counter store and, once reserved, the `reservation`; a call
+    that needs a person's approval carries `approval`, and then a `ticket`. A denial carries
+    its `kind` (the HTTP shape every edge gives it), the `rule` that denied it (a JSON
+    pointer into the policy, or a `FixedRule`) and a `message` without argument values.
+    """
+
     outcome: Outcome
     rule: str | None = None
     message: str = ""

@@ -58,7 +58,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from authz import conditions, strictjson
+from authz.conditions import non_negative_int
 from authz.patterns import Pattern, PatternError, compile_pattern
+from authz.strictjson import json_path
 
 __all__ = [
     "WINDOW_SECONDS",
@@ -78,9 +80,7 @@ __all__ = [
     "RuleLimit",
     "ToolPolicy",
     "check_policy_files",
-    "json_path",
     "load_policy",
-    "non_negative_int",
     "policy_json_schema",
 ]
 
@@ -126,23 +126,6 @@ def _problems(*items: _RelProblem) -> PydanticCustomError:
     return PydanticCustomError(
         "policy", "{summary}", {"summary": items[0][1], "problems": list(items)}
     )
-
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def json_path(loc: Iterable[str | int]) -> str:
-    """`('tools', 'a.b', 'deny_if', 0)` → `$.tools['a.b'].deny_if[0]`."""
-    out = "$"
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _IDENTIFIER.match(part):
-            out += f".{part}"
-        else:
-            escaped = part.replace("\\", "\\\\").replace("'", "\\'")
-            out += f"['{escaped}']"
-    return out
 
 
 def _show(value: object) -> str:
@@ -383,21 +366,6 @@ RequireApproval = Annotated[
         json_schema_extra=lambda schema: schema["anyOf"].insert(0, {"type": "boolean"}),
     ),
 ]
-
-
-def non_negative_int(value: object) -> int | None:
-    """`value` as a non-negative integer, or None when it is not one.
-
-    JSON has one number type, so an integral float counts (3.0 → 3); booleans, strings,
-    fractions (2.5), negative numbers and non-finite floats do not.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    return None
 
 
 _COST_SHAPE: Final = '{"from": "args.<key>", "default": 1}'
@@ -840,7 +808,7 @@ class MethodsPolicy(_Model):
             raise _problems(*problems)
         return value
 
-    def decide(self, method: str) -> tuple[bool, str]:
+    def permits(self, method: str) -> tuple[bool, str]:
         """(allowed, rule pointer) for a non-tool method."""
         if method in self.deny:
             return False, f"/methods/deny/{self.deny.index(method)}"

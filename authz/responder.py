@@ -22,9 +22,10 @@ import structlog
 
 from authz.config import ConfigSource
 from authz.counters.base import CounterStore
+from authz.engine import listing_filter
 from authz.inflight.base import InflightStore
-from authz.listing import Hides, listing_filter
 from authz.metrics import Metrics
+from authz.model import Hides
 from authz.response import MAX_HELD_BYTES, ResponseContext, ResponseInspector
 
 log = structlog.get_logger("mcp_authz.response")
@@ -88,7 +89,7 @@ class Responder:
     async def settle(self, inspector: ResponseInspector, seconds: float) -> None:
         """Free the request's id, give the quota back if the server did not run the call,
         then write the audit event."""
-        context, outcome = inspector.context, inspector.outcome
+        context, report = inspector.context, inspector.report
         released: bool | None = None
         error: str | None = None
         if context.inflight is not None and self._inflight is not None:
@@ -100,7 +101,7 @@ class Responder:
                     decision_id=context.decision_id,
                     error=type(exc).__name__,
                 )
-        if outcome.give_back and context.reservation is not None:
+        if report.give_back and context.reservation is not None:
             try:
                 await self._counters.release(context.reservation)
                 released = True
@@ -108,23 +109,23 @@ class Responder:
                 released, error = False, f"{type(exc).__name__}: {exc}"
                 if self._metrics is not None:
                     self._metrics.store_errors.labels(store=self._store_name).inc()
-        if outcome.unparsed or outcome.oversized or outcome.withheld:
+        if report.unparsed or report.oversized or report.withheld:
             log.warning(
                 "response_unparsed",
                 decision_id=context.decision_id,
                 method=context.method,
-                media=outcome.media,
-                unparsed=outcome.unparsed,
-                oversized=outcome.oversized,
-                withheld=outcome.withheld,
+                media=report.media,
+                unparsed=report.unparsed,
+                oversized=report.oversized,
+                withheld=report.withheld,
             )
         if not context.allowed:
             return  # a denial or an Envoy local reply: the request phase logged it
         extra: dict[str, object] = {}
-        if outcome.unparsed:
-            extra["unparsed"] = outcome.unparsed
-        if outcome.oversized:
-            extra["oversized"] = outcome.oversized
+        if report.unparsed:
+            extra["unparsed"] = report.unparsed
+        if report.oversized:
+            extra["oversized"] = report.oversized
         if error is not None:
             extra["release_error"] = error
         _audit.info(
@@ -133,15 +134,15 @@ class Responder:
             grant_id=context.grant_id,
             method=context.method,
             tool=context.tool,
-            status=outcome.status,
-            origin=outcome.origin,
-            media=outcome.media,
-            tools_removed=outcome.tools_removed,
-            withheld=outcome.withheld,
-            give_back=outcome.give_back,
-            reason=outcome.reason,
+            status=report.status,
+            origin=report.origin,
+            media=report.media,
+            tools_removed=report.tools_removed,
+            withheld=report.withheld,
+            give_back=report.give_back,
+            reason=report.reason,
             released=released,
-            complete=outcome.complete,
+            complete=report.complete,
             duration_ms=round(seconds * 1000, 3),
             **extra,
         )

@@ -2,9 +2,9 @@
 
 Sans-IO and synchronous, like the engine: `ResponseInspector` is told the response's status,
 content type and Envoy's account of where the response came from, then its body chunk by
-chunk, and answers with the bytes to send on. Its `Outcome` says how many tools were cut,
+chunk, and answers with the bytes to send on. Its `ResponseReport` says how many tools were cut,
 which messages were withheld, and whether an allowed `tools/call` gets its quota back. The
-Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the outcome.
+Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the report.
 
 - **Hiding** (a grant whose policy hides tools, `authz.listing.listing_filter`): every
   response to that grant goes through FILTER, whatever its method, id or HTTP method (the
@@ -12,7 +12,7 @@ Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the
   or the data of one SSE event) is read whole when it fits `MAX_HELD_BYTES` and loses the
   hidden elements of every `result.tools` array (`authz.listing.filter_tools`; all other
   bytes are kept). What cannot be checked fails closed, as a JSON-RPC error in its place
-  (`Outcome.withheld`): a message over the bound that reaches a `result.tools` array (found
+  (`ResponseReport.withheld`): a message over the bound that reaches a `result.tools` array (found
   by `authz.listing.ToolsScanner` while the message streams on; a large tool result without
   one, an image say, passes), a JSON answer to a `tools/list` that answers another id, and,
   in a 2xx response or any answer to a `tools/list`, a message that is not UTF-8 or not
@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from authz.listing import (
-    Hides,
     ToolsScanner,
     Unparsable,
     answer_kind,
@@ -49,17 +48,17 @@ from authz.listing import (
     parse_message,
     same_id,
 )
-from authz.model import RequestId, Reservation
+from authz.model import Hides, RequestId, Reservation
 from authz.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
 
 __all__ = [
     "DELIVERED_FLAGS",
     "MAX_HELD_BYTES",
     "NOT_DELIVERED_FLAGS",
-    "Outcome",
     "Plan",
     "ResponseContext",
     "ResponseInspector",
+    "ResponseReport",
     "give_back_evidence",
     "withheld_error",
 ]
@@ -166,7 +165,7 @@ class Plan(enum.Enum):
 
 
 @dataclass(slots=True)
-class Outcome:
+class ResponseReport:
     """What one response turned out to be; the audit event of the response phase."""
 
     status: int | None = None
@@ -224,7 +223,7 @@ class ResponseInspector:
         self.context = context
         self.hides = hides
         self.limit = limit
-        self.outcome = Outcome()
+        self.report = ResponseReport()
         self.plan = Plan.PASS
         self.refusal: tuple[int, str] | None = None
         """(status, JSON body) the sidecar answers with instead, for REFUSE."""
@@ -262,7 +261,7 @@ class ResponseInspector:
     def stop(self) -> None:
         """The rest of the body passes without the sidecar (see `needs_body`)."""
         if not self._done and self.plan is not Plan.PASS:
-            self.outcome.complete = True
+            self.report.complete = True
         self._settle_quota()
         self._done = True
 
@@ -291,7 +290,7 @@ class ResponseInspector:
         `details`/`flags`: Envoy's `response.code_details` and `response.flags` (None when
         Envoy did not send them). A body with a `content-encoding` (compressed) is `other`.
         """
-        out = self.outcome
+        out = self.report
         out.status = status
         out.origin = details
         out.media = "none" if end_of_stream else _media(content_type, content_encoding)
@@ -350,7 +349,7 @@ class ResponseInspector:
         elif self.plan is Plan.FILTER:
             if self._withholding:
                 out = b""
-            elif self.outcome.media == "sse":
+            elif self.report.media == "sse":
                 out = self._filter_sse(chunk, end_of_stream)
             else:
                 out = self._filter_json(chunk, end_of_stream)
@@ -366,7 +365,7 @@ class ResponseInspector:
         if self._done:
             return
         if self.plan is not Plan.PASS:
-            self.outcome.complete = False
+            self.report.complete = False
         if self._quota_open:
             self._quota(give_back=False, reason="unparsed" if self._uncertain else "incomplete")
         self._done = True
@@ -378,7 +377,7 @@ class ResponseInspector:
         if self._splitter is not None:
             self._splitter.finish()
         self.plan = Plan.PASS
-        self.outcome.unparsed += 1
+        self.report.unparsed += 1
         if self._quota_open:
             self._quota(give_back=False, reason="unparsed")
 
@@ -387,10 +386,10 @@ class ResponseInspector:
         gets; every later chunk is dropped. Never raises."""
         self._held.clear()
         self._withholding = True
-        self.outcome.withheld += 1
-        self.outcome.unparsed += 1
+        self.report.withheld += 1
+        self.report.unparsed += 1
         error = withheld_error(self._error_id(None), "the gateway failed to read it")
-        if self.outcome.media == "sse":
+        if self.report.media == "sse":
             return b"\r\n\r\nevent: message\r\ndata: " + error.encode("utf-8") + b"\r\n\r\n"
         return error.encode("utf-8")
 
@@ -402,8 +401,8 @@ class ResponseInspector:
     # -- internals -------------------------------------------------------------------
 
     def _quota(self, *, give_back: bool, reason: str) -> None:
-        self.outcome.give_back = give_back
-        self.outcome.reason = reason
+        self.report.give_back = give_back
+        self.report.reason = reason
         self._quota_open = False
 
     def _settle_quota(self) -> None:
@@ -420,17 +419,17 @@ class ResponseInspector:
 
     def _refuse(self, why: str) -> None:
         self.plan = Plan.REFUSE
-        self.outcome.withheld += 1
+        self.report.withheld += 1
         self.refusal = (502, withheld_error(self.context.rpc_id, why))
 
     def _end(self) -> None:
-        self.outcome.complete = True
+        self.report.complete = True
         self._settle_quota()
         self._done = True
 
     def _unreadable(self, exc: Exception) -> None:
         """Upstream bytes this module could not read; a bug is kept for the edge to log."""
-        self.outcome.unparsed += 1
+        self.report.unparsed += 1
         self._uncertain = True
         if not isinstance(exc, Unparsable):
             self.error = exc
@@ -465,7 +464,7 @@ class ResponseInspector:
             return
         if len(self._held) + len(chunk) > self.limit:
             self._held.clear()
-            self.outcome.oversized += 1
+            self.report.oversized += 1
             self._uncertain = True
             return
         self._held += chunk
@@ -490,7 +489,7 @@ class ResponseInspector:
                 continue
             if data is not None and data.strip():
                 self._read_text(data)
-        self.outcome.oversized = splitter.oversized
+        self.report.oversized = splitter.oversized
         if end_of_stream and self._answered is None and splitter.finish().strip(b"\r\n"):
             self._uncertain = True  # an event that never ended
 
@@ -515,12 +514,12 @@ class ResponseInspector:
             cut = self._scanner.feed(chunk)
             if self._scanner.found or (self._scanner.broken and self._strict):
                 self._withholding = True
-                self.outcome.withheld += 1
+                self.report.withheld += 1
                 return chunk[: cut or 0] if self._scanner.found else b""
             return chunk
         self._held += chunk
         if len(self._held) > self.limit:
-            self.outcome.oversized += 1
+            self.report.oversized += 1
             scanner = ToolsScanner()
             scanner.feed(bytes(self._held))
             if scanner.found or (scanner.broken and self._strict):
@@ -538,7 +537,7 @@ class ResponseInspector:
         try:
             text = original.decode("utf-8")
         except UnicodeDecodeError:
-            self.outcome.unparsed += 1
+            self.report.unparsed += 1
             return self._json_error("not UTF-8") if self._strict else original
         if not text.strip():
             return original
@@ -559,12 +558,12 @@ class ResponseInspector:
         self._note(message)
         if not removed:
             return original
-        self.outcome.tools_removed += removed
+        self.report.tools_removed += removed
         return new.encode("utf-8")
 
     def _json_error(self, why: str) -> bytes:
         """The body that stands in for a JSON body: the answer to the request's id."""
-        self.outcome.withheld += 1
+        self.report.withheld += 1
         return withheld_error(self._error_id(None), why).encode("utf-8")
 
     # -- FILTER: SSE -------------------------------------------------------------------------
@@ -578,7 +577,7 @@ class ResponseInspector:
                 out += self._filter_event(raw)
             else:
                 out += self._long_event(raw, last=kind is Segment.LAST)
-        self.outcome.oversized = splitter.oversized
+        self.report.oversized = splitter.oversized
         if end_of_stream:
             rest = splitter.finish()
             if rest.strip(b"\r\n"):  # an event the stream never ended: checked all the same
@@ -603,11 +602,11 @@ class ResponseInspector:
         self._note(message)
         if not removed:
             return raw
-        self.outcome.tools_removed += removed
+        self.report.tools_removed += removed
         return rewrite_event(raw, new)
 
     def _event_error(self, raw: bytes | None, message_id: RequestId, why: str) -> bytes:
-        self.outcome.withheld += 1
+        self.report.withheld += 1
         error = withheld_error(self._error_id(message_id), why)
         if raw is not None:
             return rewrite_event(raw, error)

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from authz import engine
-from authz.approvals.base import Approval, ApprovalRefused, ApprovalRequest, ApprovalStore
+from authz.approvals.base import ApprovalRefused, ApprovalRequest, ApprovalStore
 from authz.approvals.memory import MemoryApprovalStore
 from authz.audit import AuditContext, log_approval, log_decision
 from authz.config import ConfigSource
@@ -29,13 +29,21 @@ from authz.inflight.base import InflightStore, inflight_key
 from authz.inflight.memory import MemoryInflightStore
 from authz.mcp import INVALID_REQUEST, RESPONSE_METHOD, McpParseError, check_mirror_headers
 from authz.metrics import Metrics
-from authz.model import Decision, DenyKind, Exhausted, Grant, McpRequest, RequestId, Reservation
+from authz.model import (
+    Approval,
+    Decision,
+    DenyKind,
+    Exhausted,
+    FixedRule,
+    Grant,
+    McpRequest,
+    RequestId,
+    Reservation,
+)
 from authz.parsing import ParsePool
 from authz.policy import Policy
 
 log = structlog.get_logger("mcp_authz.service")
-
-FAIL_OPEN_RULE = "(counters fail-open)"
 
 HEADER_MISMATCH = -32020
 """JSON-RPC code for Mcp-* headers that disagree with the body (as the MCP SDK uses)."""
@@ -47,9 +55,6 @@ MCP_PATH = "/mcp"
 """The one endpoint path the sidecar allows (plus an optional query string). Envoy has
 already normalised the path (dot segments, merged slashes, decoded unreserved escapes;
 escaped slashes are rejected), so the comparison is exact."""
-
-PATH_RULE = "(path)"
-"""Rule of a request for any path other than the MCP endpoint (rendered as 404)."""
 
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-method-override", "x-http-method")
 """Headers some frameworks use to change the HTTP method: the method is what was sent."""
@@ -107,6 +112,18 @@ class HttpRequest:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """What the pipeline concluded about one request: everything an edge needs to answer
+    Envoy, and nothing of Envoy's own messages.
+
+    `decision` is the answer (allowed, or a denial with its kind, rule and message);
+    `decision_id` names it in the audit log and in the headers and metadata Envoy passes
+    on. `grant`, `request` and `policy` are set as far as the pipeline got: the caller's
+    grant once identified, the parsed request once its body parsed, the grant's policy.
+    Every edge renders a denied verdict the same way (`authz.envoy.denial`) and an allowed
+    one as its transport's "ok" with the grant, the decision id and the response phase's
+    metadata (`hides`, `inflight`, `decision.reservation`).
+    """
+
     decision: Decision
     decision_id: str
     grant: Grant | None = None
@@ -119,6 +136,13 @@ class Verdict:
     inflight: str | None = None
     """The in-flight registry key the allowed request holds (`authz.inflight`); the response
     phase frees it when the response ends."""
+
+    @property
+    def hides(self) -> bool:
+        """Whether the answers to this allowed request must be filtered: the grant's policy
+        hides tools (`engine.hides_tools`). Envoy routes such requests to the `/mcp` route
+        whose response phase fails closed."""
+        return self.decision.allowed and engine.hides_tools(self.policy)
 
 
 def new_decision_id() -> str:
@@ -169,7 +193,7 @@ class Authorizer:
                 Decision.deny(
                     DenyKind.UNAVAILABLE,
                     "the policy sidecar could not decide this request",
-                    rule="(error)",
+                    rule=FixedRule.ERROR,
                 ),
                 decision_id,
             )
@@ -209,7 +233,7 @@ class Authorizer:
                     Decision.deny(
                         DenyKind.BAD_REQUEST,
                         f"a {http.method} request must not carry a body",
-                        rule="(body)",
+                        rule=FixedRule.BODY,
                         rpc_code=INVALID_REQUEST,
                     ),
                     decision_id,
@@ -221,7 +245,7 @@ class Authorizer:
                 Decision.deny(
                     DenyKind.METHOD_NOT_ALLOWED,
                     f"HTTP method {http.method} is not allowed",
-                    rule="(http)",
+                    rule=FixedRule.HTTP,
                 ),
                 decision_id,
                 grant,
@@ -236,7 +260,9 @@ class Authorizer:
             )
         except McpParseError as exc:
             return Verdict(
-                Decision.deny(DenyKind.BAD_REQUEST, exc.message, rule="(parse)", rpc_code=exc.code),
+                Decision.deny(
+                    DenyKind.BAD_REQUEST, exc.message, rule=FixedRule.PARSE, rpc_code=exc.code
+                ),
                 decision_id,
                 grant,
                 reply_id=exc.request_id,
@@ -247,7 +273,7 @@ class Authorizer:
                 Decision.deny(
                     DenyKind.BAD_REQUEST,
                     mismatch.message,
-                    rule="(headers)",
+                    rule=FixedRule.HEADERS,
                     rpc_code=HEADER_MISMATCH,
                 ),
                 decision_id,
@@ -292,7 +318,7 @@ class Authorizer:
             return Decision.deny(
                 DenyKind.UNAVAILABLE,
                 "request id state is unavailable, so the request was not run; retry shortly",
-                rule="(inflight)",
+                rule=FixedRule.INFLIGHT,
                 retry_after=1,
             )
         if not claimed:
@@ -301,7 +327,7 @@ class Authorizer:
                 "invalid request: this id is already used by a request still in flight in "
                 'this session (the server compares ids as text: 7 and "7" are the same id); '
                 "send it with a new id",
-                rule="(id in use)",
+                rule=FixedRule.ID_IN_USE,
                 rpc_code=INVALID_REQUEST,
             )
         return key
@@ -341,7 +367,7 @@ class Authorizer:
                 if self._fail_open:
                     return Verdict(
                         dataclasses.replace(
-                            decision, rule=FAIL_OPEN_RULE, claims=(), reservation=None
+                            decision, rule=FixedRule.COUNTERS_FAIL_OPEN, claims=(), reservation=None
                         ),
                         decision_id,
                         grant,
@@ -352,7 +378,7 @@ class Authorizer:
                 decision = Decision.deny(
                     DenyKind.UNAVAILABLE,
                     "quota state is unavailable, so the call was not run; retry shortly",
-                    rule="(counters)",
+                    rule=FixedRule.COUNTERS,
                     retry_after=1,
                 )
             else:
@@ -468,21 +494,21 @@ class Authorizer:
                 DenyKind.TOO_LARGE,
                 "request body is larger than the sidecar accepts (it arrived truncated); "
                 "the call was not run",
-                rule="(body)",
+                rule=FixedRule.BODY,
             )
         encoding = http.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             return Decision.deny(
                 DenyKind.UNSUPPORTED_MEDIA,
                 "compressed request bodies are not accepted (Content-Encoding)",
-                rule="(body)",
+                rule=FixedRule.BODY,
             )
         content_type = http.headers.get("content-type")
         if _media_type(content_type) != "application/json" or not _utf8_charset(content_type):
             return Decision.deny(
                 DenyKind.UNSUPPORTED_MEDIA,
                 "Content-Type must be application/json (charset, if given, utf-8)",
-                rule="(body)",
+                rule=FixedRule.BODY,
             )
         return None
 
@@ -491,7 +517,7 @@ def _approvals_unavailable() -> Decision:
     return Decision.deny(
         DenyKind.UNAVAILABLE,
         "approval state is unavailable, so the call was not run; retry shortly",
-        rule="(approvals)",
+        rule=FixedRule.APPROVALS,
         retry_after=1,
     )
 
@@ -519,9 +545,9 @@ def _bad_http(http: HttpRequest) -> Decision | None:
     path, _, query = http.path.partition("?")
     if path != MCP_PATH:
         return Decision.deny(
-            DenyKind.BAD_REQUEST,
+            DenyKind.NOT_FOUND,
             f"not found: the MCP endpoint is {MCP_PATH}",
-            rule=PATH_RULE,
+            rule=FixedRule.PATH,
             rpc_code=INVALID_REQUEST,
         )
     for header in METHOD_OVERRIDE_HEADERS:
@@ -529,14 +555,14 @@ def _bad_http(http: HttpRequest) -> Decision | None:
             return Decision.deny(
                 DenyKind.BAD_REQUEST,
                 "HTTP method override headers are not accepted",
-                rule="(http)",
+                rule=FixedRule.HTTP,
                 rpc_code=INVALID_REQUEST,
             )
     if any(name in QUERY_CREDENTIAL_NAMES for name in _query_names(query)):
         return Decision.deny(
             DenyKind.BAD_REQUEST,
             "credentials in the URL are not accepted; use the Authorization header",
-            rule="(http)",
+            rule=FixedRule.HTTP,
             rpc_code=INVALID_REQUEST,
         )
     session = http.headers.get("mcp-session-id")
@@ -544,14 +570,14 @@ def _bad_http(http: HttpRequest) -> Decision | None:
         return Decision.deny(
             DenyKind.BAD_REQUEST,
             "Mcp-Session-Id must be one value of visible ASCII characters",
-            rule="(headers)",
+            rule=FixedRule.HEADERS,
             rpc_code=INVALID_REQUEST,
         )
     return None
 
 
-def _unauthenticated(message: str) -> Decision:
-    return Decision.deny(DenyKind.UNAUTHENTICATED, message, rule="(auth)")
+def _unauthenticated(message: str, kind: DenyKind = DenyKind.UNAUTHENTICATED) -> Decision:
+    return Decision.deny(kind, message, rule=FixedRule.AUTH)
 
 
 def identify(grants: GrantTable, http: HttpRequest) -> Grant | Decision:
@@ -579,7 +605,9 @@ def identify(grants: GrantTable, http: HttpRequest) -> Grant | Decision:
             )
         grant = grants.lookup_jwt(payload)
         if grant is None:
-            return _unauthenticated("unknown JWT identity: no grant matches its claims")
+            return _unauthenticated(
+                "unknown JWT identity: no grant matches its claims", DenyKind.INVALID_TOKEN
+            )
         return grant
     authorization = http.headers.get("authorization")
     if authorization is not None:
@@ -588,7 +616,7 @@ def identify(grants: GrantTable, http: HttpRequest) -> Grant | Decision:
             return _unauthenticated("missing bearer token")
         grant = grants.lookup(token)
         if grant is None:
-            return _unauthenticated("unknown bearer token")
+            return _unauthenticated("unknown bearer token", DenyKind.INVALID_TOKEN)
         return grant
     if http.source_principal:
         grant = grants.lookup_spiffe(http.source_principal)

@@ -27,7 +27,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Problem",
     "StrictJsonError",
     "TooManyValues",
+    "json_path",
     "loads",
     "rough_values",
     "value_bound",
@@ -70,6 +71,25 @@ class StrictJsonError(ValueError):
         self.problems: tuple[Problem, ...] = tuple(problems)
         self.loc, self.message = self.problems[0]
         super().__init__(self.message)
+
+
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def json_path(loc: Iterable[str | int]) -> str:
+    """A location as a JSON path, for messages that name the field at fault:
+    `('tools', 'a.b', 'deny_if', 0)` → `$.tools['a.b'].deny_if[0]` (a key that is not an
+    identifier is quoted, so no two locations read alike)."""
+    out = "$"
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            out += f".{part}"
+        else:
+            escaped = part.replace("\\", "\\\\").replace("'", "\\'")
+            out += f"['{escaped}']"
+    return out
 
 
 class TooManyValues(StrictJsonError):

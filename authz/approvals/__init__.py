@@ -1,21 +1,26 @@
-"""Human approval of held tool calls: store interface (`base`), memory and Redis stores."""
+"""Human approval of held tool calls: the store interface (`base`), the memory and Redis
+stores, the admin API (`admin`, `listener`) and the webhook (`webhook`).
+
+The approval itself (`Approval`, `ApprovalStatus`) is in `authz.model`."""
 
 from authz.approvals.base import (
-    Approval,
     ApprovalConflict,
+    ApprovalLimits,
     ApprovalNotFound,
+    ApprovalRefused,
     ApprovalRequest,
-    ApprovalStatus,
     ApprovalStore,
     ApprovalStoreUnavailable,
 )
+from authz.approvals.memory import MemoryApprovalStore
 
 __all__ = [
-    "Approval",
     "ApprovalConflict",
+    "ApprovalLimits",
     "ApprovalNotFound",
+    "ApprovalRefused",
     "ApprovalRequest",
-    "ApprovalStatus",
     "ApprovalStore",
     "ApprovalStoreUnavailable",
+    "MemoryApprovalStore",
 ]

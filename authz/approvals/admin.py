@@ -40,13 +40,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from authz.approvals.base import (
-    Approval,
     ApprovalConflict,
     ApprovalNotFound,
-    ApprovalStatus,
     ApprovalStore,
     ApprovalStoreUnavailable,
-    Cursor,
     format_cursor,
     parse_cursor,
 )
@@ -55,7 +52,7 @@ from authz.audit import log_approval
 from authz.config import ConfigSet, ConfigSource
 from authz.grants import bearer_token
 from authz.metrics import Metrics
-from authz.model import Grant
+from authz.model import Approval, ApprovalStatus, Cursor, Grant
 
 __all__ = [
     "LIST_LIMIT",
@@ -406,7 +403,7 @@ class _ApprovalsApi:
                     extra={"status": current.status.value, "stale": True},
                 )
         try:
-            decided = await self.store.decide(
+            decided = await self.store.resolve(
                 approval_id, approve=approve, approver=approver.id, reason=reason, now=now
             )
         except ApprovalConflict as exc:

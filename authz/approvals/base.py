@@ -1,4 +1,7 @@
-"""Human approval of held tool calls: the domain types and the store interface.
+"""Human approval of held tool calls: the store interface and what every store shares.
+
+The approval itself (`Approval`, `ApprovalStatus`) is a domain type of `authz.model`: the
+engine judges it without knowing any store.
 
 A tool call that matches a policy's `approve_if` rule is *held*: it is not forwarded, and a
 pending `Approval` records what was asked (grant, tool, a digest of the canonical JSON of
@@ -17,7 +20,7 @@ Lifecycle (every implementation keeps it; transitions are atomic, also across re
   expired), or creates a new pending one. A used or expired approval is never returned:
   the next identical call creates a new pending approval (so a second retry is held again).
 - A denied approval stays bound until it expires: identical retries get the denial again.
-- `decide` changes pending → approved/denied only before expiry.
+- `resolve` changes pending → approved/denied only before expiry.
 - `consume` changes approved → used only before expiry and only for the same binding.
 
 Bounds (`ApprovalLimits`, the same in every store; a refusal is `ApprovalRefused`):
@@ -38,8 +41,6 @@ cannot be recovered by hashing guesses. The binding's own sha256 never leaves th
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import hashlib
 import hmac
 import json
@@ -49,20 +50,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
+from authz.model import Approval, ApprovalStatus, Cursor, FixedRule
+
 __all__ = [
     "CAP_RULE",
     "RETENTION_SECONDS",
     "SIZE_RULE",
-    "Approval",
     "ApprovalConflict",
     "ApprovalLimits",
     "ApprovalNotFound",
     "ApprovalRefused",
     "ApprovalRequest",
-    "ApprovalStatus",
     "ApprovalStore",
     "ApprovalStoreUnavailable",
-    "Cursor",
     "arguments_digest",
     "arguments_hmac",
     "canonical_json",
@@ -71,15 +71,6 @@ __all__ = [
     "new_digest_key",
     "parse_cursor",
 ]
-
-
-class ApprovalStatus(enum.Enum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    DENIED = "denied"
-    USED = "used"
-    EXPIRED = "expired"
-    """Reported for a pending or approved approval whose expiry has passed."""
 
 
 def canonical_json(value: Any) -> str:
@@ -157,82 +148,6 @@ class ApprovalRequest:
         return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Approval:
-    """One approval as a store holds it."""
-
-    id: str
-    status: ApprovalStatus
-    binding: str
-    grant_id: str
-    grant_label: str
-    policy: str
-    policy_hash: str
-    tool: str
-    arguments_hmac: str
-    """HMAC-SHA256 of the canonical arguments under the store's digest key."""
-    argument_keys: tuple[str, ...]
-    """The arguments' top-level keys, sorted (chosen by the agent)."""
-    arguments_json: str | None
-    """Canonical JSON of the arguments, for approvers only; None once the approval is used
-    or has expired (values are kept only while it is live)."""
-    rule: str
-    requested_at: float
-    expires_at: float
-    decision_id: str = ""
-    decided_at: float | None = None
-    decided_by: str | None = None
-    """The approver's id (from their admin credential), never a client-supplied name."""
-    reason: str | None = None
-    used_at: float | None = None
-
-    @property
-    def arguments(self) -> dict[str, Any] | None:
-        """The argument values while they are kept, else None."""
-        if self.arguments_json is None:
-            return None
-        value = json.loads(self.arguments_json)
-        return value if isinstance(value, dict) else {}
-
-    @property
-    def cursor(self) -> Cursor:
-        """Where this approval is in a listing (oldest first)."""
-        return (self.requested_at, self.id)
-
-    def view(self, now: float) -> Approval:
-        """This approval as seen at `now`: pending/approved past expiry read as expired."""
-        if self.status in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED) and (
-            now >= self.expires_at
-        ):
-            return dataclasses.replace(self, status=ApprovalStatus.EXPIRED)
-        return self
-
-    def public(self, *, with_arguments: bool) -> dict[str, Any]:
-        """JSON for the admin API (argument values only when asked; None once dropped)."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status.value,
-            "grant_id": self.grant_id,
-            "grant_label": self.grant_label,
-            "policy": self.policy,
-            "policy_hash": self.policy_hash,
-            "tool": self.tool,
-            "arguments_hmac": self.arguments_hmac,
-            "argument_keys": list(self.argument_keys),
-            "rule": self.rule,
-            "requested_at": self.requested_at,
-            "expires_at": self.expires_at,
-            "decision_id": self.decision_id,
-            "decided_at": self.decided_at,
-            "decided_by": self.decided_by,
-            "reason": self.reason,
-            "used_at": self.used_at,
-        }
-        if with_arguments:
-            out["arguments"] = self.arguments
-        return out
-
-
 class ApprovalNotFound(LookupError):
     """No approval with that id (never existed, or its record has been dropped)."""
 
@@ -250,9 +165,9 @@ class ApprovalStoreUnavailable(Exception):
     """The store could not answer; held calls fail closed."""
 
 
-CAP_RULE: Final = "(approval cap)"
+CAP_RULE: Final = FixedRule.APPROVAL_CAP
 """Rule of a call refused because its grant has as many pending approvals as it may."""
-SIZE_RULE: Final = "(approval size)"
+SIZE_RULE: Final = FixedRule.APPROVAL_SIZE
 """Rule of a call refused because its arguments are too large to hold for approval."""
 
 
@@ -306,9 +221,6 @@ class ApprovalLimits:
         )
 
 
-Cursor = tuple[float, str]
-"""A position in a listing: (requested_at, id) of the last approval seen."""
-
 _CURSOR = re.compile(r"([0-9]{1,12}\.[0-9]{6})_(apr_[0-9a-f]{24})")
 
 
@@ -342,10 +254,11 @@ class ApprovalStore(Protocol):
         or bound to another call."""
         ...
 
-    async def decide(
+    async def resolve(
         self, approval_id: str, *, approve: bool, approver: str, reason: str | None, now: float
     ) -> Approval:
-        """pending → approved/denied; raises ApprovalNotFound or ApprovalConflict."""
+        """A person's decision: pending → approved/denied; raises ApprovalNotFound or
+        ApprovalConflict."""
         ...
 
     async def get(self, approval_id: str, now: float) -> Approval:

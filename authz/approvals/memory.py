@@ -18,17 +18,15 @@ from collections.abc import Sequence
 
 from authz.approvals.base import (
     RETENTION_SECONDS,
-    Approval,
     ApprovalConflict,
     ApprovalLimits,
     ApprovalNotFound,
     ApprovalRequest,
-    ApprovalStatus,
-    Cursor,
     arguments_hmac,
     new_approval_id,
     new_digest_key,
 )
+from authz.model import Approval, ApprovalStatus, Cursor
 
 __all__ = ["MemoryApprovalStore"]
 
@@ -162,7 +160,7 @@ class MemoryApprovalStore:
             self._finished.append(approval_id)
             return True
 
-    async def decide(
+    async def resolve(
         self, approval_id: str, *, approve: bool, approver: str, reason: str | None, now: float
     ) -> Approval:
         async with self._lock:

@@ -44,7 +44,7 @@ before any script runs.
   a new pending approval is written with the binding key pointing to it. Two replicas
   racing on one call therefore end with ONE approval: the second script sees the first
   one's; two replicas racing for a grant's last place under the cap end with one more.
-- `decide` changes pending → approved/denied only before expiry (else: not found, or a
+- `resolve` changes pending → approved/denied only before expiry (else: not found, or a
   conflict that reports the approval as it is), and frees the approval's place under its
   grant's cap.
 - `consume` changes approved → used only before expiry and only for the caller's binding,
@@ -73,7 +73,7 @@ refused connection is raised as `ApprovalStoreUnavailable` (the Redis exception 
 the caller fails closed (a held call stays held). A script that timed out may still have
 run: a `request` may have created an approval the caller never saw (the retry finds it), a
 `consume` may have used an approval without the caller learning it (the call is refused
-and held again), a `decide` may have decided (the approver sees it when they look again).
+and held again), a `resolve` may have decided (the approver sees it when they look again).
 Scripts are reloaded transparently after a Redis restart (NOSCRIPT). Redis replication is
 asynchronous: after a failover, or a restart without persistence, recent approvals and
 decisions may be lost; held calls are then held again, never let through unapproved.
@@ -92,18 +92,16 @@ from redis.asyncio.cluster import RedisCluster
 
 from authz.approvals.base import (
     RETENTION_SECONDS,
-    Approval,
     ApprovalConflict,
     ApprovalLimits,
     ApprovalNotFound,
     ApprovalRequest,
-    ApprovalStatus,
     ApprovalStoreUnavailable,
-    Cursor,
     arguments_hmac,
     new_approval_id,
     new_digest_key,
 )
+from authz.model import Approval, ApprovalStatus, Cursor
 from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore
 
 __all__ = ["HASH_TAG", "LIST_BATCH", "PRUNE_BATCH", "RedisApprovalStore"]
@@ -478,7 +476,7 @@ class RedisApprovalStore(ScriptStore):
         ]
         return int(await self._call(self._consume, keys, [approval_id, binding])) == 1
 
-    async def decide(
+    async def resolve(
         self, approval_id: str, *, approve: bool, approver: str, reason: str | None, now: float
     ) -> Approval:
         """pending → approved/denied before expiry (server time); raises ApprovalNotFound or

@@ -49,7 +49,7 @@ from typing import Any, Final
 import httpx
 import structlog
 
-from authz.approvals.base import Approval
+from authz.model import Approval
 
 __all__ = [
     "EVENT",

@@ -15,10 +15,9 @@ from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
-from authz.listing import hides_tools
 from authz.mcp import METHOD_NOT_FOUND
 from authz.model import DenyKind, McpRequest, RequestId
-from authz.service import PATH_RULE, HttpRequest, Verdict
+from authz.service import HttpRequest, Verdict
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 GRANT_HEADER = "x-mcp-grant"
@@ -86,6 +85,9 @@ def _jsonrpc_error(request_id: RequestId, code: int, message: str) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
+_UNAUTHENTICATED = (DenyKind.UNAUTHENTICATED, DenyKind.INVALID_TOKEN)
+"""The kinds answered 401 with a `WWW-Authenticate` challenge."""
+
 STATELESS_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 """`params._meta` key that marks a request of the stateless (2026-07-28+) protocol era."""
 
@@ -131,9 +133,9 @@ def denial(verdict: Verdict) -> HttpDenial:
                 "expires_at": decision.ticket.expires_at,
             }
         }
-    if kind is DenyKind.UNAUTHENTICATED:
+    if kind in _UNAUTHENTICATED:
         challenge = 'Bearer realm="mcp-authz"'
-        if decision.message.startswith("unknown"):
+        if kind is DenyKind.INVALID_TOKEN:
             challenge += ', error="invalid_token"'
         headers.append(("www-authenticate", challenge))
         return HttpDenial(401, tuple(headers), _jsonrpc_error(None, _JSONRPC_UNAUTHORIZED, text))
@@ -158,10 +160,10 @@ def denial(verdict: Verdict) -> HttpDenial:
         body = _tool_denied(request_id, text, stateless=_is_stateless(request), meta=meta)
         return HttpDenial(200, tuple(headers), body)
 
-    if kind is DenyKind.BAD_REQUEST:
+    if kind in (DenyKind.BAD_REQUEST, DenyKind.NOT_FOUND):
         code = decision.rpc_code if decision.rpc_code is not None else -32600
         # Not the MCP endpoint, or not an MCP method: 404, as the MCP SDK answers -32601.
-        status = 404 if decision.rule == PATH_RULE or code == METHOD_NOT_FOUND else 400
+        status = 404 if kind is DenyKind.NOT_FOUND or code == METHOD_NOT_FOUND else 400
         return HttpDenial(status, tuple(headers), _jsonrpc_error(request_id, code, text))
     if kind is DenyKind.TOO_LARGE:
         return HttpDenial(413, tuple(headers), _jsonrpc_error(None, -32600, text))
@@ -203,7 +205,7 @@ def _metadata(verdict: Verdict) -> struct_pb2.Struct:
     if verdict.grant is not None:
         fields["grant_id"].string_value = verdict.grant.id
         fields["policy"].string_value = verdict.grant.policy
-    if decision.allowed and hides_tools(verdict.policy):
+    if verdict.hides:
         # every answer is filtered; deploy/envoy.yaml routes such requests to the /mcp route
         # whose response phase fails closed (failure_mode_allow: false)
         fields["hides"].bool_value = True
@@ -258,7 +260,7 @@ def check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
     rendered = denial(verdict)
     grpc_code = (
         _GRPC_UNAUTHENTICATED
-        if verdict.decision.kind is DenyKind.UNAUTHENTICATED
+        if verdict.decision.kind in _UNAUTHENTICATED
         else _GRPC_PERMISSION_DENIED
     )
     denied = external_auth_pb2.DeniedHttpResponse(

@@ -17,7 +17,6 @@ from authz.approvals.base import (
     SIZE_RULE,
     ApprovalLimits,
     ApprovalRequest,
-    ApprovalStatus,
     arguments_digest,
 )
 from authz.approvals.memory import MemoryApprovalStore
@@ -26,7 +25,7 @@ from authz.counters.memory import MemoryCounterStore
 from authz.engine import decide, judge_approval
 from authz.envoy.authz import APPROVAL_HEADER, APPROVAL_META_KEY, check_response
 from authz.grants import hash_token
-from authz.model import DenyKind, Grant, McpRequest
+from authz.model import ApprovalStatus, DenyKind, Grant, McpRequest
 from authz.policy import PolicyError, load_policy
 from authz.service import Authorizer, HttpRequest, Verdict
 
@@ -128,7 +127,7 @@ async def test_judge_approval_states() -> None:
     held = judge_approval(decision, TOOL, pending)
     assert held.kind is DenyKind.APPROVAL_REQUIRED and held.ticket is not None
     assert pending.id in held.message and "retry the identical call" in held.message
-    denied = await store.decide(pending.id, approve=False, approver="alice", reason="no", now=101)
+    denied = await store.resolve(pending.id, approve=False, approver="alice", reason="no", now=101)
     out = judge_approval(decision, TOOL, denied)
     assert out.kind is DenyKind.POLICY
     assert "the approver said no to a large image" in out.message and "reason: no" in out.message
@@ -209,7 +208,7 @@ async def test_held_then_approved_runs_once(
     assert record.arguments == {"prompt": "x", "width": 2048}
     assert record.expires_at == clock.now + 120
 
-    await store.decide(ticket.id, approve=True, approver="alice", reason=None, now=clock.now)
+    await store.resolve(ticket.id, approve=True, approver="alice", reason=None, now=clock.now)
     clock.now += 5
     # a changed argument is not covered by the approval (and key order does not matter)
     changed = await _check(authorizer, _body(rid=3, prompt="y", width=2048))
@@ -240,7 +239,7 @@ async def test_approval_expires(
 ) -> None:
     held = await _check(authorizer, _body(prompt="x", width=2048))
     assert held.decision.ticket is not None
-    await store.decide(
+    await store.resolve(
         held.decision.ticket.id, approve=True, approver="a", reason=None, now=clock.now
     )
     clock.now += 121
@@ -254,7 +253,7 @@ async def test_denied_with_reason_reaches_the_agent(
 ) -> None:
     held = await _check(authorizer, _body(prompt="x", width=2048))
     assert held.decision.ticket is not None
-    await store.decide(
+    await store.resolve(
         held.decision.ticket.id, approve=False, approver="alice", reason="too costly", now=clock.now
     )
     retry = await _check(authorizer, _body(rid=7, prompt="x", width=2048))
@@ -274,7 +273,7 @@ async def test_rate_limited_approved_call_keeps_its_approval(
     held = await _check(authorizer, _body(prompt="x", width=2048))
     assert held.decision.ticket is not None
     approval_id = held.decision.ticket.id
-    await store.decide(approval_id, approve=True, approver="a", reason=None, now=clock.now)
+    await store.resolve(approval_id, approve=True, approver="a", reason=None, now=clock.now)
     limited = await _check(authorizer, _body(prompt="x", width=2048))
     assert limited.decision.kind is DenyKind.RATE_LIMITED
     assert (await store.get(approval_id, clock.now)).status is ApprovalStatus.APPROVED
@@ -285,7 +284,7 @@ async def test_policy_change_voids_the_approval(
 ) -> None:
     held = await _check(authorizer, _body(prompt="x", width=2048))
     assert held.decision.ticket is not None
-    await store.decide(
+    await store.resolve(
         held.decision.ticket.id, approve=True, approver="a", reason=None, now=clock.now
     )
     changed = json.loads(json.dumps(POLICY))
@@ -333,7 +332,7 @@ async def _approved_big_call(authorizer: Authorizer, store: MemoryApprovalStore)
     held = await _check(authorizer, _body(prompt="x", width=2048))
     assert held.decision.ticket is not None
     approval_id = held.decision.ticket.id
-    await store.decide(approval_id, approve=True, approver="a", reason=None, now=1_000_000.0)
+    await store.resolve(approval_id, approve=True, approver="a", reason=None, now=1_000_000.0)
     return approval_id
 
 
@@ -453,7 +452,7 @@ async def test_audit_records_every_step_with_keys_only(
     with structlog.testing.capture_logs() as logs:
         held = await _check(authorizer, _body(prompt="secret-prompt", width=2048))
         assert held.decision.ticket is not None
-        await store.decide(
+        await store.resolve(
             held.decision.ticket.id, approve=True, approver="alice", reason=None, now=clock.now
         )
         ran = await _check(authorizer, _body(prompt="secret-prompt", width=2048))

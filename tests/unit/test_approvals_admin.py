@@ -14,18 +14,14 @@ import httpx
 import pytest
 import structlog
 
-from authz.approvals.base import (
-    Approval,
-    ApprovalRequest,
-    ApprovalStatus,
-    ApprovalStoreUnavailable,
-)
+from authz.approvals.base import ApprovalRequest, ApprovalStoreUnavailable
 from authz.approvals.listener import admin_config
 from authz.approvals.memory import MemoryApprovalStore
 from authz.config import ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.grants import hash_token
 from authz.metrics import Metrics
+from authz.model import Approval, ApprovalStatus
 from authz.server import StoreHealth, _AdminServer, admin_app
 from authz.stack import free_port
 

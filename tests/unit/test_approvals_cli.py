@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from authz.approvals.admin import LIST_LIMIT
-from authz.approvals.base import ApprovalStatus
+from authz.model import ApprovalStatus
 from authz.stack import free_port
 from tests.unit.test_approvals_admin import (
     AGENT,

@@ -24,11 +24,9 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from authz.approvals import (
-    Approval,
     ApprovalConflict,
     ApprovalNotFound,
     ApprovalRequest,
-    ApprovalStatus,
     ApprovalStore,
     ApprovalStoreUnavailable,
 )
@@ -46,6 +44,7 @@ from authz.approvals.base import (
 )
 from authz.approvals.memory import MemoryApprovalStore
 from authz.approvals.redis import RedisApprovalStore
+from authz.model import Approval, ApprovalStatus
 from tests.redis_server import RedisClusterProcesses, RedisServer, free_port
 
 Store = MemoryApprovalStore | RedisApprovalStore
@@ -218,7 +217,7 @@ async def test_a_different_call_gets_a_different_approval(
 async def test_approve_then_consume_once_then_held_again(replicas: list[Store]) -> None:
     a, b = replicas
     pending, _ = await a.request(req(), time.time())
-    approved = await b.decide(
+    approved = await b.resolve(
         pending.id, approve=True, approver="admin-1", reason="looks fine", now=time.time()
     )
     assert approved.status is ApprovalStatus.APPROVED
@@ -249,7 +248,7 @@ async def test_approve_then_consume_once_then_held_again(replicas: list[Store]) 
 async def test_a_denial_stays_bound_to_the_call(replicas: list[Store]) -> None:
     a, b = replicas
     pending, _ = await a.request(req(), time.time())
-    denied = await b.decide(
+    denied = await b.resolve(
         pending.id, approve=False, approver="admin-2", reason="no cats", now=time.time()
     )
     assert denied.status is ApprovalStatus.DENIED
@@ -263,26 +262,26 @@ async def test_a_denial_stays_bound_to_the_call(replicas: list[Store]) -> None:
 
 async def test_a_decision_without_a_reason(store: Store) -> None:
     pending, _ = await store.request(req(), time.time())
-    approved = await store.decide(
+    approved = await store.resolve(
         pending.id, approve=True, approver="admin-1", reason=None, now=time.time()
     )
     assert approved.reason is None
     assert (await store.get(pending.id, time.time())).reason is None
     other, _ = await store.request(req(grant_id="g-2"), time.time())
-    denied = await store.decide(other.id, approve=False, approver="a", reason="", now=time.time())
+    denied = await store.resolve(other.id, approve=False, approver="a", reason="", now=time.time())
     assert denied.reason == ""
 
 
 async def test_only_a_pending_approval_can_be_decided(replicas: list[Store]) -> None:
     a, b = replicas
     approved, _ = await a.request(req(), time.time())
-    await a.decide(approved.id, approve=True, approver="x", reason=None, now=time.time())
+    await a.resolve(approved.id, approve=True, approver="x", reason=None, now=time.time())
     denied, _ = await a.request(req(grant_id="g-2"), time.time())
-    await a.decide(denied.id, approve=False, approver="y", reason="no", now=time.time())
+    await a.resolve(denied.id, approve=False, approver="y", reason="no", now=time.time())
     for approval_id, status in ((approved.id, "approved"), (denied.id, "denied")):
         for approve in (True, False):
             with pytest.raises(ApprovalConflict) as raised:
-                await b.decide(
+                await b.resolve(
                     approval_id, approve=approve, approver="z", reason="late", now=time.time()
                 )
             assert raised.value.approval.id == approval_id
@@ -291,7 +290,7 @@ async def test_only_a_pending_approval_can_be_decided(replicas: list[Store]) -> 
             assert status in raised.value.message
     assert await b.consume(approved.id, approved.binding, time.time()) is True
     with pytest.raises(ApprovalConflict) as raised:
-        await a.decide(approved.id, approve=False, approver="z", reason=None, now=time.time())
+        await a.resolve(approved.id, approve=False, approver="z", reason=None, now=time.time())
     assert raised.value.approval.status is ApprovalStatus.USED
     assert (await a.get(denied.id, time.time())).reason == "no"
 
@@ -300,15 +299,15 @@ async def test_two_approvers_racing_one_wins(replicas: list[Store]) -> None:
     a, b = replicas
     pending, _ = await a.request(req(), time.time())
 
-    async def decide(store: Store, approve: bool) -> Approval | ApprovalConflict:
+    async def resolve(store: Store, approve: bool) -> Approval | ApprovalConflict:
         try:
-            return await store.decide(
+            return await store.resolve(
                 pending.id, approve=approve, approver=str(approve), reason=None, now=time.time()
             )
         except ApprovalConflict as conflict:
             return conflict
 
-    results = await asyncio.gather(*(decide(s, i % 2 == 0) for i in range(10) for s in (a, b)))
+    results = await asyncio.gather(*(resolve(s, i % 2 == 0) for i in range(10) for s in (a, b)))
     winners = [r for r in results if isinstance(r, Approval)]
     assert len(winners) == 1
     final = await a.get(pending.id, time.time())
@@ -322,14 +321,14 @@ async def test_unknown_and_malformed_ids_are_not_found(store: Store) -> None:
         with pytest.raises(ApprovalNotFound):
             await store.get(approval_id, time.time())
         with pytest.raises(ApprovalNotFound):
-            await store.decide(approval_id, approve=True, approver="a", reason=None, now=0)
+            await store.resolve(approval_id, approve=True, approver="a", reason=None, now=0)
         assert await store.consume(approval_id, req().binding, time.time()) is False
 
 
 async def test_consume_needs_the_same_binding(replicas: list[Store]) -> None:
     a, b = replicas
     approval, _ = await a.request(req(), time.time())
-    await a.decide(approval.id, approve=True, approver="a", reason=None, now=time.time())
+    await a.resolve(approval.id, approve=True, approver="a", reason=None, now=time.time())
     other = req(arguments={"prompt": "a dog", "n": 1}).binding
     for binding in (other, "", "not-hex", approval.binding.upper(), approval.binding[:-1]):
         assert await b.consume(approval.id, binding, time.time()) is False
@@ -346,8 +345,8 @@ async def test_expiry(replicas: list[Store]) -> None:
     used, _ = await a.request(req(grant_id="g-used", **short), time.time())
     lasting, _ = await a.request(req(grant_id="g-lasting"), time.time())
     for approval in (approved, used):
-        await b.decide(approval.id, approve=True, approver="a", reason=None, now=time.time())
-    await b.decide(denied.id, approve=False, approver="a", reason="no", now=time.time())
+        await b.resolve(approval.id, approve=True, approver="a", reason=None, now=time.time())
+    await b.resolve(denied.id, approve=False, approver="a", reason="no", now=time.time())
     assert await a.consume(used.id, used.binding, time.time()) is True
     assert {x.status for x in await b.list_approvals(time.time())} == {
         ApprovalStatus.PENDING,
@@ -375,7 +374,7 @@ async def test_expiry(replicas: list[Store]) -> None:
     assert [x.id for x in expired] == [pending.id, approved.id]
     # an expired approval is unusable: it cannot be decided or consumed
     with pytest.raises(ApprovalConflict) as raised:
-        await b.decide(pending.id, approve=True, approver="a", reason=None, now=time.time())
+        await b.resolve(pending.id, approve=True, approver="a", reason=None, now=time.time())
     assert raised.value.approval.status is ApprovalStatus.EXPIRED
     assert await a.consume(approved.id, approved.binding, time.time()) is False
     assert (await a.get(approved.id, time.time())).status is ApprovalStatus.EXPIRED
@@ -398,9 +397,9 @@ async def test_list_approvals(replicas: list[Store]) -> None:
         )
         made.append(approval)
         await asyncio.sleep(0.002)  # distinct request times
-    await a.decide(made[1].id, approve=True, approver="a", reason=None, now=time.time())
-    await b.decide(made[2].id, approve=False, approver="a", reason=None, now=time.time())
-    await a.decide(made[3].id, approve=True, approver="a", reason=None, now=time.time())
+    await a.resolve(made[1].id, approve=True, approver="a", reason=None, now=time.time())
+    await b.resolve(made[2].id, approve=False, approver="a", reason=None, now=time.time())
+    await a.resolve(made[3].id, approve=True, approver="a", reason=None, now=time.time())
     assert await b.consume(made[3].id, made[3].binding, time.time()) is True
 
     def ids(approvals: list[Approval]) -> list[str]:
@@ -439,7 +438,7 @@ async def test_concurrent_requests_from_two_replicas_make_one_approval(
 
 async def test_concurrent_consumes_succeed_exactly_once(replicas: list[Store]) -> None:
     approval, _ = await replicas[0].request(req(), time.time())
-    await replicas[1].decide(approval.id, approve=True, approver="a", reason=None, now=0)
+    await replicas[1].resolve(approval.id, approve=True, approver="a", reason=None, now=0)
     results = await asyncio.gather(
         *(
             replica.consume(approval.id, approval.binding, time.time())
@@ -475,12 +474,12 @@ async def test_a_grant_has_at_most_its_cap_of_pending_approvals(bounded: list[St
     other, created = await b.request(small(3, grant_id="g-2"), time.time())
     assert created is True
     # a decision frees a place; so does an approval or a denial
-    await a.decide(made[0].id, approve=True, approver="x", reason=None, now=time.time())
+    await a.resolve(made[0].id, approve=True, approver="x", reason=None, now=time.time())
     fourth, created = await b.request(small(3), time.time())
     assert created is True
     with pytest.raises(ApprovalRefused):
         await b.request(small(4), time.time())
-    await b.decide(made[1].id, approve=False, approver="x", reason="no", now=time.time())
+    await b.resolve(made[1].id, approve=False, approver="x", reason="no", now=time.time())
     fifth, created = await a.request(small(4), time.time())
     assert created is True
     pending = await a.list_approvals(time.time(), statuses=[ApprovalStatus.PENDING])
@@ -536,7 +535,7 @@ async def test_values_go_with_use_the_record_stays(bounded: list[Store]) -> None
     a, b = bounded
     approval, _ = await a.request(small(1), time.time())
     assert (await b.get(approval.id, time.time())).arguments == {"n": 1}
-    await b.decide(approval.id, approve=True, approver="x", reason=None, now=time.time())
+    await b.resolve(approval.id, approve=True, approver="x", reason=None, now=time.time())
     assert (await a.get(approval.id, time.time())).arguments == {"n": 1}  # approved: shown
     assert await a.consume(approval.id, approval.binding, time.time()) is True
     used = await b.get(approval.id, time.time())
@@ -549,7 +548,7 @@ async def test_records_beyond_the_bound_are_dropped_oldest_first(bounded: list[S
     finished = []
     for n in range(8):  # each used at once: finished records, never live
         approval, _ = await a.request(small(n, ttl_seconds=60 + n), time.time())
-        await b.decide(approval.id, approve=True, approver="x", reason=None, now=time.time())
+        await b.resolve(approval.id, approve=True, approver="x", reason=None, now=time.time())
         assert await a.consume(approval.id, approval.binding, time.time())
         finished.append(approval)
     live, _ = await b.request(small(100), time.time())
@@ -569,7 +568,7 @@ async def test_listing_in_pages(bounded: list[Store]) -> None:
         for grant in ("g-1", "g-2"):
             made.append((await a.request(small(n, grant_id=grant), time.time()))[0])
             await asyncio.sleep(0.002)
-    await b.decide(made[2].id, approve=False, approver="x", reason="no", now=time.time())
+    await b.resolve(made[2].id, approve=False, approver="x", reason="no", now=time.time())
     pages, after = [], None
     while True:
         page = await b.list_approvals(time.time(), after=after, limit=4)
@@ -729,7 +728,7 @@ async def test_redis_keys_and_their_expiry(redis_store: RedisApprovalStore) -> N
     assert await client.zscore(redis_store.index_key, approval.id) == pytest.approx(
         approval.requested_at, abs=1e-5
     )
-    await redis_store.decide(approval.id, approve=True, approver="a", reason=None, now=0)
+    await redis_store.resolve(approval.id, approve=True, approver="a", reason=None, now=0)
     assert await client.get(binding) == approval.id.encode()  # still bound while approved
     assert await client.exists(pending) == 0  # decided: no longer counts against the cap
     assert await client.exists(values) == 1  # still shown while approved
@@ -748,7 +747,7 @@ async def test_redis_the_record_not_a_stale_binding_key_decides(
     """A binding key that outlived its approval (used, or expired) binds nothing."""
     client = redis_store.client
     used, _ = await redis_store.request(req(), time.time())
-    await redis_store.decide(used.id, approve=True, approver="a", reason=None, now=0)
+    await redis_store.resolve(used.id, approve=True, approver="a", reason=None, now=0)
     assert await redis_store.consume(used.id, used.binding, time.time()) is True
     await client.set(redis_store.binding_key(used.binding), used.id)
     fresh, created = await redis_store.request(req(), time.time())
@@ -769,7 +768,7 @@ async def test_redis_follows_the_server_clock_not_now(redis_server: RedisServer)
     assert (same.id, created) == (first.id, False)
     assert seconds <= first.requested_at < seconds + 2
     assert (await behind.get(first.id, time.time() + 3600)).status is ApprovalStatus.PENDING
-    await behind.decide(first.id, approve=True, approver="a", reason=None, now=1e12)
+    await behind.resolve(first.id, approve=True, approver="a", reason=None, now=1e12)
     approved = await ahead.get(first.id, 0.0)
     assert approved.status is ApprovalStatus.APPROVED
     assert approved.decided_at is not None and seconds <= approved.decided_at < seconds + 2
@@ -821,7 +820,7 @@ async def test_malformed_ids_never_reach_redis() -> None:
         with pytest.raises(ApprovalNotFound):
             await store.get(approval_id, 0)
         with pytest.raises(ApprovalNotFound):
-            await store.decide(approval_id, approve=True, approver="a", reason=None, now=0)
+            await store.resolve(approval_id, approve=True, approver="a", reason=None, now=0)
         assert await store.consume(approval_id, req().binding, 0) is False
     with pytest.raises(ApprovalStoreUnavailable):  # a well-formed id does ask (nobody there)
         await store.get(UNKNOWN_ID, 0)
@@ -840,7 +839,7 @@ async def test_redis_down_is_unavailable_and_the_same_store_recovers(
     operations = [
         store.request(req(), time.time()),
         store.consume(approval.id, approval.binding, time.time()),
-        store.decide(approval.id, approve=True, approver="a", reason=None, now=time.time()),
+        store.resolve(approval.id, approve=True, approver="a", reason=None, now=time.time()),
         store.get(approval.id, time.time()),
         store.list_approvals(time.time()),
     ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from authz.approvals.base import Approval, ApprovalLimits, ApprovalRequest, arguments_digest
+from authz.approvals.base import ApprovalLimits, ApprovalRequest, arguments_digest
 from authz.approvals.memory import MemoryApprovalStore
 from authz.approvals.webhook import (
     UNTRUSTED_MAX_CHARS,
@@ -27,6 +27,7 @@ from authz.approvals.webhook import (
 )
 from authz.counters.memory import MemoryCounterStore
 from authz.metrics import Metrics
+from authz.model import Approval
 from authz.server import build_approval_store, build_notifier
 from authz.settings import Settings, SettingsError
 from authz.stack import free_port

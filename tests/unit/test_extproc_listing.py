@@ -11,18 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from authz.engine import decide, hides_tools, listing_filter, never_callable
 from authz.listing import (
-    Hides,
     ToolsScanner,
     Unparsable,
     answer_kind,
     filter_tools,
-    hides_tools,
-    listing_filter,
-    never_callable,
     parse_message,
     same_id,
 )
+from authz.model import Grant, Hides, McpRequest
 from authz.policy import load_policy
 
 HIDDEN = "image.generate.replicate"
@@ -257,6 +255,34 @@ def test_hide_denied_removes_tools_the_grant_can_never_call() -> None:
         "flux",
         "unlisted",
     ]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        DENYING,
+        {"version": "1", "tools": {"a": {}, "*": {"deny_if": [{"conditions": []}]}}},
+        {"version": "1", "tools": {"a": {}, "*": {"rules": [{"name": "x", "action": "deny"}]}}},
+        {
+            "version": "1",
+            "default": "deny",
+            "tools": {
+                "*": {"require": [{"conditions": [{"path": "args.x", "op": "gte", "value": 1}]}]},
+                "a": {"deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 1}]}]},
+            },
+        },
+    ],
+)
+def test_never_callable_is_what_decide_does_to_every_call(policy: dict[str, Any]) -> None:
+    """The listing rules are the engine's own: a tool `never_callable` names is denied
+    whatever its arguments, and every other tool of these policies has a call that runs."""
+    loaded = load_policy(policy, name="p")
+    grant = Grant("g", "g", "p")
+    samples: list[dict[str, Any]] = [{}, {"x": 1}, {"x": 2}, {"x": "1"}]
+    for tool in ("gemini", "openai", "google", "flux", "rate", "a", "*", "unlisted"):
+        calls = [McpRequest("tools/call", 1, False, tool=tool, arguments=a) for a in samples]
+        allowed = [decide(loaded, grant, call).allowed for call in calls]
+        assert not any(allowed) if never_callable(loaded, tool) else any(allowed), tool
 
 
 def test_never_callable_under_default_allow_and_the_star_entry() -> None:

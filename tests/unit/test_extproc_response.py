@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.listing import Hides, ToolsScanner, Unparsable, filter_tools
-from authz.model import Reservation
+from authz.listing import ToolsScanner, Unparsable, filter_tools
+from authz.model import Hides, Reservation
 from authz.response import (
     NOT_DELIVERED_FLAGS,
     Plan,
@@ -239,7 +239,7 @@ def test_sse_listing_is_filtered_and_other_events_pass(size: int) -> None:
     assert got == stream.replace(LISTING.encode(), _cut(LISTING).encode())
     assert b"id: e0\r\n" in got and b"id: e1\r\n" in got  # event ids kept (resumption)
     assert events_of(got)[1] == json.loads(FILTERED)
-    assert (inspector.outcome.tools_removed, inspector.outcome.complete) == (1, True)
+    assert (inspector.report.tools_removed, inspector.report.complete) == (1, True)
     assert inspector.answered
 
 
@@ -291,7 +291,7 @@ def test_a_json_listing_that_answers_another_id_is_an_error() -> None:
     error = json.loads(got)
     assert error["id"] == 7 and error["error"]["code"] == -32603
     assert "another request" in error["error"]["message"]
-    assert inspector.outcome.withheld == 1
+    assert inspector.report.withheld == 1
 
 
 @pytest.mark.parametrize(
@@ -306,7 +306,7 @@ def test_a_json_body_that_cannot_be_read_is_an_error_for_the_request(body: bytes
     inspector = ResponseInspector(ctx("tools/list", rid=4), hide(HIDDEN))
     got = run(inspector, chunked(body, 3), content_type="application/json")
     assert json.loads(got) == json.loads(withheld_error(4, why))
-    assert inspector.outcome.withheld == 1
+    assert inspector.report.withheld == 1
 
 
 def test_an_sse_event_that_cannot_be_read_is_replaced_and_the_next_still_filtered() -> None:
@@ -318,7 +318,7 @@ def test_an_sse_event_that_cannot_be_read_is_replaced_and_the_next_still_filtere
     assert second["id"] is None and "not UTF-8" in second["error"]["message"]
     assert names(third) == {"a"}
     assert got.startswith(b"id: x1\r\n")
-    assert inspector.outcome.withheld == 2 and inspector.outcome.tools_removed == 1
+    assert inspector.report.withheld == 2 and inspector.report.tools_removed == 1
 
 
 BIG = listing([tool(HIDDEN)] + [tool(f"t{i}") for i in range(50)], rid=6)
@@ -336,7 +336,7 @@ def test_a_listing_over_the_bound_is_an_error_in_its_place(size: int) -> None:
     progress, error, after = events_of(got)
     assert progress == after == json.loads(PROGRESS)
     assert error["id"] == 6 and "larger than 1 MiB" in error["error"]["message"]
-    assert inspector.outcome.oversized == 1 and inspector.outcome.withheld == 1
+    assert inspector.report.oversized == 1 and inspector.report.withheld == 1
     json_inspector = ResponseInspector(ctx("tools/list", rid=6), hide(HIDDEN), limit=1000)
     got = run(json_inspector, chunked(BIG.encode(), size), content_type="application/json")
     assert json.loads(got)["id"] == 6 and json.loads(got)["error"]["code"] == -32603
@@ -348,7 +348,7 @@ def test_a_large_result_without_tools_passes_unchanged(size: int) -> None:
     for content_type, body in [("text/event-stream", stream), ("application/json", IMAGE.encode())]:
         inspector = ResponseInspector(ctx("tools/call", rid=6), hide(HIDDEN), limit=1000)
         assert run(inspector, chunked(body, size), content_type=content_type) == body
-        assert inspector.outcome.oversized == 1 and inspector.outcome.withheld == 0
+        assert inspector.report.oversized == 1 and inspector.report.withheld == 0
 
 
 def test_tools_found_past_the_bound_end_the_message_and_nothing_of_them_passes() -> None:
@@ -405,7 +405,7 @@ def test_what_cannot_be_read_fails_closed_for_messages_a_client_reads(
     inspector = ResponseInspector(ctx(method, rid=2), hide(HIDDEN))
     got = run(inspector, chunked(body, 4), status=status, content_type=content_type)
     assert (got != body) is withheld
-    assert (inspector.outcome.withheld == 1) is withheld
+    assert (inspector.report.withheld == 1) is withheld
     if withheld:
         assert json.loads(got)["error"]["code"] == -32603
 
@@ -518,7 +518,7 @@ def test_the_headers_decide_the_give_back(
         inspector.headers(status, "application/json", False, details=details, flags=flags)
         is Plan.PASS
     )
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (give_back, reason)
+    assert (inspector.report.give_back, inspector.report.reason) == (give_back, reason)
 
 
 RESULT = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
@@ -547,14 +547,14 @@ def test_whatever_the_body_says_the_quota_stays(
     assert inspector.headers(200, content_type, False) is Plan.OBSERVE
     assert run(ResponseInspector(call_ctx()), chunked(body, 5), content_type=content_type) == body
     run(inspector := ResponseInspector(call_ctx()), chunked(body, 5), content_type=content_type)
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, reason)
+    assert (inspector.report.give_back, inspector.report.reason) == (False, reason)
 
 
 def test_a_stream_that_ends_early_keeps_the_quota() -> None:
     inspector = ResponseInspector(call_ctx())
     run(inspector, [sse(PROGRESS), b'event: message\r\ndata: {"jsonrpc"'], end=False)
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, "incomplete")
-    assert inspector.outcome.complete is False
+    assert (inspector.report.give_back, inspector.report.reason) == (False, "incomplete")
+    assert inspector.report.complete is False
 
 
 def test_no_give_back_without_a_reservation_or_for_a_denial() -> None:
@@ -565,7 +565,7 @@ def test_no_give_back_without_a_reservation_or_for_a_denial() -> None:
     ]:
         inspector = ResponseInspector(context)
         inspector.headers(503, "application/json", False, details=EARLY_RESET, flags=UF)
-        assert inspector.outcome.give_back is False
+        assert inspector.report.give_back is False
 
 
 def test_a_hiding_grants_call_is_filtered_and_its_quota_question_still_answered() -> None:
@@ -573,7 +573,7 @@ def test_a_hiding_grants_call_is_filtered_and_its_quota_question_still_answered(
     got = run(inspector, chunked(sse(PROGRESS, RESULT), 7))
     assert got == sse(PROGRESS, RESULT)
     assert inspector.plan is Plan.FILTER
-    assert (inspector.outcome.give_back, inspector.outcome.reason) == (False, "result")
+    assert (inspector.report.give_back, inspector.report.reason) == (False, "result")
 
 
 def test_giving_up_an_observed_body_keeps_the_quota_and_owes_nothing() -> None:
@@ -582,7 +582,7 @@ def test_giving_up_an_observed_body_keeps_the_quota_and_owes_nothing() -> None:
     assert inspector.body(b'{"jsonrpc"', False) is None  # observing: passed as it came
     inspector.give_up()
     assert inspector.plan is Plan.PASS and inspector.body(b":1}", True) is None
-    assert inspector.outcome.unparsed == 1 and inspector.outcome.reason == "unparsed"
+    assert inspector.report.unparsed == 1 and inspector.report.reason == "unparsed"
 
 
 # -- properties: any bytes, any chunking ---------------------------------------------------
@@ -635,7 +635,7 @@ def test_any_body_any_chunking_never_shows_a_hidden_tool(
     # nothing hidden and nothing to check: every byte passes exactly as sent
     observer = ResponseInspector(call_ctx(), limit=1000)
     assert _replay(observer, body, cuts, media) == body
-    assert observer.outcome.reason is not None and observer.error is None
+    assert observer.report.reason is not None and observer.error is None
     # a grant that hides a tool: never raises, never lets a client read it
     hider = ResponseInspector(ctx("tools/list"), hide(HIDDEN), limit=1000)
     out = _replay(hider, body, cuts, media)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from authz.metrics import Metrics, rule_kind
-from authz.model import Decision, DenyKind
+from authz.model import Decision, DenyKind, FixedRule
 from authz.policy import load_policy
 
 
@@ -31,6 +31,15 @@ from authz.policy import load_policy
 )
 def test_rule_kind(rule: str | None, kind: str) -> None:
     assert rule_kind(rule) == kind
+
+
+def test_rule_kind_of_every_fixed_rule() -> None:
+    kinds = {rule: rule_kind(rule) for rule in FixedRule}
+    # the in-flight registry's two rules have never had a label of their own
+    other = {FixedRule.INFLIGHT, FixedRule.ID_IN_USE}
+    assert {rule for rule, kind in kinds.items() if kind == "other"} == other
+    assert all(kinds[rule] == rule.name.lower() for rule in FixedRule if rule not in other)
+    assert rule_kind(str(FixedRule.NO_POLICY)) == "no_policy"
 
 
 def test_tool_label_only_for_tools_the_policy_names() -> None:

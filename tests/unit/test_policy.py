@@ -17,10 +17,10 @@ from authz.policy import (
     LimitCost,
     PolicyError,
     check_policy_files,
-    json_path,
     load_policy,
     policy_json_schema,
 )
+from authz.strictjson import json_path
 
 SEED = (
     b'{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":[{"counter":'

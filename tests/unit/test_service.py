@@ -11,9 +11,14 @@ import pytest
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz.config import ConfigSource
 from authz.counters.memory import MemoryCounterStore
-from authz.envoy.authz import JWT_AUTHN_NAMESPACE, check_response, http_request_from_check
+from authz.envoy.authz import (
+    JWT_AUTHN_NAMESPACE,
+    check_response,
+    denial,
+    http_request_from_check,
+)
 from authz.grants import hash_token
-from authz.model import DenyKind, Outcome
+from authz.model import Decision, DenyKind, Outcome
 from authz.service import JWT_PAYLOAD_KEY, Authorizer, HttpRequest, Verdict
 
 SEED = (
@@ -151,12 +156,27 @@ async def _status(authorizer: Authorizer, http: HttpRequest) -> tuple[int, Any]:
     "path", ["/mcp/", "/MCP", "/", "/healthz", "/mcp;x=1", "/mcp%2F", "/mcp/..", "/mcpx", ""]
 )
 async def test_only_the_mcp_path_is_served(authorizer: Authorizer, path: str) -> None:
+    verdict = await authorizer.check(HttpRequest("POST", path, JSON_HEADERS, _call()))
+    assert verdict.decision.kind is DenyKind.NOT_FOUND and verdict.decision.rule == "(path)"
     status, body = await _status(authorizer, HttpRequest("POST", path, JSON_HEADERS, _call()))
     assert status == 404
     assert body["error"]["code"] == -32600
     # before identity: the same without a token
     status, _ = await _status(authorizer, HttpRequest("GET", path, {}, b""))
     assert status == 404
+
+
+def test_the_http_shape_comes_from_the_kind_not_the_rule_or_the_message() -> None:
+    def shape(kind: DenyKind, message: str, rule: str | None) -> tuple[int, list[str]]:
+        rendered = denial(Verdict(Decision.deny(kind, message, rule=rule), "d" * 24))
+        return rendered.status, [v for k, v in rendered.headers if k == "www-authenticate"]
+
+    assert shape(DenyKind.NOT_FOUND, "not found", None) == (404, [])
+    assert shape(DenyKind.BAD_REQUEST, "not found", "(path)") == (400, [])
+    plain = 'Bearer realm="mcp-authz"'
+    assert shape(DenyKind.UNAUTHENTICATED, "unknown bearer token", "(auth)") == (401, [plain])
+    invalid = f'{plain}, error="invalid_token"'
+    assert shape(DenyKind.INVALID_TOKEN, "no grant", "(auth)") == (401, [invalid])
 
 
 @pytest.mark.parametrize("path", ["/mcp", "/mcp?", "/mcp?x=1", "/mcp?session=abc&y"])
@@ -375,10 +395,17 @@ async def test_identity_precedence(
         assert verdict.grant is not None and verdict.grant.id == grant_id
         return
     assert verdict.grant is None
-    assert verdict.decision.kind is DenyKind.UNAUTHENTICATED
+    # a credential that names no grant is an invalid token; no credential at all is not
+    invalid = message in ("unknown JWT identity", "unknown JWT", "unknown bearer token")
+    kind = DenyKind.INVALID_TOKEN if invalid else DenyKind.UNAUTHENTICATED
+    assert verdict.decision.kind is kind
     assert verdict.decision.rule == "(auth)"
     assert message is not None and message in verdict.decision.message
-    assert check_response(verdict).denied_response.status.code == 401
+    denied = check_response(verdict).denied_response
+    assert denied.status.code == 401
+    challenges = [h.header.value for h in denied.headers if h.header.key == "www-authenticate"]
+    error = ', error="invalid_token"' if invalid else ""
+    assert challenges == [f'Bearer realm="mcp-authz"{error}']
 
 
 def _mesh_check(
