@@ -30,8 +30,6 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from authz import conditions
-from authz.conditions import Truth, non_negative_int
 from authz.model import (
     Approval,
     ApprovalRequirement,
@@ -59,7 +57,9 @@ from authz.policy import (
     Policy,
     Rule,
     ToolPolicy,
+    conditions,
 )
+from authz.policy.conditions import Truth, non_negative_int
 
 __all__ = [
     "decide",

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authz import conditions
-from authz.conditions import (
+from authz.policy import conditions
+from authz.policy.conditions import (
     MISSING,
     Blocked,
     Mismatch,
@@ -25,7 +25,7 @@ from authz.conditions import (
     locate,
     resolve,
 )
-from authz.patterns import Pattern, compile_pattern
+from authz.policy.patterns import Pattern, compile_pattern
 
 T, F, U = Truth.TRUE, Truth.FALSE, Truth.UNKNOWN
 

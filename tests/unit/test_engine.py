@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from authz.conditions import Truth
 from authz.engine import decide, pointer, settle
 from authz.model import (
     Claim,
@@ -20,6 +19,7 @@ from authz.model import (
     Reservation,
 )
 from authz.policy import load_policy
+from authz.policy.conditions import Truth
 
 GRANT = Grant(id="g-1", label="alice", policy="imagegen")
 SEED = (

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authz.patterns import MAX_MEM, Pattern, PatternError, compile_pattern
+from authz.policy.patterns import MAX_MEM, Pattern, PatternError, compile_pattern
 
 
 @pytest.mark.parametrize(

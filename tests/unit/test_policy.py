@@ -12,7 +12,6 @@ import jsonschema
 import pydantic
 import pytest
 
-from authz.patterns import Pattern
 from authz.policy import (
     LimitCost,
     PolicyError,
@@ -20,6 +19,7 @@ from authz.policy import (
     load_policy,
     policy_json_schema,
 )
+from authz.policy.patterns import Pattern
 from authz.strictjson import json_path
 
 SEED = (

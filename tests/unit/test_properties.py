@@ -41,7 +41,6 @@ import structlog
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
-from authz import conditions
 from authz.config import ConfigSet, ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.engine import decide, settle
@@ -57,7 +56,7 @@ from authz.mcp import (
     parse_message,
 )
 from authz.model import Decision, DenyKind, Grant, McpRequest, Outcome
-from authz.policy import Policy, PolicyError, load_policy
+from authz.policy import Policy, PolicyError, conditions, load_policy
 from authz.service import HEADER_MISMATCH, Authorizer, HttpRequest, Verdict
 
 # -- settings --------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from authz.patterns import Pattern, PatternError, compile_pattern
+from authz.policy.patterns import Pattern, PatternError, compile_pattern
 
 ARGS_PREFIX: Final = "args."
 
