@@ -17,17 +17,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from authz.approvers import APPROVERS_FILE, load_approvers
-from authz.grants import hash_token, load_grants
+from authz.config.approvers import APPROVERS_FILE, load_approvers
+from authz.config.grants import hash_token, load_grants
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9002"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from authz.audit import configure_logging
-    from authz.config import ConfigError
+    from authz.config.settings import Settings, SettingsError
+    from authz.config.source import ConfigError
     from authz.server import serve
-    from authz.settings import Settings, SettingsError
 
     try:
         settings = Settings.build(

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import Ports, Stack, StackError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -46,20 +46,11 @@ from authz.model import (
     Outcome,
     Reservation,
 )
-from authz.policy import (
-    GLOBAL_STATE_SCOPE,
-    STATE_PREFIX,
-    WILDCARD,
-    WINDOW_SECONDS,
-    ActionRule,
-    Limit,
-    LimitCost,
-    Policy,
-    Rule,
-    ToolPolicy,
-    conditions,
-)
+from authz.policy import Policy, conditions
 from authz.policy.conditions import Truth, non_negative_int
+from authz.policy.document import WILDCARD, ToolPolicy
+from authz.policy.limits import WINDOW_SECONDS, Limit, LimitCost
+from authz.policy.rules import GLOBAL_STATE_SCOPE, STATE_PREFIX, ActionRule, Rule
 
 __all__ = [
     "decide",

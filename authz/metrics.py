@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from authz.config import ConfigSource
+from authz.config.source import ConfigSource
 from authz.model import Decision, FixedRule
 from authz.policy import Policy
 

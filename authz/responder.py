@@ -20,7 +20,7 @@ import asyncio
 
 import structlog
 
-from authz.config import ConfigSource
+from authz.config.source import ConfigSource
 from authz.counters.base import CounterStore
 from authz.engine import listing_filter
 from authz.inflight.base import InflightStore

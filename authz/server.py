@@ -30,7 +30,8 @@ from authz.approvals.base import ApprovalLimits, ApprovalStore
 from authz.approvals.listener import admin_config
 from authz.approvals.memory import MemoryApprovalStore
 from authz.approvals.webhook import WebhookNotifier
-from authz.config import ConfigSource
+from authz.config.settings import Settings
+from authz.config.source import ConfigSource
 from authz.counters.base import CounterStore
 from authz.counters.memory import MemoryCounterStore
 from authz.envoy.authz import check_response, http_request_from_check
@@ -41,7 +42,6 @@ from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authz.metrics import Metrics
 from authz.responder import Responder
 from authz.service import Authorizer
-from authz.settings import Settings
 
 log = structlog.get_logger("mcp_authz.server")
 

@@ -22,9 +22,9 @@ from authz import engine
 from authz.approvals.base import ApprovalRefused, ApprovalRequest, ApprovalStore
 from authz.approvals.memory import MemoryApprovalStore
 from authz.audit import AuditContext, log_approval, log_decision
-from authz.config import ConfigSource
+from authz.config.grants import GrantTable, bearer_token
+from authz.config.source import ConfigSource
 from authz.counters.base import CounterStore
-from authz.grants import GrantTable, bearer_token
 from authz.inflight.base import InflightStore, inflight_key
 from authz.inflight.memory import MemoryInflightStore
 from authz.mcp import INVALID_REQUEST, RESPONSE_METHOD, McpParseError, check_mirror_headers

@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2  # noqa: E402
 from authz.audit import configure_logging  # noqa: E402
-from authz.config import ConfigSource  # noqa: E402
+from authz.config.source import ConfigSource  # noqa: E402
 from authz.counters.memory import MemoryCounterStore  # noqa: E402
 from authz.metrics import Metrics  # noqa: E402
 from authz.server import AuthorizationService  # noqa: E402

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from authz.grants import hash_token  # noqa: E402
+from authz.config.grants import hash_token  # noqa: E402
 from authz.stack import LOOPBACK, Stack, proc_sample  # noqa: E402
 
 OPENAI = "image.generate.openai"

@@ -30,7 +30,7 @@ from authz._pb.envoy.service.auth.v3 import (  # noqa: E402
 )
 from authz._pb.google.rpc import status_pb2  # noqa: E402
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # as authz.settings.Settings.grpc_max_message_bytes
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # as authz.config.settings.Settings.grpc_max_message_bytes
 
 OK = external_auth_pb2.CheckResponse(
     status=status_pb2.Status(code=0), ok_response=external_auth_pb2.OkHttpResponse()

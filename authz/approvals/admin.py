@@ -47,10 +47,10 @@ from authz.approvals.base import (
     format_cursor,
     parse_cursor,
 )
-from authz.approvers import APPROVERS_FILE, Approver
 from authz.audit import log_approval
-from authz.config import ConfigSet, ConfigSource
-from authz.grants import bearer_token
+from authz.config.approvers import APPROVERS_FILE, Approver
+from authz.config.grants import bearer_token
+from authz.config.source import ConfigSet, ConfigSource
 from authz.metrics import Metrics
 from authz.model import Approval, ApprovalStatus, Cursor, Grant
 

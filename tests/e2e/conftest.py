@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import Stack
 from tests.redis_server import RedisServer
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from mcp.types import CallToolResult, TextContent
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import Stack
 from tests.e2e.conftest import executed, mcp_client
 from tests.webhook_receiver import Receiver

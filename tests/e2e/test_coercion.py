@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from mcp.types import CallToolResult, TextContent
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import LOOPBACK, Stack
 from tests.e2e.conftest import executed, mcp_client, wait_until_envoy_idle
 from tests.e2e.typed_upstream import TOOL as PROBE

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import Stack
 from tests.e2e.conftest import audit_events, executed, mcp_client
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import Stack
 from tests.e2e.conftest import executed
 from tests.redis_server import RedisServer

@@ -25,7 +25,7 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import LOOPBACK, Stack
 from imagegen_upstream.testing import serve_in_thread
 from tests.e2e.conftest import mcp_client, token_for

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.mcp import MAX_VALUES
 from authz.stack import Stack
 from tests.e2e import corpus

@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import RSAAlgorithm
 
+from authz.config.grants import hash_token
 from authz.deploy import load_envoy_config, render_envoy_config, write_envoy_config
 from authz.envoy.authz import DECISION_HEADER, JWT_AUTHN_NAMESPACE
-from authz.grants import hash_token
 from authz.service import JWT_PAYLOAD_KEY
 from authz.stack import LOOPBACK, Stack, find_envoy, free_port
 from tests.e2e.conftest import executed

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.stack import Stack
 from tests.e2e.conftest import token_for
 from tests.e2e.mcp_raw import (

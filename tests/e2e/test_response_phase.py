@@ -31,7 +31,7 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
-from authz.grants import hash_token
+from authz.config.grants import hash_token
 from authz.listing import filter_tools
 from authz.stack import LOOPBACK, Stack
 from imagegen_upstream.testing import serve_in_thread

@@ -20,11 +20,11 @@ from authz.approvals.base import (
     arguments_digest,
 )
 from authz.approvals.memory import MemoryApprovalStore
-from authz.config import ConfigSource
+from authz.config.grants import hash_token
+from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.engine import decide, judge_approval
 from authz.envoy.authz import APPROVAL_HEADER, APPROVAL_META_KEY, check_response
-from authz.grants import hash_token
 from authz.model import ApprovalStatus, DenyKind, Grant, McpRequest
 from authz.policy import PolicyError, load_policy
 from authz.service import Authorizer, HttpRequest, Verdict

@@ -17,9 +17,9 @@ import structlog
 from authz.approvals.base import ApprovalRequest, ApprovalStoreUnavailable
 from authz.approvals.listener import admin_config
 from authz.approvals.memory import MemoryApprovalStore
-from authz.config import ConfigSource
+from authz.config.grants import hash_token
+from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
-from authz.grants import hash_token
 from authz.metrics import Metrics
 from authz.model import Approval, ApprovalStatus
 from authz.server import StoreHealth, _AdminServer, admin_app

@@ -25,11 +25,11 @@ from authz.approvals.webhook import (
     escape_untrusted,
     webhook_body,
 )
+from authz.config.settings import Settings, SettingsError
 from authz.counters.memory import MemoryCounterStore
 from authz.metrics import Metrics
 from authz.model import Approval
 from authz.server import build_approval_store, build_notifier
-from authz.settings import Settings, SettingsError
 from authz.stack import free_port
 from tests.webhook_receiver import Receiver
 
@@ -488,7 +488,7 @@ async def test_the_sidecar_shares_one_store_and_mounts_the_api(
     notifier reaches the Authorizer, and readiness reports both."""
     import httpx
 
-    from authz.grants import hash_token
+    from authz.config.grants import hash_token
     from authz.server import Sidecar
 
     (tmp_path / "policies").mkdir()

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import structlog
 
-from authz.approvers import ApproversError, ApproverTable, load_approvers
 from authz.cli import main
-from authz.config import ConfigError, ConfigSource, load_config
-from authz.grants import hash_token
+from authz.config.approvers import ApproversError, ApproverTable, load_approvers
+from authz.config.grants import hash_token
+from authz.config.source import ConfigError, ConfigSource, load_config
 
 POLICY = '{"version":"1","default":"allow"}'
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.config import ConfigError, ConfigSource, load_config
-from authz.grants import hash_token
+from authz.config.grants import hash_token
+from authz.config.source import ConfigError, ConfigSource, load_config
 
 SEED = (
     '{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":'

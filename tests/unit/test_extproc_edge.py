@@ -22,7 +22,8 @@ import structlog
 from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from authz.config import ConfigSource
+from authz.config.grants import hash_token
+from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.counters.redis import RedisCounterStore
 from authz.deploy import load_envoy_config, repo_envoy_config_path
@@ -35,7 +36,6 @@ from authz.envoy.extproc import (
     response_attributes,
     response_context,
 )
-from authz.grants import hash_token
 from authz.inflight import InflightStore, MemoryInflightStore
 from authz.inflight.redis import RedisInflightStore
 from authz.model import Reservation

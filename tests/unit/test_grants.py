@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from authz.grants import (
+from authz.config.grants import (
     GrantsError,
     GrantTable,
     JwtMatcher,

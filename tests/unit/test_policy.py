@@ -12,13 +12,8 @@ import jsonschema
 import pydantic
 import pytest
 
-from authz.policy import (
-    LimitCost,
-    PolicyError,
-    check_policy_files,
-    load_policy,
-    policy_json_schema,
-)
+from authz.policy import PolicyError, check_policy_files, load_policy, policy_json_schema
+from authz.policy.limits import LimitCost
 from authz.policy.patterns import Pattern
 from authz.strictjson import json_path
 

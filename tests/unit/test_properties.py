@@ -41,10 +41,10 @@ import structlog
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
-from authz.config import ConfigSet, ConfigSource
+from authz.config.grants import GrantTable, hash_token
+from authz.config.source import ConfigSet, ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.engine import decide, settle
-from authz.grants import GrantTable, hash_token
 from authz.mcp import (
     INVALID_PARAMS,
     INVALID_REQUEST,

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
-from authz.config import ConfigSource
+from authz.config.grants import hash_token
+from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.envoy.authz import (
     JWT_AUTHN_NAMESPACE,
@@ -17,7 +18,6 @@ from authz.envoy.authz import (
     denial,
     http_request_from_check,
 )
-from authz.grants import hash_token
 from authz.model import Decision, DenyKind, Outcome
 from authz.service import JWT_PAYLOAD_KEY, Authorizer, HttpRequest, Verdict
 

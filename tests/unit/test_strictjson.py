@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from authz import strictjson
-from authz.approvers import ApproversError, load_approvers
-from authz.grants import GrantsError, hash_token, load_grants
+from authz.config.approvers import ApproversError, load_approvers
+from authz.config.grants import GrantsError, hash_token, load_grants
 from authz.mcp import INVALID_REQUEST, MAX_VALUES, PARSE_ERROR, McpParseError, parse_message
 from authz.policy import PolicyError, load_policy
 from authz.strictjson import (

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from authz.jsonfile import load_document
+from authz.config.files import load_document
 from authz.model import Grant
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

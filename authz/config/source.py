@@ -24,8 +24,8 @@ from pathlib import Path
 
 import structlog
 
-from authz.approvers import APPROVERS_FILE, ApproversError, ApproverTable, load_approvers
-from authz.grants import GrantsError, GrantTable, load_grants
+from authz.config.approvers import APPROVERS_FILE, ApproversError, ApproverTable, load_approvers
+from authz.config.grants import GrantsError, GrantTable, load_grants
 from authz.policy import Policy, PolicyError, load_policy
 
 log = structlog.get_logger("mcp_authz.config")

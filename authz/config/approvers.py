@@ -9,7 +9,7 @@
 An approver presents ``Authorization: Bearer <token>`` to the admin API; the token is
 stored and compared only as its sha256, like a grant's. The approver's ``id`` is what the
 approval records as ``decided_by``. An approver's token must not also be a grant's token
-(checked when the configuration directory is loaded, see :mod:`authz.config`).
+(checked when the configuration directory is loaded, see :mod:`authz.config.source`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from authz.grants import hash_token
-from authz.jsonfile import load_document
+from authz.config.files import load_document
+from authz.config.grants import hash_token
 
 __all__ = [
     "APPROVERS_FILE",
