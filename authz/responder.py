@@ -26,7 +26,7 @@ from authz.engine import listing_filter
 from authz.inflight.base import InflightStore
 from authz.metrics import Metrics
 from authz.model import Hides
-from authz.response import MAX_HELD_BYTES, ResponseContext, ResponseInspector
+from authz.response.inspector import MAX_HELD_BYTES, ResponseContext, ResponseInspector
 
 log = structlog.get_logger("mcp_authz.response")
 _audit = structlog.get_logger("mcp_authz.audit")

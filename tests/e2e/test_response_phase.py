@@ -32,7 +32,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from authz.config.grants import hash_token
-from authz.listing import filter_tools
+from authz.response.listing import filter_tools
 from authz.stack import LOOPBACK, Stack
 from imagegen_upstream.testing import serve_in_thread
 from tests.e2e.conftest import executed, mcp_client, token_for, wait_for_fresh_window

@@ -40,7 +40,7 @@ from authz.inflight import InflightStore, MemoryInflightStore
 from authz.inflight.redis import RedisInflightStore
 from authz.model import Reservation
 from authz.responder import Responder
-from authz.response import Plan, ResponseContext
+from authz.response.inspector import Plan, ResponseContext
 from authz.service import Authorizer, HttpRequest, Verdict
 from tests.redis_server import RedisServer
 
@@ -501,7 +501,7 @@ async def test_an_internal_error_while_filtering_fails_closed(
     def boom(*_args: Any) -> tuple[str, int]:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("authz.response.filter_tools", boom)
+    monkeypatch.setattr("authz.response.inspector.filter_tools", boom)
     with structlog.testing.capture_logs() as logs:
         out = await pipeline.respond(
             verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
@@ -522,7 +522,7 @@ async def test_an_error_in_the_inspector_itself_ends_the_answer_with_an_error(
     def boom(*_args: Any) -> bytes:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("authz.response.ResponseInspector._filter_json", boom)
+    monkeypatch.setattr("authz.response.inspector.ResponseInspector._filter_json", boom)
     with structlog.testing.capture_logs() as logs:
         out = await pipeline.respond(
             verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]
@@ -540,7 +540,7 @@ async def test_an_error_in_the_inspector_while_observing_passes_the_body(
     def boom(*_args: Any) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("authz.response.ResponseInspector._observe", boom)
+    monkeypatch.setattr("authz.response.inspector.ResponseInspector._observe", boom)
     out = await pipeline.respond(
         verdict, [headers(200, "application/json"), body(b'{"jsonrpc"'), body(b"}", eos=True)]
     )

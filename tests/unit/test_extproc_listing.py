@@ -12,16 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authz.engine import decide, hides_tools, listing_filter, never_callable
-from authz.listing import (
-    ToolsScanner,
-    Unparsable,
-    answer_kind,
-    filter_tools,
-    parse_message,
-    same_id,
-)
 from authz.model import Grant, Hides, McpRequest
 from authz.policy import load_policy
+from authz.response.jsonrpc import Unparsable, answer_kind, parse_message, same_id
+from authz.response.listing import ToolsScanner, filter_tools
 
 HIDDEN = "image.generate.replicate"
 

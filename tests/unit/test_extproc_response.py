@@ -12,17 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.listing import ToolsScanner, Unparsable, filter_tools
 from authz.model import Hides, Reservation
-from authz.response import (
-    NOT_DELIVERED_FLAGS,
-    Plan,
-    ResponseContext,
-    ResponseInspector,
-    give_back_evidence,
-    withheld_error,
-)
-from authz.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
+from authz.response.evidence import NOT_DELIVERED_FLAGS, give_back_evidence
+from authz.response.inspector import Plan, ResponseContext, ResponseInspector
+from authz.response.jsonrpc import Unparsable, withheld_error
+from authz.response.listing import ToolsScanner, filter_tools
+from authz.response.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
 
 HIDDEN = "image.generate.replicate"
 UF, UH, UR, UC, UT, UAEX = 0x20, 0x2, 0x10, 0x40, 0x4, 0x1000

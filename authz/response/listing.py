@@ -21,52 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from authz.model import Hides, RequestId
+from authz.response.jsonrpc import Unparsable, parse_message
 
-__all__ = [
-    "ToolsScanner",
-    "Unparsable",
-    "answer_kind",
-    "filter_tools",
-    "parse_message",
-    "same_id",
-]
-
-
-class Unparsable(ValueError):
-    """Upstream bytes that are not the JSON (or SSE) they claim to be."""
-
-
-# -- JSON-RPC messages -------------------------------------------------------------------------
-
-
-def same_id(a: object, b: object) -> bool:
-    """JSON-RPC ids are equal: same type (string or integer, never bool) and value."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return False
-    if isinstance(a, str) and isinstance(b, str):
-        return a == b
-    if isinstance(a, int) and isinstance(b, int):
-        return a == b
-    return False
-
-
-def parse_message(text: str) -> Any:
-    """The JSON value of `text`; `Unparsable` when it is not JSON."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise Unparsable(f"not JSON: {type(exc).__name__}") from None
-
-
-def answer_kind(message: Any, rpc_id: RequestId) -> str | None:
-    """`result` or `error` when `message` (parsed) is the JSON-RPC answer to `rpc_id`."""
-    if not isinstance(message, dict) or not same_id(message.get("id"), rpc_id):
-        return None
-    if "error" in message:
-        return "error"
-    if "result" in message:
-        return "result"
-    return None
+__all__ = ["ToolsScanner", "filter_tools"]
 
 
 # -- cutting hidden tools out of the raw JSON text -----------------------------------------

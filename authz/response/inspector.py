@@ -2,25 +2,28 @@
 
 Sans-IO and synchronous, like the engine: `ResponseInspector` is told the response's status,
 content type and Envoy's account of where the response came from, then its body chunk by
-chunk, and answers with the bytes to send on. Its `ResponseReport` says how many tools were cut,
-which messages were withheld, and whether an allowed `tools/call` gets its quota back. The
-Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the report.
+chunk, and answers with the bytes to send on. Its `ResponseReport` says how many tools were
+cut, which messages were withheld, and whether an allowed `tools/call` gets its quota back.
+The Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/pipeline/response.py` acts on the
+report.
 
-- **Hiding** (a grant whose policy hides tools, `authz.listing.listing_filter`): every
+- **Hiding** (a grant whose policy hides tools, `authz.engine.listing_filter`): every
   response to that grant goes through FILTER, whatever its method, id or HTTP method (the
   GET stream and its `Last-Event-ID` replays included). Each JSON-RPC message (a JSON body,
   or the data of one SSE event) is read whole when it fits `MAX_HELD_BYTES` and loses the
-  hidden elements of every `result.tools` array (`authz.listing.filter_tools`; all other
-  bytes are kept). What cannot be checked fails closed, as a JSON-RPC error in its place
-  (`ResponseReport.withheld`): a message over the bound that reaches a `result.tools` array (found
-  by `authz.listing.ToolsScanner` while the message streams on; a large tool result without
+  hidden elements of every `result.tools` array (`authz.response.listing.filter_tools`; all
+  other bytes are kept). What cannot be checked fails closed, as a JSON-RPC error in its
+  place (`ResponseReport.withheld`): a message over the bound that reaches a `result.tools`
+  array (found by `authz.response.listing.ToolsScanner` while the message streams on, SSE
+  framing by `authz.response.sse`; a large tool result without
   one, an image say, passes), a JSON answer to a `tools/list` that answers another id, and,
   in a 2xx response or any answer to a `tools/list`, a message that is not UTF-8 or not
   JSON and a body that is neither JSON nor SSE (REFUSE: the sidecar answers instead of the
   server). An error page (the server's 421 for a wrong Host, say) is no message a client
   reads, and passes.
 - **Give-back** (an allowed `tools/call` that took quota) needs evidence that the server
-  did not run the call, from the response headers and Envoy's attributes:
+  did not run the call, from the response headers and Envoy's attributes
+  (`authz.response.evidence`):
   `response.code_details` other than `via_upstream` with a response flag saying the request
   was never sent (`NOT_DELIVERED_FLAGS`: no healthy upstream, connection failure, overflow,
   no cluster, DNS failure, drop overload), or an HTTP 4xx from the server itself (the MCP
@@ -36,31 +39,27 @@ Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/responder.py` acts on the
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from authz.listing import (
-    ToolsScanner,
+from authz.model import Hides, RequestId, Reservation
+from authz.response.evidence import VIA_UPSTREAM, give_back_evidence
+from authz.response.jsonrpc import (
     Unparsable,
     answer_kind,
-    filter_tools,
     parse_message,
     same_id,
+    withheld_error,
 )
-from authz.model import Hides, RequestId, Reservation
-from authz.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
+from authz.response.listing import ToolsScanner, filter_tools
+from authz.response.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
 
 __all__ = [
-    "DELIVERED_FLAGS",
     "MAX_HELD_BYTES",
-    "NOT_DELIVERED_FLAGS",
     "Plan",
     "ResponseContext",
     "ResponseInspector",
     "ResponseReport",
-    "give_back_evidence",
-    "withheld_error",
 ]
 
 MAX_HELD_BYTES: Final = 1 << 20
@@ -68,58 +67,6 @@ MAX_HELD_BYTES: Final = 1 << 20
 
 TOOLS_LIST: Final = "tools/list"
 TOOLS_CALL: Final = "tools/call"
-VIA_UPSTREAM: Final = "via_upstream"
-"""Envoy's `response.code_details` for a response the upstream sent."""
-
-# Envoy's response flags (`response.flags`, a bit set; envoy/stream_info/stream_info.h).
-FLAG_UH: Final = 0x2  # no healthy upstream
-FLAG_UT: Final = 0x4  # upstream request timeout
-FLAG_LR: Final = 0x8  # local reset
-FLAG_UR: Final = 0x10  # upstream remote reset
-FLAG_UF: Final = 0x20  # upstream connection failure
-FLAG_UC: Final = 0x40  # upstream connection termination
-FLAG_UO: Final = 0x80  # upstream overflow (circuit breaker)
-FLAG_URX: Final = 0x8000  # upstream retry limit exceeded
-FLAG_SI: Final = 0x10000  # stream idle timeout
-FLAG_UMSDR: Final = 0x80000  # upstream max stream duration reached
-FLAG_UPE: Final = 0x800000  # upstream protocol error
-FLAG_NC: Final = 0x1000000  # no cluster found
-FLAG_DF: Final = 0x4000000  # DNS resolution failed
-FLAG_DO: Final = 0x8000000  # drop overload
-
-NOT_DELIVERED_FLAGS: Final = FLAG_UH | FLAG_UF | FLAG_UO | FLAG_NC | FLAG_DF | FLAG_DO
-"""Envoy never sent the request: the call cannot have run."""
-DELIVERED_FLAGS: Final = (
-    FLAG_UT | FLAG_LR | FLAG_UR | FLAG_UC | FLAG_URX | FLAG_SI | FLAG_UMSDR | FLAG_UPE
-)
-"""The request may have reached the server (a reset, a timeout, a retry after one)."""
-
-WITHHELD_CODE: Final = -32603
-
-
-def give_back_evidence(status: int | None, details: str | None, flags: int | None) -> str | None:
-    """Why the quota of a call goes back (`not_delivered`, `refused`), or None: no evidence
-    that the server did not run it. `details`/`flags` are Envoy's `response.code_details` and
-    `response.flags` (None when Envoy did not send them: no evidence either)."""
-    if details is None or flags is None:
-        return None
-    if details != VIA_UPSTREAM:
-        if flags & NOT_DELIVERED_FLAGS and not flags & DELIVERED_FLAGS:
-            return "not_delivered"
-        return None
-    if status is not None and 400 <= status < 500:
-        return "refused"
-    return None
-
-
-def withheld_error(rpc_id: RequestId, why: str) -> str:
-    """The JSON-RPC error that stands in for a message the sidecar could not check."""
-    message = (
-        "[POLICY DENIED] the MCP server's answer was withheld: it could not be checked for "
-        f"tools this grant may not see ({why})"
-    )
-    payload = {"jsonrpc": "2.0", "id": rpc_id, "error": {"code": WITHHELD_CODE, "message": message}}
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ import enum
 import re
 from typing import Final
 
-from authz.listing import ToolsScanner, Unparsable
+from authz.response.jsonrpc import Unparsable
+from authz.response.listing import ToolsScanner
 
 __all__ = [
     "Segment",
