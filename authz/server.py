@@ -40,8 +40,8 @@ from authz.inflight.base import InflightStore
 from authz.inflight.memory import MemoryInflightStore
 from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authz.metrics import Metrics
-from authz.responder import Responder
-from authz.service import Authorizer
+from authz.pipeline.gate import Authorizer
+from authz.pipeline.response import Responder
 
 log = structlog.get_logger("mcp_authz.server")
 

@@ -28,8 +28,8 @@ from authz.audit import configure_logging  # noqa: E402
 from authz.config.source import ConfigSource  # noqa: E402
 from authz.counters.memory import MemoryCounterStore  # noqa: E402
 from authz.metrics import Metrics  # noqa: E402
+from authz.pipeline.gate import Authorizer  # noqa: E402
 from authz.server import AuthorizationService  # noqa: E402
-from authz.service import Authorizer  # noqa: E402
 from bench.harness import MIX, check_request, write_config  # noqa: E402
 
 

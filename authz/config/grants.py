@@ -9,7 +9,7 @@ A grant matches exactly one kind of credential:
 - ``jwt``: the claims of a JWT that Envoy's ``jwt_authn`` filter verified (issuer, optional
   subject, audience and further claims, all compared exactly).
 
-Which credential of a request is used is decided in :mod:`authz.service`; this module only
+Which credential of a request is used is decided in :mod:`authz.pipeline.identity`; this module only
 loads the table and answers "which grant, if any, does this credential name".
 """
 

@@ -17,7 +17,8 @@ from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
 from authz.mcp import METHOD_NOT_FOUND
 from authz.model import DenyKind, McpRequest, RequestId
-from authz.service import HttpRequest, Verdict
+from authz.pipeline.gate import Verdict
+from authz.pipeline.request import HttpRequest
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 GRANT_HEADER = "x-mcp-grant"

@@ -47,7 +47,7 @@ from authz._pb.envoy.service.ext_proc.v3 import (
 )
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz.model import RequestId, Reservation
-from authz.responder import Responder
+from authz.pipeline.response import Responder
 from authz.response.inspector import Plan, ResponseContext, ResponseInspector
 from authz.response.jsonrpc import withheld_error
 

@@ -40,7 +40,7 @@ from jwt.algorithms import RSAAlgorithm
 from authz.config.grants import hash_token
 from authz.deploy import load_envoy_config, render_envoy_config, write_envoy_config
 from authz.envoy.authz import DECISION_HEADER, JWT_AUTHN_NAMESPACE
-from authz.service import JWT_PAYLOAD_KEY
+from authz.pipeline.identity import JWT_PAYLOAD_KEY
 from authz.stack import LOOPBACK, Stack, find_envoy, free_port
 from tests.e2e.conftest import executed
 from tests.e2e.corpus import DENIED, GEMINI, OPENAI, call_body, mcp_headers

@@ -26,8 +26,9 @@ from authz.counters.memory import MemoryCounterStore
 from authz.engine import decide, judge_approval
 from authz.envoy.authz import APPROVAL_HEADER, APPROVAL_META_KEY, check_response
 from authz.model import ApprovalStatus, DenyKind, Grant, McpRequest
+from authz.pipeline.gate import Authorizer, Verdict
+from authz.pipeline.request import HttpRequest
 from authz.policy import PolicyError, load_policy
-from authz.service import Authorizer, HttpRequest, Verdict
 
 TOOL = "image.generate.openai"
 POLICY: dict[str, Any] = {

@@ -37,7 +37,7 @@ from authz.deploy import (
 )
 from authz.envoy.authz import check_response
 from authz.model import Decision, DenyKind
-from authz.service import Verdict
+from authz.pipeline.gate import Verdict
 from authz.stack import free_port
 
 LOOPBACK = "127.0.0.1"

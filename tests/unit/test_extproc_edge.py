@@ -39,9 +39,10 @@ from authz.envoy.extproc import (
 from authz.inflight import InflightStore, MemoryInflightStore
 from authz.inflight.redis import RedisInflightStore
 from authz.model import Reservation
-from authz.responder import Responder
+from authz.pipeline.gate import Authorizer, Verdict
+from authz.pipeline.request import HttpRequest
+from authz.pipeline.response import Responder
 from authz.response.inspector import Plan, ResponseContext
-from authz.service import Authorizer, HttpRequest, Verdict
 from tests.redis_server import RedisServer
 
 Store = MemoryCounterStore | RedisCounterStore

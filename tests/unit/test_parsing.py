@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from authz import parsing
 from authz.mcp import INVALID_REQUEST, PARSE_ERROR, McpParseError
 from authz.model import McpRequest
-from authz.parsing import LARGE_BYTES, LARGE_VALUES, ParsePool, is_large
+from authz.pipeline import parsing
+from authz.pipeline.parsing import LARGE_BYTES, LARGE_VALUES, ParsePool, is_large
 
 PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
 

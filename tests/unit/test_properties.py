@@ -56,8 +56,9 @@ from authz.mcp import (
     parse_message,
 )
 from authz.model import Decision, DenyKind, Grant, McpRequest, Outcome
+from authz.pipeline.gate import HEADER_MISMATCH, Authorizer, Verdict
+from authz.pipeline.request import HttpRequest
 from authz.policy import Policy, PolicyError, conditions, load_policy
-from authz.service import HEADER_MISMATCH, Authorizer, HttpRequest, Verdict
 
 # -- settings --------------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ from authz.envoy.authz import (
     http_request_from_check,
 )
 from authz.model import Decision, DenyKind, Outcome
-from authz.service import JWT_PAYLOAD_KEY, Authorizer, HttpRequest, Verdict
+from authz.pipeline.gate import Authorizer, Verdict
+from authz.pipeline.identity import JWT_PAYLOAD_KEY
+from authz.pipeline.request import HttpRequest
 
 SEED = (
     '{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":'

@@ -1,6 +1,6 @@
 """The response pipeline: one response → `ResponseInspector` → give-back → audit event.
 
-The response-phase sibling of `service.py`. It knows nothing about protobuf (the ext_proc
+The response-phase sibling of `gate.py`. It knows nothing about protobuf (the ext_proc
 edge, `authz/envoy/extproc.py`, builds the `ResponseContext` and feeds the inspector) and
 nothing about which stores it has. It looks up the grant's current policy (what its answers
 must not show), gives back the reservation of a call the server did not run
@@ -27,6 +27,8 @@ from authz.inflight.base import InflightStore
 from authz.metrics import Metrics
 from authz.model import Hides
 from authz.response.inspector import MAX_HELD_BYTES, ResponseContext, ResponseInspector
+
+__all__ = ["Responder"]
 
 log = structlog.get_logger("mcp_authz.response")
 _audit = structlog.get_logger("mcp_authz.audit")

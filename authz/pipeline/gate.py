@@ -1,20 +1,20 @@
-"""The check pipeline: HTTP shape → auth → parse → policy engine → counters, for one request.
+"""The request phase: one request through HTTP shape → identity → parse → engine →
+in-flight id → approval → counters, to a `Verdict` (`Authorizer.check`).
 
-It knows nothing about protobuf (the Envoy edge builds an HttpRequest and renders the
-Verdict) and nothing about which counter store it has. Any unexpected error becomes a
-fail-closed denial.
+It knows nothing about protobuf (an edge builds the `HttpRequest` and renders the
+`Verdict`: `authz.envoy`) and nothing about which stores it has. The decisions are the
+engine's (`authz.engine`: decide → the stores → settle); the HTTP shape checks are in
+`request.py`, the credential in `identity.py`. Any unexpected error becomes a fail-closed
+denial.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import secrets
 import time
-import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -22,7 +22,6 @@ from authz import engine
 from authz.approvals.base import ApprovalRefused, ApprovalRequest, ApprovalStore
 from authz.approvals.memory import MemoryApprovalStore
 from authz.audit import AuditContext, log_approval, log_decision
-from authz.config.grants import GrantTable, bearer_token
 from authz.config.source import ConfigSource
 from authz.counters.base import CounterStore
 from authz.inflight.base import InflightStore, inflight_key
@@ -40,74 +39,23 @@ from authz.model import (
     RequestId,
     Reservation,
 )
-from authz.parsing import ParsePool
+from authz.pipeline.identity import identify
+from authz.pipeline.parsing import ParsePool
+from authz.pipeline.request import (
+    BODYLESS_METHODS,
+    HttpRequest,
+    check_envelope,
+    check_method,
+    check_shape,
+)
 from authz.policy import Policy
+
+__all__ = ["HEADER_MISMATCH", "Authorizer", "Verdict", "new_decision_id"]
 
 log = structlog.get_logger("mcp_authz.service")
 
 HEADER_MISMATCH = -32020
 """JSON-RPC code for Mcp-* headers that disagree with the body (as the MCP SDK uses)."""
-
-BODYLESS_METHODS = frozenset({"GET", "DELETE"})
-"""GET opens the server's SSE stream, DELETE ends a session: no body, grant still needed."""
-
-MCP_PATH = "/mcp"
-"""The one endpoint path the sidecar allows (plus an optional query string). Envoy has
-already normalised the path (dot segments, merged slashes, decoded unreserved escapes;
-escaped slashes are rejected), so the comparison is exact."""
-
-METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-method-override", "x-http-method")
-"""Headers some frameworks use to change the HTTP method: the method is what was sent."""
-
-QUERY_CREDENTIAL_NAMES = frozenset(
-    {
-        "access_token",
-        "token",
-        "id_token",
-        "refresh_token",
-        "auth",
-        "auth_token",
-        "authorization",
-        "bearer",
-        "bearer_token",
-        "api_key",
-        "apikey",
-        "api-key",
-        "x-api-key",
-        "client_secret",
-    }
-)
-"""Query parameters that carry credentials. Tokens in URLs end up in logs and histories;
-a request with one is refused (400), whether or not the token is valid."""
-
-JWT_PAYLOAD_KEY = "jwt_payload"
-"""The key under which Envoy's jwt_authn filter stores a verified JWT's claims: every
-provider must set `payload_in_metadata: jwt_payload` (see deploy/envoy-mesh.yaml)."""
-
-_SESSION_ID = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,256}")
-"""`Mcp-Session-Id`: visible ASCII (MCP spec) without a comma, because Envoy joins repeated
-headers with a comma and the upstream would read only one of them."""
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """What the sidecar knows about one HTTP request, independent of Envoy's messages."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    """Lower-cased header names."""
-    body: bytes
-    partial_body: bool = False
-    request_id: str | None = None
-    source_principal: str | None = None
-    """The peer's identity as Envoy verified it on an mTLS listener
-    (`attributes.source.principal`: the client certificate's first URI SAN, e.g. a SPIFFE
-    ID). None without a client certificate. Never taken from a header."""
-    jwt_metadata: Mapping[str, Any] | None = None
-    """The dynamic metadata Envoy's jwt_authn filter wrote for this request (namespace
-    `envoy.filters.http.jwt_authn`, sent in `attributes.metadata_context`), as plain JSON
-    values; None when no JWT was verified. Never taken from a header."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +95,6 @@ class Verdict:
 
 def new_decision_id() -> str:
     return secrets.token_hex(12)
-
-
-def _media_type(value: str | None) -> str:
-    return (value or "").split(";", 1)[0].strip().lower()
 
 
 class Authorizer:
@@ -218,7 +162,7 @@ class Authorizer:
 
     async def _check(self, http: HttpRequest, decision_id: str) -> Verdict:
         config = self._config.current
-        refused = _bad_http(http)
+        refused = check_shape(http)
         if refused is not None:
             return Verdict(refused, decision_id)
         identified = identify(config.grants, http)
@@ -226,34 +170,14 @@ class Authorizer:
             return Verdict(identified, decision_id)
         grant = identified
         policy = config.policy(grant.policy)
-
+        refused = check_method(http)
+        if refused is not None:
+            return Verdict(refused, decision_id, grant)
         if http.method in BODYLESS_METHODS:
-            if http.body:
-                return Verdict(
-                    Decision.deny(
-                        DenyKind.BAD_REQUEST,
-                        f"a {http.method} request must not carry a body",
-                        rule=FixedRule.BODY,
-                        rpc_code=INVALID_REQUEST,
-                    ),
-                    decision_id,
-                    grant,
-                )
             return Verdict(engine.decide_stream(policy, grant), decision_id, grant, None, policy)
-        if http.method != "POST":
-            return Verdict(
-                Decision.deny(
-                    DenyKind.METHOD_NOT_ALLOWED,
-                    f"HTTP method {http.method} is not allowed",
-                    rule=FixedRule.HTTP,
-                ),
-                decision_id,
-                grant,
-            )
-
-        bad = self._bad_envelope(http)
-        if bad is not None:
-            return Verdict(bad, decision_id, grant)
+        refused = check_envelope(http)
+        if refused is not None:
+            return Verdict(refused, decision_id, grant)
         try:
             request = await self._parser.parse(
                 http.body, session_id=http.headers.get("mcp-session-id"), grant_id=grant.id
@@ -487,31 +411,6 @@ class Authorizer:
                     time.perf_counter() - started
                 )
 
-    @staticmethod
-    def _bad_envelope(http: HttpRequest) -> Decision | None:
-        if http.partial_body:
-            return Decision.deny(
-                DenyKind.TOO_LARGE,
-                "request body is larger than the sidecar accepts (it arrived truncated); "
-                "the call was not run",
-                rule=FixedRule.BODY,
-            )
-        encoding = http.headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            return Decision.deny(
-                DenyKind.UNSUPPORTED_MEDIA,
-                "compressed request bodies are not accepted (Content-Encoding)",
-                rule=FixedRule.BODY,
-            )
-        content_type = http.headers.get("content-type")
-        if _media_type(content_type) != "application/json" or not _utf8_charset(content_type):
-            return Decision.deny(
-                DenyKind.UNSUPPORTED_MEDIA,
-                "Content-Type must be application/json (charset, if given, utf-8)",
-                rule=FixedRule.BODY,
-            )
-        return None
-
 
 def _approvals_unavailable() -> Decision:
     return Decision.deny(
@@ -520,107 +419,3 @@ def _approvals_unavailable() -> Decision:
         rule=FixedRule.APPROVALS,
         retry_after=1,
     )
-
-
-def _utf8_charset(value: str | None) -> bool:
-    """False when the Content-Type names a charset other than UTF-8 (the body is read as UTF-8)."""
-    for parameter in (value or "").split(";")[1:]:
-        name, _, raw = parameter.partition("=")
-        if name.strip().lower() == "charset" and raw.strip().strip('"').lower() != "utf-8":
-            return False
-    return True
-
-
-def _query_names(query: str) -> list[str]:
-    """Parameter names of a query string, decoded and lower-cased; `;` separates too."""
-    names = []
-    for part in re.split(r"[&;]", query):
-        name = part.partition("=")[0]
-        names.append(urllib.parse.unquote_plus(name).strip().lower())
-    return names
-
-
-def _bad_http(http: HttpRequest) -> Decision | None:
-    """HTTP-level refusals, before the caller is identified: path, overrides, URL tokens."""
-    path, _, query = http.path.partition("?")
-    if path != MCP_PATH:
-        return Decision.deny(
-            DenyKind.NOT_FOUND,
-            f"not found: the MCP endpoint is {MCP_PATH}",
-            rule=FixedRule.PATH,
-            rpc_code=INVALID_REQUEST,
-        )
-    for header in METHOD_OVERRIDE_HEADERS:
-        if header in http.headers:
-            return Decision.deny(
-                DenyKind.BAD_REQUEST,
-                "HTTP method override headers are not accepted",
-                rule=FixedRule.HTTP,
-                rpc_code=INVALID_REQUEST,
-            )
-    if any(name in QUERY_CREDENTIAL_NAMES for name in _query_names(query)):
-        return Decision.deny(
-            DenyKind.BAD_REQUEST,
-            "credentials in the URL are not accepted; use the Authorization header",
-            rule=FixedRule.HTTP,
-            rpc_code=INVALID_REQUEST,
-        )
-    session = http.headers.get("mcp-session-id")
-    if session is not None and _SESSION_ID.fullmatch(session) is None:
-        return Decision.deny(
-            DenyKind.BAD_REQUEST,
-            "Mcp-Session-Id must be one value of visible ASCII characters",
-            rule=FixedRule.HEADERS,
-            rpc_code=INVALID_REQUEST,
-        )
-    return None
-
-
-def _unauthenticated(message: str, kind: DenyKind = DenyKind.UNAUTHENTICATED) -> Decision:
-    return Decision.deny(kind, message, rule=FixedRule.AUTH)
-
-
-def identify(grants: GrantTable, http: HttpRequest) -> Grant | Decision:
-    """The caller's grant, or a 401 denial. Exactly one credential is looked at:
-
-    1. a JWT verified by Envoy's jwt_authn filter (its claims in `http.jwt_metadata`): it
-       names the end user or agent. The `Authorization` header is then ignored: it carried
-       that JWT (jwt_authn reads it from there).
-    2. otherwise an `Authorization` header: it must be one well-formed bearer token of a
-       token grant.
-    3. otherwise the verified peer certificate's identity (`http.source_principal`, e.g. a
-       SPIFFE ID): it names the workload, shared by everything that runs in it.
-
-    A credential that is present but names no grant is a 401: the request never falls back
-    to the next one (a bad token with a good client certificate is still a 401). Nothing is
-    ever read from client-supplied headers other than `Authorization`.
-    """
-    if http.jwt_metadata is not None:
-        payload = http.jwt_metadata.get(JWT_PAYLOAD_KEY)
-        if not isinstance(payload, Mapping):
-            log.warning("jwt_payload_missing", namespace_keys=sorted(http.jwt_metadata))
-            return _unauthenticated(
-                "a JWT was verified but its claims are not in the jwt_authn metadata "
-                f"({JWT_PAYLOAD_KEY!r}): the proxy is misconfigured"
-            )
-        grant = grants.lookup_jwt(payload)
-        if grant is None:
-            return _unauthenticated(
-                "unknown JWT identity: no grant matches its claims", DenyKind.INVALID_TOKEN
-            )
-        return grant
-    authorization = http.headers.get("authorization")
-    if authorization is not None:
-        token = bearer_token(authorization)
-        if token is None:
-            return _unauthenticated("missing bearer token")
-        grant = grants.lookup(token)
-        if grant is None:
-            return _unauthenticated("unknown bearer token", DenyKind.INVALID_TOKEN)
-        return grant
-    if http.source_principal:
-        grant = grants.lookup_spiffe(http.source_principal)
-        if grant is None:
-            return _unauthenticated("no grant for the client certificate's identity")
-        return grant
-    return _unauthenticated("missing bearer token")
