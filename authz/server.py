@@ -23,8 +23,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from authz.approvals.admin import approval_routes
 from authz.approvals.base import ApprovalLimits, ApprovalStore
 from authz.approvals.listener import admin_config
@@ -34,8 +32,8 @@ from authz.config.settings import Settings
 from authz.config.source import ConfigSource
 from authz.counters.base import CounterStore
 from authz.counters.memory import MemoryCounterStore
-from authz.envoy.authz import check_response, http_request_from_check
-from authz.envoy.extproc import ExternalProcessorService
+from authz.envoy.extproc import add_processor_service
+from authz.envoy.grpc_authz import AUTHZ_SERVICE, add_authorization_service
 from authz.inflight.base import InflightStore
 from authz.inflight.memory import MemoryInflightStore
 from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -44,19 +42,6 @@ from authz.pipeline.gate import Authorizer
 from authz.pipeline.response import Responder
 
 log = structlog.get_logger("mcp_authz.server")
-
-AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
-
-
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, authorizer: Authorizer) -> None:
-        self._authorizer = authorizer
-
-    async def Check(
-        self, request: external_auth_pb2.CheckRequest, context: Any
-    ) -> external_auth_pb2.CheckResponse:
-        verdict = await self._authorizer.check(http_request_from_check(request))
-        return check_response(verdict)
 
 
 class StoreHealth:
@@ -347,12 +332,8 @@ class Sidecar:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
-            AuthorizationService(self.authorizer), server
-        )
-        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(  # type: ignore[no-untyped-call]
-            ExternalProcessorService(self.responder), server
-        )
+        add_authorization_service(server, self.authorizer)
+        add_processor_service(server, self.responder)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.grpc_port = server.add_insecure_port(s.grpc_address)
         if self.grpc_port == 0:

@@ -27,9 +27,9 @@ from authz._pb.envoy.service.auth.v3 import external_auth_pb2  # noqa: E402
 from authz.audit import configure_logging  # noqa: E402
 from authz.config.source import ConfigSource  # noqa: E402
 from authz.counters.memory import MemoryCounterStore  # noqa: E402
+from authz.envoy.grpc_authz import AuthorizationService  # noqa: E402
 from authz.metrics import Metrics  # noqa: E402
 from authz.pipeline.gate import Authorizer  # noqa: E402
-from authz.server import AuthorizationService  # noqa: E402
 from bench.harness import MIX, check_request, write_config  # noqa: E402
 
 

@@ -53,7 +53,7 @@ ROOT_INIT_TEXT = (
     '"""Private protobuf/gRPC stubs generated from ../../protos by scripts/gen_protos.py.\n'
     "\n"
     "Do not edit by hand; regenerate with ``python scripts/gen_protos.py``. Only the Envoy edge\n"
-    "(``authz.envoy``, ``authz.server``) imports from here.\n"
+    "(``authz.envoy``) imports from here.\n"
     '"""\n'
 )
 

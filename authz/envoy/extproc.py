@@ -1,15 +1,17 @@
 """Envoy ext_proc v3 edge: ProcessingRequest → response phase, its answers → ProcessingResponse.
 
-The sibling of `authz.py` (ext_authz) with the same shape: Envoy's messages become domain
+The sibling of `grpc_authz.py` (ext_authz) with the same shape: Envoy's messages become domain
 values here (`ResponseContext` from the ext_authz dynamic metadata, status, content type,
 body chunks), and the response phase's answers become `ProcessingResponse`s. The decisions
-are made in `authz/response.py`; give-back and audit in `authz/responder.py`.
+are made in `authz/response/` (the inspector); give-back and audit in
+`authz/pipeline/response.py`.
 
 The contract with `deploy/envoy.yaml` (filter `envoy.filters.http.ext_proc`):
 
 - request headers are SKIPped: the stream opens at the response headers, which carry the
   ext_authz metadata (`metadata_options.forwarding_namespaces.untyped`:
-  `envoy.filters.http.ext_authz`, never a client header) written by `authz._metadata`:
+  `envoy.filters.http.ext_authz`, never a client header) written by
+  `grpc_authz._metadata`:
   `decision_id`, `decision`, `grant_id`, `policy`, `mcp_method`, `tool`, `jsonrpc_id` (the
   request's JSON-RPC id as JSON text), `hides` (the grant's policy hides tools), `inflight`
   (the request's in-flight registry key) and, for a call that took quota, `reservation`
@@ -36,6 +38,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import grpc
 import structlog
 from google.protobuf import json_format
 
@@ -55,6 +58,7 @@ __all__ = [
     "EXT_PROC_SERVICE",
     "STREAMED_RESPONSE",
     "ExternalProcessorService",
+    "add_processor_service",
     "body_response",
     "headers_response",
     "immediate_response",
@@ -361,3 +365,10 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             )
             inspector.error = None
         return out
+
+
+def add_processor_service(server: grpc.aio.Server, responder: Responder) -> None:
+    """Serve ext_proc streams on `server` with `responder`."""
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(  # type: ignore[no-untyped-call]
+        ExternalProcessorService(responder), server
+    )

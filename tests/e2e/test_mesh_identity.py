@@ -39,7 +39,8 @@ from jwt.algorithms import RSAAlgorithm
 
 from authz.config.grants import hash_token
 from authz.deploy import load_envoy_config, render_envoy_config, write_envoy_config
-from authz.envoy.authz import DECISION_HEADER, JWT_AUTHN_NAMESPACE
+from authz.envoy.denial import DECISION_HEADER
+from authz.envoy.grpc_authz import JWT_AUTHN_NAMESPACE
 from authz.pipeline.identity import JWT_PAYLOAD_KEY
 from authz.stack import LOOPBACK, Stack, find_envoy, free_port
 from tests.e2e.conftest import executed

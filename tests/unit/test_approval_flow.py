@@ -24,7 +24,8 @@ from authz.config.grants import hash_token
 from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.engine import decide, judge_approval
-from authz.envoy.authz import APPROVAL_HEADER, APPROVAL_META_KEY, check_response
+from authz.envoy.denial import APPROVAL_HEADER, APPROVAL_META_KEY
+from authz.envoy.grpc_authz import check_response
 from authz.model import ApprovalStatus, DenyKind, Grant, McpRequest
 from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.request import HttpRequest

@@ -35,7 +35,7 @@ from authz.deploy import (
     repo_envoy_config_path,
     write_envoy_config,
 )
-from authz.envoy.authz import check_response
+from authz.envoy.grpc_authz import check_response
 from authz.model import Decision, DenyKind
 from authz.pipeline.gate import Verdict
 from authz.stack import free_port

@@ -27,7 +27,6 @@ from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.counters.redis import RedisCounterStore
 from authz.deploy import load_envoy_config, repo_envoy_config_path
-from authz.envoy.authz import METADATA_NAMESPACE, check_response
 from authz.envoy.extproc import (
     STREAMED_RESPONSE,
     ExternalProcessorService,
@@ -36,6 +35,7 @@ from authz.envoy.extproc import (
     response_attributes,
     response_context,
 )
+from authz.envoy.grpc_authz import METADATA_NAMESPACE, check_response
 from authz.inflight import InflightStore, MemoryInflightStore
 from authz.inflight.redis import RedisInflightStore
 from authz.model import Reservation

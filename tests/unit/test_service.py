@@ -12,12 +12,8 @@ from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz.config.grants import hash_token
 from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
-from authz.envoy.authz import (
-    JWT_AUTHN_NAMESPACE,
-    check_response,
-    denial,
-    http_request_from_check,
-)
+from authz.envoy.denial import denial
+from authz.envoy.grpc_authz import JWT_AUTHN_NAMESPACE, check_response, http_request_from_check
 from authz.model import Decision, DenyKind, Outcome
 from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.identity import JWT_PAYLOAD_KEY

@@ -1,28 +1,42 @@
-"""Envoy ext_authz v3 edge: CheckRequest → HttpRequest, Verdict → CheckResponse.
+"""Envoy ext_authz v3 over gRPC: CheckRequest → HttpRequest, Verdict → CheckResponse, and
+the `Authorization` servicer that joins them to the pipeline.
 
-This module and its sibling ext_proc module are the only places that touch protobuf.
+Protobuf stops here (and in the sibling `extproc.py`): the pipeline sees an `HttpRequest`
+and returns a `Verdict`; a denial is rendered by `denial.py`, shared by every transport.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
 from authz._pb.envoy.config.core.v3 import base_pb2
-from authz._pb.envoy.service.auth.v3 import external_auth_pb2
+from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
-from authz.mcp import METHOD_NOT_FOUND
-from authz.model import DenyKind, McpRequest, RequestId
-from authz.pipeline.gate import Verdict
+from authz.envoy.denial import DECISION_HEADER, UNAUTHENTICATED_KINDS, denial
+from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.request import HttpRequest
 
+__all__ = [
+    "AUTHZ_SERVICE",
+    "FAIL_OPEN_HEADER",
+    "GRANT_HEADER",
+    "JWT_AUTHN_NAMESPACE",
+    "METADATA_NAMESPACE",
+    "PARTIAL_BODY_HEADER",
+    "AuthorizationService",
+    "add_authorization_service",
+    "check_response",
+    "http_request_from_check",
+]
+
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 GRANT_HEADER = "x-mcp-grant"
-DECISION_HEADER = "x-mcp-authz-decision-id"
 FAIL_OPEN_HEADER = "x-mcp-authz-fail-open"
 """On the client's response when a call was allowed without quota (counter store down)."""
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
@@ -33,16 +47,6 @@ JWT_AUTHN_NAMESPACE = "envoy.filters.http.jwt_authn"
 _GRPC_OK = 0
 _GRPC_PERMISSION_DENIED = 7
 _GRPC_UNAUTHENTICATED = 16
-
-_JSONRPC_UNAUTHORIZED = -32001
-_JSONRPC_FORBIDDEN = -32003
-_JSONRPC_INTERNAL = -32603
-
-DENIED_PREFIX = "[POLICY DENIED] "
-APPROVAL_PREFIX = "[APPROVAL REQUIRED] "
-APPROVAL_HEADER = "x-mcp-authz-approval-id"
-APPROVAL_META_KEY = "io.github.mcp-authz/approval"
-"""`_meta` key of a held or approval-denied tool result: {id, status, expires_at}."""
 
 
 def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpRequest:
@@ -70,114 +74,6 @@ def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpReques
         source_principal=check.attributes.source.principal or None,
         jwt_metadata=jwt_metadata,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class HttpDenial:
-    """A denial as the client will see it: status, headers and a JSON body."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: str
-
-
-def _jsonrpc_error(request_id: RequestId, code: int, message: str) -> str:
-    payload = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-
-
-_UNAUTHENTICATED = (DenyKind.UNAUTHENTICATED, DenyKind.INVALID_TOKEN)
-"""The kinds answered 401 with a `WWW-Authenticate` challenge."""
-
-STATELESS_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
-"""`params._meta` key that marks a request of the stateless (2026-07-28+) protocol era."""
-
-
-def _tool_denied(
-    request_id: RequestId, text: str, *, stateless: bool, meta: dict[str, Any] | None = None
-) -> str:
-    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
-    if meta:
-        result["_meta"] = meta
-    if stateless:
-        # 2026-07-28 results carry a resultType; clients of that era reject a result without
-        result["resultType"] = "complete"
-    payload: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-
-
-def _is_stateless(request: McpRequest) -> bool:
-    meta = request.params.get("_meta")
-    return isinstance(meta, dict) and STATELESS_VERSION_KEY in meta
-
-
-def denial(verdict: Verdict) -> HttpDenial:
-    """Render a denied Verdict as the HTTP response the agent receives (pure)."""
-    decision = verdict.decision
-    request = verdict.request
-    request_id = request.id if request is not None else verdict.reply_id
-    rule = f" (rule: {decision.rule})" if decision.rule else ""
-    kind = decision.kind
-    prefix = APPROVAL_PREFIX if kind is DenyKind.APPROVAL_REQUIRED else DENIED_PREFIX
-    text = f"{prefix}{decision.message}{rule}"
-    headers: list[tuple[str, str]] = [
-        ("content-type", "application/json"),
-        (DECISION_HEADER, verdict.decision_id),
-    ]
-    meta: dict[str, Any] | None = None
-    if decision.ticket is not None:
-        headers.append((APPROVAL_HEADER, decision.ticket.id))
-        meta = {
-            APPROVAL_META_KEY: {
-                "id": decision.ticket.id,
-                "status": decision.ticket.status,
-                "expires_at": decision.ticket.expires_at,
-            }
-        }
-    if kind in _UNAUTHENTICATED:
-        challenge = 'Bearer realm="mcp-authz"'
-        if kind is DenyKind.INVALID_TOKEN:
-            challenge += ', error="invalid_token"'
-        headers.append(("www-authenticate", challenge))
-        return HttpDenial(401, tuple(headers), _jsonrpc_error(None, _JSONRPC_UNAUTHORIZED, text))
-
-    if decision.retry_after is not None:
-        headers.append(("retry-after", str(decision.retry_after)))
-
-    # A denied tools/call is a tool result: many MCP clients drop the session on a 4xx.
-    if (
-        request is not None
-        and request.is_tool_call
-        and kind
-        in (
-            DenyKind.POLICY,
-            DenyKind.RATE_LIMITED,
-            DenyKind.UNAVAILABLE,
-            DenyKind.APPROVAL_REQUIRED,
-        )
-    ):
-        if decision.retry_after is not None and "retry after" not in text:
-            text += f"; retry after {decision.retry_after}s"
-        body = _tool_denied(request_id, text, stateless=_is_stateless(request), meta=meta)
-        return HttpDenial(200, tuple(headers), body)
-
-    if kind in (DenyKind.BAD_REQUEST, DenyKind.NOT_FOUND):
-        code = decision.rpc_code if decision.rpc_code is not None else -32600
-        # Not the MCP endpoint, or not an MCP method: 404, as the MCP SDK answers -32601.
-        status = 404 if kind is DenyKind.NOT_FOUND or code == METHOD_NOT_FOUND else 400
-        return HttpDenial(status, tuple(headers), _jsonrpc_error(request_id, code, text))
-    if kind is DenyKind.TOO_LARGE:
-        return HttpDenial(413, tuple(headers), _jsonrpc_error(None, -32600, text))
-    if kind is DenyKind.UNSUPPORTED_MEDIA:
-        return HttpDenial(415, tuple(headers), _jsonrpc_error(None, -32600, text))
-    if kind is DenyKind.METHOD_NOT_ALLOWED:
-        headers.append(("allow", "GET, POST, DELETE"))
-        return HttpDenial(405, tuple(headers), _jsonrpc_error(None, -32600, text))
-    if kind is DenyKind.RATE_LIMITED:
-        return HttpDenial(429, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text))
-    if kind is DenyKind.UNAVAILABLE:
-        return HttpDenial(503, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_INTERNAL, text))
-    return HttpDenial(403, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text))
 
 
 def _header(key: str, value: str, *, overwrite: bool = True) -> base_pb2.HeaderValueOption:
@@ -261,7 +157,7 @@ def check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
     rendered = denial(verdict)
     grpc_code = (
         _GRPC_UNAUTHENTICATED
-        if verdict.decision.kind in _UNAUTHENTICATED
+        if verdict.decision.kind in UNAUTHENTICATED_KINDS
         else _GRPC_PERMISSION_DENIED
     )
     denied = external_auth_pb2.DeniedHttpResponse(
@@ -273,4 +169,24 @@ def check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
         status=status_pb2.Status(code=grpc_code, message=verdict.decision.message),
         denied_response=denied,
         dynamic_metadata=_metadata(verdict),
+    )
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    """`envoy.service.auth.v3.Authorization/Check`: one check per request."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: Any
+    ) -> external_auth_pb2.CheckResponse:
+        verdict = await self._authorizer.check(http_request_from_check(request))
+        return check_response(verdict)
+
+
+def add_authorization_service(server: grpc.aio.Server, authorizer: Authorizer) -> None:
+    """Serve ext_authz checks on `server` with `authorizer`."""
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
+        AuthorizationService(authorizer), server
     )
