@@ -64,8 +64,8 @@ from authz._pb.envoy.service.auth.v3 import (  # noqa: E402
     external_auth_pb2_grpc,
 )
 from authz.config.grants import hash_token  # noqa: E402
-from authz.deploy import render_envoy_config, write_envoy_config  # noqa: E402
-from authz.stack import LOOPBACK, find_envoy, free_port  # noqa: E402
+from authz.devstack.envoy_config import render_envoy_config, write_envoy_config  # noqa: E402
+from authz.devstack.stack import LOOPBACK, find_envoy, free_port  # noqa: E402
 
 TOKEN = "bench-harness-token"
 ALLOWED = "image.generate.openai"

@@ -43,7 +43,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from authz.config.grants import hash_token  # noqa: E402
-from authz.stack import LOOPBACK, Stack, proc_sample  # noqa: E402
+from authz.devstack import faults  # noqa: E402
+from authz.devstack.faults import proc_sample  # noqa: E402
+from authz.devstack.stack import LOOPBACK, Stack  # noqa: E402
 
 OPENAI = "image.generate.openai"
 GEMINI = "image.generate.gemini"
@@ -363,8 +365,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[Sample] = []
     try:
         stack.start()
-        sidecar_pid = stack.pid("sidecar")
-        neighbours = {name: stack.sample(name).rss_kb for name in ("envoy", "upstream")}
+        sidecar_pid = faults.pid(stack, "sidecar")
+        neighbours = {name: faults.sample(stack, name).rss_kb for name in ("envoy", "upstream")}
         load_start = os.getloadavg()
         started = time.monotonic()
         deadline = started + args.duration
@@ -424,8 +426,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             json.loads(line)["tool"] for line in record.read_text().splitlines() if line.strip()
         )
         sidecar_alive = stack.procs["sidecar"].popen.poll() is None
-        neighbours_end = {name: stack.sample(name).rss_kb for name in ("envoy", "upstream")}
-        stats = stack.envoy_stats(r"^(http\.mcp_ingress\.ext_authz|cluster\.imagegen_upstream)\.")
+        neighbours_end = {name: faults.sample(stack, name).rss_kb for name in ("envoy", "upstream")}
+        stats = faults.envoy_stats(
+            stack, r"^(http\.mcp_ingress\.ext_authz|cluster\.imagegen_upstream)\."
+        )
         envoy = {short: stats.get(name, 0) for short, name in ENVOY_STATS.items()}
         load_end = os.getloadavg()
     finally:

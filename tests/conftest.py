@@ -13,7 +13,7 @@ The check: every process started (`subprocess.Popen`) and every socket that star
 listening (`socket.listen`, `grpc.server`, `grpc.aio.server`) is attributed to the test
 being set up or run, and to the fixture being set up. A test that is not marked and starts
 one fails. At the end of a run, a marked test that started none and uses no fixture that
-started one is reported, and the run fails. (Holding a port with `authz.stack.free_port`
+started one is reported, and the run fails. (Holding a port with `authz.devstack.stack.free_port`
 listens for a moment and counts for nothing: no server runs.)
 """
 
@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 import pytest
 
-import authz.stack
+import authz.devstack.stack
 
 MARK = "processes"
 
@@ -130,7 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _wrap(grpc, "server", _grpc_server)
     _wrap(grpc.aio, "server", _grpc_server)
     original_listen = socket.socket.listen
-    reserve = authz.stack.reserve_port.__code__
+    reserve = authz.devstack.stack.reserve_port.__code__
 
     def listen(sock: socket.socket, *args: Any) -> None:
         if sys._getframe(1).f_code is not reserve:

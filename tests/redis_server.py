@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from authz.stack import free_port as stack_free_port
-from authz.stack import reserve_port
+from authz.devstack.stack import free_port as stack_free_port
+from authz.devstack.stack import reserve_port
 
 __all__ = [
     "RedisClusterProcesses",
@@ -53,7 +53,7 @@ def _binary(name: str) -> str:
 
 
 def free_port(*, cluster: bool = False) -> int:
-    """A loopback port held for a server (`authz.stack.free_port`); with `cluster`, its
+    """A loopback port held for a server (`authz.devstack.stack.free_port`); with `cluster`, its
     cluster bus port (+10000) is held too."""
     for _ in range(200):
         port = stack_free_port(HOST)

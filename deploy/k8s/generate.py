@@ -4,9 +4,10 @@
                                    and Secret `mcp-authz-grants` (deploy/config/grants.json
                                    and approvers.json)
   deploy/k8s/40-gateway-envoy.yaml ConfigMap `mcp-gateway-envoy`: deploy/envoy.yaml rendered
-                                   by authz.deploy.render_envoy_config for the gateway pod
-                                   (ext_authz sidecar at 127.0.0.1:9001 in the same pod, the
-                                   upstream at its Service DNS name); nothing else changes
+                                   by authz.devstack.envoy_config.render_envoy_config for the
+                                   gateway pod (ext_authz sidecar at 127.0.0.1:9001 in the same
+                                   pod, the upstream at its Service DNS name); nothing else
+                                   changes
 
   .venv/bin/python deploy/k8s/generate.py          # rewrite both files
   .venv/bin/python deploy/k8s/generate.py --check  # exit 1 if either is out of date
@@ -28,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from authz.deploy import EnvoyConfig, render_envoy_config  # noqa: E402
+from authz.devstack.envoy_config import EnvoyConfig, render_envoy_config  # noqa: E402
 
 NAMESPACE = "mcp-authz"
 CONFIG_DIR = REPO / "deploy" / "config"
@@ -144,10 +145,10 @@ def render_envoy() -> str:
         },
     }
     header = _header("deploy/envoy.yaml") + (
-        "# authz.deploy.render_envoy_config changes only addresses: the `mcp_authz` cluster is\n"
-        f"# {GATEWAY_AUTHZ[0]}:{GATEWAY_AUTHZ[1]} (the sidecar in the same pod) and "
-        f"`imagegen_upstream` is\n# {UPSTREAM[0]}:{UPSTREAM[1]} (its Service). "
-        "The comments explaining every\n# setting are in deploy/envoy.yaml.\n"
+        "# authz.devstack.envoy_config.render_envoy_config changes only addresses: the\n"
+        f"# `mcp_authz` cluster is {GATEWAY_AUTHZ[0]}:{GATEWAY_AUTHZ[1]} (the sidecar in the "
+        f"same pod) and\n# `imagegen_upstream` is {UPSTREAM[0]}:{UPSTREAM[1]} (its "
+        "Service). The comments\n# explaining every setting are in deploy/envoy.yaml.\n"
     )
     return _dump([configmap], header)
 

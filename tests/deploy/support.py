@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from authz.deploy import AUTHZ_CLUSTER, LISTENER_NAME, UPSTREAM_CLUSTER, EnvoyConfig
-from authz.stack import free_port
+from authz.devstack.envoy_config import AUTHZ_CLUSTER, LISTENER_NAME, UPSTREAM_CLUSTER, EnvoyConfig
+from authz.devstack.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

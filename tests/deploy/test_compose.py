@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from authz.deploy import load_envoy_config, repo_envoy_config_path
+from authz.devstack.envoy_config import load_envoy_config, repo_envoy_config_path
 
 from .support import (
     AUTHZ_CLUSTER,

@@ -21,7 +21,7 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from authz._pb.envoy.type.v3 import http_status_pb2
-from authz.deploy import load_envoy_config
+from authz.devstack.envoy_config import load_envoy_config
 
 from .support import (
     ISTIO,

@@ -2,7 +2,8 @@
 
 Validation uses kubernetes-validate (PyPI, offline JSON schemas) in strict mode, which also
 rejects unknown fields. The pod-local Envoy config must be deploy/envoy.yaml rendered by
-authz.deploy with only addresses changed, and must pass `envoy --mode validate` (Envoy 1.40).
+authz.devstack.envoy_config with only addresses changed, and must pass `envoy --mode validate`
+(Envoy 1.40).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from authz.deploy import load_envoy_config, render_envoy_config, write_envoy_config
+from authz.devstack.envoy_config import load_envoy_config, render_envoy_config, write_envoy_config
 
 from .support import (
     AUTHZ_CLUSTER,

@@ -15,7 +15,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from authz.config.grants import hash_token
-from authz.stack import Stack
+from authz.devstack import faults
+from authz.devstack.stack import Stack
 from tests.redis_server import RedisServer
 
 SEED_POLICY = (
@@ -155,7 +156,7 @@ IN_FLIGHT = (
 
 def forwarded(stack: Stack) -> int:
     """Requests Envoy has sent to the MCP server so far (its counter, current at once)."""
-    return stack.envoy_stats(f"^{FORWARDED.replace('.', '[.]')}$").get(FORWARDED, 0)
+    return faults.envoy_stats(stack, f"^{FORWARDED.replace('.', '[.]')}$").get(FORWARDED, 0)
 
 
 def wait_until_envoy_idle(stack: Stack, timeout: float = 10.0) -> None:
@@ -168,7 +169,7 @@ def wait_until_envoy_idle(stack: Stack, timeout: float = 10.0) -> None:
     pattern = "|".join(name.replace(".", "[.]") for name in IN_FLIGHT)
     deadline = time.monotonic() + timeout
     while True:
-        stats = stack.envoy_stats(f"^({pattern})$")
+        stats = faults.envoy_stats(stack, f"^({pattern})$")
         assert set(stats) == set(IN_FLIGHT), stats
         if not any(stats.values()):
             return

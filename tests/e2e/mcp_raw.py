@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from authz.stack import Stack
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import executed, token_for
 
 HANDSHAKE_VERSION = "2025-11-25"

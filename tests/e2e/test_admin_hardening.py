@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from authz.stack import LOOPBACK, Ports, Stack
+from authz.devstack.stack import LOOPBACK, Ports, Stack
 from tests.e2e.test_approvals import APPROVER_TOKEN, GEMINI, admin, approval_id, call
 from tests.e2e.test_approvals import write_config as write_approvals_config
 

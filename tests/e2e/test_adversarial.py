@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from authz.config.grants import hash_token
-from authz.stack import LOOPBACK, Stack
+from authz.devstack.stack import LOOPBACK, Stack
 from tests.e2e import corpus
 from tests.e2e.conftest import executed, forwarded, wait_until_envoy_idle
 from tests.e2e.corpus import CORPUS, DENIED, GEMINI, Case, Reply

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from authz.config.grants import hash_token
-from authz.deploy import EnvoyConfig
-from authz.stack import LOOPBACK, Stack, sidecar_name
+from authz.devstack.envoy_config import EnvoyConfig
+from authz.devstack.stack import LOOPBACK, Stack, sidecar_name
 from tests.e2e.conftest import executed
 from tests.e2e.test_approvals import (
     GEMINI,

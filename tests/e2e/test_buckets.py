@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
 from authz.config.grants import hash_token
-from authz.stack import Stack
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import executed, mcp_client
 from tests.redis_server import RedisServer
 

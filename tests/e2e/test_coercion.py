@@ -25,7 +25,7 @@ import pytest
 from mcp.types import CallToolResult, TextContent
 
 from authz.config.grants import hash_token
-from authz.stack import LOOPBACK, Stack
+from authz.devstack.stack import LOOPBACK, Stack
 from tests.e2e.conftest import executed, mcp_client, wait_until_envoy_idle
 from tests.e2e.typed_upstream import TOOL as PROBE
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from authz.stack import free_port
+from authz.devstack.stack import free_port
 
 pytestmark = pytest.mark.e2e
 

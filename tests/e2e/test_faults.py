@@ -27,7 +27,8 @@ import pytest
 
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz.config.grants import hash_token
-from authz.stack import Stack
+from authz.devstack import faults
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import audit_events, executed, mcp_client
 
 pytestmark = pytest.mark.e2e
@@ -160,7 +161,7 @@ def healthy(stack: Stack) -> Iterator[None]:
     for name in ("sidecar", "upstream"):
         proc = stack.procs.get(name)
         if proc is None or proc.popen.poll() is not None:
-            stack.restart(name)
+            faults.restart(stack, name)
     restore_config(stack)
 
 
@@ -316,14 +317,14 @@ UPSTREAM_CONNECT_FAIL = "cluster.imagegen_upstream.upstream_cx_connect_fail"
 
 def envoy_counter(stack: Stack, name: str) -> int:
     """One of Envoy's counters (the access log is flushed too late to assert on)."""
-    return stack.envoy_stats(f"^{name.replace('.', '[.]')}$").get(name, 0)
+    return faults.envoy_stats(stack, f"^{name.replace('.', '[.]')}$").get(name, 0)
 
 
 # -- the sidecar dies, hangs, comes back -------------------------------------------------
 
 
 def test_sidecar_killed_fails_closed_and_recovers_without_envoy_restart(stack: Stack) -> None:
-    envoy_pid = stack.pid("envoy")
+    envoy_pid = faults.pid(stack, "envoy")
     assert_allowed(call(stack, "guard", OPENAI))
     for _ in range(2):
         assert_allowed(call(stack, "reset", OPENAI))
@@ -331,7 +332,7 @@ def test_sidecar_killed_fails_closed_and_recovers_without_envoy_restart(stack: S
     since = len(executed(stack))
 
     errors = envoy_counter(stack, AUTHZ_ERRORS)
-    assert stack.kill("sidecar") == -9
+    assert faults.kill(stack, "sidecar") == -9
     replies = [call(stack, "guard", tool, rid) for rid, tool in enumerate([OPENAI, REPLICATE] * 3)]
     for reply in replies:
         assert_sidecar_unavailable(reply)  # Envoy's status_on_error, with a JSON-RPC body
@@ -339,8 +340,8 @@ def test_sidecar_killed_fails_closed_and_recovers_without_envoy_restart(stack: S
     assert envoy_counter(stack, AUTHZ_ERRORS) - errors == len(replies)
     assert runs(stack, since) == []
 
-    stack.restart("sidecar")
-    assert stack.pid("envoy") == envoy_pid
+    faults.restart(stack, "sidecar")
+    assert faults.pid(stack, "envoy") == envoy_pid
     assert_allowed(call(stack, "guard", OPENAI))
     assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
     # counters live in the sidecar's memory: the restarted process starts from zero
@@ -369,9 +370,9 @@ def test_sidecar_killed_and_restarted_mid_traffic(stack: Stack) -> None:
     for thread in threads:
         thread.start()
     time.sleep(0.4)
-    stack.kill("sidecar")
+    faults.kill(stack, "sidecar")
     time.sleep(0.4)
-    stack.restart("sidecar")
+    faults.restart(stack, "sidecar")
     for thread in threads:
         thread.join(30)
 
@@ -445,11 +446,11 @@ async def test_sidecar_frozen_past_the_timeout_fails_closed_then_recovers(stack:
 
         await h2_call(client, stack, "guard", REPLICATE)  # the connections are up
         decisions += 1
-        stack.pause("sidecar")
+        faults.pause(stack, "sidecar")
         try:
             results = await asyncio.gather(*(timed(t) for t in [OPENAI, REPLICATE] * 2))
         finally:
-            stack.resume("sidecar")
+            faults.resume(stack, "sidecar")
         for elapsed, reply in results:
             assert_sidecar_unavailable(reply)
             # Envoy's timeout answered: not sooner, and not only once the sidecar thawed
@@ -748,7 +749,7 @@ def test_upstream_down_is_503_and_the_allowed_call_gives_its_quota_back(stack: S
     day = int(time.time() // 86_400)
     since = len(executed(stack))
     connect_fails = envoy_counter(stack, UPSTREAM_CONNECT_FAIL)
-    stack.kill("upstream")
+    faults.kill(stack, "upstream")
     status, headers, body = call(stack, "quota", OPENAI)  # allowed: takes 1 of 2, gives it back
     assert status == 503  # Envoy's status for a refused connection (flag UF), kept
     assert headers["content-type"] == "application/json"
@@ -768,7 +769,7 @@ def test_upstream_down_is_503_and_the_allowed_call_gives_its_quota_back(stack: S
     assert_denied(call(stack, "guard", REPLICATE), "(default deny)")
     assert runs(stack, since) == []
 
-    stack.restart("upstream")
+    faults.restart(stack, "upstream")
     # The response phase (ext_proc) gave the undelivered call's quota back before the 503
     # reached the client: both units are still there.
     assert_allowed(call(stack, "quota", OPENAI))  # quota 1 of 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mcp.types import CallToolResult, TextContent
 
-from authz.stack import Stack
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import (
     audit_events,
     executed,

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from authz.config.grants import hash_token
-from authz.stack import Stack
+from authz.devstack import faults
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import executed
 from tests.redis_server import RedisServer
 from tests.webhook_receiver import Receiver
@@ -131,7 +132,7 @@ def approval_id_of(text: str) -> str:
 
 
 def rss_mib(stack: Stack) -> float:
-    return stack.sample("sidecar").rss_kb / 1024
+    return faults.sample(stack, "sidecar").rss_kb / 1024
 
 
 def redis_used_mib(redis: RedisServer) -> float:

@@ -26,7 +26,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from authz.config.grants import hash_token
-from authz.stack import LOOPBACK, Stack
+from authz.devstack import faults
+from authz.devstack.stack import LOOPBACK, Stack
 from imagegen_upstream.testing import serve_in_thread
 from tests.e2e.conftest import mcp_client, token_for
 from tests.e2e.mcp_raw import (
@@ -202,13 +203,13 @@ async def test_a_frozen_sidecar_fails_the_answer_of_a_grant_that_hides_tools(
 ) -> None:
     async with session(stack, grant) as the:
         before = runs_of(stack, grant)
-        stack.pause("gemini")
+        faults.pause(stack, "gemini")
         try:
             call = asyncio.ensure_future(the.call(1, f"frozen-{grant}"))
             await wait_until(lambda: runs_of(stack, grant) > before, "the upstream ran the call")
-            stack.pause("sidecar")
+            faults.pause(stack, "sidecar")
         finally:
-            stack.resume("gemini")
+            faults.resume(stack, "gemini")
         try:
             reply: httpx.Response | BaseException
             try:
@@ -216,7 +217,7 @@ async def test_a_frozen_sidecar_fails_the_answer_of_a_grant_that_hides_tools(
             except httpx.HTTPError as exc:
                 reply = exc
         finally:
-            stack.resume("sidecar")
+            faults.resume(stack, "sidecar")
     if gets_answer:
         assert isinstance(reply, httpx.Response) and reply.status_code == 200
         [answer] = [m for m in messages(reply) if m.get("id") == 1]

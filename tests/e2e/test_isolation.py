@@ -24,8 +24,8 @@ import httpx2
 import pytest
 
 from authz.config.grants import hash_token
+from authz.devstack.stack import Stack
 from authz.mcp import MAX_VALUES
-from authz.stack import Stack
 from tests.e2e import corpus
 from tests.e2e.conftest import executed, mcp_client
 

@@ -38,11 +38,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwt.algorithms import RSAAlgorithm
 
 from authz.config.grants import hash_token
-from authz.deploy import load_envoy_config, render_envoy_config, write_envoy_config
+from authz.devstack.envoy_config import load_envoy_config, render_envoy_config, write_envoy_config
+from authz.devstack.stack import LOOPBACK, Stack, find_envoy, free_port
 from authz.envoy.denial import DECISION_HEADER
 from authz.envoy.grpc_authz import JWT_AUTHN_NAMESPACE
 from authz.pipeline.identity import JWT_PAYLOAD_KEY
-from authz.stack import LOOPBACK, Stack, find_envoy, free_port
 from tests.e2e.conftest import executed
 from tests.e2e.corpus import DENIED, GEMINI, OPENAI, call_body, mcp_headers
 from tests.e2e.corpus import Reply as RawReply

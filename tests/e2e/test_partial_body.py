@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from authz.stack import LOOPBACK, Stack
+from authz.devstack.stack import LOOPBACK, Stack
 from tests.e2e.conftest import audit_events, executed, token_for
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from authz.config.grants import hash_token
-from authz.stack import Stack
+from authz.devstack import faults
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import token_for
 from tests.e2e.mcp_raw import (
     GEMINI,
@@ -89,11 +90,11 @@ def mode_of(stack: Stack) -> str:
 def provider_frozen(stack: Stack) -> Iterator[None]:
     """Calls that reach the provider wait there (the offline Gemini endpoint is stopped)
     until the block ends."""
-    stack.pause("gemini")
+    faults.pause(stack, "gemini")
     try:
         yield
     finally:
-        stack.resume("gemini")
+        faults.resume(stack, "gemini")
 
 
 def answer_of(response: httpx.Response, rid: Any) -> dict[str, Any] | None:

@@ -32,8 +32,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from authz.config.grants import hash_token
+from authz.devstack import faults
+from authz.devstack.stack import LOOPBACK, Stack
 from authz.response.listing import filter_tools
-from authz.stack import LOOPBACK, Stack
 from imagegen_upstream.testing import serve_in_thread
 from tests.e2e.conftest import executed, mcp_client, token_for, wait_for_fresh_window
 from tests.redis_server import RedisServer
@@ -469,7 +470,7 @@ async def client_of_a_dying_server(stack: Stack, grant: str, era: str) -> AsyncI
 async def call_until_upstream_dies(stack: Stack, grant: str, era: str) -> None:
     """Start a call, wait until the upstream runs it, kill the upstream mid-call."""
     before = runs_of(stack, grant)
-    stack.pause("gemini")  # the tool now waits on the (frozen) Gemini endpoint
+    faults.pause(stack, "gemini")  # the tool now waits on the (frozen) Gemini endpoint
     try:
         async with client_of_a_dying_server(stack, grant, era) as client:
             call = asyncio.ensure_future(
@@ -479,12 +480,12 @@ async def call_until_upstream_dies(stack: Stack, grant: str, era: str) -> None:
             while runs_of(stack, grant) == before:
                 assert time.monotonic() < deadline, "the upstream never ran the call"
                 await asyncio.sleep(0.05)
-            stack.kill("upstream")
+            faults.kill(stack, "upstream")
             with pytest.raises(Exception):  # noqa: B017 - how it fails depends on the era
                 await asyncio.wait_for(call, 20)
     finally:
-        stack.resume("gemini")
-        stack.restart("upstream")
+        faults.resume(stack, "gemini")
+        faults.restart(stack, "upstream")
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -509,7 +510,7 @@ async def test_a_call_the_upstream_dies_in_keeps_its_quota(stack: Stack, era: st
 
 
 def calls_while_upstream_down(stack: Stack, grant: str, count: int) -> None:
-    stack.kill("upstream")
+    faults.kill(stack, "upstream")
     try:
         body, headers = stateless_call(1)
         for _ in range(count):
@@ -519,7 +520,7 @@ def calls_while_upstream_down(stack: Stack, grant: str, count: int) -> None:
             assert status == 503, reply  # not delivered (flag UF)
             assert b"was not delivered" in reply
     finally:
-        stack.restart("upstream")
+        faults.restart(stack, "upstream")
 
 
 @pytest.mark.parametrize("era", ERAS)

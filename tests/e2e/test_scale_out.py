@@ -13,7 +13,7 @@ import pytest
 from mcp.types import CallToolResult, TextContent
 
 from authz.config.grants import hash_token
-from authz.stack import Stack
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import audit_events, executed, mcp_client
 from tests.redis_server import RedisServer
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from authz.stack import Stack
+from authz.devstack.stack import Stack
 from tests.e2e.conftest import audit_events, token_for, write_config
 
 pytestmark = pytest.mark.e2e

@@ -20,10 +20,10 @@ from authz.approvals.memory import MemoryApprovalStore
 from authz.config.grants import hash_token
 from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
+from authz.devstack.stack import free_port
 from authz.metrics import Metrics
 from authz.model import Approval, ApprovalStatus
 from authz.server import StoreHealth, _AdminServer, admin_app
-from authz.stack import free_port
 
 T = TypeVar("T")
 

@@ -15,8 +15,8 @@ import pytest
 import structlog
 
 from authz.approvals.admin import LIST_LIMIT
+from authz.devstack.stack import free_port
 from authz.model import ApprovalStatus
-from authz.stack import free_port
 from tests.unit.test_approvals_admin import (
     AGENT,
     ALICE,

@@ -27,7 +27,7 @@ from authz.approvals.listener import (
     admin_config,
     has_encoded_separator,
 )
-from authz.stack import free_port
+from authz.devstack.stack import free_port
 
 
 async def _echo(request: Request) -> JSONResponse:

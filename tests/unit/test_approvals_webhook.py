@@ -27,10 +27,10 @@ from authz.approvals.webhook import (
 )
 from authz.config.settings import Settings, SettingsError
 from authz.counters.memory import MemoryCounterStore
+from authz.devstack.stack import free_port
 from authz.metrics import Metrics
 from authz.model import Approval
 from authz.server import build_approval_store, build_notifier
-from authz.stack import free_port
 from tests.webhook_receiver import Receiver
 
 SECRET = "webhook-shared-secret"

@@ -25,7 +25,7 @@ from authz._pb.envoy.config.core.v3 import base_pb2
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
-from authz.deploy import (
+from authz.devstack.envoy_config import (
     AUTHZ_CLUSTER,
     LISTENER_NAME,
     UPSTREAM_CLUSTER,
@@ -35,10 +35,10 @@ from authz.deploy import (
     repo_envoy_config_path,
     write_envoy_config,
 )
+from authz.devstack.stack import free_port
 from authz.envoy.grpc_authz import check_response
 from authz.model import Decision, DenyKind
 from authz.pipeline.gate import Verdict
-from authz.stack import free_port
 
 LOOPBACK = "127.0.0.1"
 DENY_BODY = '{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"denied by test"}}'

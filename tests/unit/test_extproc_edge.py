@@ -26,7 +26,7 @@ from authz.config.grants import hash_token
 from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
 from authz.counters.redis import RedisCounterStore
-from authz.deploy import load_envoy_config, repo_envoy_config_path
+from authz.devstack.envoy_config import load_envoy_config, repo_envoy_config_path
 from authz.envoy.extproc import (
     STREAMED_RESPONSE,
     ExternalProcessorService,

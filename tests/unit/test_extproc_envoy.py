@@ -34,9 +34,9 @@ from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from authz._pb.envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from authz._pb.google.rpc import status_pb2
-from authz.deploy import render_envoy_config, write_envoy_config
+from authz.devstack.envoy_config import render_envoy_config, write_envoy_config
+from authz.devstack.stack import find_envoy, free_port
 from authz.envoy.extproc import STREAMED_RESPONSE, body_response
-from authz.stack import find_envoy, free_port
 
 LOOPBACK = "127.0.0.1"
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"

@@ -1,4 +1,4 @@
-"""authz.stack's port picking: a port handed out stays ours until our server binds it."""
+"""authz.devstack.stack's port picking: a port handed out stays ours until our server binds it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from authz.stack import LOOPBACK, free_port, reserve_port
+from authz.devstack.stack import LOOPBACK, free_port, reserve_port
 
 
 def _bind(port: int, *, reuse: bool) -> socket.socket:

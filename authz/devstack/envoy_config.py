@@ -32,7 +32,7 @@ class EnvoyConfigError(ValueError):
 
 def repo_envoy_config_path() -> Path:
     """``deploy/envoy.yaml`` of this repository."""
-    return Path(__file__).resolve().parents[1] / "deploy" / "envoy.yaml"
+    return Path(__file__).resolve().parents[2] / "deploy" / "envoy.yaml"
 
 
 def load_envoy_config(source: Path | None = None) -> EnvoyConfig:

@@ -1,13 +1,13 @@
 """Run the whole standard layout as local processes: Envoy, sidecar, upstream, offline Gemini.
 
 Used by `mcp-authz demo` and by the end-to-end tests, so both exercise the same topology
-and the same `deploy/envoy.yaml` (only addresses and ports are rewritten).
+and the same `deploy/envoy.yaml` (only addresses and ports are rewritten). What only tests
+and benchmarks do to a running stack (freeze, kill, restart, sample) is in `faults.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from authz.deploy import EnvoyConfig, render_envoy_config, write_envoy_config
+from authz.devstack.envoy_config import EnvoyConfig, render_envoy_config, write_envoy_config
 
 LOOPBACK = "127.0.0.1"
 
@@ -232,7 +232,7 @@ class Stack:
     def start_sidecar(self, index: int = 0) -> None:
         grpc_port, admin_port = self.replica_ports[index]
         argv = [
-            *_python_main("authz.cli"),
+            *_python_main("authz.cli.commands"),
             "serve",
             "--config",
             str(self.config_dir),
@@ -428,91 +428,3 @@ class Stack:
             return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
         except (urllib.error.URLError, ConnectionError):
             return 0, {}, b""
-
-    # -- fault injection and sampling (fault tests, bench/soak.py) ----------------------
-
-    def pid(self, name: str) -> int:
-        """The OS pid of a running process of the stack (`sidecar`, `envoy`, ...)."""
-        proc = self.procs.get(name)
-        if proc is None or proc.popen.poll() is not None:
-            raise StackError(f"{name} is not running")
-        return proc.popen.pid
-
-    def signal_process(self, name: str, sig: signal.Signals) -> None:
-        """Send `sig` to the process group of `name` (each process has its own session)."""
-        os.killpg(self.pid(name), sig)
-
-    def pause(self, name: str) -> None:
-        """Freeze `name` with SIGSTOP: it keeps its sockets but answers nothing."""
-        self.signal_process(name, signal.SIGSTOP)
-
-    def resume(self, name: str) -> None:
-        """Thaw a process frozen by `pause` (SIGCONT)."""
-        self.signal_process(name, signal.SIGCONT)
-
-    def kill(self, name: str, timeout: float = 5.0) -> int:
-        """SIGKILL `name` (no graceful shutdown), wait for it and forget it; returns its code."""
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            raise StackError(f"{name} is not running")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        return proc.popen.wait(timeout)
-
-    def restart(self, name: str) -> None:
-        """Start `name` again (after `kill` or `stop_process`) on the same ports.
-
-        Envoy keeps running: its clusters reconnect to the new process on the next request.
-        """
-        starters: dict[str, Callable[[], None]] = {
-            "upstream": self.start_upstream,
-            "gemini": self.start_gemini,
-        }
-        for index, sidecar in enumerate(self.sidecar_names):
-            starters[sidecar] = functools.partial(self.start_sidecar, index)
-        if name not in starters:
-            raise StackError(f"cannot restart {name!r}; restartable: {sorted(starters)}")
-        self.stop_process(name)
-        starters[name]()
-
-    def envoy_stats(self, pattern: str) -> dict[str, int]:
-        """Envoy's counters and gauges whose name matches the regex `pattern` (admin /stats).
-
-        Unlike the access log (flushed every few seconds), these are current at once.
-        """
-        query = urllib.parse.urlencode({"filter": pattern})
-        url = f"http://{LOOPBACK}:{self.ports.envoy_admin}/stats?{query}"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            text = response.read().decode()
-        stats: dict[str, int] = {}
-        for line in text.splitlines():
-            name, _, value = line.partition(": ")
-            if value.strip().isdigit():
-                stats[name] = int(value)
-        return stats
-
-    def sample(self, name: str) -> ProcSample:
-        """RSS, open file descriptors and threads of `name`, read from /proc (Linux)."""
-        return proc_sample(self.pid(name))
-
-
-@dataclass(frozen=True)
-class ProcSample:
-    rss_kb: int
-    """VmRSS from /proc/PID/status, in KiB."""
-    fds: int
-    """Entries in /proc/PID/fd."""
-    threads: int
-
-
-def proc_sample(pid: int) -> ProcSample:
-    """Read one `ProcSample` of a process from /proc (Linux only)."""
-    rss_kb = threads = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == "VmRSS":
-            rss_kb = int(value.split()[0])
-        elif key == "Threads":
-            threads = int(value.strip())
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return ProcSample(rss_kb=rss_kb, fds=fds, threads=threads)

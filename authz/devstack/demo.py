@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import IO
 
 from authz.config.grants import hash_token
-from authz.stack import Ports, Stack, StackError
+from authz.devstack.stack import Ports, Stack, StackError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "deploy" / "config"
 
 DEMO_TOKENS = {
