@@ -18,6 +18,15 @@ import structlog
 
 from authz.model import Approval, Decision, Grant, McpRequest
 
+__all__ = [
+    "AuditContext",
+    "configure_logging",
+    "log_approval",
+    "log_decision",
+    "path_without_query",
+]
+
+
 _SECRET_FIELDS = frozenset(
     {"token", "authorization", "arguments", "args", "params", "body", "raw_body", "password"}
 )

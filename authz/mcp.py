@@ -24,6 +24,30 @@ from dataclasses import dataclass
 from authz import strictjson
 from authz.model import JsonValue, McpRequest, RequestId
 
+__all__ = [
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "KNOWN_METHODS",
+    "MAX_DEPTH",
+    "MAX_ID_BYTES",
+    "MAX_NUMBER_LITERAL",
+    "MAX_VALUES",
+    "METHOD_NAME",
+    "METHOD_NOT_FOUND",
+    "NOTIFICATION_METHODS",
+    "PARSE_ERROR",
+    "REQUEST_METHODS",
+    "RESPONSE_METHOD",
+    "TOOL_NAME",
+    "HeaderMismatch",
+    "McpParseError",
+    "check_mirror_headers",
+    "decode_header_value",
+    "parse_json",
+    "parse_message",
+]
+
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601

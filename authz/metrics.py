@@ -17,6 +17,15 @@ from authz.config.source import ConfigSource
 from authz.model import Decision, FixedRule
 from authz.policy import Policy
 
+__all__ = [
+    "APPROVAL_ACTIONS",
+    "CONTENT_TYPE",
+    "WEBHOOK_RESULTS",
+    "Metrics",
+    "rule_kind",
+]
+
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (

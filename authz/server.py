@@ -41,6 +41,19 @@ from authz.metrics import Metrics
 from authz.pipeline.gate import Authorizer
 from authz.pipeline.response import Responder
 
+__all__ = [
+    "Sidecar",
+    "StoreHealth",
+    "admin_app",
+    "build_approval_store",
+    "build_counter_store",
+    "build_inflight_store",
+    "build_notifier",
+    "readiness",
+    "serve",
+]
+
+
 log = structlog.get_logger("mcp_authz.server")
 
 

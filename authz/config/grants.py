@@ -33,6 +33,21 @@ from pydantic import (
 from authz.config.files import load_document
 from authz.model import Grant
 
+__all__ = [
+    "RESERVED_CLAIMS",
+    "SPIFFE_ID_MAX",
+    "TRUST_DOMAIN_MAX",
+    "ClaimValue",
+    "GrantTable",
+    "GrantsError",
+    "JwtMatcher",
+    "bearer_token",
+    "check_spiffe_id",
+    "hash_token",
+    "load_grants",
+]
+
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _GRANT_ID = re.compile(r"[!-~]{1,200}")
 """A grant id (used with fullmatch): 1 to 200 visible ASCII characters. The id is sent to

@@ -7,6 +7,17 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+__all__ = [
+    "DEFAULT_ADMIN",
+    "DEFAULT_GRPC",
+    "DIGEST_KEY_MIN",
+    "Settings",
+    "SettingsError",
+    "check_webhook_url",
+    "parse_hostport",
+]
+
+
 DEFAULT_GRPC = "127.0.0.1:9001"
 DEFAULT_ADMIN = "127.0.0.1:9002"
 DIGEST_KEY_MIN = 16

@@ -28,6 +28,17 @@ from authz.config.approvers import APPROVERS_FILE, ApproversError, ApproverTable
 from authz.config.grants import GrantsError, GrantTable, load_grants
 from authz.policy import Policy, PolicyError, load_policy
 
+__all__ = [
+    "GRANTS_FILE",
+    "POLICIES_DIR",
+    "ConfigError",
+    "ConfigSet",
+    "ConfigSource",
+    "ReloadStatus",
+    "load_config",
+]
+
+
 log = structlog.get_logger("mcp_authz.config")
 
 GRANTS_FILE = "grants.json"

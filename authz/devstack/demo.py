@@ -15,6 +15,17 @@ from typing import IO
 from authz.config.grants import hash_token
 from authz.devstack.stack import Ports, Stack, StackError
 
+__all__ = [
+    "DEFAULT_ADMIN_PORT",
+    "DEFAULT_CONFIG",
+    "DEFAULT_PORT",
+    "DEMO_APPROVER_TOKEN",
+    "DEMO_TOKENS",
+    "REPO_ROOT",
+    "run_demo",
+]
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "deploy" / "config"
 

@@ -19,6 +19,19 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
+__all__ = [
+    "AUTHZ_CLUSTER",
+    "LISTENER_NAME",
+    "UPSTREAM_CLUSTER",
+    "EnvoyConfig",
+    "EnvoyConfigError",
+    "load_envoy_config",
+    "render_envoy_config",
+    "repo_envoy_config_path",
+    "write_envoy_config",
+]
+
+
 LISTENER_NAME = "mcp_ingress"
 AUTHZ_CLUSTER = "mcp_authz"
 UPSTREAM_CLUSTER = "imagegen_upstream"

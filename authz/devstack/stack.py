@@ -27,6 +27,19 @@ from typing import IO
 
 from authz.devstack.envoy_config import EnvoyConfig, render_envoy_config, write_envoy_config
 
+__all__ = [
+    "LOOPBACK",
+    "Ports",
+    "Proc",
+    "Stack",
+    "StackError",
+    "find_envoy",
+    "free_port",
+    "reserve_port",
+    "sidecar_name",
+]
+
+
 LOOPBACK = "127.0.0.1"
 
 

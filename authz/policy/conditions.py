@@ -71,6 +71,34 @@ from typing import Any, Final, Protocol
 
 from authz.policy.patterns import Pattern, PatternError, compile_pattern
 
+__all__ = [
+    "ARGS_PREFIX",
+    "FALSE",
+    "LIST_OPS",
+    "MAX_DECODED_TEXT",
+    "MISSING",
+    "NUMERIC_OPS",
+    "OPERATORS",
+    "TRUE",
+    "Blocked",
+    "ConditionLike",
+    "Evaluation",
+    "Mismatch",
+    "Truth",
+    "check",
+    "check_all",
+    "evaluate",
+    "is_number",
+    "json_equal",
+    "json_type",
+    "locate",
+    "non_negative_int",
+    "path_problem",
+    "resolve",
+    "value_problem",
+]
+
+
 ARGS_PREFIX: Final = "args."
 
 OPERATORS: Final[tuple[str, ...]] = (
