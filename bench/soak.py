@@ -1,6 +1,6 @@
 """Soak: a bounded loopback run of mixed traffic through the real Envoy + sidecar + upstream.
 
-Starts its own stack (authz/stack.py) in a temporary directory and sends allowed, denied,
+Starts its own stack (authz/devstack/stack.py) in a temporary directory and sends allowed, denied,
 rate-limited, unauthenticated and malformed requests from N threads for --duration
 seconds. Every --sample-interval seconds it samples the sidecar process (RSS from
 /proc/PID/status, open fds from /proc/PID/fd) and the counter store's bucket count (from

@@ -281,7 +281,7 @@ def test_build_context_leaves_out_local_state() -> None:
     for relative in (
         "pyproject.toml",
         "README.md",
-        "authz/cli.py",
+        "authz/cli/commands.py",
         "authz/_pb/__init__.py",
         "imagegen_upstream/cli.py",
         "deploy/docker/constraints.txt",

@@ -7,9 +7,9 @@ with pyjwt. Requests go over real TLS (python `ssl`/`http.client`) with a client
 certificate; the upstream's execution record (`grant` = the x-mcp-grant it saw) shows who
 ran what.
 
-Precedence (authz/service.py `identify`): a JWT verified by Envoy, else the Authorization
-bearer token, else the client certificate's SPIFFE ID. A credential that is present but
-names no grant is a 401; it never falls back to the next one.
+Precedence (authz/pipeline/identity.py `identify`): a JWT verified by Envoy, else the
+Authorization bearer token, else the client certificate's SPIFFE ID. A credential that is
+present but names no grant is a 401; it never falls back to the next one.
 """
 
 from __future__ import annotations

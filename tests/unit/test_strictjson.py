@@ -25,6 +25,7 @@ from authz.strictjson import (
     MAX_DEPTH,
     StrictJsonError,
     TooManyValues,
+    json_path,
     loads,
     rough_values,
     value_bound,
@@ -256,3 +257,8 @@ def test_mcp_bodies_past_the_value_limit_are_invalid_requests() -> None:
     # a prompt of commas is one value
     prompt = b'"' + b"," * (4 * MAX_VALUES) + b'"'
     assert parse_message(DOCUMENTS["mcp"].replace(SLOT, prompt)).tool == "t"
+
+
+def test_json_path_quoting() -> None:
+    assert json_path(("tools", "a'b", "x", 0)) == "$.tools['a\\'b'].x[0]"
+    assert json_path(()) == "$"

@@ -1,4 +1,4 @@
-"""Tool listings, pure (authz/listing.py): who hides what, cutting hidden tools out of any
+"""Tool listings, pure (authz/response/listing.py): cutting hidden tools out of any
 JSON-RPC message, and finding `result.tools` in a message read piece by piece."""
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.engine import decide, hides_tools, listing_filter, never_callable
-from authz.model import Grant, Hides, McpRequest
-from authz.policy import load_policy
-from authz.response.jsonrpc import Unparsable, answer_kind, parse_message, same_id
+from authz.model import Hides
+from authz.response.jsonrpc import Unparsable
 from authz.response.listing import ToolsScanner, filter_tools
 
 HIDDEN = "image.generate.replicate"
@@ -186,126 +184,6 @@ def test_large_listing_is_exact() -> None:
     new, removed = cut(listing(tools, nextCursor="z"), HIDDEN)
     assert removed == 1
     assert len(json.loads(new)["result"]["tools"]) == 3000
-
-
-# -- answers and ids -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "kind"),
-    [
-        ('{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}', "result"),
-        ('{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad"}}', "error"),
-        ('{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"bad"}}', None),
-        ('{"jsonrpc":"2.0","id":"1","result":{}}', None),
-        ('{"jsonrpc":"2.0","id":true,"result":{}}', None),
-        ('{"jsonrpc":"2.0","method":"notifications/progress","params":{}}', None),
-    ],
-)
-def test_answer_kind(text: str, kind: str | None) -> None:
-    assert answer_kind(parse_message(text), 1) == kind
-
-
-def test_ids_compare_by_type_and_exact_value() -> None:
-    big = 2**63 + 1
-    assert same_id(big, big) and not same_id(big, big - 1)
-    assert not same_id(1, "1") and not same_id(True, 1) and not same_id(None, None)
-
-
-# -- which tools a listing hides --------------------------------------------------------
-
-
-def test_listing_filter_follows_hide_and_hide_denied() -> None:
-    plain = load_policy({"version": "1"}, name="p")
-    assert listing_filter(plain) is None and not hides_tools(plain) and not hides_tools(None)
-    hiding_policy = load_policy({"version": "1", "hide": [HIDDEN]}, name="p")
-    hiding = listing_filter(hiding_policy)
-    assert hides_tools(hiding_policy)
-    assert hiding is not None and hiding(HIDDEN) and not hiding("x") and not hiding(None)
-    everything = listing_filter(load_policy({"version": "1", "hide": "*"}, name="p"))
-    assert everything is not None and everything("x") and everything(None)
-
-
-DENYING = {
-    "version": "1",
-    "default": "deny",
-    "hide_denied": True,
-    "tools": {
-        "gemini": {},
-        "openai": {"deny_if": [{"conditions": []}]},
-        "google": {"deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 1}]}]},
-        "flux": {"rules": [{"name": "off", "action": "deny"}]},
-        "rate": {"rules": [{"rate_limit": "5/minute"}]},
-    },
-}
-
-
-def test_hide_denied_removes_tools_the_grant_can_never_call() -> None:
-    policy = load_policy(DENYING, name="d")
-    hides = listing_filter(policy)
-    assert hides is not None and hides_tools(policy)
-    assert [n for n in ("gemini", "openai", "google", "flux", "rate", "unlisted") if hides(n)] == [
-        "openai",
-        "flux",
-        "unlisted",
-    ]
-
-
-@pytest.mark.parametrize(
-    "policy",
-    [
-        DENYING,
-        {"version": "1", "tools": {"a": {}, "*": {"deny_if": [{"conditions": []}]}}},
-        {"version": "1", "tools": {"a": {}, "*": {"rules": [{"name": "x", "action": "deny"}]}}},
-        {
-            "version": "1",
-            "default": "deny",
-            "tools": {
-                "*": {"require": [{"conditions": [{"path": "args.x", "op": "gte", "value": 1}]}]},
-                "a": {"deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 1}]}]},
-            },
-        },
-    ],
-)
-def test_never_callable_is_what_decide_does_to_every_call(policy: dict[str, Any]) -> None:
-    """The listing rules are the engine's own: a tool `never_callable` names is denied
-    whatever its arguments, and every other tool of these policies has a call that runs."""
-    loaded = load_policy(policy, name="p")
-    grant = Grant("g", "g", "p")
-    samples: list[dict[str, Any]] = [{}, {"x": 1}, {"x": 2}, {"x": "1"}]
-    for tool in ("gemini", "openai", "google", "flux", "rate", "a", "*", "unlisted"):
-        calls = [McpRequest("tools/call", 1, False, tool=tool, arguments=a) for a in samples]
-        allowed = [decide(loaded, grant, call).allowed for call in calls]
-        assert not any(allowed) if never_callable(loaded, tool) else any(allowed), tool
-
-
-def test_never_callable_under_default_allow_and_the_star_entry() -> None:
-    allow = load_policy({"version": "1", "tools": {"a": {}}}, name="a")
-    assert not never_callable(allow, "unlisted") and not never_callable(allow, "a")
-    star = load_policy(
-        {"version": "1", "tools": {"*": {"deny_if": [{"conditions": []}]}}}, name="s"
-    )
-    assert never_callable(star, "anything")
-
-
-@pytest.mark.parametrize(
-    ("star", "never"),
-    [
-        ({"deny_if": [{"conditions": []}]}, True),
-        ({"rules": [{"name": "off", "action": "deny"}]}, True),
-        ({"deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 1}]}]}, False),
-        ({"rules": [{"rate_limit": "5/minute"}]}, False),
-        ({}, False),
-    ],
-)
-def test_the_star_entry_counts_beside_a_tools_own_entry(star: dict[str, Any], never: bool) -> None:
-    policy = load_policy(
-        {"version": "1", "hide_denied": True, "tools": {"a": {}, "*": star}}, name="s"
-    )
-    assert never_callable(policy, "a") is never
-    assert never_callable(policy, "unlisted") is never
-    hides = listing_filter(policy)
-    assert hides is not None and hides("a") is never
 
 
 # -- ToolsScanner: a message read piece by piece ------------------------------------------

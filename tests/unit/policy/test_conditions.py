@@ -465,7 +465,7 @@ def test_same_json_type_is_never_unknown_for_eq(actual: Any, value: Any) -> None
 
 # -- the README quotes the operator table in the same words --------------------------------
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def _table_rows(lines: list[str]) -> list[tuple[str, ...]]:

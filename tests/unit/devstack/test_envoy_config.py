@@ -1,4 +1,5 @@
-"""deploy/envoy.yaml, authz/deploy.py, and a smoke test of the config on the real Envoy 1.40."""
+"""deploy/envoy.yaml, authz/devstack/envoy_config.py, and a smoke test of the config on the
+real Envoy 1.40."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def rendered(**overrides: Any) -> dict[str, Any]:
 
 def test_repo_config_path() -> None:
     path = repo_envoy_config_path()
-    assert path == Path(__file__).resolve().parents[2] / "deploy" / "envoy.yaml"
+    assert path == Path(__file__).resolve().parents[3] / "deploy" / "envoy.yaml"
     assert path.is_file()
 
 

@@ -1,4 +1,5 @@
-"""approve_if end to end inside one process: policy → engine → service → ext_authz rendering.
+"""Held calls through the request pipeline (authz/pipeline/gate.py, the approval gate), inside
+one process: the engine, the store, the counters, and the ext_authz rendering.
 
 The approval store is the real memory store; the clock is controlled.
 """
@@ -16,20 +17,17 @@ from authz.approvals.base import (
     CAP_RULE,
     SIZE_RULE,
     ApprovalLimits,
-    ApprovalRequest,
     arguments_digest,
 )
 from authz.approvals.memory import MemoryApprovalStore
 from authz.config.grants import hash_token
 from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
-from authz.engine import decide, judge_approval
 from authz.envoy.denial import APPROVAL_HEADER, APPROVAL_META_KEY
 from authz.envoy.grpc_authz import check_response
-from authz.model import ApprovalStatus, DenyKind, Grant, McpRequest
+from authz.model import ApprovalStatus, DenyKind
 from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.request import HttpRequest
-from authz.policy import PolicyError, load_policy
 
 TOOL = "image.generate.openai"
 POLICY: dict[str, Any] = {
@@ -53,7 +51,6 @@ POLICY: dict[str, Any] = {
         "image.generate.google": {"require_approval": True},
     },
 }
-GRANT = Grant("g1", "G1", "p")
 
 
 class Clock:
@@ -62,80 +59,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _request(tool: str = TOOL, **arguments: Any) -> McpRequest:
-    return McpRequest("tools/call", 1, False, {"name": tool}, tool, arguments)
-
-
-# -- policy ------------------------------------------------------------------------------
-
-
-def test_approve_if_validates_and_names_the_field() -> None:
-    bad = {"version": "1", "tools": {TOOL: {"approve_if": [{"ttl": "soon"}]}}}
-    with pytest.raises(PolicyError) as err:
-        load_policy(json.dumps(bad), name="p")
-    assert "$.tools['image.generate.openai'].approve_if[0].ttl" in str(err.value)
-    bad = {"version": "1", "tools": {TOOL: {"approve_if": [{"conditions": {}}]}}}
-    with pytest.raises(PolicyError) as err:
-        load_policy(json.dumps(bad), name="p")
-    assert "approve_if[0].conditions" in str(err.value)
-    bad = {"version": "1", "tools": {TOOL: {"require_approval": "yes"}}}
-    with pytest.raises(PolicyError) as err:
-        load_policy(json.dumps(bad), name="p")
-    assert "require_approval" in str(err.value)
-
-
-@pytest.mark.parametrize(("ttl", "seconds"), [(5, 5), ("90s", 90), ("15m", 900), ("1d", 86400)])
-def test_ttl_forms(ttl: object, seconds: int) -> None:
-    doc = {"version": "1", "tools": {TOOL: {"approve_if": [{"ttl": ttl}]}}}
-    policy = load_policy(json.dumps(doc), name="p")
-    decision = decide(policy, GRANT, _request())
-    assert decision.approval is not None and decision.approval.ttl_seconds == seconds
-
-
-# -- engine --------------------------------------------------------------------------------
-
-
-def test_engine_requires_approval_only_when_conditions_hold() -> None:
-    policy = load_policy(json.dumps(POLICY), name="p")
-    small = decide(policy, GRANT, _request(prompt="x", width=512))
-    assert small.allowed and small.approval is None
-    big = decide(policy, GRANT, _request(prompt="x", width=2048))
-    assert big.allowed and big.approval is not None
-    assert big.approval.rule == f"/tools/{TOOL}/approve_if/0"
-    assert big.approval.ttl_seconds == 120
-    assert len(big.claims) == 1  # limits still apply to the approved call
-    # deny_if wins over approve_if: no person is asked about a call that is denied anyway
-    denied = decide(policy, GRANT, _request(prompt="forbidden", width=2048))
-    assert not denied.allowed and denied.approval is None
-    shorthand = decide(policy, GRANT, _request("image.generate.google", prompt="x"))
-    assert shorthand.approval is not None
-    assert shorthand.approval.rule == "/tools/image.generate.google/require_approval"
-
-
-def test_wildcard_entry_can_require_approval() -> None:
-    doc = {"version": "1", "tools": {"*": {"approve_if": [{"conditions": []}]}}}
-    decision = decide(load_policy(json.dumps(doc), name="p"), GRANT, _request("any.tool"))
-    assert decision.approval is not None and decision.approval.rule == "/tools/*/approve_if/0"
-
-
-async def test_judge_approval_states() -> None:
-    policy = load_policy(json.dumps(POLICY), name="p")
-    decision = decide(policy, GRANT, _request(prompt="x", width=2048))
-    store = MemoryApprovalStore()
-    ask = ApprovalRequest("g1", "G1", "p", policy.content_hash, TOOL, {"width": 2048}, "r", 60)
-    pending, _ = await store.request(ask, 100.0)
-    held = judge_approval(decision, TOOL, pending)
-    assert held.kind is DenyKind.APPROVAL_REQUIRED and held.ticket is not None
-    assert pending.id in held.message and "retry the identical call" in held.message
-    denied = await store.resolve(pending.id, approve=False, approver="alice", reason="no", now=101)
-    out = judge_approval(decision, TOOL, denied)
-    assert out.kind is DenyKind.POLICY
-    assert "the approver said no to a large image" in out.message and "reason: no" in out.message
-
-
-# -- service --------------------------------------------------------------------------------
 
 
 @pytest.fixture

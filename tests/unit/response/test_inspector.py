@@ -1,10 +1,9 @@
-"""The response phase, pure (authz/response.py, authz/sse.py): SSE framing, filtering every
-answer to a grant that hides tools, failing closed, and the evidence for give-back."""
+"""The response inspector, pure (authz/response/inspector.py): filtering every
+answer to a grant that hides tools, failing closed, and the give-back the headers decide."""
 
 from __future__ import annotations
 
 import json
-import random
 import re
 from typing import Any
 
@@ -13,11 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authz.model import Hides, Reservation
-from authz.response.evidence import NOT_DELIVERED_FLAGS, give_back_evidence
 from authz.response.inspector import Plan, ResponseContext, ResponseInspector
-from authz.response.jsonrpc import Unparsable, withheld_error
-from authz.response.listing import ToolsScanner, filter_tools
-from authz.response.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
+from authz.response.jsonrpc import withheld_error
+from authz.response.listing import filter_tools
 
 HIDDEN = "image.generate.replicate"
 UF, UH, UR, UC, UT, UAEX = 0x20, 0x2, 0x10, 0x40, 0x4, 0x1000
@@ -34,96 +31,6 @@ def tool(name: str) -> dict[str, Any]:
 
 def listing(tools: list[Any], rid: object = 1, **extra: Any) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": rid, "result": {"tools": tools, **extra}})
-
-
-# -- SSE framing --------------------------------------------------------------------------
-
-
-def split_all(stream: bytes, sizes: list[int], limit: int = 1 << 20) -> list[tuple[bytes, Segment]]:
-    splitter = SseSplitter(limit)
-    out: list[tuple[bytes, Segment]] = []
-    pos = 0
-    for size in sizes:
-        out += splitter.feed(stream[pos : pos + size])
-        pos += size
-    out += splitter.feed(stream[pos:])
-    rest = splitter.finish()
-    if rest:
-        out.append((rest, Segment.PART))
-    return out
-
-
-EVENTS = [
-    b"event: message\r\ndata: {}\r\n\r\n",
-    b"data: a\ndata: b\n\n",
-    b": comment\rdata: x\r\r",
-    b"\n",  # with the CR before it, a CRLF: no event of its own
-    b"id: 3\r\ndata: y\r\n\r\n",
-    b"\n\ndata: z\n\n",
-]
-DATA = ["{}", "a\nb", "x", "y", "z"]
-
-
-@pytest.mark.parametrize("seed", range(60))
-def test_splitter_finds_events_whatever_the_chunking(seed: int) -> None:
-    stream = b"".join(EVENTS)
-    rng = random.Random(seed)
-    sizes = [rng.randint(0, 7) for _ in range(20)]
-    segments = split_all(stream, sizes)
-    assert b"".join(s for s, _ in segments) == stream
-    data = [event_payload(s)[1] for s, kind in segments if kind is Segment.EVENT]
-    assert [d for d in data if d is not None] == DATA
-
-
-def test_splitter_keeps_crlf_pairs_together_within_a_chunk() -> None:
-    segments = split_all(b"data: 1\r\n\r\ndata: 2\r\n\r\n", [])
-    assert segments == [(b"data: 1\r\n\r\n", Segment.EVENT), (b"data: 2\r\n\r\n", Segment.EVENT)]
-
-
-def test_splitter_marks_an_oversized_event_from_first_part_to_last() -> None:
-    big = b"data: " + b"x" * 100 + b"\n\n"
-    stream = b"data: a\n\n" + big + b"data: b\n\n"
-    segments = split_all(stream, [5, 20, 30, 40, 50], limit=50)
-    assert b"".join(s for s, _ in segments) == stream
-    kinds = [k for _, k in segments]
-    assert [s for s, k in segments if k is Segment.EVENT] == [b"data: a\n\n", b"data: b\n\n"]
-    first = kinds.index(Segment.PART)
-    last = kinds.index(Segment.LAST)
-    assert first < last and all(k is Segment.PART for k in kinds[first:last])
-    assert b"".join(s for s, _ in segments[first : last + 1]) == big
-    # an oversized event that arrives in one piece: a PART, then an empty LAST
-    assert split_all(big, [], limit=50) == [(big, Segment.PART), (b"", Segment.LAST)]
-
-
-def test_event_payload_and_rewrite_keep_every_other_line() -> None:
-    raw = b'event: message\r\nid: 9\r\ndata: {"a":\r\ndata: 1}\r\nretry: 5\r\n: note\r\n\r\n'
-    assert event_payload(raw) == ("message", '{"a":\n1}')
-    assert event_payload(b"event: ping\ndata: x\n\n") == ("ping", "x")
-    assert event_payload(b": only a comment\n\n") == ("message", None)
-    assert event_payload(b"id: 1\ndata:\n\n") == ("message", "")
-    assert event_payload(b"data:x\n\n") == ("message", "x")
-    new = rewrite_event(raw, '{"b":2}')
-    assert new == b'event: message\r\nid: 9\r\ndata: {"b":2}\r\nretry: 5\r\n: note\r\n\r\n'
-    assert rewrite_event(b"id: 4\n\n", "{}") == b"id: 4\ndata: {}\n\n"
-    with pytest.raises(Unparsable):
-        event_payload(b"data: \xff\n\n")
-
-
-@pytest.mark.parametrize("size", [1, 2, 5, 1000])
-def test_the_data_reader_feeds_data_lines_only_and_maps_offsets(size: int) -> None:
-    raw = (
-        b'id: 7\r\nevent: message\r\n: {"result":{"tools":[\r\ndata: {"id":1,\r\n'
-        b'data: "result":{"x":1,\r\ndata:"tools" :[1]}}\r\n\r\n'
-    )
-    reader = SseDataReader(ToolsScanner())
-    at = None
-    for pos in range(0, len(raw), size):
-        found = reader.feed(raw[pos : pos + size])
-        if found is not None:
-            at = pos + found
-            break
-    assert at == raw.index(b"[1]")
-    assert reader.scanner.message_id == 1
 
 
 # -- the inspector ---------------------------------------------------------------------------
@@ -461,33 +368,6 @@ def test_a_session_request_answered_in_sse_is_observed_until_its_answer() -> Non
 
 
 # -- give-back: evidence that the call did not run ----------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("status", "details", "flags", "reason"),
-    [
-        (503, "upstream_reset_before_response_started{connection_failure}", UF, "not_delivered"),
-        (503, "no_healthy_upstream", UH, "not_delivered"),
-        (503, "upstream_reset_before_response_started{overflow}", 0x80, "not_delivered"),
-        (400, "via_upstream", 0, "refused"),
-        (404, "via_upstream", 0, "refused"),
-        (500, "via_upstream", 0, None),  # a JSON-response server's status comes after the run
-        (503, "via_upstream", 0, None),
-        (200, "via_upstream", 0, None),
-        (503, EARLY_RESET, UC, None),  # delivered, then the connection closed
-        (503, EARLY_RESET, UR, None),
-        (504, "upstream_response_timeout", UT, None),
-        (503, EARLY_RESET, UF | UR, None),  # a retry after a delivered attempt
-        (403, "ext_authz_denied", UAEX, None),
-        (400, None, None, None),  # no attributes from Envoy: no evidence
-        (503, EARLY_RESET, None, None),
-    ],
-)
-def test_give_back_evidence(
-    status: int, details: str | None, flags: int | None, reason: str | None
-) -> None:
-    assert give_back_evidence(status, details, flags) == reason
-    assert NOT_DELIVERED_FLAGS & UF
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import structlog
 from authz.approvals.admin import LIST_LIMIT
 from authz.devstack.stack import free_port
 from authz.model import ApprovalStatus
-from tests.unit.test_approvals_admin import (
+from tests.unit.approvals.test_admin import (
     AGENT,
     ALICE,
     ARGS,
@@ -27,7 +27,7 @@ from tests.unit.test_approvals_admin import (
     write_config,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

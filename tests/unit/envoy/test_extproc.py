@@ -61,7 +61,7 @@ POLICIES = {
     },
     "hider": {"version": "1", "hide": [HIDDEN]},
 }
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write_config(root: Path) -> Path:
