@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,46 @@ def test_bad_token_gets_401(stack: Stack, authorization: str | None) -> None:
     assert reply_headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
     assert error["message"].startswith("[POLICY DENIED] ")
+    assert executed(stack) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "authorization", "status", "kind", "rule", "challenge"),
+    [
+        ("/other", f"Bearer {token_for('open')}", 404, "not_found", "(path)", None),
+        ("/mcp", "Bearer wrong-token", 401, "invalid_token", "(auth)", ', error="invalid_token"'),
+        ("/mcp", None, 401, "unauthenticated", "(auth)", ""),
+    ],
+)
+def test_denials_are_shaped_and_audited_by_their_kind(
+    stack: Stack,
+    path: str,
+    authorization: str | None,
+    status: int,
+    kind: str,
+    rule: str,
+    challenge: str | None,
+) -> None:
+    """A request outside /mcp and a token that names no grant are kinds of their own: the
+    client gets a 404, or a 401 whose challenge says invalid_token, and the audit event and
+    the metrics name the same kind."""
+    headers = dict(JSON)
+    if authorization is not None:
+        headers["authorization"] = authorization
+    before = executed(stack)
+    got, reply_headers, _ = stack.post_raw(
+        _call_body("image.generate.gemini", {"prompt": "x"}), headers=headers, path=path
+    )
+    assert got == status
+    expected = None if challenge is None else f'Bearer realm="mcp-authz"{challenge}'
+    assert reply_headers.get("www-authenticate") == expected
+    decision_id = reply_headers["x-mcp-authz-decision-id"]
+    _wait(lambda: any(e["decision_id"] == decision_id for e in audit_events(stack)))
+    [event] = [e for e in audit_events(stack) if e["decision_id"] == decision_id]
+    assert (event["decision"], event["kind"], event["rule"]) == ("deny", kind, rule)
+    with urllib.request.urlopen(f"{stack.admin_url}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert f'kind="{kind}"' in metrics
     assert executed(stack) == before
 
 
