@@ -52,7 +52,7 @@ from authz.policy import Policy
 
 __all__ = ["HEADER_MISMATCH", "Authorizer", "Verdict", "new_decision_id"]
 
-log = structlog.get_logger("mcp_authz.service")
+log = structlog.get_logger("mcp_authz.pipeline")
 
 HEADER_MISMATCH = -32020
 """JSON-RPC code for Mcp-* headers that disagree with the body (as the MCP SDK uses)."""

@@ -13,7 +13,7 @@ from authz.pipeline.request import HttpRequest
 
 __all__ = ["JWT_PAYLOAD_KEY", "identify"]
 
-log = structlog.get_logger("mcp_authz.service")
+log = structlog.get_logger("mcp_authz.pipeline")
 
 JWT_PAYLOAD_KEY = "jwt_payload"
 """The key under which Envoy's jwt_authn filter stores a verified JWT's claims: every
