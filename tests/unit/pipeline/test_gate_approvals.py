@@ -28,29 +28,7 @@ from authz.envoy.grpc_authz import check_response
 from authz.model import ApprovalStatus, DenyKind
 from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.request import HttpRequest
-
-TOOL = "image.generate.openai"
-POLICY: dict[str, Any] = {
-    "version": "1",
-    "default": "deny",
-    "tools": {
-        TOOL: {
-            "deny_if": [
-                {"conditions": [{"path": "args.prompt", "op": "eq", "value": "forbidden"}]}
-            ],
-            "approve_if": [
-                {
-                    "name": "big images",
-                    "conditions": [{"path": "args.width", "op": "gt", "value": 1024}],
-                    "ttl": "2m",
-                    "on_deny": "the approver said no to a large image",
-                }
-            ],
-            "limits": [{"counter": "openai", "window": "hour", "max": 2, "scope": "grant"}],
-        },
-        "image.generate.google": {"require_approval": True},
-    },
-}
+from tests.unit.test_engine_approvals import POLICY, TOOL
 
 
 class Clock:

@@ -12,31 +12,12 @@ import jsonschema
 import pytest
 
 from authz.policy import PolicyError, check_policy_files, load_policy, policy_json_schema
+from tests.unit.policy.test_document import T, base, problems_of
 
 SEED = (
     b'{"version":"1","default":"deny","tools":{"image.generate.gemini":{"limits":[{"counter":'
     b'"image.generate.gemini_rate","window":"minute","max":30,"scope":"grant"}]}}}'
 )
-T = "$.tools['image.generate.gemini']"
-
-
-def base() -> dict[str, Any]:
-    return {
-        "version": "1",
-        "tools": {
-            "image.generate.gemini": {
-                "require": [{"conditions": [{"path": "args.mode", "op": "eq", "value": "safe"}]}],
-                "deny_if": [{"conditions": [{"path": "args.n", "op": "gt", "value": 4}]}],
-                "limits": [{"counter": "c", "window": "minute", "max": 3}],
-            }
-        },
-    }
-
-
-def problems_of(data: Any) -> list[tuple[str, str]]:
-    with pytest.raises(PolicyError) as info:
-        load_policy(data if isinstance(data, bytes) else json.dumps(data), name="t")
-    return info.value.problems
 
 
 def test_seed_loads_verbatim() -> None:
