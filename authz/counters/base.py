@@ -13,15 +13,30 @@ Semantics every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from authz.model import Claim, Exhausted, Reservation
 
-__all__ = ["Bucket", "CounterStore"]
+__all__ = ["Bucket", "CounterStore", "bucket_of"]
 
 Bucket = tuple[str, str, str, int]
 """(counter, scope, sharers, window seconds), the names encoded so that different callers
 never share one by accident: see `Claim.bucket`."""
+
+_BUCKETS_KEPT: Final = 4096
+_buckets: dict[Claim, Bucket] = {}
+
+
+def bucket_of(claim: Claim) -> Bucket:
+    """`claim.bucket`, remembered for equal claims: the engine makes new but equal claims
+    for every call, and encoding a bucket's names (JSON) costs several microseconds. At most
+    `_BUCKETS_KEPT` are kept (all forgotten at once past it: session buckets come and go)."""
+    bucket = _buckets.get(claim)
+    if bucket is None:
+        if len(_buckets) >= _BUCKETS_KEPT:
+            _buckets.clear()
+        bucket = _buckets[claim] = claim.bucket
+    return bucket
 
 
 @runtime_checkable

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final
 
-from authz.counters.base import Bucket
+from authz.counters.base import Bucket, bucket_of
 from authz.counters.windows import retry_after, window_start
 from authz.model import Claim, Exhausted, Reservation
 
@@ -47,8 +48,10 @@ class MemoryCounterStore:
         self._keys: dict[Bucket, Bucket] = {}
         """One bucket tuple per bucket, shared by every outstanding record that names it."""
         # token -> (expires at, bucket 1, start 1, cost 1, bucket 2, ...): one flat tuple per
-        # record (about 270 bytes with its token, against ~540 for nested tuples)
-        self._outstanding: dict[str, tuple[Any, ...]] = {}
+        # record (about 270 bytes with its token, against ~540 for nested tuples). Ordered,
+        # oldest first: dropping the oldest is O(1) (a plain dict's first live entry is found
+        # by scanning past every entry deleted before it)
+        self._outstanding: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._next_sweep = -math.inf
 
     async def reserve(self, claims: Sequence[Claim], now: float) -> Reservation | Exhausted:
@@ -56,13 +59,13 @@ class MemoryCounterStore:
         self._maybe_sweep(now)
         if not claims:
             return Reservation()
+        buckets = [bucket_of(claim) for claim in claims]
         costs: dict[Bucket, int] = {}
-        for claim in claims:
-            costs[claim.bucket] = max(costs.get(claim.bucket, 0), claim.cost)
+        for bucket, claim in zip(buckets, claims, strict=True):
+            costs[bucket] = max(costs.get(bucket, 0), claim.cost)
         current = {bucket: self._current(bucket, now) for bucket in costs}
-        for claim in claims:
-            _, count = current[claim.bucket]
-            if count + costs[claim.bucket] > claim.max:
+        for bucket, claim in zip(buckets, claims, strict=True):
+            if current[bucket][1] + costs[bucket] > claim.max:
                 return Exhausted(claim=claim, retry_after=retry_after(now, claim.window_seconds))
         entries = []
         for bucket, cost in costs.items():
@@ -110,9 +113,9 @@ class MemoryCounterStore:
             for bucket, (start, count) in self._counts.items()
             if start + bucket[3] > now
         }
-        self._outstanding = {
-            token: record for token, record in self._outstanding.items() if record[0] > now
-        }
+        self._outstanding = OrderedDict(
+            (token, record) for token, record in self._outstanding.items() if record[0] > now
+        )
         self._keys = {bucket: bucket for bucket in self._counts}
         self._next_sweep = now + self._sweep_interval
 
@@ -135,4 +138,4 @@ class MemoryCounterStore:
             record += (self._keys.setdefault(bucket, bucket), start, cost)
         self._outstanding[reservation.token] = tuple(record)
         while len(self._outstanding) > self._max_outstanding:
-            del self._outstanding[next(iter(self._outstanding))]
+            self._outstanding.popitem(last=False)

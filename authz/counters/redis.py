@@ -75,7 +75,7 @@ from urllib.parse import quote
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from authz.counters.base import Bucket, CounterStoreUnavailable
+from authz.counters.base import Bucket, CounterStoreUnavailable, bucket_of
 from authz.model import Claim, Exhausted, Reservation
 from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore
 
@@ -235,7 +235,7 @@ class RedisCounterStore(ScriptStore):
                 raise ValueError(f"claim cost must be >= 0, got {claim.cost} ({claim.rule})")
             if claim.window_seconds <= 0:
                 raise ValueError(f"window must be positive, got {claim.window_seconds}")
-            i = index.setdefault(claim.bucket, len(index))
+            i = index.setdefault(bucket_of(claim), len(index))
             if i == len(costs):
                 costs.append(claim.cost)
             else:

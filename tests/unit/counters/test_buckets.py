@@ -13,6 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from authz.counters import MemoryCounterStore
+from authz.counters import base as counters_base
+from authz.counters.base import bucket_of
 from authz.counters.redis import RedisCounterStore
 from authz.engine import decide
 from authz.model import Claim, Exhausted, Grant, McpRequest, Reservation, bucket_part
@@ -145,3 +147,18 @@ def test_redis_keys_of_colliding_names_differ() -> None:
     assert store.bucket_key(team_ci.bucket) == (
         'mcp-authz:{c}:b:86400:session:["p","per_session"]:["team%2Fci"]'
     )
+
+
+def test_bucket_of_remembers_equal_claims_and_stays_bounded() -> None:
+    policy = session_limit()
+    (first,) = claims(policy, Grant("team", "", "p"), call(session="ci"))
+    (again,) = claims(policy, Grant("team", "", "p"), call(session="ci"))
+    assert first is not again and first == again
+    assert bucket_of(first) == first.bucket
+    assert bucket_of(again) is bucket_of(first)  # encoded once for both
+    (other,) = claims(policy, Grant("team/ci", "", "p"), call())
+    assert bucket_of(other) == other.bucket != first.bucket
+    for i in range(counters_base._BUCKETS_KEPT + 1):  # sessions come and go
+        (session,) = claims(policy, Grant("team", "", "p"), call(session=f"s{i}"))
+        assert bucket_of(session) == session.bucket
+    assert len(counters_base._buckets) <= counters_base._BUCKETS_KEPT

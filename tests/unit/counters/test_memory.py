@@ -199,3 +199,14 @@ async def test_close_forgets_everything() -> None:
     await store.reserve([claim()], NOW)
     await store.close()
     assert store.bucket_count == 0
+
+
+async def test_at_the_bound_the_oldest_reservation_goes_first() -> None:
+    store = MemoryCounterStore(max_outstanding=3)
+    c = claim(max_=100)
+    taken = [await store.reserve([c], NOW) for _ in range(6)]
+    assert all(isinstance(r, Reservation) for r in taken)
+    for reservation in taken:  # the first three were forgotten: their release is a no-op
+        assert isinstance(reservation, Reservation)
+        await store.release(reservation)
+    assert store.count(c.bucket, NOW) == 3
