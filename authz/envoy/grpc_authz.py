@@ -3,21 +3,30 @@ the `Authorization` servicer that joins them to the pipeline.
 
 Protobuf stops here (and in the sibling `extproc.py`): the pipeline sees an `HttpRequest`
 and returns a `Verdict`; a denial is rendered by `denial.py`, shared by every transport.
+
+Both directions do only the work a decision needs. The request's headers are read where
+Envoy put them (`_Headers`: one map lookup per header the pipeline asks for, no copy). The
+answer is written as bytes (`check_response_bytes`, with `wire.py`): the parts every answer
+shares are encoded once (the OK status, the headers removed upstream, the metadata entries
+of a grant, a method, a tool, a rule; `_Pieces`), the decision's own values per decision.
+The bytes are exactly `SerializeToString(deterministic=True)` of the message the generated
+classes would build, which `check_response` returns parsed.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
-from authz._pb.envoy.config.core.v3 import base_pb2
-from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from authz._pb.envoy.type.v3 import http_status_pb2
-from authz._pb.google.rpc import status_pb2
+from authz._pb.envoy.service.auth.v3 import external_auth_pb2
+from authz.envoy import wire
 from authz.envoy.denial import DECISION_HEADER, UNAUTHENTICATED_KINDS, denial
+from authz.model import Outcome, Reservation
 from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.request import HttpRequest
 
@@ -31,6 +40,7 @@ __all__ = [
     "AuthorizationService",
     "add_authorization_service",
     "check_response",
+    "check_response_bytes",
     "http_request_from_check",
 ]
 
@@ -49,14 +59,49 @@ _GRPC_PERMISSION_DENIED = 7
 _GRPC_UNAUTHENTICATED = 16
 
 
+class _Headers(Mapping[str, str]):
+    """The CheckRequest's header map as the pipeline reads it: each header it asks for is
+    one lookup in Envoy's map, and nothing is copied. Envoy sends every name in lower case
+    (the field's contract); `http_request_from_check` checks that before using this view."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, headers: Any) -> None:
+        self._map = headers
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._map:  # indexing a protobuf map would add a missing key
+            value: str = self._map[name]
+            return value
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._map.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
 def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpRequest:
-    http = check.attributes.request.http
-    headers = {key.lower(): value for key, value in http.headers.items()}
-    body = bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8")
+    attributes = check.attributes
+    http = attributes.request.http
+    raw = http.headers
+    headers: Mapping[str, str]
+    if "".join(raw).islower():  # every name in lower case, as Envoy sends them
+        headers = _Headers(raw)
+    else:
+        headers = {key.lower(): value for key, value in raw.items()}
+    body = http.raw_body if http.raw_body else http.body.encode("utf-8")
     # Identity that Envoy established itself: the verified client certificate (mTLS) and
     # the claims of a JWT that jwt_authn verified. Dynamic metadata is written by Envoy's
     # filters only; no client header can put anything there.
-    filter_metadata = check.attributes.metadata_context.filter_metadata
+    filter_metadata = attributes.metadata_context.filter_metadata
     jwt_metadata = (
         json_format.MessageToDict(filter_metadata[JWT_AUTHN_NAMESPACE])
         if JWT_AUTHN_NAMESPACE in filter_metadata
@@ -71,122 +116,238 @@ def http_request_from_check(check: external_auth_pb2.CheckRequest) -> HttpReques
         body=body,
         partial_body=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
         request_id=headers.get("x-request-id") or None,
-        source_principal=check.attributes.source.principal or None,
+        source_principal=attributes.source.principal or None,
         jwt_metadata=jwt_metadata,
     )
 
 
-def _header(key: str, value: str, *, overwrite: bool = True) -> base_pb2.HeaderValueOption:
-    action = (
-        base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-        if overwrite
-        else base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
-    )
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, value=value), append_action=action
-    )
+# -- Verdict → CheckResponse bytes ------------------------------------------------------
+#
+# CheckResponse: status 1 (google.rpc.Status: code 1, message 2), denied_response 2
+# (status 1 {code 1}, headers 2, body 3), ok_response 3 (headers 2, headers_to_remove 5,
+# response_headers_to_add 6), dynamic_metadata 4 (Struct). HeaderValueOption: header 1
+# (HeaderValue: key 1, value 2), append_action 3. A proto3 string or number equal to its
+# default is not written; a message field that is set always is (`field(n, b"")`).
+#
+# Most pieces are cached whole (a grant's header, the metadata entry of a method, a tool, a
+# rule). A value that differs on every answer (a decision id, a JSON-RPC id, a window start)
+# is written after a cached prefix: the bytes in front of a value depend only on the value's
+# length, so `prefix(length) + value` is the whole piece.
+
+_OVERWRITE: Final = wire.varint_field(3, 2)  # append_action: OVERWRITE_IF_EXISTS_OR_ADD
+_STATUS_OK: Final = wire.field(1, b"")  # Status{code: 0}
+_REMOVED: Final = wire.field(5, b"authorization") + wire.field(5, FAIL_OPEN_HEADER.encode())
+_KEPT: Final = 4096
+"""Pieces kept per cache (grants, methods, tools, rules, buckets, prefixes); all forgotten
+at once past it."""
 
 
-def _metadata(verdict: Verdict) -> struct_pb2.Struct:
-    """Dynamic metadata for Envoy (access logs, ext_proc). Fields are set directly: the
-    generic `Struct.update` costs several times more per decision."""
-    meta = struct_pb2.Struct()
-    fields = meta.fields
+def _text(number: int, text: str) -> bytes:
+    return wire.field(number, text.encode()) if text else b""
+
+
+def _option(name: str, value: str) -> bytes:
+    """A HeaderValueOption that sets `name` (overwriting what the request had)."""
+    return wire.field(1, _text(1, name) + _text(2, value)) + _OVERWRITE
+
+
+class _Cache(dict[Any, bytes]):
+    """A bounded dict of encoded pieces."""
+
+    def keep(self, key: Any, piece: bytes) -> bytes:
+        if len(self) >= _KEPT:
+            self.clear()
+        self[key] = piece
+        return piece
+
+
+_entries = _Cache()
+_prefixes = _Cache()
+_grants = _Cache()
+_buckets: dict[tuple[str, str, str, int], tuple[bytes, bytes, bytes]] = {}
+
+
+def _entry(key: str, text: str) -> bytes:
+    """A metadata entry `key` → the string `text`, for values that repeat (cached)."""
+    piece = _entries.get((key, text))
+    if piece is None:
+        piece = _entries.keep((key, text), wire.entry(key, wire.string_value(text)))
+    return piece
+
+
+def _fresh_entry(key: str, text: str) -> bytes:
+    """A metadata entry `key` → the string `text`, for values that do not repeat."""
+    raw = text.encode()
+    prefix = _prefixes.get((key, len(raw)))
+    if prefix is None:
+        whole = wire.entry(key, wire.string_value(" " * len(raw)))
+        prefix = _prefixes.keep((key, len(raw)), whole[: len(whole) - len(raw)])
+    return prefix + raw
+
+
+def _header_field(number: int, name: str, value: str) -> bytes:
+    """Field `number` holding the option that sets header `name` to `value`."""
+    raw = value.encode()
+    prefix = _prefixes.get((number, name, len(raw)))
+    if prefix is None:
+        whole = wire.field(number, _option(name, " " * len(raw)))
+        cut = len(whole) - len(raw) - len(_OVERWRITE)
+        prefix = _prefixes.keep((number, name, len(raw)), whole[:cut])
+    return prefix + raw + _OVERWRITE
+
+
+def _grant_header(grant_id: str) -> bytes:
+    """OkHttpResponse.headers: the `x-mcp-grant` option (cached per grant)."""
+    piece = _grants.get(grant_id)
+    if piece is None:
+        piece = _grants.keep(grant_id, wire.field(2, _option(GRANT_HEADER, grant_id)))
+    return piece
+
+
+_DOUBLE: Final = struct.Struct("<d")
+
+
+def _bucket(bucket: tuple[str, str, str, int]) -> tuple[bytes, bytes, bytes]:
+    """One element of the reservation's `entries` list, as the three pieces around its two
+    numbers: `head + cost + middle + start + tail`, where the element is a Value holding the
+    Struct {cost, counter, key, scope, start, window} (in that order)."""
+    pieces = _buckets.get(bucket)
+    if pieces is None:
+        if len(_buckets) >= _KEPT:
+            _buckets.clear()
+        counter, scope, scope_key, window = bucket
+        nothing = _DOUBLE.pack(0.0)
+        cost = wire.entry("cost", wire.number_value(0.0))
+        start = wire.entry("start", wire.number_value(0.0))
+        named = wire.entry("counter", wire.string_value(counter))
+        named += wire.entry("key", wire.string_value(scope_key))
+        named += wire.entry("scope", wire.string_value(scope))
+        tail = wire.entry("window", wire.number_value(window))
+        whole = wire.field(1, wire.struct_value(cost + named + start + tail))
+        head = whole[: len(whole) - len(tail) - len(start) - len(named) - len(nothing)]
+        middle = named + start[: len(start) - len(nothing)]
+        pieces = _buckets[bucket] = (head, middle, tail)
+    return pieces
+
+
+def _reservation(reservation: Reservation) -> bytes:
+    """The `reservation` entry: {entries: [{cost, counter, key, scope, start, window}],
+    token} (what `CounterStore.release` needs: the Redis store builds keys from the four
+    parts of the bucket, the memory store needs the token)."""
+    elements = []
+    for bucket, start, cost in reservation.entries:
+        head, middle, tail = _bucket(bucket)
+        elements.append(head + _DOUBLE.pack(cost) + middle + _DOUBLE.pack(start) + tail)
+    # an empty list leaves the Value empty, as the generated classes do
+    taken = wire.entry("entries", wire.field(6, b"".join(elements)) if elements else b"")
+    taken += _fresh_entry("token", reservation.token)
+    return wire.entry("reservation", wire.struct_value(taken))
+
+
+_OUTCOME: Final = {o: _entry("decision", o.value) for o in Outcome}
+_HIDES: Final = wire.entry("hides", wire.bool_value(True))
+_FAIL_OPEN: Final = wire.field(6, _option(FAIL_OPEN_HEADER, "true"))
+
+
+def _metadata(verdict: Verdict) -> bytes:
+    """Dynamic metadata for Envoy (access logs, ext_proc), as a Struct's bytes, its entries
+    in `wire.map_order`: approval_id, decision_id, decision, grant_id, hides, inflight,
+    jsonrpc_id, mcp_method, policy, reservation, rule, tool."""
     decision = verdict.decision
-    fields["decision_id"].string_value = verdict.decision_id
-    fields["decision"].string_value = decision.outcome.value
-    if decision.rule:
-        fields["rule"].string_value = decision.rule
-    if decision.ticket is not None:
-        fields["approval_id"].string_value = decision.ticket.id
-    if verdict.grant is not None:
-        fields["grant_id"].string_value = verdict.grant.id
-        fields["policy"].string_value = verdict.grant.policy
+    grant = verdict.grant
+    request = verdict.request
+    parts = []
+    if decision.ticket is not None:  # held for, denied by, or run under an approval
+        parts.append(_fresh_entry("approval_id", decision.ticket.id))
+    parts.append(_fresh_entry("decision_id", verdict.decision_id))
+    parts.append(_OUTCOME[decision.outcome])
+    if grant is not None:
+        parts.append(_entry("grant_id", grant.id))
     if verdict.hides:
         # every answer is filtered; deploy/envoy.yaml routes such requests to the /mcp route
         # whose response phase fails closed (failure_mode_allow: false)
-        fields["hides"].bool_value = True
+        parts.append(_HIDES)
     if verdict.inflight is not None:
-        fields["inflight"].string_value = verdict.inflight  # freed at the response's end
-    request = verdict.request
+        parts.append(_fresh_entry("inflight", verdict.inflight))  # freed at the response's end
     if request is not None:
-        fields["mcp_method"].string_value = request.method
-        if request.tool is not None:
-            fields["tool"].string_value = request.tool
         # For the response phase (authz/envoy/extproc.py reads these): the JSON-RPC id as
         # JSON text (a Struct number is a double and would round large integer ids), and the
         # quota this call took, so that ext_proc can give it back if the upstream fails it.
         if not request.is_notification and request.id is not None:
-            fields["jsonrpc_id"].string_value = json.dumps(request.id, separators=(",", ":"))
+            parts.append(_fresh_entry("jsonrpc_id", json.dumps(request.id)))
+        parts.append(_entry("mcp_method", request.method))
+    if grant is not None:
+        parts.append(_entry("policy", grant.policy))
     reservation = decision.reservation
     if decision.allowed and reservation is not None and reservation.token:
-        taken = fields["reservation"].struct_value.fields
-        taken["token"].string_value = reservation.token
-        entries = taken["entries"].list_value
-        for (counter, scope, scope_key, window), start, cost in reservation.entries:
-            entry = entries.values.add().struct_value.fields
-            entry["counter"].string_value = counter
-            entry["scope"].string_value = scope
-            entry["key"].string_value = scope_key
-            entry["window"].number_value = window
-            entry["start"].number_value = start
-            entry["cost"].number_value = cost
-    return meta
+        parts.append(_reservation(reservation))
+    if decision.rule:
+        parts.append(_entry("rule", decision.rule))
+    if request is not None and request.tool is not None:
+        parts.append(_entry("tool", request.tool))
+    return b"".join(parts)
+
+
+def check_response_bytes(verdict: Verdict) -> bytes:
+    """A Verdict as Envoy's CheckResponse, serialized (deterministically)."""
+    decision = verdict.decision
+    if decision.allowed:
+        assert verdict.grant is not None
+        ok = (
+            _grant_header(verdict.grant.id)
+            + _header_field(2, DECISION_HEADER, verdict.decision_id)
+            + _REMOVED
+            + _header_field(6, DECISION_HEADER, verdict.decision_id)
+        )
+        if verdict.fail_open:
+            ok += _FAIL_OPEN
+        return _STATUS_OK + wire.field(3, ok) + wire.field(4, _metadata(verdict))
+    rendered = denial(verdict)
+    code = (
+        _GRPC_UNAUTHENTICATED if decision.kind in UNAUTHENTICATED_KINDS else _GRPC_PERMISSION_DENIED
+    )
+    status = wire.varint_field(1, code) + _text(2, decision.message)
+    denied = (
+        wire.field(1, wire.varint_field(1, rendered.status))
+        + b"".join(_header_field(2, name, value) for name, value in rendered.headers)
+        + _text(3, rendered.body)
+    )
+    return wire.field(1, status) + wire.field(2, denied) + wire.field(4, _metadata(verdict))
 
 
 def check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
-    """Render a Verdict as Envoy's CheckResponse."""
-    if verdict.decision.allowed:
-        assert verdict.grant is not None
-        response_headers = [_header(DECISION_HEADER, verdict.decision_id)]
-        if verdict.fail_open:
-            response_headers.append(_header(FAIL_OPEN_HEADER, "true"))
-        ok = external_auth_pb2.OkHttpResponse(
-            headers=[
-                _header(GRANT_HEADER, verdict.grant.id),
-                _header(DECISION_HEADER, verdict.decision_id),
-            ],
-            headers_to_remove=["authorization", FAIL_OPEN_HEADER],
-            response_headers_to_add=response_headers,
-        )
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=_GRPC_OK),
-            ok_response=ok,
-            dynamic_metadata=_metadata(verdict),
-        )
-    rendered = denial(verdict)
-    grpc_code = (
-        _GRPC_UNAUTHENTICATED
-        if verdict.decision.kind in UNAUTHENTICATED_KINDS
-        else _GRPC_PERMISSION_DENIED
+    """A Verdict as Envoy's CheckResponse message (`check_response_bytes`, parsed)."""
+    response: external_auth_pb2.CheckResponse = external_auth_pb2.CheckResponse.FromString(
+        check_response_bytes(verdict)
     )
-    denied = external_auth_pb2.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(code=rendered.status),  # type: ignore[arg-type]
-        headers=[_header(k, v) for k, v in rendered.headers],
-        body=rendered.body,
-    )
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=grpc_code, message=verdict.decision.message),
-        denied_response=denied,
-        dynamic_metadata=_metadata(verdict),
-    )
+    return response
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
-    """`envoy.service.auth.v3.Authorization/Check`: one check per request."""
+class AuthorizationService:
+    """`envoy.service.auth.v3.Authorization/Check`: one check per request, answered with
+    the CheckResponse's bytes (gRPC sends them as they are)."""
 
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
-    async def Check(
-        self, request: external_auth_pb2.CheckRequest, context: Any
-    ) -> external_auth_pb2.CheckResponse:
+    async def Check(self, request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
         verdict = await self._authorizer.check(http_request_from_check(request))
-        return check_response(verdict)
+        return check_response_bytes(verdict)
 
 
 def add_authorization_service(server: grpc.aio.Server, authorizer: Authorizer) -> None:
-    """Serve ext_authz checks on `server` with `authorizer`."""
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
-        AuthorizationService(authorizer), server
+    """Serve ext_authz checks on `server` with `authorizer`: the generated servicer's method,
+    with the response serializer left out, since `Check` returns bytes already."""
+    service = AuthorizationService(authorizer)
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            service.Check,
+            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=None,
+        )
+    }
+    # as the generated add_AuthorizationServicer_to_server registers them
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(AUTHZ_SERVICE, handlers),)
     )
+    server.add_registered_method_handlers(AUTHZ_SERVICE, handlers)
