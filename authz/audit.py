@@ -1,28 +1,59 @@
-"""Structured logging set-up and the per-decision audit event.
+"""Structured logging set-up, the writer every log line goes through, and the per-decision
+audit event.
 
 One JSON line per decision. The event carries argument *keys* only; tokens, the
 Authorization header, argument values and query strings never enter an event (a query
-string may carry a token: `path` is logged without it). A final processor drops any field
-whose name marks it as secret, as a second line of defence.
+string may carry a token: `path` is logged without it). A processor drops any field whose
+name marks it as secret, as a second line of defence.
+
+**Writing.** Every line (audit and operational) goes to one `LineWriter`: a line logged in
+the event loop is queued and the queue is written, in one write and one flush, when the loop
+next turns (`loop.call_soon`), so a decision's answer never waits for the log stream and a
+busy sidecar writes many lines per system call. The queue is bounded (`MAX_QUEUED`): when a
+line finds it full (the loop has not turned for that many lines), the writer writes the
+queue at once, in the caller, counts it (`full`, exported as
+`mcp_authz_log_queue_full_total`) and adds a warning line `log_queue_full`. So no line is
+ever dropped: a full queue costs the caller a write, as every line did before. A line
+logged outside the loop (start-up, another thread) is written at once, after what is
+queued. What the stream refuses (a closed or broken pipe, a full disk) is counted (`lost`,
+`mcp_authz_log_lines_lost_total`) and reported on stderr. At exit the queue is written
+(`atexit`); only a process killed outright loses what one loop turn had queued.
+
+**The decision event** is the hot one, so it is built complete (its time included) and
+rendered straight into the writer, by the same renderer as every other line, without the
+processor chain: its fields are fixed here (none is a secret field; the tests check it) and
+no one binds context variables. When logging is configured by someone else (tests capturing
+events), it is logged through structlog like any other event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import json
 import logging
 import sys
+import threading
+import time
+from collections import deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 
 from authz.model import Approval, Decision, Grant, McpRequest
 
 __all__ = [
+    "DECISION_FIELDS",
+    "MAX_QUEUED",
     "AuditContext",
+    "LineWriter",
     "configure_logging",
     "log_approval",
     "log_decision",
+    "log_writer",
     "path_without_query",
 ]
 
@@ -30,34 +61,180 @@ __all__ = [
 _SECRET_FIELDS = frozenset(
     {"token", "authorization", "arguments", "args", "params", "body", "raw_body", "password"}
 )
+_checked_fields: set[str] = set()
+"""Field names already found not to be secret (names come from code, so the set is small)."""
 
 
 def _drop_secrets(
     _logger: Any, _name: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    if event.keys() <= _checked_fields:
+        return event
     for key in list(event):
         if key.lower() in _SECRET_FIELDS:
             del event[key]
+        else:
+            _checked_fields.add(key)
     return event
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog once at start-up: JSON lines, UTC ISO time."""
+_second = -1
+_second_text = ""
+
+
+def _now() -> str:
+    """The current UTC time, ISO 8601 with microseconds: `2026-01-31T12:00:00.123456Z`."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    return f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def _timestamp(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event["time"] = _now()
+    return event
+
+
+def _fallback(value: Any) -> Any:
+    """What JSON cannot hold: its `__structlog__()` if it has one, else its repr (as
+    structlog's own renderer)."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+_encode = json.JSONEncoder(default=_fallback).encode
+"""Every line's renderer: `json.dumps`'s output (", " and ": " separators, ASCII), with one
+encoder built once instead of one per line."""
+
+
+def _render(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    return _encode(event)
+
+
+MAX_QUEUED: Final = 4096
+"""Lines a `LineWriter` holds for the next loop turn before it writes them in the caller."""
+
+
+class LineWriter:
+    """Where every log line goes (structlog's logger): see the module docstring."""
+
+    def __init__(self, stream: TextIO, *, max_queued: int = MAX_QUEUED) -> None:
+        if max_queued < 1:
+            raise ValueError("max_queued must be positive")
+        self._stream = stream
+        self._max = max_queued
+        self._queue: deque[str] = deque()
+        self._pending: asyncio.AbstractEventLoop | None = None
+        """The loop whose next turn will write the queue."""
+        self._lock = threading.Lock()
+        self.full = 0
+        """Times a line found the queue full (and the queue was written at once)."""
+        self.lost = 0
+        """Lines the stream refused."""
+
+    def msg(self, line: str) -> None:
+        queue = self._queue
+        queue.append(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: at once
+            self.flush()
+            return
+        if len(queue) >= self._max:
+            self._overflow()
+        elif self._pending is not loop:  # (a loop closed before its turn leaves no trace)
+            self._pending = loop
+            loop.call_soon(self._turn, loop)
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = log = msg
+
+    @property
+    def queued(self) -> int:
+        """Lines waiting for the next write."""
+        return len(self._queue)
+
+    def flush(self) -> None:
+        """Write every queued line now (idempotent; any thread)."""
+        with self._lock:
+            queue = self._queue
+            lines = [queue.popleft() for _ in range(len(queue))]
+            if not lines:
+                return
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError) as exc:  # closed, broken pipe, full disk
+                self.lost += len(lines)
+                _complain(f"mcp-authz: {len(lines)} log lines could not be written: {exc!r}")
+
+    def _turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pending is loop:
+            self._pending = None
+        self.flush()
+
+    def _overflow(self) -> None:
+        self.full += 1
+        waiting = len(self._queue)
+        self.flush()
+        warning = {
+            "lines": waiting,
+            "event": "log_queue_full",
+            "level": "warning",
+            "time": _now(),
+        }
+        self._queue.append(_encode(warning))
+        self.flush()
+
+
+def _complain(text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # stderr gone too: the count remains
+        print(text, file=sys.stderr, flush=True)
+
+
+_writer: LineWriter | None = None
+_processors: list[Any] | None = None
+_decisions_logged = True
+"""Whether the configured level lets info events (decisions) through."""
+
+
+def log_writer() -> LineWriter | None:
+    """The writer `configure_logging` installed (None before it was called)."""
+    return _writer
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> LineWriter:
+    """Configure structlog once at start-up: JSON lines, UTC ISO time, written through a
+    `LineWriter` on `stream` (stdout by default), which is returned."""
+    global _writer, _processors, _decisions_logged
+    if _writer is not None:
+        _writer.flush()
+        atexit.unregister(_writer.flush)
+    levelno = logging.getLevelNamesMapping()[level.upper()]
+    writer = LineWriter(stream or sys.stdout)
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _timestamp,
+        structlog.processors.format_exc_info,
+        _drop_secrets,
+        _render,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
-            structlog.processors.format_exc_info,
-            _drop_secrets,
-            structlog.processors.JSONRenderer(sort_keys=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(levelno),
+        logger_factory=lambda *_args: writer,
         cache_logger_on_first_use=True,
     )
+    atexit.register(writer.flush)
+    _writer, _processors, _decisions_logged = writer, processors, levelno <= logging.INFO
+    return writer
 
 
 def path_without_query(path: str) -> str:
@@ -76,6 +253,27 @@ class AuditContext:
 
 _audit = structlog.get_logger("mcp_authz.audit")
 
+DECISION_FIELDS: Final = (
+    "decision_id",
+    "request_id",
+    "http_method",
+    "path",
+    "grant_id",
+    "grant_label",
+    "method",
+    "tool",
+    "arg_keys",
+    "decision",
+    "kind",
+    "rule",
+    "message",
+    "retry_after",
+    "policy",
+    "policy_hash",
+    "duration_ms",
+)
+"""The decision event's fields, in order; `fail_open` and `approval_id` follow when set."""
+
 
 def log_decision(
     ctx: AuditContext,
@@ -88,30 +286,42 @@ def log_decision(
     duration_ms: float,
     fail_open: bool = False,
 ) -> None:
-    extra: dict[str, Any] = {"fail_open": True} if fail_open else {}
+    """Write the audit event of one decision (`DECISION_FIELDS`, then `fail_open` and
+    `approval_id` when they apply)."""
+    fields: dict[str, Any] = {
+        "decision_id": ctx.decision_id,
+        "request_id": ctx.request_id,
+        "http_method": ctx.http_method,
+        "path": path_without_query(ctx.path),
+        "grant_id": grant.id if grant else None,
+        "grant_label": grant.label if grant else None,
+        "method": request.method if request else None,
+        "tool": request.tool if request else None,
+        "arg_keys": sorted(request.arguments) if request else [],
+        "decision": decision.outcome.value,
+        "kind": decision.kind.value if decision.kind else None,
+        "rule": decision.rule,
+        "message": decision.message or None,
+        "retry_after": decision.retry_after,
+        "policy": policy_name,
+        "policy_hash": policy_hash,
+        "duration_ms": round(duration_ms, 3),
+    }
+    if fail_open:
+        fields["fail_open"] = True
     if decision.ticket is not None:
-        extra["approval_id"] = decision.ticket.id
-    _audit.info(
-        "decision",
-        decision_id=ctx.decision_id,
-        request_id=ctx.request_id,
-        http_method=ctx.http_method,
-        path=path_without_query(ctx.path),
-        grant_id=grant.id if grant else None,
-        grant_label=grant.label if grant else None,
-        method=request.method if request else None,
-        tool=request.tool if request else None,
-        arg_keys=sorted(request.arguments) if request else [],
-        decision=decision.outcome.value,
-        kind=decision.kind.value if decision.kind else None,
-        rule=decision.rule,
-        message=decision.message or None,
-        retry_after=decision.retry_after,
-        policy=policy_name,
-        policy_hash=policy_hash,
-        duration_ms=round(duration_ms, 3),
-        **extra,
-    )
+        fields["approval_id"] = decision.ticket.id
+    writer = _writer
+    processors = structlog.get_config()["processors"]
+    # still the chain configure_logging set up (structlog.testing edits the list in place)
+    if writer is not None and _processors is processors and _processors[-1] is _render:
+        if _decisions_logged:
+            fields["event"] = "decision"
+            fields["level"] = "info"
+            fields["time"] = _now()
+            writer.msg(_encode(fields))
+        return
+    _audit.info("decision", **fields)
 
 
 def log_approval(

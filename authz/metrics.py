@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from authz.audit import log_writer
 from authz.config.source import ConfigSource
 from authz.model import Decision, FixedRule
 from authz.policy import Policy
@@ -146,6 +147,26 @@ class _ConfigCollector(Collector):
         yield error
 
 
+class _LogCollector(Collector):
+    """The log writer's own counts (`authz.audit.LineWriter`), read at scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        writer = log_writer()
+        full = CounterMetricFamily(
+            "mcp_authz_log_queue_full",
+            "Times the log queue was full (the event loop had not turned for that many lines) "
+            "and was written at once by the line that found it full; no line is dropped.",
+        )
+        full.add_metric([], writer.full if writer is not None else 0)
+        yield full
+        lost = CounterMetricFamily(
+            "mcp_authz_log_lines_lost",
+            "Log lines (audit events included) the log stream refused to take.",
+        )
+        lost.add_metric([], writer.lost if writer is not None else 0)
+        yield lost
+
+
 class Metrics:
     """Every metric of one sidecar process, in its own registry."""
 
@@ -154,6 +175,7 @@ class Metrics:
         r = self.registry
         if config is not None:
             r.register(_ConfigCollector(config))
+        r.register(_LogCollector())
         self.decisions = Counter(
             "mcp_authz_decisions",
             "Decisions by outcome, deny kind, rule kind and tool.",

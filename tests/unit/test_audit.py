@@ -1,15 +1,34 @@
-"""What the audit events of decisions and approvals may carry: never a query string, an
-argument value, or a digest that can be brute-forced back to the values."""
+"""What the audit events of decisions and approvals may carry (never a query string, an
+argument value, or a digest that can be brute-forced back to the values), and how every
+line is written: queued for the event loop's next turn, written at once when the queue is
+full (counted and said), never dropped."""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import io
 import json
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
 
-from authz.audit import AuditContext, log_decision, path_without_query
-from authz.model import Decision, DenyKind
+from authz import audit
+from authz.audit import (
+    DECISION_FIELDS,
+    AuditContext,
+    LineWriter,
+    configure_logging,
+    log_decision,
+    log_writer,
+    path_without_query,
+)
+from authz.metrics import Metrics
+from authz.model import Decision, DenyKind, Grant, McpRequest
 
 
 @pytest.mark.parametrize(
@@ -42,3 +61,167 @@ def test_the_decision_event_drops_the_query_string() -> None:
     (event,) = logs
     assert event["path"] == "/mcp"
     assert "tok-123" not in json.dumps(event, default=str)
+
+
+# -- the log writer ---------------------------------------------------------------------
+
+
+class Stream(io.StringIO):
+    """A log stream that counts its writes (and can refuse them)."""
+
+    def __init__(self, *, broken: bool = False) -> None:
+        super().__init__()
+        self.writes = 0
+        self.broken = broken
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.writes += 1
+        return super().write(text)
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.getvalue().splitlines()]
+
+
+@pytest.fixture
+def configured() -> Iterator[Stream]:
+    """`configure_logging` on a Stream; structlog's and audit's state restored afterwards."""
+    saved = structlog.get_config()
+    saved_audit = (audit._writer, audit._processors, audit._decisions_logged)
+    stream = Stream()
+    writer = configure_logging("info", stream)
+    try:
+        yield stream
+    finally:
+        writer.flush()
+        atexit.unregister(writer.flush)
+        structlog.configure(**saved)
+        audit._writer, audit._processors, audit._decisions_logged = saved_audit
+
+
+def decide(path: str = "/mcp", **extra: Any) -> None:
+    log_decision(
+        AuditContext("d1", "r1", "POST", path),
+        Decision.deny(DenyKind.POLICY, "no", rule="/tools/t/deny_if/0"),
+        grant=Grant("g1", "G1", "p"),
+        request=McpRequest("tools/call", 7, False, tool="t", arguments={"b": 1, "a": "secret"}),
+        policy_name="p",
+        policy_hash="h",
+        duration_ms=0.12345,
+        **extra,
+    )
+
+
+async def test_lines_logged_in_the_loop_are_written_together_when_it_turns() -> None:
+    stream = Stream()
+    writer = LineWriter(stream)
+    for i in range(5):
+        writer.msg(f'{{"n": {i}}}')
+    assert stream.getvalue() == "" and writer.queued == 5  # the caller never waits for it
+    await asyncio.sleep(0)
+    assert [line["n"] for line in stream.lines()] == [0, 1, 2, 3, 4]
+    assert stream.writes == 1 and writer.queued == 0 and writer.full == 0
+
+
+async def test_a_full_queue_is_written_at_once_and_says_so() -> None:
+    stream = Stream()
+    writer = LineWriter(stream, max_queued=3)
+    for i in range(7):  # the loop never turns
+        writer.msg(f'{{"n": {i}}}')
+    written = stream.lines()
+    assert [line.get("n") for line in written] == [0, 1, 2, None, 3, 4, 5, None]
+    warnings = [line for line in written if line.get("event") == "log_queue_full"]
+    assert warnings and all(w["level"] == "warning" and w["lines"] == 3 for w in warnings)
+    assert writer.full == 2 and writer.lost == 0
+    await asyncio.sleep(0)  # the last line goes with the loop's turn: none is dropped
+    assert [line.get("n") for line in stream.lines()][-1] == 6
+    assert writer.queued == 0
+
+
+def test_outside_a_loop_lines_are_written_at_once() -> None:
+    stream = Stream()
+    writer = LineWriter(stream)
+    writer.msg('{"n": 1}')
+    assert stream.lines() == [{"n": 1}] and writer.queued == 0
+
+
+async def test_a_line_from_another_thread_is_written_at_once_after_the_queue() -> None:
+    stream = Stream()
+    writer = LineWriter(stream)
+    writer.msg('{"n": 1}')  # queued for the loop's next turn
+    thread = threading.Thread(target=writer.msg, args=('{"n": 2}',))
+    thread.start()
+    thread.join()
+    assert [line["n"] for line in stream.lines()] == [1, 2]
+    await asyncio.sleep(0)
+    assert [line["n"] for line in stream.lines()] == [1, 2]
+
+
+def test_lines_the_stream_refuses_are_counted_and_reported(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    writer = LineWriter(Stream(broken=True))
+    writer.msg('{"n": 1}')
+    assert writer.lost == 1 and writer.queued == 0
+    assert "1 log lines could not be written" in capsys.readouterr().err
+
+
+def test_the_writers_counts_are_metrics(configured: Stream) -> None:
+    writer = log_writer()
+    assert writer is not None
+    writer.full, writer.lost = 2, 5
+    text = Metrics().render().decode()
+    assert "mcp_authz_log_queue_full_total 2.0" in text
+    assert "mcp_authz_log_lines_lost_total 5.0" in text
+
+
+def test_the_decision_line_is_complete_and_holds_no_secret_field(configured: Stream) -> None:
+    decide("/mcp?access_token=tok-123", fail_open=True)
+    (line,) = configured.lines()
+    assert list(line) == [*DECISION_FIELDS, "fail_open", "event", "level", "time"]
+    assert line["event"] == "decision" and line["level"] == "info"
+    assert line["path"] == "/mcp" and line["arg_keys"] == ["a", "b"]
+    assert line["duration_ms"] == 0.123 and line["tool"] == "t" and line["fail_open"] is True
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["time"])
+    assert "tok-123" not in configured.getvalue() and "secret" not in configured.getvalue()
+    assert not {*DECISION_FIELDS, "fail_open", "approval_id"} & audit._SECRET_FIELDS
+    # rendered as json.dumps renders it, as every other line
+    raw = configured.getvalue().splitlines()[0]
+    assert raw == json.dumps(line)
+
+
+def test_the_decision_line_is_the_one_structlog_would_write(configured: Stream) -> None:
+    decide()
+    fast = configured.lines()[0]
+    with structlog.testing.capture_logs() as logs:  # logging configured elsewhere
+        decide()
+    (event,) = logs
+    assert event.pop("log_level") == "info"
+    assert {k: v for k, v in fast.items() if k not in ("time", "level")} == event
+
+
+def test_other_lines_go_through_the_same_writer_in_order(configured: Stream) -> None:
+    log = structlog.get_logger("test")
+    log.warning("first", token="tok-1", n=1)
+    decide()
+    log.info("third")
+    lines = configured.lines()
+    assert [line["event"] for line in lines] == ["first", "decision", "third"]
+    assert "token" not in lines[0] and lines[0]["n"] == 1  # a secret field is dropped
+    assert lines[0]["level"] == "warning"
+
+
+def test_at_warning_level_no_decision_line_is_written() -> None:
+    saved = structlog.get_config()
+    saved_audit = (audit._writer, audit._processors, audit._decisions_logged)
+    stream = Stream()
+    writer = configure_logging("warning", stream)
+    try:
+        decide()
+        structlog.get_logger("test").warning("kept")
+        assert [line["event"] for line in stream.lines()] == ["kept"]
+    finally:
+        atexit.unregister(writer.flush)
+        structlog.configure(**saved)
+        audit._writer, audit._processors, audit._decisions_logged = saved_audit
