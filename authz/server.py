@@ -1,4 +1,5 @@
-"""Process wiring: grpc.aio (ext_authz, ext_proc, health), the admin HTTP endpoint, reloads.
+"""Process wiring: grpc.aio (ext_authz, ext_proc, health), ext_authz over HTTP (optional,
+its own port), the admin HTTP endpoint, reloads.
 
 The admin HTTP endpoint serves /healthz, /readyz and /metrics without authentication and
 the approvals API (`authz.approvals.admin`, approver tokens only) under /approvals.
@@ -34,6 +35,7 @@ from authz.counters.base import CounterStore
 from authz.counters.memory import MemoryCounterStore
 from authz.envoy.extproc import add_processor_service
 from authz.envoy.grpc_authz import AUTHZ_SERVICE, add_authorization_service
+from authz.envoy.http_authz import serve_http_authz
 from authz.inflight.base import InflightStore
 from authz.inflight.memory import MemoryInflightStore
 from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -288,7 +290,8 @@ class _AdminServer(uvicorn.Server):
 
 
 class Sidecar:
-    """One sidecar process: gRPC server, admin HTTP server and config reloader."""
+    """One sidecar process: gRPC server, the HTTP ext_authz server (with `--http-authz`),
+    admin HTTP server and config reloader."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -320,6 +323,11 @@ class Sidecar:
         )
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
+        self._http_authz: asyncio.Server | None = None
+        self.http_authz_port: int | None = None
+        self._serving = True
+        """What both health answers report: false while calls would fail closed, and from
+        the start of a shutdown."""
         self._admin: uvicorn.Server | None = None
         self._admin_task: asyncio.Task[None] | None = None
         self.grpc_port: int | None = None
@@ -328,6 +336,7 @@ class Sidecar:
         """gRPC health follows readiness: NOT_SERVING while calls would fail closed."""
         self.metrics.store_up.set(1 if ok else 0)
         serving = ok or self.settings.redis_fail_open
+        self._serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -355,6 +364,18 @@ class Sidecar:
         self._grpc = server
         for service in ("", AUTHZ_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if s.http_authz_host is not None and s.http_authz_port is not None:
+            try:
+                self._http_authz = await serve_http_authz(
+                    self.authorizer,
+                    s.http_authz_host,
+                    s.http_authz_port,
+                    serving=lambda: self._serving,
+                )
+            except OSError as exc:
+                address = s.http_authz_address
+                raise OSError(f"cannot bind HTTP ext_authz address {address}: {exc}") from exc
+            self.http_authz_port = self._http_authz.sockets[0].getsockname()[1]
 
         admin = _AdminServer(
             # proxy headers off, a deadline per request, encoded slashes 404
@@ -380,6 +401,11 @@ class Sidecar:
         log.info(
             "sidecar_started",
             grpc=f"{s.grpc_host}:{self.grpc_port}",
+            http_authz=(
+                f"{s.http_authz_host}:{self.http_authz_port}"
+                if self.http_authz_port is not None
+                else None
+            ),
             admin=f"{s.admin_host}:{s.admin_port}",
             config=str(s.config_dir),
             grants=len(self.config.current.grants),
@@ -393,7 +419,10 @@ class Sidecar:
         )
 
     async def stop(self, grace: float = 2.0) -> None:
+        self._serving = False
         await self.health.enter_graceful_shutdown()
+        if self._http_authz is not None:
+            self._http_authz.close()  # no new connections; checks in progress finish
         await self.config.stop()
         await self.store_health.stop()
         if self._grpc is not None:

@@ -38,6 +38,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             redis_fail_open=args.redis_fail_open or None,
             approval_webhook=args.approval_webhook,
             approvals_remote=args.approvals_remote or None,
+            http_authz=args.http_authz,
         )
     except SettingsError as exc:
         print(f"mcp-authz serve: {exc}", file=sys.stderr)
@@ -57,7 +58,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from authz.devstack.demo import run_demo
 
-    return run_demo(args.config, args.port, args.outputs)
+    return run_demo(args.config, args.port, args.outputs, transport=args.transport)
 
 
 def _cmd_check_policy(args: argparse.Namespace) -> int:
@@ -167,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="configuration directory (grants.json, policies/)")
     serve.add_argument("--grpc", help="gRPC listen address HOST:PORT (default 127.0.0.1:9001)")
     serve.add_argument("--admin", help="admin HTTP address HOST:PORT (default 127.0.0.1:9002)")
+    serve.add_argument(
+        "--http-authz",
+        metavar="HOST:PORT",
+        help="also serve Envoy's ext_authz over HTTP (http_service, deploy/envoy-http.yaml) "
+        "on this address; default: gRPC only",
+    )
     serve.add_argument("--reload-interval", type=float, help="seconds between config polls")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument(
@@ -202,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, help="configuration directory (default deploy/config)")
     demo.add_argument("--port", type=int, help="Envoy listener port (default: a free port)")
     demo.add_argument("--outputs", type=Path, help="where generated images are saved")
+    demo.add_argument(
+        "--transport",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="how Envoy asks the sidecar: ext_authz over gRPC (deploy/envoy.yaml, default) or "
+        "over HTTP (deploy/envoy-http.yaml)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     check = sub.add_parser("check-policy", help="validate policy files; non-zero on any error")

@@ -42,6 +42,9 @@ class Settings:
     grpc_port: int = 9001
     admin_host: str = "127.0.0.1"
     admin_port: int = 9002
+    http_authz_host: str | None = None
+    http_authz_port: int | None = None
+    """Envoy's ext_authz over HTTP (`http_service`), beside gRPC; None: not served."""
     reload_interval: float = 1.0
     log_level: str = "info"
     grpc_max_message_bytes: int = 8 * 1024 * 1024
@@ -71,6 +74,12 @@ class Settings:
     def grpc_address(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
 
+    @property
+    def http_authz_address(self) -> str | None:
+        if self.http_authz_host is None or self.http_authz_port is None:
+            return None
+        return f"{self.http_authz_host}:{self.http_authz_port}"
+
     @classmethod
     def build(
         cls,
@@ -87,6 +96,7 @@ class Settings:
         redis_fail_open: bool | None = None,
         approval_webhook: str | None = None,
         approvals_remote: bool | None = None,
+        http_authz: str | None = None,
     ) -> Settings:
         """Flags win over environment variables (MCP_AUTHZ_*), which win over defaults."""
         config_dir = config or os.environ.get("MCP_AUTHZ_CONFIG")
@@ -98,6 +108,11 @@ class Settings:
         admin_host, admin_port = parse_hostport(
             admin or os.environ.get("MCP_AUTHZ_ADMIN", DEFAULT_ADMIN), option="--admin"
         )
+        http_authz_host: str | None = None
+        http_authz_port: int | None = None
+        http_address = http_authz or os.environ.get("MCP_AUTHZ_HTTP_AUTHZ") or None
+        if http_address is not None:
+            http_authz_host, http_authz_port = parse_hostport(http_address, option="--http-authz")
         interval = reload_interval
         if interval is None:
             interval = float(os.environ.get("MCP_AUTHZ_RELOAD_INTERVAL", "1.0"))
@@ -148,6 +163,8 @@ class Settings:
             grpc_port=grpc_port,
             admin_host=admin_host,
             admin_port=admin_port,
+            http_authz_host=http_authz_host,
+            http_authz_port=http_authz_port,
             reload_interval=interval,
             log_level=(log_level or os.environ.get("MCP_AUTHZ_LOG_LEVEL", "info")).lower(),
         )

@@ -110,7 +110,14 @@ def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
         out.flush()
 
 
-def run_demo(config_dir: Path | None, port: int | None, outputs: Path | None) -> int:
+def run_demo(
+    config_dir: Path | None,
+    port: int | None,
+    outputs: Path | None,
+    transport: str = "grpc",
+) -> int:
+    """`transport`: how Envoy asks the sidecar, "grpc" (deploy/envoy.yaml) or "http"
+    (deploy/envoy-http.yaml)."""
     config = (config_dir or DEFAULT_CONFIG).resolve()
     outputs_dir = (outputs or Path.cwd() / "outputs").resolve()
     workdir = Path(tempfile.mkdtemp(prefix="mcp-authz-demo-"))
@@ -132,6 +139,7 @@ def run_demo(config_dir: Path | None, port: int | None, outputs: Path | None) ->
         offline_gemini=offline,
         sidecar_stdout=writer,
         reload_interval=1.0,
+        transport=transport,
     )
     pump = threading.Thread(target=_pump_decisions, args=(reader, sys.stdout), daemon=True)
     pump.start()
@@ -146,6 +154,8 @@ def run_demo(config_dir: Path | None, port: int | None, outputs: Path | None) ->
     tokens = _known_demo_tokens(config)
     print()
     print(f"  MCP URL     {stack.mcp_url}")
+    config_file = "deploy/envoy-http.yaml" if transport == "http" else "deploy/envoy.yaml"
+    print(f"  ext_authz   {transport} ({config_file})")
     print(f"  config      {config}  (edit policies; changes apply without a restart)")
     print(f"  outputs     {outputs_dir}")
     print(f"  Gemini      {'offline endpoint' if offline else 'real API (GOOGLE_API_KEY)'}")

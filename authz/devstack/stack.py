@@ -1,8 +1,10 @@
 """Run the whole standard layout as local processes: Envoy, sidecar, upstream, offline Gemini.
 
 Used by `mcp-authz demo` and by the end-to-end tests, so both exercise the same topology
-and the same `deploy/envoy.yaml` (only addresses and ports are rewritten). What only tests
-and benchmarks do to a running stack (freeze, kill, restart, sample) is in `faults.py`.
+and the same `deploy/envoy.yaml` (only addresses and ports are rewritten), or with
+`transport="http"` the same `deploy/envoy-http.yaml` (ext_authz over HTTP to the sidecar's
+`--http-authz` port). What only tests and benchmarks do to a running stack (freeze, kill,
+restart, sample) is in `faults.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from authz.devstack.envoy_config import EnvoyConfig, render_envoy_config, write_envoy_config
+from authz.devstack.envoy_config import (
+    TRANSPORTS,
+    EnvoyConfig,
+    render_envoy_config,
+    write_envoy_config,
+)
 
 __all__ = [
     "LOOPBACK",
@@ -99,6 +106,8 @@ class Ports:
     envoy_admin: int = field(default_factory=free_port)
     authz_grpc: int = field(default_factory=free_port)
     authz_admin: int = field(default_factory=free_port)
+    authz_http: int = field(default_factory=free_port)
+    """The sidecar's HTTP ext_authz port (used with `transport="http"`)."""
     upstream: int = field(default_factory=free_port)
     gemini: int = field(default_factory=free_port)
 
@@ -149,13 +158,25 @@ class Stack:
     The readiness probe expects a 401, so give it a client certificate without a grant."""
     upstream_args: Sequence[str] = ()
     """Extra `imagegen-upstream` arguments (e.g. `--event-store memory`)."""
+    transport: str = "grpc"
+    """How Envoy asks the sidecars for decisions: "grpc" (deploy/envoy.yaml) or "http"
+    (deploy/envoy-http.yaml, or `envoy_source` turned into its HTTP twin; every sidecar also
+    serves `--http-authz`). The response phase (ext_proc) is gRPC either way."""
     procs: dict[str, Proc] = field(default_factory=dict)
     replica_ports: list[tuple[int, int]] = field(default_factory=list)
     """(gRPC, admin) ports of every sidecar; the first is `ports.authz_grpc/authz_admin`."""
+    replica_http_ports: list[int] = field(default_factory=list)
+    """HTTP ext_authz ports of every sidecar (`transport="http"`); the first is
+    `ports.authz_http`."""
 
     def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise StackError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
         self.replica_ports = [(self.ports.authz_grpc, self.ports.authz_admin)]
         self.replica_ports += [(free_port(), free_port()) for _ in range(self.replicas - 1)]
+        self.replica_http_ports = [self.ports.authz_http]
+        if self.transport == "http":
+            self.replica_http_ports += [free_port() for _ in range(self.replicas - 1)]
 
     @property
     def sidecar_names(self) -> list[str]:
@@ -257,6 +278,8 @@ class Stack:
             str(self.reload_interval),
             *self.sidecar_args,
         ]
+        if self.transport == "http":
+            argv += ["--http-authz", f"{LOOPBACK}:{self.replica_http_ports[index]}"]
         name = sidecar_name(index)
         stdout = self.sidecar_stdout if index == 0 else None
         self._spawn(name, argv, {"PYTHONUNBUFFERED": "1", **self.extra_env}, stdout=stdout)
@@ -276,6 +299,9 @@ class Stack:
             upstream_port=self.ports.upstream,
             extra_authz_ports=[grpc for grpc, _ in self.replica_ports[1:]],
             source=self.envoy_source,
+            transport=self.transport,
+            authz_http_port=self.ports.authz_http,
+            extra_authz_http_ports=self.replica_http_ports[1:],
         )
         if self.envoy_transform is not None:
             self.envoy_transform(cfg)

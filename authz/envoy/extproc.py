@@ -11,7 +11,9 @@ The contract with `deploy/envoy.yaml` (filter `envoy.filters.http.ext_proc`):
 - request headers are SKIPped: the stream opens at the response headers, which carry the
   ext_authz metadata (`metadata_options.forwarding_namespaces.untyped`:
   `envoy.filters.http.ext_authz`, never a client header) written by
-  `grpc_authz._metadata`:
+  `grpc_authz._metadata` (ext_authz over gRPC), or by `http_authz.decision_metadata` as the
+  JSON text of the sidecar's answer header `x-mcp-authz-context` (over HTTP, where Envoy keys
+  the metadata by header name and keeps values as strings):
   `decision_id`, `decision`, `grant_id`, `policy`, `mcp_method`, `tool`, `jsonrpc_id` (the
   request's JSON-RPC id as JSON text), `hides` (the grant's policy hides tools), `inflight`
   (the request's in-flight registry key) and, for a call that took quota, `reservation`
@@ -49,6 +51,7 @@ from authz._pb.envoy.service.ext_proc.v3 import (
     external_processor_pb2_grpc,
 )
 from authz._pb.envoy.type.v3 import http_status_pb2
+from authz.envoy.http_authz import CONTEXT_HEADER
 from authz.model import RequestId, Reservation
 from authz.pipeline.response import Responder
 from authz.response.inspector import Plan, ResponseContext, ResponseInspector
@@ -134,14 +137,31 @@ def _reservation(value: Any) -> Reservation | None:
     return Reservation(entries=tuple(parsed), token=token)
 
 
+def _http_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The decision's fields from ext_authz over HTTP: the JSON object in the
+    `x-mcp-authz-context` string (what the gRPC transport sends as the Struct itself)."""
+    try:
+        parsed = json.loads(fields[CONTEXT_HEADER])
+    except (TypeError, ValueError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        log.warning("authz_context_unreadable")
+        return {}
+    return parsed
+
+
 def response_context(metadata: base_pb2.Metadata) -> ResponseContext:
-    """What ext_authz decided about this response's request, from the forwarded metadata.
+    """What ext_authz decided about this response's request, from the forwarded metadata:
+    the sidecar's Struct (ext_authz over gRPC), or its JSON text under `x-mcp-authz-context`
+    (over HTTP).
 
     Empty (no decision) when the namespace is absent: Envoy answered before the sidecar did.
     """
     if AUTHZ_NAMESPACE not in metadata.filter_metadata:
         return ResponseContext()
     fields = json_format.MessageToDict(metadata.filter_metadata[AUTHZ_NAMESPACE])
+    if CONTEXT_HEADER in fields:
+        fields = _http_fields(fields)
     reservation = _reservation(fields.get("reservation"))
     if "reservation" in fields and reservation is None:
         log.warning("reservation_unreadable", decision_id=fields.get("decision_id"))

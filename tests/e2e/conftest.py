@@ -16,6 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from authz.config.grants import hash_token
 from authz.devstack import faults
+from authz.devstack.envoy_config import TRANSPORTS
 from authz.devstack.stack import Stack
 from tests.redis_server import RedisServer
 
@@ -124,8 +125,17 @@ def write_config(root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """How Envoy asks the sidecar for decisions: ext_authz over gRPC (deploy/envoy.yaml) or
+    over HTTP (deploy/envoy-http.yaml). Every module whose stack uses it runs once per
+    transport, so each guarantee is checked on both."""
+    value: str = request.param
+    return value
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("stack")
     config = write_config(base / "config")
     record = base / "executed.jsonl"
@@ -136,6 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         workdir=base / "work",
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
         reload_interval=0.2,
+        transport=transport,
     )
     with the_stack:
         yield the_stack

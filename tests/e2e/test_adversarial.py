@@ -26,8 +26,8 @@ pytestmark = pytest.mark.e2e
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 BEGIN, END = "<!-- corpus:begin -->", "<!-- corpus:end -->"
 
-_ran: list[tuple[str, str | None]] = []
-"""(tool, grant) of every execution the cases run so far expected, in order."""
+_ran: dict[str, list[tuple[str, str | None]]] = {}
+"""(tool, grant) of every execution the cases run so far expected, in order, per transport."""
 
 
 def write_config(root: Path) -> Path:
@@ -43,7 +43,7 @@ def write_config(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adv_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def adv_stack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("adversarial")
     record = base / "executed.jsonl"
     record.touch()
@@ -52,6 +52,7 @@ def adv_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         outputs_dir=base / "outputs",
         workdir=base / "work",
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
+        transport=transport,
     )
     with the_stack:
         yield the_stack
@@ -200,7 +201,7 @@ def test_corpus(adv_stack: Stack, c: Case) -> None:
     after = executed(adv_stack)
     assert after[: len(before)] == before
     new = after[len(before) :]
-    _ran.extend((tool, c.grant) for tool in c.executes)
+    _ran.setdefault(adv_stack.transport, []).extend((tool, c.grant) for tool in c.executes)
     assert [e["tool"] for e in new] == list(c.executes), new
     assert all(e["grant"] == c.grant and not e["authorization_present"] for e in new), new
     for tool in c.forbidden:
@@ -214,7 +215,7 @@ def test_record_holds_only_the_positive_controls(adv_stack: Stack) -> None:
     request per positive control, and has nothing in flight any more)."""
     wait_until_envoy_idle(adv_stack)
     record = [(e["tool"], e["grant"]) for e in executed(adv_stack)]
-    assert record == _ran
+    assert record == _ran.get(adv_stack.transport, [])
     assert {tool for tool, _ in record} <= {GEMINI}
 
 

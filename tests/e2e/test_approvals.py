@@ -94,7 +94,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, transport: str
+) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("approvals")
     record = base / "executed.jsonl"
     record.touch()
@@ -108,6 +110,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Itera
         },
         sidecar_args=("--approval-webhook", receiver.url),
         reload_interval=0.2,
+        transport=transport,
     )
     with the_stack:
         yield the_stack

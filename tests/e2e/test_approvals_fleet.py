@@ -81,13 +81,18 @@ def patient_authz(config: EnvoyConfig) -> None:
                 manager = network_filter.get("typed_config", {})
                 for http_filter in manager.get("http_filters", []):
                     if http_filter["name"] == "envoy.filters.http.ext_authz":
-                        http_filter["typed_config"]["grpc_service"]["timeout"] = f"{STORE_WAIT}s"
+                        ext_authz = http_filter["typed_config"]
+                        # over gRPC the timeout is the service's, over HTTP the server URI's
+                        service = ext_authz.get("grpc_service") or ext_authz["http_service"]
+                        service.get("server_uri", service)["timeout"] = f"{STORE_WAIT}s"
                         found += 1
     assert found, "no ext_authz filter in the Envoy configuration"
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[Stack]:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, redis: RedisServer, transport: str
+) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("approvals-fleet")
     record = base / "executed.jsonl"
     record.touch()
@@ -99,6 +104,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Itera
         replicas=2,
         sidecar_args=("--redis-url", redis.url, "--redis-timeout", str(STORE_WAIT)),
         envoy_transform=patient_authz,
+        transport=transport,
     )
     with stack:
         yield stack

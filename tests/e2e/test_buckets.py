@@ -58,7 +58,7 @@ def _grants(root: Path, *ids: str) -> None:
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def bucket_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, transport: str
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp(f"buckets-{request.param}")
     config = base / "config"
@@ -80,6 +80,7 @@ def bucket_stack(
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
         reload_interval=0.2,
         sidecar_args=args,
+        transport=transport,
     )
     try:
         with stack:

@@ -98,7 +98,7 @@ IMAGEGEN_GRANTS = {"limited": "limited", "regex": "regex", "bystander": "open"}
 
 
 @pytest.fixture(scope="module")
-def imagegen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def imagegen(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("coercion")
     record = base / "executed.jsonl"
     record.touch()
@@ -107,6 +107,7 @@ def imagegen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         outputs_dir=base / "outputs",
         workdir=base / "work",
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
+        transport=transport,
     )
     with the_stack:
         yield the_stack
@@ -295,7 +296,7 @@ class TypedStack(Stack):
 
 
 @pytest.fixture(scope="module")
-def typed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TypedStack]:
+def typed(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[TypedStack]:
     base = tmp_path_factory.mktemp("typed")
     record = base / "received.jsonl"
     record.touch()
@@ -305,6 +306,7 @@ def typed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TypedStack]:
         workdir=base / "work",
         offline_gemini=False,
         record=record,
+        transport=transport,
     )
     with the_stack:
         yield the_stack

@@ -28,13 +28,16 @@ PROMPT = "a logo for a coffee shop"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(MCP URL, admin URL) of a running `mcp-authz demo`."""
+def demo(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[tuple[str, str]]:
+    """(MCP URL, admin URL) of a running `mcp-authz demo --transport <transport>`."""
     out = tmp_path_factory.mktemp("demo")
     log = open(out / "demo.log", "w+")  # noqa: SIM115 - closed below
     port = free_port()
     proc = subprocess.Popen(
-        [str(BIN / "mcp-authz"), "demo", "--port", str(port), "--outputs", str(out / "images")],
+        [
+            *(str(BIN / "mcp-authz"), "demo", "--port", str(port)),
+            *("--outputs", str(out / "images"), "--transport", transport),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,

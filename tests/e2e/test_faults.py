@@ -138,7 +138,7 @@ def replace_atomically(path: Path, data: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("faults")
     record = base / "executed.jsonl"
     record.touch()
@@ -148,6 +148,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         workdir=base / "work",
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
         reload_interval=0.2,
+        transport=transport,
     )
     with the_stack:
         yield the_stack

@@ -59,7 +59,7 @@ def write_config(root: Path) -> Path:
     return root
 
 
-def make_stack(base: Path, *args: str) -> Stack:
+def make_stack(base: Path, *args: str, transport: str) -> Stack:
     record = base / "executed.jsonl"
     record.touch()
     return Stack(
@@ -68,6 +68,7 @@ def make_stack(base: Path, *args: str) -> Stack:
         workdir=base / "work",
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
         sidecar_args=args,
+        transport=transport,
     )
 
 
@@ -78,16 +79,20 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def memory_stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
+def memory_stack(
+    tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, transport: str
+) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("flood-memory")
-    with make_stack(base, "--approval-webhook", receiver.url) as stack:
+    with make_stack(base, "--approval-webhook", receiver.url, transport=transport) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
-def redis_stack(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[Stack]:
+def redis_stack(
+    tmp_path_factory: pytest.TempPathFactory, redis: RedisServer, transport: str
+) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("flood-redis")
-    with make_stack(base, "--redis-url", redis.url) as stack:
+    with make_stack(base, "--redis-url", redis.url, transport=transport) as stack:
         yield stack
 
 

@@ -102,10 +102,12 @@ def big_listing_app(json_response: bool) -> Any:
 
 @pytest.fixture(scope="module", params=["sse", "json"])
 def big_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, transport: str
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp(f"big-{request.param}")
-    the_stack = make_stack(base, json_mode=request.param == "json", offline_gemini=False)
+    the_stack = make_stack(
+        base, json_mode=request.param == "json", offline_gemini=False, transport=transport
+    )
     the_stack.workdir.mkdir(parents=True, exist_ok=True)
     app = big_listing_app(json_response=request.param == "json")
     try:
@@ -143,9 +145,10 @@ async def test_a_listing_over_the_bound_is_an_error_never_unfiltered(
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("hiding")
-    with make_stack(base, upstream_args=["--event-store", "memory"]) as the_stack:
+    options: dict[str, Any] = {"upstream_args": ["--event-store", "memory"]}
+    with make_stack(base, transport=transport, **options) as the_stack:
         yield the_stack
 
 

@@ -64,7 +64,7 @@ def _write_config(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def iso_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def iso_stack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("isolation")
     record = base / "executed.jsonl"
     record.touch()
@@ -73,6 +73,7 @@ def iso_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         outputs_dir=base / "outputs",
         workdir=base / "work",
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
+        transport=transport,
     )
     with stack:
         yield stack

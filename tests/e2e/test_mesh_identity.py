@@ -308,7 +308,7 @@ def write_config(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Mesh]:
     base = tmp_path_factory.mktemp("mesh")
     the_mesh = make_mesh(base / "pki")
     record = base / "executed.jsonl"
@@ -322,6 +322,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         envoy_transform=lambda cfg: use_mesh_files(cfg, the_mesh),
         # The readiness probe's certificate is valid but has no grant: a 401 from the sidecar.
         client_tls=the_mesh.context("probe"),
+        # over HTTP: deploy/envoy-mesh.yaml turned into its HTTP twin (http_transport)
+        transport=transport,
     )
     with stack:
         the_mesh.stack = stack

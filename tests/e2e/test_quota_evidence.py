@@ -65,7 +65,7 @@ def write_config(root: Path) -> Path:
 
 @pytest.fixture(scope="module", params=["sse", "json"])
 def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, transport: str
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp(f"evidence-{request.param}")
     record = base / "executed.jsonl"
@@ -77,6 +77,7 @@ def stack(
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
         upstream_json_response=request.param == "json",
         reload_interval=0.2,
+        transport=transport,
     )
     with the_stack:
         yield the_stack

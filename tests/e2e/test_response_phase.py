@@ -118,10 +118,10 @@ def make_stack(base: Path, *, json_mode: bool, **options: Any) -> Stack:
 
 @pytest.fixture(scope="module", params=["sse", "json"])
 def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, transport: str
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp(f"response-{request.param}")
-    with make_stack(base, json_mode=request.param == "json") as the_stack:
+    with make_stack(base, json_mode=request.param == "json", transport=transport) as the_stack:
         yield the_stack
 
 
@@ -313,10 +313,12 @@ def paginating_app(json_response: bool) -> Any:
 
 @pytest.fixture(scope="module", params=["sse", "json"])
 def pager_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, transport: str
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp(f"pager-{request.param}")
-    the_stack = make_stack(base, json_mode=request.param == "json", offline_gemini=False)
+    the_stack = make_stack(
+        base, json_mode=request.param == "json", offline_gemini=False, transport=transport
+    )
     the_stack.workdir.mkdir(parents=True, exist_ok=True)
     app = paginating_app(json_response=request.param == "json")
     try:
@@ -545,12 +547,16 @@ async def test_upstream_down_returns_the_quota(stack: Stack, era: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def redis_stack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("response-redis")
     with (
         RedisServer() as redis,
         make_stack(
-            base, json_mode=False, sidecar_args=["--redis-url", redis.url], replicas=2
+            base,
+            json_mode=False,
+            sidecar_args=["--redis-url", redis.url],
+            replicas=2,
+            transport=transport,
         ) as the_stack,
     ):
         yield the_stack

@@ -74,7 +74,9 @@ def _write_config(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[Stack]:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, redis: RedisServer, transport: str
+) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("fleet")
     record = base / "executed.jsonl"
     record.touch()
@@ -86,6 +88,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Itera
         replicas=2,
         sidecar_args=("--redis-url", redis.url, "--redis-timeout", "0.25"),
         upstream_json_response=True,
+        transport=transport,
     )
     with stack:
         yield stack
@@ -253,7 +256,7 @@ def test_redis_down_fails_closed_then_recovers(fleet: Stack, redis: RedisServer)
     assert all(_ready(fleet, i)[0] == 200 for i in range(2))
 
 
-def test_fail_open_allows_and_logs(tmp_path: Path, redis: RedisServer) -> None:
+def test_fail_open_allows_and_logs(tmp_path: Path, redis: RedisServer, transport: str) -> None:
     record = tmp_path / "executed.jsonl"
     record.touch()
     stack = Stack(
@@ -263,6 +266,7 @@ def test_fail_open_allows_and_logs(tmp_path: Path, redis: RedisServer) -> None:
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
         sidecar_args=("--redis-url", "redis://127.0.0.1:1/0", "--redis-fail-open"),
         upstream_json_response=True,
+        transport=transport,
     )
     with stack:
         status, headers, reply = _post_call(stack, "open")
@@ -309,6 +313,27 @@ def _grpc_health(stack: Stack, index: int, service: str = "") -> int:
         return int(response.status)
 
 
+def _http_health(stack: Stack, index: int) -> int:
+    """The status of the HTTP ext_authz port's /healthz (Envoy's health check over HTTP)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{stack.replica_http_ports[index]}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _health(stack: Stack, index: int) -> int:
+    """gRPC health (1 serving, 2 not serving); over HTTP, the HTTP health check must agree."""
+    status = _grpc_health(stack, index)
+    if stack.transport == "http":
+        assert _http_health(stack, index) == (200 if status == 1 else 503)
+    return status
+
+
 def test_metrics_are_scraped(fleet: Stack) -> None:
     totals = [_scrape(fleet, i) for i in range(2)]
     allowed = sum(
@@ -344,13 +369,13 @@ def test_metrics_are_scraped(fleet: Stack) -> None:
     assert first["mcp_authz_counter_store_up"] in (0.0, 1.0)
 
 
-def test_grpc_health_follows_readiness(fleet: Stack, redis: RedisServer) -> None:
+def test_health_follows_readiness(fleet: Stack, redis: RedisServer) -> None:
     serving, not_serving = 1, 2
-    assert _grpc_health(fleet, 0) == serving
+    assert _health(fleet, 0) == serving
     redis.kill()
     try:
         deadline = time.monotonic() + 6
-        while _grpc_health(fleet, 0) != not_serving:
+        while _health(fleet, 0) != not_serving:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert _grpc_health(fleet, 0, "envoy.service.auth.v3.Authorization") == not_serving
@@ -359,7 +384,7 @@ def test_grpc_health_follows_readiness(fleet: Stack, redis: RedisServer) -> None
     finally:
         redis.start()
     deadline = time.monotonic() + 6
-    while _grpc_health(fleet, 0) != serving:
+    while _health(fleet, 0) != serving:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert _scrape(fleet, 0)["mcp_authz_counter_store_up"] == 1.0

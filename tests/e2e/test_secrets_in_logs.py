@@ -30,7 +30,7 @@ HEADERS = {
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("secrets")
     record = base / "executed.jsonl"
     record.touch()
@@ -42,6 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         outputs_dir=base / "outputs",
         workdir=base / "work",
         extra_env={"IMAGEGEN_RECORD_FILE": str(record)},
+        transport=transport,
     )
     with the_stack:
         yield the_stack

@@ -191,6 +191,7 @@ def test_repo_config_key_choices() -> None:
     filters = [f["name"] for f in hcm["http_filters"]]
     # ext_proc (the response phase) after ext_authz: tests/unit/test_extproc_edge.py
     assert filters == [
+        "envoy.filters.http.header_mutation",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
