@@ -10,11 +10,15 @@ the server's clock.
 Atomicity: one `reserve` is ONE Lua script (EVALSHA via `register_script`): it reads every
 bucket of the call, checks every claim, and then either takes every cost or nothing. There
 is no read-then-write race between replicas. `release` is a second script.
+`reserve_holding` is the same script with one more key to take (the in-flight registry's
+entry of the call, `authz.inflight.redis`): refused when that key exists, set only when the
+reservation is made, so registering the id and taking the quota cost one round trip.
 
 Key layout (`P` is the prefix, default `mcp-authz`; `{c}` is the hash tag, see below):
 
     P:{c}:b:<window s>:<scope>:<counter>:<sharers>   hash {w: window start, c: count}
     P:{c}:r:<token>                                  hash {<bucket key>: "<start>:<cost>"}
+    P:{c}:i:<in-flight key>                          the in-flight registry (authz.inflight.redis)
     P:{c}:health                                     never written; `ping` reads it
 
 `<counter>` and `<sharers>` are the parts of `Claim.bucket`: JSON arrays of the policy and
@@ -79,66 +83,97 @@ from authz.counters.base import Bucket, CounterStoreUnavailable, bucket_of
 from authz.model import Claim, Exhausted, Reservation
 from authz.redis_scripts import DEFAULT_PREFIX, DEFAULT_TIMEOUT, ScriptStore
 
-__all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "EXPIRE_MARGIN_MS", "RedisCounterStore"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_TIMEOUT",
+    "EXPIRE_MARGIN_MS",
+    "HASH_TAG",
+    "RedisCounterStore",
+]
 
 EXPIRE_MARGIN_MS: Final = 1000
 """Keys outlive their window by this much (ms); a stale key is reset before use anyway."""
 HASH_TAG: Final = "{c}"
+"""The hash tag of every key: the counters (and the in-flight registry) on one shard."""
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 
 _FMT = "local function fmt(x) return string.format('%.0f', x) end\n"
 
-RESERVE_LUA: Final = (
-    _FMT
-    + """
--- KEYS[1]: the reservation record; KEYS[1 + i]: distinct bucket i (i = 1..n).
--- ARGV: margin ms, n, then (window seconds, cost) per bucket, then m, then
+_RESERVE_FN = """
+-- reserve(keys, argv): keys[1] the reservation record, keys[1 + i] distinct bucket i
+-- (i = 1..n); argv: margin ms, n, then (window seconds, cost) per bucket, then m, then
 -- (bucket index, max) per claim in claim order.
 -- Reply: {1, start_1, ..., start_n} or {0, index of the first exhausted claim, retry after}.
+local function reserve(keys, argv)
+  local time = redis.call('TIME')
+  local sec, usec = tonumber(time[1]), tonumber(time[2])
+  local margin = tonumber(argv[1])
+  local n = tonumber(argv[2])
+  local windows, costs, starts, counts = {}, {}, {}, {}
+  for i = 1, n do
+    local window = tonumber(argv[1 + 2 * i])
+    local start = sec - (sec % window)
+    local count = 0
+    local stored = redis.call('HMGET', keys[1 + i], 'w', 'c')
+    local w = tonumber(stored[1])
+    if w and w >= start then
+      start = w  -- this window (or a newer one, if the server clock stepped back)
+      count = tonumber(stored[2]) or 0
+    end
+    windows[i], costs[i], starts[i], counts[i] = window, tonumber(argv[2 + 2 * i]), start, count
+  end
+  local base = 3 + 2 * n
+  for j = 1, tonumber(argv[base]) do
+    local i = tonumber(argv[base + 2 * j - 1])
+    if counts[i] + costs[i] > tonumber(argv[base + 2 * j]) then
+      local retry = math.ceil(((starts[i] + windows[i] - sec) * 1000000 - usec) / 1000000)
+      if retry < 1 then retry = 1 end
+      return {0, j, retry}
+    end
+  end
+  local reply, taken, last_end = {1}, {}, 0
+  for i = 1, n do
+    reply[1 + i] = starts[i]
+    if costs[i] > 0 then
+      local key, window_end = keys[1 + i], starts[i] + windows[i]
+      redis.call('HSET', key, 'w', fmt(starts[i]), 'c', fmt(counts[i] + costs[i]))
+      redis.call('PEXPIREAT', key, fmt(window_end * 1000 + margin))
+      taken[#taken + 1] = key
+      taken[#taken + 1] = fmt(starts[i]) .. ':' .. fmt(costs[i])
+      if window_end > last_end then last_end = window_end end
+    end
+  end
+  if #taken > 0 then
+    redis.call('HSET', keys[1], unpack(taken))
+    redis.call('PEXPIREAT', keys[1], fmt(last_end * 1000 + margin))
+  end
+  return reply
+end
+"""
+
+RESERVE_LUA: Final = (
+    _FMT
+    + _RESERVE_FN
+    + """
+-- KEYS and ARGV: as reserve's keys and argv.
 if redis.replicate_commands then redis.replicate_commands() end
-local time = redis.call('TIME')
-local sec, usec = tonumber(time[1]), tonumber(time[2])
-local margin = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local windows, costs, starts, counts = {}, {}, {}, {}
-for i = 1, n do
-  local window = tonumber(ARGV[1 + 2 * i])
-  local start = sec - (sec % window)
-  local count = 0
-  local stored = redis.call('HMGET', KEYS[1 + i], 'w', 'c')
-  local w = tonumber(stored[1])
-  if w and w >= start then
-    start = w  -- this window (or a newer one, if the server clock stepped back)
-    count = tonumber(stored[2]) or 0
-  end
-  windows[i], costs[i], starts[i], counts[i] = window, tonumber(ARGV[2 + 2 * i]), start, count
-end
-local base = 3 + 2 * n
-for j = 1, tonumber(ARGV[base]) do
-  local i = tonumber(ARGV[base + 2 * j - 1])
-  if counts[i] + costs[i] > tonumber(ARGV[base + 2 * j]) then
-    local retry = math.ceil(((starts[i] + windows[i] - sec) * 1000000 - usec) / 1000000)
-    if retry < 1 then retry = 1 end
-    return {0, j, retry}
-  end
-end
-local reply, taken, last_end = {1}, {}, 0
-for i = 1, n do
-  reply[1 + i] = starts[i]
-  if costs[i] > 0 then
-    local key, window_end = KEYS[1 + i], starts[i] + windows[i]
-    redis.call('HSET', key, 'w', fmt(starts[i]), 'c', fmt(counts[i] + costs[i]))
-    redis.call('PEXPIREAT', key, fmt(window_end * 1000 + margin))
-    taken[#taken + 1] = key
-    taken[#taken + 1] = fmt(starts[i]) .. ':' .. fmt(costs[i])
-    if window_end > last_end then last_end = window_end end
-  end
-end
-if #taken > 0 then
-  redis.call('HSET', KEYS[1], unpack(taken))
-  redis.call('PEXPIREAT', KEYS[1], fmt(last_end * 1000 + margin))
-end
+return reserve(KEYS, ARGV)
+"""
+)
+
+HOLD_RESERVE_LUA: Final = (
+    _FMT
+    + _RESERVE_FN
+    + """
+-- KEYS[1]: the key to hold; KEYS[2..]: reserve's keys. ARGV[1]: the value to hold it with,
+-- ARGV[2]: its TTL in ms; ARGV[3..]: reserve's argv.
+-- Reply: {2} when KEYS[1] exists (nothing is taken), else reserve's reply; KEYS[1] is set
+-- only when the reservation is made.
+if redis.replicate_commands then redis.replicate_commands() end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
+local reply = reserve({unpack(KEYS, 2)}, {unpack(ARGV, 3)})
+if reply[1] == 1 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return reply
 """
 )
@@ -204,6 +239,7 @@ class RedisCounterStore(ScriptStore):
     ) -> None:
         super().__init__(client, prefix=prefix, timeout=timeout, url=url, owns_client=owns_client)
         self._reserve = client.register_script(RESERVE_LUA)
+        self._hold_reserve = client.register_script(HOLD_RESERVE_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._count = client.register_script(COUNT_LUA)
 
@@ -227,35 +263,31 @@ class RedisCounterStore(ScriptStore):
         """
         if not claims:
             return Reservation()
-        index: dict[Bucket, int] = {}
-        costs: list[int] = []
-        claim_args: list[int] = []
-        for claim in claims:
-            if claim.cost < 0:
-                raise ValueError(f"claim cost must be >= 0, got {claim.cost} ({claim.rule})")
-            if claim.window_seconds <= 0:
-                raise ValueError(f"window must be positive, got {claim.window_seconds}")
-            i = index.setdefault(bucket_of(claim), len(index))
-            if i == len(costs):
-                costs.append(claim.cost)
-            else:
-                costs[i] = max(costs[i], claim.cost)
-            claim_args += [i + 1, claim.max]
-        buckets = list(index)
-        token = secrets.token_hex(16)
-        keys = [self.reservation_key(token), *(self.bucket_key(b) for b in buckets)]
-        args: list[int] = [EXPIRE_MARGIN_MS, len(buckets)]
-        for bucket, cost in zip(buckets, costs, strict=True):
-            args += [bucket[3], cost]
-        args += [len(claims), *claim_args]
-        reply = await self._script(self._reserve, keys, args)
-        if not isinstance(reply, list) or not reply:
-            raise CounterStoreUnavailable(f"{self.describe()}: unexpected reply {reply!r}")
-        if int(reply[0]) == 0:
-            return Exhausted(claim=claims[int(reply[1]) - 1], retry_after=int(reply[2]))
-        starts = [int(start) for start in reply[1:]]
-        entries = tuple(zip(buckets, starts, costs, strict=True))
-        return Reservation(entries=entries, token=token if any(costs) else "")
+        call = _ReserveCall(self, claims)
+        return call.outcome(await self._script(self._reserve, call.keys, call.args))
+
+    async def reserve_holding(
+        self, claims: Sequence[Claim], key: str, value: str, ttl_ms: int
+    ) -> Reservation | Exhausted | None:
+        """`reserve`, and take the Redis key `key` (set to `value`, expiring after `ttl_ms`)
+        in the same script, so in one round trip: None when `key` exists (nothing is taken);
+        `Exhausted` leaves `key` alone; a `Reservation` (also for no claims) sets it.
+
+        `key` must carry this store's hash tag (`{c}`), so that on a Redis Cluster it lives
+        on the counters' shard. Raises `CounterStoreUnavailable` when Redis cannot answer
+        within the timeout (whether anything was applied is then unknown).
+        """
+        if HASH_TAG not in key:
+            raise ValueError("the held key must carry the counters' hash tag")
+        call = _ReserveCall(self, claims)
+        reply = await self._script(
+            self._hold_reserve, [key, *call.keys], [value, ttl_ms, *call.args]
+        )
+        if isinstance(reply, list) and reply and int(reply[0]) == 2:
+            return None
+        if not claims:
+            return Reservation()
+        return call.outcome(reply)
 
     async def release(self, reservation: Reservation) -> None:
         """Give back what `reservation` took, once (see the module docstring).
@@ -273,3 +305,48 @@ class RedisCounterStore(ScriptStore):
     async def count(self, bucket: Bucket) -> int:
         """The bucket's count in its current window on the server (tests, debugging)."""
         return int(await self._script(self._count, [self.bucket_key(bucket)], [bucket[3]]))
+
+
+class _ReserveCall:
+    """One reservation's script arguments (distinct buckets, the largest cost of each, every
+    claim's bucket index and max) and how to read the script's reply."""
+
+    __slots__ = ("args", "buckets", "claims", "costs", "describe", "keys", "token")
+
+    def __init__(self, store: RedisCounterStore, claims: Sequence[Claim]) -> None:
+        index: dict[Bucket, int] = {}
+        costs: list[int] = []
+        claim_args: list[int] = []
+        for claim in claims:
+            if claim.cost < 0:
+                raise ValueError(f"claim cost must be >= 0, got {claim.cost} ({claim.rule})")
+            if claim.window_seconds <= 0:
+                raise ValueError(f"window must be positive, got {claim.window_seconds}")
+            i = index.setdefault(bucket_of(claim), len(index))
+            if i == len(costs):
+                costs.append(claim.cost)
+            else:
+                costs[i] = max(costs[i], claim.cost)
+            claim_args += [i + 1, claim.max]
+        buckets = list(index)
+        token = secrets.token_hex(16)
+        args: list[int] = [EXPIRE_MARGIN_MS, len(buckets)]
+        for bucket, cost in zip(buckets, costs, strict=True):
+            args += [bucket[3], cost]
+        args += [len(claims), *claim_args]
+        self.claims = claims
+        self.buckets = buckets
+        self.costs = costs
+        self.token = token
+        self.keys = [store.reservation_key(token), *(store.bucket_key(b) for b in buckets)]
+        self.args = args
+        self.describe = store.describe
+
+    def outcome(self, reply: object) -> Reservation | Exhausted:
+        if not isinstance(reply, list) or not reply:
+            raise CounterStoreUnavailable(f"{self.describe()}: unexpected reply {reply!r}")
+        if int(reply[0]) == 0:
+            return Exhausted(claim=self.claims[int(reply[1]) - 1], retry_after=int(reply[2]))
+        starts = [int(start) for start in reply[1:]]
+        entries = tuple(zip(self.buckets, starts, self.costs, strict=True))
+        return Reservation(entries=entries, token=self.token if any(self.costs) else "")

@@ -19,6 +19,12 @@ when that request's response ends.
   response phase unreachable, a client gone before the response started, a sidecar restart)
   cannot block an id for ever; clients never reuse an id within a session anyway.
 
+A tool call that takes quota registers its id and reserves the quota in one step
+(`claim_reserving`): the id in use → nothing is reserved; quota exhausted → the id is not
+kept. The Redis store does both in one script (one round trip, `authz.counters.redis`
+`reserve_holding`) when the counters are in the same Redis; otherwise it is the two steps
+of `claim_then_reserve`.
+
 Implementations: `memory.py` (one process) and `redis.py` (shared by every replica, since
 Envoy may send two requests of one session to different replicas). A store that cannot
 answer raises `InflightStoreUnavailable`; the request phase fails closed on it.
@@ -28,14 +34,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Final, Protocol, runtime_checkable
+
+import structlog
+
+from authz.counters.base import CounterStore
+from authz.model import Claim, Exhausted, Reservation
 
 __all__ = [
     "INFLIGHT_TTL_SECONDS",
     "InflightStore",
     "InflightStoreUnavailable",
+    "claim_then_reserve",
     "inflight_key",
 ]
+
+log = structlog.get_logger("mcp_authz.inflight")
 
 INFLIGHT_TTL_SECONDS: Final = 600
 """How long an id stays registered without a release. The registry is one layer among three
@@ -69,6 +84,19 @@ class InflightStore(Protocol):
         """Delete the entry of `key` if `owner` holds it; anything else is a no-op."""
         ...
 
+    async def claim_reserving(
+        self, key: str, owner: str, now: float, counters: CounterStore, claims: Sequence[Claim]
+    ) -> Reservation | Exhausted | None:
+        """`claim` and `counters.reserve(claims, now)` as one step.
+
+        None: a live entry holds `key`, and nothing is reserved. `Exhausted`: the counters
+        refused, and `key` is not kept. `Reservation`: `key` is registered for `owner` and
+        the quota taken. Raises `InflightStoreUnavailable` when the id could not be claimed
+        (as `claim`: nothing is known to be held); any other exception is the counter
+        store's, raised after `key` was registered (the caller keeps or releases it).
+        """
+        ...
+
     async def close(self) -> None:
         """Release resources; the store is not used afterwards."""
         ...
@@ -76,3 +104,30 @@ class InflightStore(Protocol):
     def describe(self) -> str:
         """One line for readiness and logs."""
         ...
+
+
+async def claim_then_reserve(
+    store: InflightStore,
+    key: str,
+    owner: str,
+    now: float,
+    counters: CounterStore,
+    claims: Sequence[Claim],
+) -> Reservation | Exhausted | None:
+    """`InflightStore.claim_reserving` in two steps: `claim`, then `counters.reserve`, and
+    `release` when the counters refuse (a failed release is logged: the entry expires)."""
+    try:
+        claimed = await store.claim(key, owner, now)
+    except InflightStoreUnavailable:
+        raise
+    except Exception as exc:
+        raise InflightStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    if not claimed:
+        return None
+    result = await counters.reserve(claims, now)
+    if isinstance(result, Exhausted):
+        try:
+            await store.release(key, owner)
+        except Exception as exc:  # the entry expires on its own
+            log.warning("inflight_release_failed", error=type(exc).__name__)
+    return result

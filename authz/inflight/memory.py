@@ -8,9 +8,12 @@ a limit or a listing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
-from authz.inflight.base import INFLIGHT_TTL_SECONDS
+from authz.counters.base import CounterStore
+from authz.inflight.base import INFLIGHT_TTL_SECONDS, claim_then_reserve
+from authz.model import Claim, Exhausted, Reservation
 
 __all__ = ["MAX_ENTRIES", "MemoryInflightStore"]
 
@@ -47,6 +50,11 @@ class MemoryInflightStore:
         held = self._entries.get(key)
         if held is not None and held[0] == owner:
             del self._entries[key]
+
+    async def claim_reserving(
+        self, key: str, owner: str, now: float, counters: CounterStore, claims: Sequence[Claim]
+    ) -> Reservation | Exhausted | None:
+        return await claim_then_reserve(self, key, owner, now, counters, claims)
 
     async def close(self) -> None:
         self._entries.clear()

@@ -24,7 +24,7 @@ from authz.approvals.memory import MemoryApprovalStore
 from authz.audit import AuditContext, log_approval, log_decision
 from authz.config.source import ConfigSource
 from authz.counters.base import CounterStore
-from authz.inflight.base import InflightStore, inflight_key
+from authz.inflight.base import InflightStore, InflightStoreUnavailable, inflight_key
 from authz.inflight.memory import MemoryInflightStore
 from authz.mcp import INVALID_REQUEST, RESPONSE_METHOD, McpParseError, check_mirror_headers
 from authz.metrics import Metrics
@@ -123,7 +123,13 @@ class Authorizer:
         self._clock = clock
         self._fail_open = fail_open
         self._metrics = metrics
-        self._store_name = counters.describe().split(" ", 1)[0]
+        store_name = counters.describe().split(" ", 1)[0]
+        self._store_seconds = (
+            metrics.store_seconds.labels(store=store_name) if metrics is not None else None
+        )
+        self._store_errors = (
+            metrics.store_errors.labels(store=store_name) if metrics is not None else None
+        )
         self._parser = ParsePool()
 
     async def check(self, http: HttpRequest) -> Verdict:
@@ -206,55 +212,87 @@ class Authorizer:
             )
 
         decision = engine.decide(policy, grant, request)
-        key: str | None = None
-        if decision.allowed:
-            claimed = await self._claim_id(request, decision_id)
+        if not decision.allowed:
+            return Verdict(decision, decision_id, grant, request, policy)
+        key = _inflight_key(request)
+        if key is not None and decision.claims and decision.approval is None:
+            return await self._admit(decision, decision_id, grant, request, policy, key)
+        if key is not None:
+            claimed = await self._claim_id(key, decision_id)
             if isinstance(claimed, Decision):
                 return Verdict(claimed, decision_id, grant, request, policy)
-            key = claimed
-        if decision.allowed and decision.approval is not None:
+            if not claimed:  # the store is down in fail-open mode: nothing registered
+                key = None
+        if decision.approval is not None:
             assert policy is not None
             verdict = await self._approval_gate(decision, decision_id, grant, request, policy)
         else:
             verdict = await self._limit(decision, decision_id, grant, request, policy)
         return await self._keep_id(verdict, key)
 
-    async def _claim_id(self, request: McpRequest, decision_id: str) -> Decision | str | None:
-        """Register the request's id as in flight in its session (the key), or the denial of
-        a request whose id collides with one in flight; None when nothing is registered
-        (no id, no session, or the store is down in fail-open mode)."""
-        if request.is_notification or request.id is None or request.session_id is None:
-            return None
-        if request.method == RESPONSE_METHOD:  # answers a server request: not ours to track
-            return None
-        key = inflight_key(request.session_id, request.id)
+    async def _admit(
+        self,
+        decision: Decision,
+        decision_id: str,
+        grant: Grant,
+        request: McpRequest,
+        policy: Policy | None,
+        key: str,
+    ) -> Verdict:
+        """An allowed tool call that takes quota, in a session: its id registered and its
+        quota reserved in one step (`InflightStore.claim_reserving`: one round trip when
+        both stores are in Redis), with the results of the two steps one after the other:
+        the id in use → nothing reserved; exhausted → the id not kept."""
+        started = time.perf_counter()
+        try:
+            result = await self._inflight.claim_reserving(
+                key, decision_id, self._clock(), self._counters, decision.claims
+            )
+        except InflightStoreUnavailable as exc:
+            refused = self._claim_failed(decision_id, exc)
+            if refused is not None:
+                return Verdict(refused, decision_id, grant, request, policy)
+            # fail-open: unregistered, and the counters are asked on their own
+            return await self._limit(decision, decision_id, grant, request, policy)
+        except Exception as exc:  # the counters failed; the id is registered
+            self._observe_store(started, failed=True)
+            verdict = self._counters_failed(decision, decision_id, grant, request, policy, exc)
+            return await self._keep_id(verdict, key)
+        self._observe_store(started)
+        if result is None:
+            return Verdict(_id_in_use(), decision_id, grant, request, policy)
+        settled = engine.settle(decision, result)
+        kept = key if settled.allowed else None  # exhausted: the id was not kept
+        return Verdict(settled, decision_id, grant, request, policy, inflight=kept)
+
+    async def _claim_id(self, key: str, decision_id: str) -> Decision | bool:
+        """Register the request's id as in flight in its session: True when registered;
+        False when the store cannot answer in fail-open mode (nothing is registered); the
+        denial of a request whose id collides with one in flight, or of a store that cannot
+        answer."""
         try:
             claimed = await self._inflight.claim(key, decision_id, self._clock())
         except Exception as exc:
-            log.warning(
-                "inflight_store_failed",
-                decision_id=decision_id,
-                error=type(exc).__name__,
-                fail_open=self._fail_open,
-            )
-            if self._fail_open:
-                return None
-            return Decision.deny(
-                DenyKind.UNAVAILABLE,
-                "request id state is unavailable, so the request was not run; retry shortly",
-                rule=FixedRule.INFLIGHT,
-                retry_after=1,
-            )
-        if not claimed:
-            return Decision.deny(
-                DenyKind.BAD_REQUEST,
-                "invalid request: this id is already used by a request still in flight in "
-                'this session (the server compares ids as text: 7 and "7" are the same id); '
-                "send it with a new id",
-                rule=FixedRule.ID_IN_USE,
-                rpc_code=INVALID_REQUEST,
-            )
-        return key
+            refused = self._claim_failed(decision_id, exc)
+            return False if refused is None else refused
+        return True if claimed else _id_in_use()
+
+    def _claim_failed(self, decision_id: str, exc: Exception) -> Decision | None:
+        """The in-flight store could not answer: the denial, or None in fail-open mode."""
+        log.warning(
+            "inflight_store_failed",
+            decision_id=decision_id,
+            error=type(exc).__name__,
+            fail_open=self._fail_open,
+        )
+        if self._fail_open:
+            return None
+        return Decision.deny(
+            DenyKind.UNAVAILABLE,
+            "request id state is unavailable, so the request was not run; retry shortly",
+            rule=FixedRule.INFLIGHT,
+            retry_after=1,
+        )
 
     async def _keep_id(self, verdict: Verdict, key: str | None) -> Verdict:
         """An allowed request keeps its registered id until its response ends; a denied one
@@ -282,32 +320,45 @@ class Authorizer:
             try:
                 result = await self._reserve(decision)
             except Exception as exc:
-                log.warning(
-                    "counter_store_failed",
-                    decision_id=decision_id,
-                    error=type(exc).__name__,
-                    fail_open=self._fail_open,
-                )
-                if self._fail_open:
-                    return Verdict(
-                        dataclasses.replace(
-                            decision, rule=FixedRule.COUNTERS_FAIL_OPEN, claims=(), reservation=None
-                        ),
-                        decision_id,
-                        grant,
-                        request,
-                        policy,
-                        fail_open=True,
-                    )
-                decision = Decision.deny(
-                    DenyKind.UNAVAILABLE,
-                    "quota state is unavailable, so the call was not run; retry shortly",
-                    rule=FixedRule.COUNTERS,
-                    retry_after=1,
-                )
-            else:
-                decision = engine.settle(decision, result)
+                return self._counters_failed(decision, decision_id, grant, request, policy, exc)
+            decision = engine.settle(decision, result)
         return Verdict(decision, decision_id, grant, request, policy)
+
+    def _counters_failed(
+        self,
+        decision: Decision,
+        decision_id: str,
+        grant: Grant,
+        request: McpRequest,
+        policy: Policy | None,
+        exc: Exception,
+    ) -> Verdict:
+        """The counter store could not answer: allowed without quota in fail-open mode,
+        else denied."""
+        log.warning(
+            "counter_store_failed",
+            decision_id=decision_id,
+            error=type(exc).__name__,
+            fail_open=self._fail_open,
+        )
+        if self._fail_open:
+            return Verdict(
+                dataclasses.replace(
+                    decision, rule=FixedRule.COUNTERS_FAIL_OPEN, claims=(), reservation=None
+                ),
+                decision_id,
+                grant,
+                request,
+                policy,
+                fail_open=True,
+            )
+        denial = Decision.deny(
+            DenyKind.UNAVAILABLE,
+            "quota state is unavailable, so the call was not run; retry shortly",
+            rule=FixedRule.COUNTERS,
+            retry_after=1,
+        )
+        return Verdict(denial, decision_id, grant, request, policy)
 
     async def _approval_gate(
         self,
@@ -400,16 +451,40 @@ class Authorizer:
     async def _reserve(self, decision: Decision) -> Reservation | Exhausted:
         started = time.perf_counter()
         try:
-            return await self._counters.reserve(decision.claims, self._clock())
+            result = await self._counters.reserve(decision.claims, self._clock())
         except Exception:
-            if self._metrics is not None:
-                self._metrics.store_errors.labels(store=self._store_name).inc()
+            self._observe_store(started, failed=True)
             raise
-        finally:
-            if self._metrics is not None:
-                self._metrics.store_seconds.labels(store=self._store_name).observe(
-                    time.perf_counter() - started
-                )
+        self._observe_store(started)
+        return result
+
+    def _observe_store(self, started: float, *, failed: bool = False) -> None:
+        """The counter store's time (and an error) in the metrics."""
+        if self._store_seconds is not None:
+            self._store_seconds.observe(time.perf_counter() - started)
+        if failed and self._store_errors is not None:
+            self._store_errors.inc()
+
+
+def _inflight_key(request: McpRequest) -> str | None:
+    """The in-flight registry key of a request that has one: an id and a session, and not
+    an answer to a server request (not ours to track)."""
+    if request.is_notification or request.id is None or request.session_id is None:
+        return None
+    if request.method == RESPONSE_METHOD:
+        return None
+    return inflight_key(request.session_id, request.id)
+
+
+def _id_in_use() -> Decision:
+    return Decision.deny(
+        DenyKind.BAD_REQUEST,
+        "invalid request: this id is already used by a request still in flight in "
+        'this session (the server compares ids as text: 7 and "7" are the same id); '
+        "send it with a new id",
+        rule=FixedRule.ID_IN_USE,
+        rpc_code=INVALID_REQUEST,
+    )
 
 
 def _approvals_unavailable() -> Decision:
