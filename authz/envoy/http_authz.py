@@ -335,6 +335,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         "_in_head",
         "_in_message",
         "_parser",
+        "_peer_closed",
         "_queue",
         "_raw_head",
         "_serving",
@@ -354,6 +355,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._final: bytes | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._in_message = False
+        self._peer_closed = False
         self._reset()
 
     def _reset(self) -> None:
@@ -413,6 +415,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
             )
 
     def eof_received(self) -> bool | None:
+        self._peer_closed = True
         return None  # the transport closes
 
     # -- httptools callbacks ------------------------------------------------------------
@@ -492,6 +495,15 @@ class HttpAuthzProtocol(asyncio.Protocol):
                     return _HEALTHY if self._serving() else _UNHEALTHY
                 check.keep_alive = False
                 return _refusal(404, "not a check request", head=head)
+            # Envoy gives up on a check after its timeout by closing the connection (HTTP/1.1
+            # cannot cancel one request). A check read together with that close (the sidecar
+            # was stalled) has no one to answer: it is not decided, so it takes no quota and
+            # logs no decision, as a gRPC check Envoy reset is never decided. One turn of the
+            # loop lets the close that arrived with the request be read first.
+            await asyncio.sleep(0)
+            if self._peer_closed or self._closed:
+                check.keep_alive = False
+                return b""
             verdict = await self._authorizer.check(request)
             if verdict.decision.allowed:
                 return allowed_answer(verdict)

@@ -94,6 +94,8 @@ def fleet(
     tmp_path_factory: pytest.TempPathFactory, redis: RedisServer, transport: str
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("approvals-fleet")
+    # one Redis server for both transports' fleets: each starts from an empty store
+    redis.command("FLUSHALL")
     record = base / "executed.jsonl"
     record.touch()
     stack = Stack(
@@ -111,10 +113,15 @@ def fleet(
 
 
 def _creator(stack: Stack, approval: str) -> int:
-    for index in range(stack.replicas):
-        events = sidecar_events(stack, "approval", sidecar_name(index))
-        if any(e["approval_id"] == approval and e["action"] == "requested" for e in events):
-            return index
+    # a log line is written when the sidecar's event loop next turns, which may be after
+    # the answer reached the client: wait for it
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for index in range(stack.replicas):
+            events = sidecar_events(stack, "approval", sidecar_name(index))
+            if any(e["approval_id"] == approval and e["action"] == "requested" for e in events):
+                return index
+        time.sleep(0.02)
     raise AssertionError(f"no replica logged the request of {approval}")
 
 

@@ -389,10 +389,15 @@ def test_sidecar_killed_and_restarted_mid_traffic(stack: Stack) -> None:
 
 
 def authz_timeout(stack: Stack) -> float:
-    """The ext_authz timeout of the running Envoy, in seconds (deploy/envoy.yaml: 1 s)."""
+    """The ext_authz timeout of the running Envoy, in seconds (deploy/envoy.yaml and
+    deploy/envoy-http.yaml: 1 s)."""
     config = json.loads(stack.envoy_config_path().read_text())
     timeouts = [
-        http_filter["typed_config"]["grpc_service"]["timeout"]
+        # over gRPC the timeout is the service's, over HTTP the server URI's
+        (
+            http_filter["typed_config"].get("grpc_service")
+            or http_filter["typed_config"]["http_service"]["server_uri"]
+        )["timeout"]
         for listener in config["static_resources"]["listeners"]
         for chain in listener["filter_chains"]
         for network_filter in chain["filters"]

@@ -92,6 +92,7 @@ def redis_stack(
     tmp_path_factory: pytest.TempPathFactory, redis: RedisServer, transport: str
 ) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("flood-redis")
+    redis.command("FLUSHALL")  # one Redis server for both transports' stacks
     with make_stack(base, "--redis-url", redis.url, transport=transport) as stack:
         yield stack
 
@@ -224,7 +225,9 @@ def test_a_flood_of_large_held_calls_stays_bounded_in_redis(
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
 @pytest.mark.processes
-def test_pending_approvals_are_capped_per_grant(request: pytest.FixtureRequest, store: str) -> None:
+def test_pending_approvals_are_capped_per_grant(
+    request: pytest.FixtureRequest, store: str, transport: str
+) -> None:
     stack: Stack = request.getfixturevalue(f"{store}_stack")
     arguments = [{"prompt": "p" * 1024, "n": i} for i in range(CAP + 20)]
     answers = flood(stack, "capped", arguments)
