@@ -9,8 +9,8 @@ name), and leaves every other setting exactly as in the file.
 
 ``deploy/envoy-http.yaml`` is the same layout with ext_authz over HTTP (``http_service``) to the
 sidecar's HTTP port (cluster ``mcp_authz_http``, ``authz:9003``); ext_proc stays on gRPC. It is
-exactly :func:`http_transport` of ``deploy/envoy.yaml`` (tests/unit/devstack/test_envoy_config.py
-fails when the two differ), and :func:`http_transport` turns any gRPC layout into its HTTP twin
+exactly :func:`http_transport` of ``deploy/envoy.yaml`` (tests/deploy/test_envoy_http.py fails
+when the two differ), and :func:`http_transport` turns any gRPC layout into its HTTP twin
 (``deploy/envoy-mesh.yaml`` too, for the tests).
 """
 

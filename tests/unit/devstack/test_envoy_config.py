@@ -196,7 +196,7 @@ def test_repo_config_key_choices() -> None:
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
     ]
-    ext_authz = hcm["http_filters"][0]["typed_config"]
+    ext_authz = hcm["http_filters"][1]["typed_config"]
     assert ext_authz["transport_api_version"] == "V3"
     assert ext_authz["failure_mode_allow"] is False
     assert ext_authz["status_on_error"] == {"code": "ServiceUnavailable"}
