@@ -97,6 +97,7 @@ HASH_TAG: Final = "{c}"
 """The hash tag of every key: the counters (and the in-flight registry) on one shard."""
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
+_KEYS_KEPT: Final = 4096
 
 _FMT = "local function fmt(x) return string.format('%.0f', x) end\n"
 
@@ -238,18 +239,26 @@ class RedisCounterStore(ScriptStore):
         owns_client: bool = True,
     ) -> None:
         super().__init__(client, prefix=prefix, timeout=timeout, url=url, owns_client=owns_client)
+        self._bucket_keys: dict[Bucket, str] = {}
         self._reserve = client.register_script(RESERVE_LUA)
         self._hold_reserve = client.register_script(HOLD_RESERVE_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._count = client.register_script(COUNT_LUA)
 
     def bucket_key(self, bucket: Bucket) -> str:
-        """The Redis key of a bucket: `<prefix>:{c}:b:<window>:<scope>:<counter>:<sharers>`."""
-        counter, scope, sharers, window = bucket
-        return (
-            f"{self._base}b:{int(window)}:{_component(scope)}:"
-            f"{_component(counter)}:{_component(sharers)}"
-        )
+        """The Redis key of a bucket: `<prefix>:{c}:b:<window>:<scope>:<counter>:<sharers>`,
+        remembered (percent-encoding three names costs several microseconds; at most
+        `_KEYS_KEPT` are kept, all forgotten at once past it)."""
+        key = self._bucket_keys.get(bucket)
+        if key is None:
+            if len(self._bucket_keys) >= _KEYS_KEPT:
+                self._bucket_keys.clear()
+            counter, scope, sharers, window = bucket
+            key = self._bucket_keys[bucket] = (
+                f"{self._base}b:{int(window)}:{_component(scope)}:"
+                f"{_component(counter)}:{_component(sharers)}"
+            )
+        return key
 
     def reservation_key(self, token: str) -> str:
         """The Redis key that records what the reservation `token` took."""

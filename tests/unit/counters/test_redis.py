@@ -436,6 +436,34 @@ async def test_a_hung_redis_times_out_within_the_deadline(own_server: RedisServe
     await store.close()
 
 
+async def test_a_call_cut_off_by_the_deadline_leaves_no_reply_behind(
+    own_server: RedisServer,
+) -> None:
+    """The timed-out script's reply must never be read as the answer to a later call: the
+    connection it was sent on is dropped."""
+    store = RedisCounterStore.from_url(own_server.url, timeout=0.25)
+    c = claim(max_=5)
+    assert isinstance(await store.reserve([c], time.time()), Reservation)
+    own_server.pause()
+    try:
+        with pytest.raises(CounterStoreUnavailable):
+            await store.reserve([c], time.time())
+    finally:
+        own_server.resume()
+    # the server may still run the reserve it had received; either way, a count is a count
+    assert await store.count(c.bucket) in (1, 2)
+    assert isinstance(await store.reserve([c], time.time()), Reservation)
+    await store.close()
+
+
+async def test_scripts_are_loaded_again_after_a_flush(redis_store: RedisCounterStore) -> None:
+    c = claim(max_=5)
+    assert isinstance(await redis_store.reserve([c], time.time()), Reservation)
+    await redis_store.client.script_flush()
+    assert isinstance(await redis_store.reserve([c], time.time()), Reservation)
+    assert await redis_store.count(c.bucket) == 2
+
+
 # -- Redis Cluster -----------------------------------------------------------------------
 
 
