@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,8 +65,12 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=4096, typed=True)
 def pointer(*parts: str | int) -> str:
-    """A JSON Pointer (RFC 6901) to a policy element: `pointer('tools', 'a/b')` → `/tools/a~1b`."""
+    """A JSON Pointer (RFC 6901) to a policy element: `pointer('tools', 'a/b')` → `/tools/a~1b`.
+
+    Remembered: every allowed call names the same few rules (its limits), and escaping each
+    part costs more than the lookup."""
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 

@@ -56,23 +56,33 @@ class MemoryCounterStore:
 
     async def reserve(self, claims: Sequence[Claim], now: float) -> Reservation | Exhausted:
         """Take every claim in the window containing `now`, or none (see `CounterStore`)."""
-        self._maybe_sweep(now)
+        if now >= self._next_sweep:
+            self.sweep(now)
         if not claims:
             return Reservation()
         buckets = [bucket_of(claim) for claim in claims]
         costs: dict[Bucket, int] = {}
         for bucket, claim in zip(buckets, claims, strict=True):
-            costs[bucket] = max(costs.get(bucket, 0), claim.cost)
-        current = {bucket: self._current(bucket, now) for bucket in costs}
+            if costs.get(bucket, -1) < claim.cost:
+                costs[bucket] = claim.cost
+        counts = self._counts
+        current: dict[Bucket, tuple[int, int]] = {}
+        for bucket in costs:
+            start = window_start(now, bucket[3])
+            stored = counts.get(bucket)
+            # a stored newer window (clock skew) wins
+            current[bucket] = (start, 0) if stored is None or stored[0] < start else stored
         for bucket, claim in zip(buckets, claims, strict=True):
             if current[bucket][1] + costs[bucket] > claim.max:
                 return Exhausted(claim=claim, retry_after=retry_after(now, claim.window_seconds))
         entries = []
+        taken = False
         for bucket, cost in costs.items():
             start, count = current[bucket]
-            self._counts[bucket] = (start, count + cost)
+            counts[bucket] = (start, count + cost)
             entries.append((bucket, start, cost))
-        if not any(cost for _, _, cost in entries):
+            taken = taken or cost > 0
+        if not taken:
             return Reservation(entries=tuple(entries))  # nothing taken: nothing to give back
         reservation = Reservation(entries=tuple(entries), token=secrets.token_hex(16))
         self._track(reservation)
@@ -118,10 +128,6 @@ class MemoryCounterStore:
         )
         self._keys = {bucket: bucket for bucket in self._counts}
         self._next_sweep = now + self._sweep_interval
-
-    def _maybe_sweep(self, now: float) -> None:
-        if now >= self._next_sweep:
-            self.sweep(now)
 
     def _current(self, bucket: Bucket, now: float) -> tuple[int, int]:
         """(window start, count) for `now`; a stored newer window (clock skew) wins."""
