@@ -1,6 +1,10 @@
 # syntax=docker/dockerfile:1
-# The mcp-authz sidecar: Envoy ext_authz v3 over gRPC (and grpc.health.v1) on :9001, the admin
-# HTTP endpoint (/healthz, /readyz, /metrics) on :9002.
+# The mcp-authz sidecar: Envoy ext_authz v3 and ext_proc over gRPC (and grpc.health.v1) on
+# :9001, the admin HTTP endpoint (/healthz, /readyz, /metrics) on :9002. With
+# `--http-authz 0.0.0.0:9003` (or MCP_AUTHZ_HTTP_AUTHZ=0.0.0.0:9003) it also answers Envoy's
+# ext_authz over HTTP on :9003 (deploy/envoy-http.yaml), with GET /healthz there for Envoy's
+# health check; the HTTP layouts (deploy/docker-compose.http.yaml, deploy/k8s/http/,
+# deploy/istio/) pass it. Not by default, so :9003 is not in EXPOSE.
 #
 #   docker build -f deploy/docker/sidecar.Dockerfile -t mcp-authz-sidecar:0.1.0 .
 #   docker run --rm -v "$PWD/deploy/config:/etc/mcp-authz:ro" -p 127.0.0.1:9001:9001 \

@@ -1,13 +1,17 @@
-"""deploy/docker-compose.yaml: the real docker-compose resolves it, and it matches envoy.yaml.
+"""deploy/docker-compose.yaml: the real docker-compose resolves it, and it matches envoy.yaml;
+with the override deploy/docker-compose.http.yaml, it matches envoy-http.yaml.
 
 `docker-compose config` (Debian's docker-compose 1.29, installed by `make system-deps`)
-validates the file against its schema, interpolates variables and resolves paths without a
-Docker engine. Both the short syntax it prints and Compose v2's long syntax are understood
-here, so the tests also hold if `docker-compose` is a v2 binary.
+validates the files against its schema, merges the override, interpolates variables and
+resolves paths without a Docker engine. Both the short syntax it prints and Compose v2's long
+syntax are understood here, so the tests also hold if `docker-compose` is a v2 binary. Every
+test that takes `resolved` runs once per transport: the gRPC layout (the compose file alone)
+and the HTTP one (the compose file and its override).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -18,7 +22,13 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from authz.devstack.envoy_config import load_envoy_config, repo_envoy_config_path
+from authz.devstack.envoy_config import (
+    HTTP_AUTHZ_CLUSTER,
+    TRANSPORTS,
+    load_envoy_config,
+    repo_envoy_config_path,
+)
+from authz.envoy.http_authz import HEALTH_PATH
 
 from .support import (
     AUTHZ_CLUSTER,
@@ -32,6 +42,9 @@ from .support import (
 )
 
 COMPOSE_FILE = DEPLOY / "docker-compose.yaml"
+HTTP_OVERRIDE = DEPLOY / "docker-compose.http.yaml"
+COMPOSE_FILES = {"grpc": (COMPOSE_FILE,), "http": (COMPOSE_FILE, HTTP_OVERRIDE)}
+"""The files `docker compose -f ... -f ...` is given for each ext_authz transport."""
 SERVICES = {"envoy", "authz", "imagegen", "gemini", "redis"}
 PASSED_THROUGH = (
     "GOOGLE_API_KEY",
@@ -59,13 +72,15 @@ def docker_compose() -> str:
     return found
 
 
-def compose_config(**env: str) -> dict[str, Any]:
-    """`docker-compose -f deploy/docker-compose.yaml config`, parsed; fails on exit != 0."""
+def compose_config(transport: str = "grpc", **env: str) -> dict[str, Any]:
+    """`docker-compose -f deploy/docker-compose.yaml [-f the override] config`, parsed;
+    fails on exit != 0."""
     clean = {k: v for k, v in os.environ.items() if k not in PASSED_THROUGH}
     clean.pop("COMPOSE_FILE", None)
     clean.pop("COMPOSE_PROJECT_NAME", None)
+    files = [arg for path in COMPOSE_FILES[transport] for arg in ("-f", str(path))]
     proc = subprocess.run(
-        [docker_compose(), "-f", str(COMPOSE_FILE), "config"],
+        [docker_compose(), *files, "config"],
         cwd=REPO,
         env={**clean, **env},
         capture_output=True,
@@ -79,9 +94,15 @@ def compose_config(**env: str) -> dict[str, Any]:
     return resolved
 
 
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
 @pytest.fixture(scope="module")
-def resolved() -> dict[str, Any]:
-    return compose_config()
+def resolved(transport: str) -> dict[str, Any]:
+    return compose_config(transport)
 
 
 @dataclass(frozen=True)
@@ -148,10 +169,11 @@ def test_bind_address_can_be_opened_up() -> None:
     assert opened["services"]["imagegen"]["environment"]["GOOGLE_API_KEY"] == "real-key"
 
 
-def test_envoy_and_compose_addresses_agree(resolved: dict[str, Any]) -> None:
-    """deploy/envoy.yaml, unchanged, must find the services where compose puts them."""
+def test_envoy_and_compose_addresses_agree(resolved: dict[str, Any], transport: str) -> None:
+    """deploy/envoy.yaml (envoy-http.yaml), unchanged, must find the services where compose
+    puts them. ext_proc calls the gRPC port in both layouts."""
     services = resolved["services"]
-    envoy = load_envoy_config()
+    envoy = load_envoy_config(repo_envoy_config_path(transport))
 
     authz_host, authz_port = envoy_cluster_address(envoy, AUTHZ_CLUSTER)
     assert authz_host == "authz" and authz_host in services
@@ -170,13 +192,26 @@ def test_envoy_and_compose_addresses_agree(resolved: dict[str, Any]) -> None:
     assert [p.target for p in ports(services["envoy"])] == [listen_port]
     assert [p.published for p in ports(services["envoy"])] == [10000]
 
+    args = command(services["authz"])
+    if transport == "grpc":
+        assert "--http-authz" not in args, "the gRPC layout serves no HTTP ext_authz"
+        return
+    http_host, http_port = envoy_cluster_address(envoy, HTTP_AUTHZ_CLUSTER)
+    assert http_host == authz_host
+    listen_http_host, listen_http_port = host_port(option(args, "--http-authz"))
+    assert listen_http_port == http_port
+    assert listen_http_host == "0.0.0.0", "the sidecar must listen on the compose network"
+    assert str(http_port) in [str(port) for port in services["authz"]["expose"]]
 
-def test_envoy_runs_the_repository_config_unchanged(resolved: dict[str, Any]) -> None:
+
+def test_envoy_runs_the_repository_config_unchanged(
+    resolved: dict[str, Any], transport: str
+) -> None:
     envoy = resolved["services"]["envoy"]
     assert envoy["image"] == "envoyproxy/envoy:v1.40.0"
     config_mounts = [m for m in mounts(envoy) if m.target == "/etc/envoy/envoy.yaml"]
     assert len(config_mounts) == 1
-    assert Path(config_mounts[0].source) == repo_envoy_config_path()
+    assert Path(config_mounts[0].source) == repo_envoy_config_path(transport)
     assert config_mounts[0].read_only
     assert option(command(envoy), "-c") == "/etc/envoy/envoy.yaml"
 
@@ -234,12 +269,26 @@ def test_start_order_waits_for_health(resolved: dict[str, Any]) -> None:
         assert test[0] == "CMD", f"{name}: healthcheck must be exec form"
 
 
-def test_healthchecks_probe_the_ports_the_services_listen_on(resolved: dict[str, Any]) -> None:
+def test_healthchecks_probe_the_ports_the_services_listen_on(
+    resolved: dict[str, Any], transport: str
+) -> None:
+    """The sidecar's healthcheck is the check Envoy's ext_authz cluster makes: gRPC health on
+    the gRPC port, or GET /healthz on the HTTP ext_authz port."""
     services = resolved["services"]
     authz = services["authz"]["healthcheck"]["test"]
-    assert authz[2:4] == ["/opt/mcp-authz/healthcheck.py", "grpc"]
-    _, grpc_port = host_port(option(command(services["authz"]), "--grpc"))
-    assert host_port(authz[4]) == ("127.0.0.1", grpc_port)
+    if transport == "grpc":
+        assert authz[2:4] == ["/opt/mcp-authz/healthcheck.py", "grpc"]
+        _, grpc_port = host_port(option(command(services["authz"]), "--grpc"))
+        assert host_port(authz[4]) == ("127.0.0.1", grpc_port)
+    else:
+        _, http_port = host_port(option(command(services["authz"]), "--http-authz"))
+        url = f"http://127.0.0.1:{http_port}{HEALTH_PATH}"
+        assert authz[2:] == ["/opt/mcp-authz/healthcheck.py", "http", url]
+        envoy = load_envoy_config(repo_envoy_config_path(transport))
+        (cluster,) = [
+            c for c in envoy["static_resources"]["clusters"] if c["name"] == HTTP_AUTHZ_CLUSTER
+        ]
+        assert [c["http_health_check"]["path"] for c in cluster["health_checks"]] == [HEALTH_PATH]
     for name in ("imagegen", "gemini"):
         test = services[name]["healthcheck"]["test"]
         port = int(option(command(services[name]), "--port"))
@@ -279,3 +328,29 @@ def test_containers_are_hardened(resolved: dict[str, Any]) -> None:
         "imagegen": None,
         "gemini": None,
     }
+
+
+@pytest.mark.processes
+def test_http_override_changes_only_the_transport() -> None:
+    """The HTTP layout is the gRPC one with exactly the override's three changes: Envoy's
+    config file, the sidecar's --http-authz port (exposed), and its healthcheck."""
+    grpc = compose_config("grpc")
+    http = compose_config("http")
+    expected = copy.deepcopy(grpc)
+    envoy, authz = expected["services"]["envoy"], expected["services"]["authz"]
+    envoy["volumes"] = copy.deepcopy(http["services"]["envoy"]["volumes"])
+    authz["command"] = copy.deepcopy(http["services"]["authz"]["command"])
+    authz["expose"] = copy.deepcopy(http["services"]["authz"]["expose"])
+    authz["healthcheck"]["test"] = copy.deepcopy(http["services"]["authz"]["healthcheck"]["test"])
+    assert http == expected
+
+    assert [m.source for m in mounts(http["services"]["envoy"])] == [
+        str(repo_envoy_config_path("http"))
+    ]
+    args = command(grpc["services"]["authz"])
+    at = args.index("--admin")
+    http_args = command(http["services"]["authz"])
+    assert http_args == [*args[:at], "--http-authz", option(http_args, "--http-authz"), *args[at:]]
+    grpc_expose = [str(p) for p in grpc["services"]["authz"]["expose"]]
+    _, http_port = host_port(option(http_args, "--http-authz"))
+    assert [str(p) for p in http["services"]["authz"]["expose"]] == [*grpc_expose, str(http_port)]

@@ -23,6 +23,8 @@ from types import ModuleType
 
 import pytest
 
+from authz.envoy.http_authz import HEALTH_PATH
+
 from .support import DEPLOY, DOCKER, REPO, free_port
 
 SIDECAR = DOCKER / "sidecar.Dockerfile"
@@ -314,9 +316,10 @@ def wait_for(predicate: object, timeout: float = 20.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    """A real `mcp-authz serve` on deploy/config (memory counters): (gRPC port, admin port)."""
-    grpc_port, admin_port = free_port(), free_port()
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int, int]]:
+    """A real `mcp-authz serve` on deploy/config (memory counters), with the HTTP ext_authz
+    port of the HTTP layouts: (gRPC port, admin port, HTTP ext_authz port)."""
+    grpc_port, admin_port, http_port = free_port(), free_port(), free_port()
     log = tmp_path_factory.mktemp("sidecar") / "sidecar.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -324,6 +327,7 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
                 sys.executable, "-c", "import sys; from authz.cli import main; sys.exit(main())",
                 "serve", "--config", str(DEPLOY / "config"),
                 "--grpc", f"127.0.0.1:{grpc_port}", "--admin", f"127.0.0.1:{admin_port}",
+                "--http-authz", f"127.0.0.1:{http_port}",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -332,7 +336,7 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
         wait_for(
             lambda: run_probe("http", f"http://127.0.0.1:{admin_port}/healthz").returncode == 0
         )
-        yield grpc_port, admin_port
+        yield grpc_port, admin_port, http_port
     finally:
         proc.terminate()
         try:
@@ -342,8 +346,8 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
             proc.wait()
 
 
-def test_grpc_probe_against_the_real_sidecar(sidecar: tuple[int, int]) -> None:
-    grpc_port, _ = sidecar
+def test_grpc_probe_against_the_real_sidecar(sidecar: tuple[int, int, int]) -> None:
+    grpc_port, _, _ = sidecar
     ok = run_probe("grpc", f"127.0.0.1:{grpc_port}")
     assert ok.returncode == 0, ok.stderr
     assert run_probe("grpc", f"127.0.0.1:{grpc_port}", "--service", "").returncode == 0
@@ -351,8 +355,10 @@ def test_grpc_probe_against_the_real_sidecar(sidecar: tuple[int, int]) -> None:
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
 
 
-def test_grpc_probe_defaults_to_the_port_of_mcp_authz_grpc(sidecar: tuple[int, int]) -> None:
-    grpc_port, _ = sidecar
+def test_grpc_probe_defaults_to_the_port_of_mcp_authz_grpc(
+    sidecar: tuple[int, int, int],
+) -> None:
+    grpc_port, _, _ = sidecar
     # The image sets MCP_AUTHZ_GRPC=0.0.0.0:9001; the probe dials the wildcard on loopback.
     proc = run_probe("grpc", env={"MCP_AUTHZ_GRPC": f"0.0.0.0:{grpc_port}"})
     assert proc.returncode == 0, proc.stderr
@@ -404,9 +410,20 @@ def test_http_probe_against_the_offline_gemini_endpoint() -> None:
         server.server_close()
 
 
-def test_http_probe_against_the_sidecar_admin(sidecar: tuple[int, int]) -> None:
-    _, admin_port = sidecar
+def test_http_probe_against_the_sidecar_admin(sidecar: tuple[int, int, int]) -> None:
+    _, admin_port, _ = sidecar
     assert run_probe("http", f"http://127.0.0.1:{admin_port}/healthz").returncode == 0
+
+
+def test_http_probe_against_the_sidecar_http_authz_port(sidecar: tuple[int, int, int]) -> None:
+    """The healthcheck of the HTTP layouts (compose's override, the Kubernetes HTTP gateway's
+    readiness): GET /healthz on the HTTP ext_authz port, as Envoy's cluster checks it."""
+    _, _, http_port = sidecar
+    ok = run_probe("http", f"http://127.0.0.1:{http_port}{HEALTH_PATH}")
+    assert ok.returncode == 0, ok.stderr
+    # the port answers checks, not arbitrary paths: the probe tells them apart
+    other = run_probe("http", f"http://127.0.0.1:{http_port}/nope")
+    assert other.returncode == 1 and "HTTP 404" in other.stderr
 
 
 # -- imagegen-entrypoint.sh -------------------------------------------------------------------
