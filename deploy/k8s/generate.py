@@ -8,17 +8,27 @@
                                    gateway pod (ext_authz sidecar at 127.0.0.1:9001 in the same
                                    pod, the upstream at its Service DNS name); nothing else
                                    changes
+  deploy/k8s/http/40-gateway-envoy.yaml
+                                   ConfigMap `mcp-gateway-envoy-http`: deploy/envoy-http.yaml
+                                   rendered the same way (ext_authz over HTTP to
+                                   127.0.0.1:9003, ext_proc still 127.0.0.1:9001)
+  deploy/k8s/http/50-gateway.yaml  deploy/k8s/50-gateway.yaml for that config: the sidecar also
+                                   serves `--http-authz 0.0.0.0:9003` (container port
+                                   `http-authz`), is ready when GET /healthz there answers 200,
+                                   and Envoy mounts `mcp-gateway-envoy-http`; nothing else
+                                   changes (`http_gateway`)
 
-  .venv/bin/python deploy/k8s/generate.py          # rewrite both files
-  .venv/bin/python deploy/k8s/generate.py --check  # exit 1 if either is out of date
+  .venv/bin/python deploy/k8s/generate.py          # rewrite every file
+  .venv/bin/python deploy/k8s/generate.py --check  # exit 1 if any is out of date
 
-tests/deploy/test_k8s.py runs the check, so editing deploy/envoy.yaml or deploy/config without
-regenerating fails the tests.
+tests/deploy/test_k8s.py runs the check, so editing deploy/envoy.yaml, deploy/envoy-http.yaml,
+deploy/k8s/50-gateway.yaml or deploy/config without regenerating fails the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,28 +39,44 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from authz.devstack.envoy_config import EnvoyConfig, render_envoy_config  # noqa: E402
+from authz.devstack.envoy_config import (  # noqa: E402
+    HTTP_AUTHZ_PORT,
+    EnvoyConfig,
+    render_envoy_config,
+)
+from authz.envoy.http_authz import HEALTH_PATH  # noqa: E402
 
 NAMESPACE = "mcp-authz"
 CONFIG_DIR = REPO / "deploy" / "config"
 CONFIG_FILE = HERE / "10-config.yaml"
 ENVOY_FILE = HERE / "40-gateway-envoy.yaml"
+GATEWAY_FILE = HERE / "50-gateway.yaml"
+HTTP_DIR = HERE / "http"
+HTTP_ENVOY_FILE = HTTP_DIR / "40-gateway-envoy.yaml"
+HTTP_GATEWAY_FILE = HTTP_DIR / "50-gateway.yaml"
 
 POLICIES_CONFIGMAP = "mcp-authz-policies"
 GRANTS_SECRET = "mcp-authz-grants"
 ENVOY_CONFIGMAP = "mcp-gateway-envoy"
+ENVOY_HTTP_CONFIGMAP = "mcp-gateway-envoy-http"
+"""Another name than the gRPC layout's: switching transports rolls the pods over, each new pod
+reading the config made for its sidecar's flags."""
 
 # The gateway pod: Envoy and the sidecar share the pod's network namespace.
 GATEWAY_LISTEN = ("0.0.0.0", 10000)
 GATEWAY_ADMIN_PORT = 9901
 GATEWAY_AUTHZ = ("127.0.0.1", 9001)
+GATEWAY_AUTHZ_HTTP_PORT = HTTP_AUTHZ_PORT
 UPSTREAM = (f"imagegen.{NAMESPACE}.svc.cluster.local", 8000)
+GATEWAY = "mcp-gateway"
+HTTP_AUTHZ_PORT_NAME = "http-authz"
 
 LABELS = {"app.kubernetes.io/part-of": "mcp-authz"}
 
 
-def gateway_envoy_config() -> EnvoyConfig:
-    """deploy/envoy.yaml with the gateway pod's addresses (and nothing else changed)."""
+def gateway_envoy_config(transport: str = "grpc") -> EnvoyConfig:
+    """deploy/envoy.yaml (deploy/envoy-http.yaml for "http") with the gateway pod's addresses,
+    and nothing else changed."""
     return render_envoy_config(
         listen_host=GATEWAY_LISTEN[0],
         listen_port=GATEWAY_LISTEN[1],
@@ -59,6 +85,8 @@ def gateway_envoy_config() -> EnvoyConfig:
         authz_port=GATEWAY_AUTHZ[1],
         upstream_host=UPSTREAM[0],
         upstream_port=UPSTREAM[1],
+        transport=transport,
+        authz_http_port=GATEWAY_AUTHZ_HTTP_PORT,
     )
 
 
@@ -129,32 +157,103 @@ def render_config() -> str:
     return _dump([policies, grants], header)
 
 
-def render_envoy() -> str:
+def render_envoy(transport: str = "grpc") -> str:
+    name = ENVOY_HTTP_CONFIGMAP if transport == "http" else ENVOY_CONFIGMAP
+    source = "deploy/envoy-http.yaml" if transport == "http" else "deploy/envoy.yaml"
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": ENVOY_CONFIGMAP,
+            "name": name,
             "namespace": NAMESPACE,
             "labels": {**LABELS, "app.kubernetes.io/component": "gateway"},
         },
         "data": {
             "envoy.yaml": yaml.dump(
-                gateway_envoy_config(), Dumper=_Dumper, sort_keys=False, width=100
+                gateway_envoy_config(transport), Dumper=_Dumper, sort_keys=False, width=100
             )
         },
     }
-    header = _header("deploy/envoy.yaml") + (
-        "# authz.devstack.envoy_config.render_envoy_config changes only addresses: the\n"
-        f"# `mcp_authz` cluster is {GATEWAY_AUTHZ[0]}:{GATEWAY_AUTHZ[1]} (the sidecar in the "
-        f"same pod) and\n# `imagegen_upstream` is {UPSTREAM[0]}:{UPSTREAM[1]} (its "
-        "Service). The comments\n# explaining every setting are in deploy/envoy.yaml.\n"
+    authz = f"{GATEWAY_AUTHZ[0]}:{GATEWAY_AUTHZ[1]}"
+    if transport == "http":
+        clusters = (
+            f"# `mcp_authz_http` (ext_authz) is {GATEWAY_AUTHZ[0]}:{GATEWAY_AUTHZ_HTTP_PORT} and "
+            f"`mcp_authz` (ext_proc) {authz},\n# the sidecar in the same pod, and"
+        )
+    else:
+        clusters = f"# `mcp_authz` cluster is {authz} (the sidecar in the same pod) and"
+    header = (
+        _header(source)
+        + (
+            "# authz.devstack.envoy_config.render_envoy_config changes only addresses: the\n"
+            if transport == "grpc"
+            else "# authz.devstack.envoy_config.render_envoy_config changes only addresses:\n"
+        )
+        + (
+            f"{clusters}\n# `imagegen_upstream` is {UPSTREAM[0]}:{UPSTREAM[1]} (its "
+            f"Service). The comments\n# explaining every setting are in {source}.\n"
+        )
     )
     return _dump([configmap], header)
 
 
+def http_gateway(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """deploy/k8s/50-gateway.yaml's documents for ext_authz over HTTP (new documents).
+
+    Exactly these changes, all in the Deployment `mcp-gateway`: the sidecar also serves
+    `--http-authz 0.0.0.0:9003` (after `--grpc`; 0.0.0.0 because the kubelet's probe dials the
+    pod IP, and the NetworkPolicy keeps other pods off the port as off 9001), with a container
+    port `http-authz`; its readiness probe is GET /healthz on that port, the check Envoy's
+    `mcp_authz_http` cluster makes (the port opens after the gRPC one and reports the same
+    status); Envoy's config volume is the ConfigMap `mcp-gateway-envoy-http`.
+    """
+    out = copy.deepcopy(documents)
+    (deployment,) = [
+        d for d in out if d["kind"] == "Deployment" and d["metadata"]["name"] == GATEWAY
+    ]
+    spec = deployment["spec"]["template"]["spec"]
+    (authz,) = [c for c in spec["containers"] if c["name"] == "authz"]
+    args = authz["args"]
+    at = args.index("--grpc") + 2
+    authz["args"] = [
+        *args[:at],
+        "--http-authz",
+        f"0.0.0.0:{GATEWAY_AUTHZ_HTTP_PORT}",
+        *args[at:],
+    ]
+    ports = authz["ports"]
+    at = next(i for i, port in enumerate(ports) if port["name"] == "grpc") + 1
+    ports.insert(at, {"name": HTTP_AUTHZ_PORT_NAME, "containerPort": GATEWAY_AUTHZ_HTTP_PORT})
+    probe = authz["readinessProbe"]
+    probe.pop("grpc")
+    authz["readinessProbe"] = {
+        "httpGet": {"path": HEALTH_PATH, "port": HTTP_AUTHZ_PORT_NAME},
+        **probe,
+    }
+    (volume,) = [v for v in spec["volumes"] if "configMap" in v and v["name"] == "envoy-config"]
+    assert volume["configMap"]["name"] == ENVOY_CONFIGMAP
+    volume["configMap"]["name"] = ENVOY_HTTP_CONFIGMAP
+    return out
+
+
+def render_http_gateway() -> str:
+    with GATEWAY_FILE.open(encoding="utf-8") as fh:
+        documents = [doc for doc in yaml.safe_load_all(fh) if doc is not None]
+    header = _header("deploy/k8s/50-gateway.yaml") + (
+        "# authz --http-authz 0.0.0.0:9003 (port `http-authz`), its readiness GET /healthz on\n"
+        "# that port, Envoy's config from `mcp-gateway-envoy-http` (http/40-gateway-envoy.yaml);\n"
+        "# everything else, and the comments explaining it, as in deploy/k8s/50-gateway.yaml.\n"
+    )
+    return _dump(http_gateway(documents), header)
+
+
 def outputs() -> dict[Path, str]:
-    return {CONFIG_FILE: render_config(), ENVOY_FILE: render_envoy()}
+    return {
+        CONFIG_FILE: render_config(),
+        ENVOY_FILE: render_envoy(),
+        HTTP_ENVOY_FILE: render_envoy("http"),
+        HTTP_GATEWAY_FILE: render_http_gateway(),
+    }
 
 
 def stale() -> list[Path]:
@@ -176,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.relative_to(REPO)} is out of date: run deploy/k8s/generate.py")
         return 1 if out_of_date else 0
     for path, text in outputs().items():
+        path.parent.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path.relative_to(REPO)}")
     return 0

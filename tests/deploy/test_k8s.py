@@ -4,6 +4,11 @@ Validation uses kubernetes-validate (PyPI, offline JSON schemas) in strict mode,
 rejects unknown fields. The pod-local Envoy config must be deploy/envoy.yaml rendered by
 authz.devstack.envoy_config with only addresses changed, and must pass `envoy --mode validate`
 (Envoy 1.40).
+
+Two layouts, one per ext_authz transport: `kubectl apply -f deploy/k8s/` (gRPC), and the same
+files with deploy/k8s/http/ in place of 40-gateway-envoy.yaml and 50-gateway.yaml (HTTP:
+deploy/envoy-http.yaml, the sidecar's `--http-authz`). Every test that takes `docs` runs on
+both.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from authz.devstack.envoy_config import load_envoy_config, render_envoy_config, write_envoy_config
+from authz.devstack.envoy_config import (
+    HTTP_AUTHZ_CLUSTER,
+    TRANSPORTS,
+    load_envoy_config,
+    render_envoy_config,
+    repo_envoy_config_path,
+    write_envoy_config,
+)
+from authz.envoy.http_authz import HEALTH_PATH
 
 from .support import (
     AUTHZ_CLUSTER,
@@ -48,6 +61,16 @@ KUBERNETES_VERSION = "1.32.0"
 NAMESPACE = "mcp-authz"
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
+HTTP_MANIFESTS = sorted((K8S / "http").glob("*.yaml"))
+LAYOUTS = {
+    "grpc": MANIFESTS,
+    "http": sorted(
+        [p for p in MANIFESTS if p.name not in {h.name for h in HTTP_MANIFESTS}] + HTTP_MANIFESTS,
+        key=lambda p: p.name,
+    ),
+}
+"""The files applied for each ext_authz transport, in order."""
+GATEWAY_ENVOY_CONFIGMAP = {"grpc": "mcp-gateway-envoy", "http": "mcp-gateway-envoy-http"}
 CORE_ISTIO_MANIFESTS = [ISTIO / "mcp-authz.yaml"]
 """Files under deploy/istio made only of core Kubernetes kinds (the rest are Istio CRDs)."""
 
@@ -70,9 +93,15 @@ def generator() -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
 @pytest.fixture(scope="module")
-def docs() -> list[Doc]:
-    return [doc for path in MANIFESTS for doc in load_docs(path)]
+def docs(transport: str) -> list[Doc]:
+    return [doc for path in LAYOUTS[transport] for doc in load_docs(path)]
 
 
 def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -95,9 +124,15 @@ def port_number(ctr: dict[str, Any], name_or_number: str | int) -> int:
     return int(found[0])
 
 
+def gateway_envoy_configmap(docs: list[Doc]) -> Doc:
+    """The ConfigMap the gateway's Envoy mounts (by the Deployment's volume)."""
+    volumes = one(docs, "Deployment", "mcp-gateway")["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == "envoy-config"]
+    return one(docs, "ConfigMap", volume["configMap"]["name"])
+
+
 def gateway_envoy(docs: list[Doc]) -> dict[str, Any]:
-    configmap = one(docs, "ConfigMap", "mcp-gateway-envoy")
-    cfg = yaml.safe_load(configmap["data"]["envoy.yaml"])
+    cfg = yaml.safe_load(gateway_envoy_configmap(docs)["data"]["envoy.yaml"])
     assert isinstance(cfg, dict)
     return cfg
 
@@ -106,7 +141,9 @@ def gateway_envoy(docs: list[Doc]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "path", MANIFESTS + CORE_ISTIO_MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY))
+    "path",
+    MANIFESTS + HTTP_MANIFESTS + CORE_ISTIO_MANIFESTS,
+    ids=lambda p: str(p.relative_to(DEPLOY)),
 )
 def test_manifest_is_valid_kubernetes(path: Path) -> None:
     kv = kubernetes_validate()
@@ -131,10 +168,10 @@ def test_validator_rejects_unknown_fields(docs: list[Doc]) -> None:
         kv.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_every_resource_is_in_the_namespace(docs: list[Doc]) -> None:
+def test_every_resource_is_in_the_namespace(docs: list[Doc], transport: str) -> None:
     namespaces = by_kind(docs, "Namespace")
     assert [ns["metadata"]["name"] for ns in namespaces] == [NAMESPACE]
-    assert MANIFESTS[0].name == "00-namespace.yaml", "kubectl apply -f applies files in order"
+    assert LAYOUTS[transport][0].name == "00-namespace.yaml", "kubectl applies files in order"
     for doc in docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
@@ -148,7 +185,9 @@ def test_generated_manifests_are_current() -> None:
     assert stale == [], f"run `.venv/bin/python deploy/k8s/generate.py`: {stale} out of date"
 
 
-def test_gateway_envoy_config_is_the_repo_config_with_pod_addresses(docs: list[Doc]) -> None:
+def test_gateway_envoy_config_is_the_repo_config_with_pod_addresses(
+    docs: list[Doc], transport: str
+) -> None:
     gen = generator()
     upstream = one(docs, "Service", "imagegen")
     upstream_host = f"imagegen.{NAMESPACE}.svc.cluster.local"
@@ -160,12 +199,16 @@ def test_gateway_envoy_config_is_the_repo_config_with_pod_addresses(docs: list[D
         authz_port=9001,
         upstream_host=upstream_host,
         upstream_port=upstream["spec"]["ports"][0]["port"],
+        transport=transport,
+        authz_http_port=9003,
     )
+    assert gateway_envoy_configmap(docs)["metadata"]["name"] == GATEWAY_ENVOY_CONFIGMAP[transport]
     actual = gateway_envoy(docs)
-    assert actual == expected == gen.gateway_envoy_config()
+    assert actual == expected == gen.gateway_envoy_config(transport)
 
-    # Against deploy/envoy.yaml itself: the two cluster endpoints' hosts differ, nothing else.
-    source = dict(walk(load_envoy_config()))
+    # Against deploy/envoy.yaml (envoy-http.yaml) itself: the cluster endpoints' hosts differ
+    # (the sidecar's one or two, the upstream's), nothing else.
+    source = dict(walk(load_envoy_config(repo_envoy_config_path(transport))))
     rendered = dict(walk(actual))
     assert source.keys() == rendered.keys()
     changed = {
@@ -174,15 +217,53 @@ def test_gateway_envoy_config_is_the_repo_config_with_pod_addresses(docs: list[D
         if not isinstance(value, dict | list) and source[path] != value
     }
     assert {path[-1] for path in changed} == {"address"}
-    assert sorted(rendered[path] for path in changed) == ["127.0.0.1", upstream_host]
+    sidecar = ["127.0.0.1"] * (2 if transport == "http" else 1)
+    assert sorted(rendered[path] for path in changed) == [*sidecar, upstream_host]
 
 
 @pytest.mark.processes
 def test_gateway_envoy_config_passes_envoy_validate(docs: list[Doc], tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
-    path.write_text(one(docs, "ConfigMap", "mcp-gateway-envoy")["data"]["envoy.yaml"])
+    path.write_text(gateway_envoy_configmap(docs)["data"]["envoy.yaml"])
     proc = envoy_validate(path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_http_gateway_is_the_grpc_gateway_but_for_the_transport() -> None:
+    """deploy/k8s/http/50-gateway.yaml is deploy/k8s/50-gateway.yaml with exactly the sidecar's
+    HTTP port (flag, container port, readiness on it) and Envoy's ConfigMap changed."""
+    grpc = load_docs(K8S / "50-gateway.yaml")
+    http = load_docs(K8S / "http" / "50-gateway.yaml")
+    expected = json.loads(json.dumps(grpc))
+    spec = one(expected, "Deployment", "mcp-gateway")["spec"]["template"]["spec"]
+    (authz,) = [c for c in spec["containers"] if c["name"] == "authz"]
+    at = authz["args"].index("--admin")
+    authz["args"][at:at] = ["--http-authz", "0.0.0.0:9003"]
+    authz["ports"].insert(1, {"name": "http-authz", "containerPort": 9003})
+    probe = authz["readinessProbe"]
+    del probe["grpc"]
+    probe["httpGet"] = {"path": HEALTH_PATH, "port": "http-authz"}
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "envoy-config"]
+    volume["configMap"]["name"] = GATEWAY_ENVOY_CONFIGMAP["http"]
+    assert http == expected
+
+
+def test_http_layout_is_not_applied_with_the_folder() -> None:
+    """`kubectl apply -f deploy/k8s/` is not recursive: the gRPC layout stays the default, and
+    the HTTP files replace exactly the two gateway files (same resources but Envoy's
+    ConfigMap, which has its own name)."""
+    assert [p.name for p in HTTP_MANIFESTS] == ["40-gateway-envoy.yaml", "50-gateway.yaml"]
+    assert all(p.parent != K8S for p in HTTP_MANIFESTS)
+
+    def kinds(paths: list[Path]) -> list[tuple[str, str]]:
+        return sorted((d["kind"], d["metadata"]["name"]) for p in paths for d in load_docs(p))
+
+    grpc = kinds([K8S / p.name for p in HTTP_MANIFESTS])
+    http = kinds(HTTP_MANIFESTS)
+    assert set(grpc) ^ set(http) == {
+        ("ConfigMap", GATEWAY_ENVOY_CONFIGMAP["grpc"]),
+        ("ConfigMap", GATEWAY_ENVOY_CONFIGMAP["http"]),
+    }
 
 
 def test_policies_and_grants_are_copies_of_deploy_config(docs: list[Doc]) -> None:
@@ -198,7 +279,7 @@ def test_policies_and_grants_are_copies_of_deploy_config(docs: list[Doc]) -> Non
 # -- wiring -----------------------------------------------------------------------------------
 
 
-def test_envoy_reaches_the_sidecar_over_the_pod_loopback(docs: list[Doc]) -> None:
+def test_envoy_reaches_the_sidecar_over_the_pod_loopback(docs: list[Doc], transport: str) -> None:
     cfg = gateway_envoy(docs)
     authz = container(docs, "mcp-gateway", "authz")
     host, port = envoy_cluster_address(cfg, AUTHZ_CLUSTER)
@@ -207,6 +288,14 @@ def test_envoy_reaches_the_sidecar_over_the_pod_loopback(docs: list[Doc]) -> Non
     assert grpc_port == port == port_number(authz, "grpc")
     # The kubelet's gRPC probe dials the pod IP, so the sidecar listens on all addresses.
     assert grpc_host == "0.0.0.0"
+    if transport == "grpc":
+        assert "--http-authz" not in authz["args"]
+        return
+    host, port = envoy_cluster_address(cfg, HTTP_AUTHZ_CLUSTER)
+    assert host == "127.0.0.1"
+    http_host, http_port = host_port(option(authz["args"], "--http-authz"))
+    assert http_port == port == port_number(authz, "http-authz")
+    assert http_host == "0.0.0.0"  # the readiness probe dials the pod IP too
 
 
 def test_envoy_reaches_the_upstream_service(docs: list[Doc]) -> None:
@@ -224,7 +313,7 @@ def test_envoy_reaches_the_upstream_service(docs: list[Doc]) -> None:
     assert option(imagegen["args"], "--host") == "0.0.0.0"
 
 
-def test_gateway_service_targets_the_envoy_listener(docs: list[Doc]) -> None:
+def test_gateway_service_targets_the_envoy_listener(docs: list[Doc], transport: str) -> None:
     cfg = gateway_envoy(docs)
     _, listen_port = envoy_listener_address(cfg)
     envoy = container(docs, "mcp-gateway", "envoy")
@@ -237,7 +326,7 @@ def test_gateway_service_targets_the_envoy_listener(docs: list[Doc]) -> None:
     assert mounts == {"envoy-config": "/etc/envoy"}
     volumes = one(docs, "Deployment", "mcp-gateway")["spec"]["template"]["spec"]["volumes"]
     (envoy_volume,) = [v for v in volumes if v["name"] == "envoy-config"]
-    assert envoy_volume["configMap"]["name"] == "mcp-gateway-envoy"
+    assert envoy_volume["configMap"]["name"] == GATEWAY_ENVOY_CONFIGMAP[transport]
 
 
 def test_sidecar_reads_a_live_projected_config_volume(docs: list[Doc]) -> None:
@@ -275,11 +364,24 @@ def test_no_subpath_mounts(docs: list[Doc]) -> None:
                 assert "subPath" not in mount and "subPathExpr" not in mount, (name, mount)
 
 
-def test_sidecar_probes(docs: list[Doc]) -> None:
+def test_sidecar_probes(docs: list[Doc], transport: str) -> None:
+    """Readiness is the check Envoy's ext_authz cluster makes: gRPC health, or GET /healthz on
+    the HTTP ext_authz port (which opens after the gRPC one and reports the same status)."""
     authz = container(docs, "mcp-gateway", "authz")
     _, grpc_port = host_port(option(authz["args"], "--grpc"))
     _, admin_port = host_port(option(authz["args"], "--admin"))
-    assert authz["readinessProbe"]["grpc"] == {"port": grpc_port, "service": AUTHZ_SERVICE}
+    if transport == "grpc":
+        assert authz["readinessProbe"]["grpc"] == {"port": grpc_port, "service": AUTHZ_SERVICE}
+    else:
+        get = authz["readinessProbe"]["httpGet"]
+        _, http_port = host_port(option(authz["args"], "--http-authz"))
+        assert get["path"] == HEALTH_PATH and port_number(authz, get["port"]) == http_port
+        (cluster,) = [
+            c
+            for c in gateway_envoy(docs)["static_resources"]["clusters"]
+            if c["name"] == HTTP_AUTHZ_CLUSTER
+        ]
+        assert [c["http_health_check"]["path"] for c in cluster["health_checks"]] == [HEALTH_PATH]
     for probe in ("startupProbe", "livenessProbe"):
         get = authz[probe]["httpGet"]
         assert get["path"] == "/healthz"
@@ -387,10 +489,12 @@ def test_pods_run_restricted(docs: list[Doc]) -> None:
 
 def test_network_policies_keep_the_check_api_and_the_upstream_private(docs: list[Doc]) -> None:
     authz = container(docs, "mcp-gateway", "authz")
-    _, grpc_port = host_port(option(authz["args"], "--grpc"))
+    check_ports = {host_port(option(authz["args"], "--grpc"))[1]}
+    if "--http-authz" in authz["args"]:
+        check_ports.add(host_port(option(authz["args"], "--http-authz"))[1])
     gateway = one(docs, "NetworkPolicy", "mcp-gateway")
     opened = {p["port"] for rule in gateway["spec"]["ingress"] for p in rule["ports"]}
-    assert grpc_port not in opened
+    assert not check_ports & opened
     assert opened == {10000, 9002}
 
     upstream = one(docs, "NetworkPolicy", "imagegen-from-gateway")
