@@ -1,13 +1,16 @@
 """deploy/istio: structure of the Istio resources, and what Envoy makes of them.
 
 No Istio schema package is a dependency, so the Istio resources are checked here against the
-fields of Istio's API (MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider,
-AuthorizationPolicy, PeerAuthentication, EnvoyFilter), rejecting unknown fields. What reaches
-Envoy is checked with the real Envoy 1.40: the ext_authz filter that istiod builds from the
-provider (as pilot/pkg/security/authz/builder/extauthz.go does) and the EnvoyFilter's ext_proc
-patch both pass `envoy --mode validate`. The provider must match deploy/envoy.yaml's ext_authz.
-(The CRD schemas themselves were checked once with @kubernetes-models/istio: see
-docs/deploy.md and tests/deploy/istio_crd_check.mjs.)
+fields of Istio's API (MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider and
+EnvoyExternalAuthorizationHttpProvider, AuthorizationPolicy, PeerAuthentication,
+EnvoyFilter), rejecting unknown fields. What reaches Envoy is checked with the real Envoy 1.40:
+the ext_authz filters that istiod builds from the providers (as pilot/pkg/security/authz/
+builder/extauthz.go does; tests/deploy/istiod.py for the HTTP one) and the EnvoyFilters'
+patches pass `envoy --mode validate`. The gRPC provider must match deploy/envoy.yaml's
+ext_authz, the HTTP provider (with its optional EnvoyFilter) deploy/envoy-http.yaml's, but
+for what Istio cannot express, listed in `HTTP_CONTRACT_GAPS`. tests/e2e/test_istio_http.py
+runs the HTTP one in front of the real sidecar. (The CRD schemas themselves were checked once
+with @kubernetes-models/istio: see docs/deploy.md and tests/deploy/istio_crd_check.mjs.)
 """
 
 from __future__ import annotations
@@ -21,8 +24,26 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from authz._pb.envoy.type.v3 import http_status_pb2
-from authz.devstack.envoy_config import load_envoy_config
+from authz.devstack.envoy_config import (
+    AUTHZ_CLUSTER,
+    HTTP_AUTHZ_CLUSTER,
+    load_envoy_config,
+    render_envoy_config,
+    repo_envoy_config_path,
+)
+from authz.envoy.http_authz import (
+    CHECK_PREFIX,
+    GRANT_HEADER,
+    JWT_HEADER,
+    PEER_HEADER,
+    SIDECAR_ONLY_PREFIX,
+    WIRE_STATUS,
+    http_request,
+)
+from authz.pipeline.request import HttpRequest
+from tests.unit.calls import seed_authorizer_at, tool_call
 
+from . import istiod
 from .support import (
     ISTIO,
     K8S,
@@ -36,6 +57,7 @@ from .support import (
 )
 
 PROVIDER = "mcp-authz"
+HTTP_PROVIDER = "mcp-authz-http"
 TYPE = "type.googleapis.com/envoy.extensions."
 HCM_TYPE = TYPE + "filters.network.http_connection_manager.v3.HttpConnectionManager"
 HTTP_OPTIONS_TYPE = TYPE + "upstreams.http.v3.HttpProtocolOptions"
@@ -44,6 +66,8 @@ HELM_VALUES = ISTIO / "install" / "istiod-values.yaml"
 SECURITY = ISTIO / "security.yaml"
 AUTHZ = ISTIO / "mcp-authz.yaml"
 EXT_PROC = ISTIO / "optional" / "ext-proc-envoyfilter.yaml"
+HTTP_POLICY = ISTIO / "http" / "imagegen-mcp-authz.yaml"
+HTTP_ENVOY_FILTER = ISTIO / "http" / "optional" / "authz-http-envoyfilter.yaml"
 
 # Fields of Istio's API (istio.io/api), by message.
 GRPC_PROVIDER_FIELDS = {
@@ -53,6 +77,22 @@ GRPC_PROVIDER_FIELDS = {
     "failOpen",
     "statusOnError",
     "includeRequestBodyInCheck",
+}
+HTTP_PROVIDER_FIELDS = {
+    "service",
+    "port",
+    "timeout",
+    "pathPrefix",
+    "failOpen",
+    "clearRouteCache",
+    "statusOnError",
+    "includeHeadersInCheck",
+    "includeRequestHeadersInCheck",
+    "includeAdditionalHeadersInCheck",
+    "includeRequestBodyInCheck",
+    "headersToUpstreamOnAllow",
+    "headersToDownstreamOnDeny",
+    "headersToDownstreamOnAllow",
 }
 REQUEST_BODY_FIELDS = {"maxRequestBytes", "allowPartialMessage", "packAsBytes"}
 AUTHZ_POLICY_FIELDS = {"selector", "targetRef", "targetRefs", "rules", "action", "provider"}
@@ -124,6 +164,13 @@ def mcp_provider(values: dict[str, Any]) -> dict[str, Any]:
     return grpc
 
 
+def mcp_http_provider(values: dict[str, Any]) -> dict[str, Any]:
+    (entry,) = [p for p in providers(values) if p["name"] == HTTP_PROVIDER]
+    assert set(entry) == {"name", "envoyExtAuthzHttp"}
+    http: dict[str, Any] = entry["envoyExtAuthzHttp"]
+    return http
+
+
 @pytest.fixture(scope="module")
 def operator() -> Doc:
     (doc,) = load_docs(OPERATOR)
@@ -135,6 +182,11 @@ def operator() -> Doc:
 @pytest.fixture(scope="module")
 def provider(operator: Doc) -> dict[str, Any]:
     return mcp_provider(operator["spec"])
+
+
+@pytest.fixture(scope="module")
+def http_provider(operator: Doc) -> dict[str, Any]:
+    return mcp_http_provider(operator["spec"])
 
 
 def k8s_docs() -> list[Doc]:
@@ -230,7 +282,9 @@ def test_authorization_policies(provider: dict[str, Any]) -> None:
     assert check_rule["from"] == [
         {"source": {"principals": [f"cluster.local/ns/{namespace}/sa/{account}"]}}
     ]
-    assert check_rule["to"] == [{"operation": {"ports": [str(provider["port"])]}}]
+    # the check ports of both providers, for the MCP workload's proxy only
+    http_port = mcp_http_provider(yaml.safe_load(OPERATOR.read_text())["spec"])["port"]
+    assert check_rule["to"] == [{"operation": {"ports": [str(provider["port"]), str(http_port)]}}]
     # the admin port is open in the mesh for probes and /metrics, never for /approvals in any
     # spelling: the proxy forwards from 127.0.0.6, which the sidecar's loopback-only check
     # cannot tell apart
@@ -467,27 +521,8 @@ def bootstrap(http_filters: list[dict[str, Any]], grpc_cluster: str) -> dict[str
 
 
 def istio_ext_authz(provider: dict[str, Any]) -> dict[str, Any]:
-    """The ext_authz filter istiod generates for an envoyExtAuthzGrpc provider."""
-    cluster = istio_cluster(provider)
-    body = provider["includeRequestBodyInCheck"]
-    return {
-        "name": "envoy.filters.http.ext_authz",
-        "typed_config": {
-            "@type": TYPE + "filters.http.ext_authz.v3.ExtAuthz",
-            "grpc_service": {
-                "envoy_grpc": {"cluster_name": cluster, "authority": cluster.replace("|", "_.")},
-                "timeout": provider["timeout"],
-            },
-            "status_on_error": {"code": int(provider["statusOnError"])},
-            "failure_mode_allow": provider["failOpen"],
-            "transport_api_version": "V3",
-            "with_request_body": {
-                "max_request_bytes": body["maxRequestBytes"],
-                "allow_partial_message": body["allowPartialMessage"],
-                "pack_as_bytes": body["packAsBytes"],
-            },
-        },
-    }
+    """The ext_authz filter istiod generates for the envoyExtAuthzGrpc provider."""
+    return istiod.grpc_ext_authz(PROVIDER, provider)
 
 
 def validate(config: dict[str, Any], tmp_path: Path) -> tuple[int, str]:
@@ -516,3 +551,325 @@ def test_envoy_validate_rejects_a_misspelt_ext_proc_field(
     ext_proc["typed_config"]["processing_mode"]["response_body_mod"] = "STREAMED"
     code, _ = validate(bootstrap([ext_proc], istio_cluster(provider)), tmp_path)
     assert code != 0
+
+
+# -- ext_authz over HTTP (provider `mcp-authz-http`) ------------------------------------------
+
+HTTP_CONTRACT_GAPS = {
+    "allowed_headers": "every client header (`.*`) after a header_mutation filter removed the "
+    "client's x-mcp-authz-* and x-mcp-grant; Istio has no such filter and refuses a lone `*`: "
+    "the provider lists the headers the sidecar reads",
+    JWT_HEADER: "Istio's RequestAuthentication stores a verified JWT's claims under `payload`, "
+    "the sidecar reads `jwt_payload`: every JWT would be a 401; claims do not reach the sidecar "
+    "(as with the gRPC provider)",
+    "clear_route_cache": "for deploy/envoy-http.yaml's `hides` route; Istio's routes are its own",
+    "dynamic_metadata_from_headers": "no provider field: http/optional/authz-http-envoyfilter.yaml",
+    "local_reply_config": "no provider field: http/optional/authz-http-envoyfilter.yaml "
+    "(the 299/298 mappers; the others map Envoy's own errors, as under the gRPC provider)",
+}
+"""What deploy/envoy-http.yaml's ext_authz does that the `envoyExtAuthzHttp` provider cannot say,
+and why (docs/deploy.md, "Istio", says the same)."""
+
+
+def standalone_http_ext_authz() -> dict[str, Any]:
+    return envoy_ext_authz(load_envoy_config(repo_envoy_config_path("http")))
+
+
+def exact_names(matcher: dict[str, Any]) -> list[str]:
+    """The header names of a ListStringMatcher made only of exact patterns."""
+    assert all(set(p) <= {"exact", "ignore_case"} for p in matcher["patterns"]), matcher
+    return [p["exact"] for p in matcher["patterns"]]
+
+
+def http_envoy_filter() -> Doc:
+    (doc,) = load_docs(HTTP_ENVOY_FILTER)
+    return doc
+
+
+def envoy_filter_patch(doc: Doc, apply_to: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        p for p in doc["spec"]["configPatches"] if p["applyTo"] == apply_to
+    ]
+    (patch,) = found
+    return patch
+
+
+def test_both_providers_are_registered(operator: Doc) -> None:
+    names = [p["name"] for p in providers(operator["spec"])]
+    assert names == [PROVIDER, HTTP_PROVIDER]
+
+
+def test_http_provider_fields(http_provider: dict[str, Any]) -> None:
+    unknown(http_provider, HTTP_PROVIDER_FIELDS, "envoyExtAuthzHttp")
+    assert {"service", "port"} <= set(http_provider), "service and port are required"
+    assert "includeHeadersInCheck" not in http_provider, "deprecated: includeRequestHeaders..."
+    body = http_provider["includeRequestBodyInCheck"]
+    unknown(body, REQUEST_BODY_FIELDS, "includeRequestBodyInCheck")
+    assert isinstance(http_provider["statusOnError"], str), 'statusOnError is a string: "503"'
+    assert http_provider["pathPrefix"].startswith("/"), "istiod requires a leading /"
+    for field in (
+        "includeRequestHeadersInCheck",
+        "headersToUpstreamOnAllow",
+        "headersToDownstreamOnDeny",
+        "headersToDownstreamOnAllow",
+    ):
+        # istiod refuses the provider (and denies every request) on a lone "*"
+        assert "*" not in http_provider[field], field
+    assert all(
+        isinstance(v, str) for v in http_provider["includeAdditionalHeadersInCheck"].values()
+    )
+
+
+def test_http_provider_matches_the_envoy_http_yaml_ext_authz(
+    http_provider: dict[str, Any],
+) -> None:
+    """The filter istiod builds from the provider has deploy/envoy-http.yaml's limits, statuses,
+    check path and answer routing; the differences are exactly HTTP_CONTRACT_GAPS."""
+    standalone = standalone_http_ext_authz()
+    built = istiod.http_ext_authz(HTTP_PROVIDER, http_provider)["typed_config"]
+    ours, theirs = built["http_service"], standalone["http_service"]
+    assert ours["server_uri"]["timeout"] == theirs["server_uri"]["timeout"]
+    assert ours["path_prefix"] == theirs["path_prefix"] == CHECK_PREFIX
+    assert built["failure_mode_allow"] is standalone["failure_mode_allow"] is False
+    status = http_status_pb2.StatusCode.Value(standalone["status_on_error"]["code"])
+    assert built["status_on_error"] == {"code": status} and status == 503
+    assert built["with_request_body"] == standalone["with_request_body"]
+    answers = theirs["authorization_response"]
+    for key in (
+        "allowed_upstream_headers",
+        "allowed_client_headers",
+        "allowed_client_headers_on_success",
+    ):
+        assert exact_names(ours["authorization_response"][key]) == exact_names(answers[key]), key
+    added = {h["key"]: h["value"] for h in ours["authorization_request"]["headers_to_add"]}
+    standalone_added = {
+        h["key"]: h["value"] for h in theirs["authorization_request"]["headers_to_add"]
+    }
+    assert added == {k: v for k, v in standalone_added.items() if k != JWT_HEADER}
+    assert set(standalone_added) - set(added) == {JWT_HEADER} <= set(HTTP_CONTRACT_GAPS)
+
+    rest = set(standalone) - set(built) - {"grpc_service", "http_service"}
+    assert rest <= set(HTTP_CONTRACT_GAPS), rest
+    assert set(answers) - set(ours["authorization_response"]) <= set(HTTP_CONTRACT_GAPS)
+
+
+def test_http_envoy_filter_completes_the_contract(http_provider: dict[str, Any]) -> None:
+    """Merged into the filter istiod builds, the EnvoyFilter's ext_authz patch gives it
+    deploy/envoy-http.yaml's whole answer routing, and its connection-manager patch carries
+    deploy/envoy-http.yaml's two mappers that turn the sidecar's wire statuses back."""
+    doc = http_envoy_filter()
+    built = istiod.http_ext_authz(HTTP_PROVIDER, http_provider)
+    merged = istiod.merge(built, envoy_filter_patch(doc, "HTTP_FILTER")["patch"]["value"])
+    answers = merged["typed_config"]["http_service"]["authorization_response"]
+    standalone = standalone_http_ext_authz()["http_service"]["authorization_response"]
+    assert {k: exact_names(v) for k, v in answers.items()} == {
+        k: exact_names(v) for k, v in standalone.items()
+    }
+
+    listener = load_envoy_config(repo_envoy_config_path("http"))["static_resources"]["listeners"][0]
+    standalone_mappers = listener["filter_chains"][0]["filters"][0]["typed_config"][
+        "local_reply_config"
+    ]["mappers"]
+    hcm = envoy_filter_patch(doc, "NETWORK_FILTER")["patch"]["value"]["typed_config"]
+    assert hcm["@type"] == istiod.HCM_TYPE
+    assert hcm == {
+        "@type": istiod.HCM_TYPE,
+        "local_reply_config": {"mappers": standalone_mappers[:2]},
+    }
+    wire = {
+        m["filter"]["and_filter"]["filters"][0]["status_code_filter"]["comparison"]["value"][
+            "default_value"
+        ]: m["status_code"]
+        for m in hcm["local_reply_config"]["mappers"]
+    }
+    assert wire == {wire_status: status for status, wire_status in WIRE_STATUS.items()}
+
+
+def test_http_envoy_filter_structure() -> None:
+    doc = http_envoy_filter()
+    assert doc["apiVersion"] == "networking.istio.io/v1alpha3" and doc["kind"] == "EnvoyFilter"
+    assert "EnvoyFilter" in doc["metadata"]["annotations"]["mcp-authz/status"]
+    text = HTTP_ENVOY_FILTER.read_text()
+    assert "ENVOYFILTER" in text and "NOT APPLIED BY DEFAULT" in text
+    assert "ONLY WITH THE HTTP PROVIDER" in text
+    assert doc["metadata"]["name"] != ext_proc_filter()["metadata"]["name"], "both may apply"
+    spec = doc["spec"]
+    unknown(spec, ENVOY_FILTER_FIELDS, "EnvoyFilter")
+    assert spec["workloadSelector"] == ext_proc_filter()["spec"]["workloadSelector"]
+    port = ext_proc_filter()["spec"]["configPatches"][0]["match"]["listener"]["portNumber"]
+    for patch in spec["configPatches"]:
+        unknown(patch, PATCH_FIELDS, "configPatch")
+        assert patch["applyTo"] in APPLY_TO and patch["patch"]["operation"] in OPERATIONS
+        match = patch["match"]
+        unknown(match, MATCH_FIELDS, "match")
+        assert match["context"] == "SIDECAR_INBOUND" and match["listener"]["portNumber"] == port
+        unknown(match["listener"], LISTENER_MATCH_FIELDS, "match.listener")
+        unknown(match["listener"]["filterChain"], FILTER_CHAIN_FIELDS, "match.listener.filterChain")
+        assert patch["patch"]["operation"] == "MERGE"
+    ext_authz = envoy_filter_patch(doc, "HTTP_FILTER")["match"]["listener"]["filterChain"]
+    assert ext_authz["filter"]["subFilter"] == {"name": istiod.EXT_AUTHZ}
+
+
+def test_http_policy_is_security_yaml_but_for_the_provider() -> None:
+    (http_policy,) = load_docs(HTTP_POLICY)
+    grpc_policy = one(load_docs(SECURITY), "AuthorizationPolicy", "imagegen-mcp-authz")
+    assert http_policy["spec"]["provider"] == {"name": HTTP_PROVIDER}
+    expected = copy.deepcopy(grpc_policy)
+    expected["spec"]["provider"] = {"name": HTTP_PROVIDER}
+    assert http_policy == expected, "same name and selector: it replaces the gRPC policy"
+
+
+def test_plain_apply_of_the_http_folder_is_the_policy_only() -> None:
+    """`kubectl apply -f deploy/istio/http/` (not recursive) applies the policy, never the
+    EnvoyFilter under optional/."""
+    kinds = [doc["kind"] for path in (ISTIO / "http").glob("*.yaml") for doc in load_docs(path)]
+    assert kinds == ["AuthorizationPolicy"]
+    assert HTTP_ENVOY_FILTER.parent != ISTIO / "http"
+
+
+def test_http_provider_points_at_the_sidecar_service(http_provider: dict[str, Any]) -> None:
+    docs = load_docs(AUTHZ)
+    name, namespace, *rest = http_provider["service"].split(".")
+    assert rest == ["svc", "cluster", "local"]
+    service = one(docs, "Service", name)
+    assert service["metadata"]["namespace"] == namespace
+    (http_port,) = [p for p in service["spec"]["ports"] if p["port"] == http_provider["port"]]
+    assert http_port["appProtocol"] == "http", "the sidecar's HTTP ext_authz speaks HTTP/1.1"
+    spec = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    (authz,) = spec["containers"]
+    (container_port,) = [p for p in authz["ports"] if p["name"] == http_port["targetPort"]]
+    listen_host, listen_port = host_port(option(authz["args"], "--http-authz"))
+    assert container_port["containerPort"] == listen_port and listen_host == "0.0.0.0"
+    # the same sidecar serves the gRPC provider: one Deployment for both transports
+    _, grpc_port = host_port(option(authz["args"], "--grpc"))
+    provider = mcp_provider(yaml.safe_load(OPERATOR.read_text())["spec"])
+    assert {p["port"] for p in service["spec"]["ports"]} >= {provider["port"], listen_port}
+    assert grpc_port == provider["port"]
+
+
+class _Reads(dict[str, str]):
+    """Request headers that remember which names were looked up."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__(headers)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def _istio_matches(pattern: str, name: str) -> bool:
+    """An Istio header pattern (exact, `prefix*`, `*suffix`), matched ignoring case."""
+    pattern, name = pattern.lower(), name.lower()
+    if pattern.startswith("*"):
+        return name.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+async def test_http_provider_sends_every_header_the_sidecar_reads(
+    http_provider: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every request header the HTTP edge and the pipeline look at, over a spread of requests
+    (allowed and denied calls, mirrored headers, a session, bodyless methods, a truncated
+    body, no credential), is in `includeRequestHeadersInCheck`; the identity headers Envoy
+    adds and the grant header are not, so a client cannot send them."""
+    allowed = http_provider["includeRequestHeadersInCheck"]
+    authorizer = seed_authorizer_at(tmp_path)
+    json_headers = {"content-type": "application/json", "authorization": "Bearer tok"}
+    requests = [
+        ("POST", json_headers, tool_call()),
+        ("POST", json_headers, tool_call("image.generate.openai")),
+        ("POST", {**json_headers, "mcp-method": "tools/call", "mcp-name": "x"}, tool_call()),
+        ("POST", {**json_headers, "mcp-session-id": "s-1", "x-request-id": "r-1"}, tool_call()),
+        ("POST", {**json_headers, "x-envoy-auth-partial-body": "true"}, tool_call()[:20]),
+        ("POST", {**json_headers, "content-encoding": "gzip"}, b"\x1f\x8b"),
+        ("POST", {**json_headers, "x-http-method-override": "GET"}, tool_call()),
+        ("POST", {"content-type": "application/json"}, tool_call()),
+        ("GET", {"authorization": "Bearer tok", "accept": "text/event-stream"}, b""),
+        ("DELETE", {"authorization": "Bearer tok", "mcp-session-id": "s-1"}, b""),
+    ]
+    read: set[str] = set()
+    for method, headers, body in requests:
+        recorded = _Reads(headers)
+        http = http_request(method, CHECK_PREFIX + "/mcp", recorded, body)
+        assert isinstance(http, HttpRequest) and http.headers is recorded
+        await authorizer.check(http)
+        read |= recorded.read
+    assert {"authorization", "content-type", "mcp-session-id", "mcp-method"} <= read
+    missing = sorted(name for name in read if not any(_istio_matches(p, name) for p in allowed))
+    assert missing == [], f"the sidecar reads headers Istio would not send: {missing}"
+    for forged in (PEER_HEADER, JWT_HEADER, GRANT_HEADER, SIDECAR_ONLY_PREFIX + "decision"):
+        assert not any(_istio_matches(p, forged) for p in allowed), forged
+    assert set(http_provider["includeAdditionalHeadersInCheck"]) == {PEER_HEADER}
+
+
+# -- the HTTP provider in the real Envoy ------------------------------------------------------
+
+
+def istio_http_config(
+    provider: dict[str, Any], http_provider: dict[str, Any], envoy_filters: list[Doc]
+) -> dict[str, Any]:
+    """The gateway layout's addresses, with the MCP listener as Istio builds it for the HTTP
+    provider and `envoy_filters` (tests/deploy/istiod.py)."""
+    cfg = render_envoy_config(
+        listen_host="127.0.0.1",
+        listen_port=15006,
+        admin_port=15000,
+        authz_host="127.0.0.1",
+        authz_port=provider["port"],
+        upstream_host="127.0.0.1",
+        upstream_port=8000,
+        transport="http",
+        authz_http_port=http_provider["port"],
+    )
+    (policy,) = load_docs(HTTP_POLICY)
+    istiod.inbound_listener(
+        cfg,
+        istiod.custom_filters(HTTP_PROVIDER, http_provider, policy),
+        envoy_filters=envoy_filters,
+        service=http_provider["service"],
+        ports={AUTHZ_CLUSTER: provider["port"], HTTP_AUTHZ_CLUSTER: http_provider["port"]},
+        inbound_port=8000,
+    )
+    return cfg
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("with_filters", [False, True], ids=["provider", "envoyfilters"])
+def test_istio_http_ext_authz_passes_envoy_validate(
+    provider: dict[str, Any], http_provider: dict[str, Any], tmp_path: Path, with_filters: bool
+) -> None:
+    """The HTTP provider's filter alone, and with both optional EnvoyFilters (this transport's
+    and the ext_proc one) patched in, are configurations Envoy 1.40 accepts."""
+    filters = [http_envoy_filter(), ext_proc_filter()] if with_filters else []
+    code, stderr = validate(istio_http_config(provider, http_provider, filters), tmp_path)
+    assert code == 0, stderr
+
+
+@pytest.mark.processes
+def test_http_envoy_filter_leaves_the_grpc_provider_without_a_server(
+    provider: dict[str, Any], tmp_path: Path
+) -> None:
+    """Why the HTTP EnvoyFilter must not be applied with the gRPC provider: merged into that
+    provider's filter, its ext_authz patch replaces grpc_service (one oneof) with an
+    http_service that names no server. Envoy accepts the result, so nothing warns: every
+    check then fails, closed (tests/e2e/test_istio_http.py sees the 503s)."""
+    patch = envoy_filter_patch(http_envoy_filter(), "HTTP_FILTER")["patch"]["value"]
+    broken = istiod.merge(istio_ext_authz(provider), patch)["typed_config"]
+    assert "grpc_service" not in broken and "server_uri" not in broken["http_service"]
+    code, stderr = validate(
+        bootstrap([{"name": istiod.EXT_AUTHZ, "typed_config": broken}], istio_cluster(provider)),
+        tmp_path,
+    )
+    assert code == 0, stderr
