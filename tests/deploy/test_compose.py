@@ -354,3 +354,15 @@ def test_http_override_changes_only_the_transport() -> None:
     grpc_expose = [str(p) for p in grpc["services"]["authz"]["expose"]]
     _, http_port = host_port(option(http_args, "--http-authz"))
     assert [str(p) for p in http["services"]["authz"]["expose"]] == [*grpc_expose, str(http_port)]
+
+
+def test_http_override_command_line_is_documented() -> None:
+    """The command in the override's header (and in docs/deploy.md and the README) names both
+    files, base first: an override alone is not a layout."""
+    command_line = (
+        "docker compose -p mcp-authz -f deploy/docker-compose.yaml "
+        "-f deploy/docker-compose.http.yaml up --build"
+    )
+    assert command_line in HTTP_OVERRIDE.read_text()
+    assert command_line in (REPO / "docs" / "deploy.md").read_text()
+    assert command_line in (REPO / "README.md").read_text()
