@@ -9,8 +9,9 @@ asyncio `Protocol` on a C HTTP parser (`httptools`), with no framework in betwee
 The contract with `deploy/envoy-http.yaml` (filter `envoy.filters.http.ext_authz`):
 
 - the check request's path is `CHECK_PREFIX` + the client's path (`path_prefix`); every
-  client header is sent (`allowed_headers`), none named `x-mcp-authz-*` or `x-mcp-grant`
-  (a `header_mutation` filter ahead of ext_authz removes those from every client request),
+  client header is sent (`allowed_headers`), none named `x-mcp-authz-*`, `x-mcp-grant` or
+  `x-envoy-auth-partial-body` (a `header_mutation` filter ahead of ext_authz removes those
+  from every client request; Envoy sets the partial-body marker of the check itself),
   plus what Envoy itself established (`authorization_request.headers_to_add`): the peer
   certificate's URI SAN (`PEER_HEADER`, `%DOWNSTREAM_PEER_URI_SAN%`: the gRPC
   `source.principal`) and the claims of a JWT that jwt_authn verified (`JWT_HEADER`,
@@ -96,7 +97,7 @@ FAIL_OPEN_HEADER = "x-mcp-authz-fail-open"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 SIDECAR_ONLY_PREFIX = "x-mcp-authz-"
 """Headers only the sidecar or Envoy set: removed from every client request before the check
-(Envoy's `header_mutation` filter), with `x-mcp-grant`."""
+(Envoy's `header_mutation` filter), with `x-mcp-grant` and `x-envoy-auth-partial-body`."""
 PEER_HEADER = "x-mcp-authz-peer-uri-san"
 """`%DOWNSTREAM_PEER_URI_SAN%`: the URI SANs of the client certificate Envoy validated, joined
 by commas. The whole value is the peer's identity (gRPC: `source.principal`, the first SAN);
@@ -148,7 +149,8 @@ def http_request(
     `headers` (lower-case names, repeated ones joined by commas) loses the identity headers
     Envoy added, which become `source_principal` and `jwt_metadata`; a JWT header that does
     not hold a JSON object is passed on as an empty namespace, which the pipeline refuses
-    (401: the proxy is misconfigured).
+    (401: the proxy is misconfigured). The body is partial unless Envoy's marker is absent
+    or exactly `false`: a marker repeated or unreadable fails closed.
     """
     if not path.startswith(CHECK_PREFIX):
         return None
@@ -166,7 +168,7 @@ def http_request(
         path=path[len(CHECK_PREFIX) :],
         headers=headers,
         body=body,
-        partial_body=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
+        partial_body=headers.get(PARTIAL_BODY_HEADER, "false").strip().lower() != "false",
         request_id=headers.get("x-request-id") or None,
         source_principal=peer or None,
         jwt_metadata=jwt_metadata,
@@ -452,6 +454,8 @@ class HttpAuthzProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._in_message = False
         self._cancel_deadline()
+        if self._parser.should_upgrade():  # not a check Envoy sends: refused, never decided
+            raise _Refused(400, "protocol upgrades are not accepted")
         if len(self._queue) >= _MAX_QUEUED:
             raise _Refused(400, "too many pipelined check requests")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
