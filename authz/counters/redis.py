@@ -102,6 +102,12 @@ _KEYS_KEPT: Final = 4096
 _FMT = "local function fmt(x) return string.format('%.0f', x) end\n"
 
 _RESERVE_FN = """
+-- numbers(text): the comma-separated numbers of `text` (one argument instead of many).
+local function numbers(text)
+  local out = {}
+  for n in string.gmatch(text, '[^,]+') do out[#out + 1] = tonumber(n) end
+  return out
+end
 -- reserve(keys, argv): keys[1] the reservation record, keys[1 + i] distinct bucket i
 -- (i = 1..n); argv: margin ms, n, then (window seconds, cost) per bucket, then m, then
 -- (bucket index, max) per claim in claim order.
@@ -157,9 +163,9 @@ RESERVE_LUA: Final = (
     _FMT
     + _RESERVE_FN
     + """
--- KEYS and ARGV: as reserve's keys and argv.
+-- KEYS: reserve's keys; ARGV[1]: reserve's argv, comma-separated.
 if redis.replicate_commands then redis.replicate_commands() end
-return reserve(KEYS, ARGV)
+return reserve(KEYS, numbers(ARGV[1]))
 """
 )
 
@@ -168,12 +174,12 @@ HOLD_RESERVE_LUA: Final = (
     + _RESERVE_FN
     + """
 -- KEYS[1]: the key to hold; KEYS[2..]: reserve's keys. ARGV[1]: the value to hold it with,
--- ARGV[2]: its TTL in ms; ARGV[3..]: reserve's argv.
+-- ARGV[2]: its TTL in ms; ARGV[3]: reserve's argv, comma-separated.
 -- Reply: {2} when KEYS[1] exists (nothing is taken), else reserve's reply; KEYS[1] is set
 -- only when the reservation is made.
 if redis.replicate_commands then redis.replicate_commands() end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
-local reply = reserve({unpack(KEYS, 2)}, {unpack(ARGV, 3)})
+local reply = reserve({unpack(KEYS, 2)}, numbers(ARGV[3]))
 if reply[1] == 1 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return reply
 """
@@ -348,7 +354,7 @@ class _ReserveCall:
         self.costs = costs
         self.token = token
         self.keys = [store.reservation_key(token), *(store.bucket_key(b) for b in buckets)]
-        self.args = args
+        self.args = [",".join(map(str, args))]  # one argument: cheaper to send than many
         self.describe = store.describe
 
     def outcome(self, reply: object) -> Reservation | Exhausted:
