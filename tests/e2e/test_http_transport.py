@@ -588,6 +588,24 @@ def test_upper_case_names_over_h2_are_refused_before_the_check(echo: Echo) -> No
     assert len(audit_events(echo.stack)) == decisions
 
 
+def test_methods_the_endpoint_does_not_serve_are_denied_before_the_upstream(echo: Echo) -> None:
+    """HEAD (whose check request is a HEAD too: its answer has no body) and OPTIONS."""
+    before = echo.upstream.counts()
+    for method, status in (("HEAD", 405), ("OPTIONS", 405), ("PUT", 405)):
+        conn = http.client.HTTPConnection(LOOPBACK, echo.stack.ports.envoy, timeout=15)
+        try:
+            conn.request(method, "/mcp", headers={"authorization": f"Bearer {token('viewer')}"})
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == status, (method, response.status, body)
+            assert response.getheader("allow") == "GET, POST, DELETE"
+            assert response.getheader(DECISION_HEADER) is not None
+            assert (body == b"") is (method == "HEAD")
+        finally:
+            conn.close()
+    assert echo.upstream.counts() == before
+
+
 # -- the local-reply mappers ------------------------------------------------------------------
 
 
