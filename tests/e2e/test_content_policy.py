@@ -373,6 +373,25 @@ async def test_the_seed_policy_denies_every_content_method(stack: ContentStack) 
     ]
 
 
+async def test_the_seed_policy_denies_content_in_the_stateless_era(stack: ContentStack) -> None:
+    """The same denials reach a 2026-07-28 client (no session, `Mcp-Name` headers)."""
+    before = len(served(stack))
+    async with mcp_client(stack, token_for("seed"), mode="2026-07-28") as client:
+        with pytest.raises(MCPError) as read_denied:
+            await read(client, "file:///data/public.txt")
+        with pytest.raises(MCPError) as get_denied:
+            await prompt_text(client, "summarize", {"topic": "cats"})
+        with pytest.raises(MCPError) as complete_denied:
+            await complete_prompt(client, "summarize", "topic", "c")
+        result = await client.call_tool("echo", {"text": "stateless"})
+        assert not result.is_error, text_of(result)
+    for err in (read_denied.value, get_denied.value, complete_denied.value):
+        assert_denied(err, DEFAULT_DENY)
+    assert served(stack)[before:] == [
+        {"kind": "tool", "name": "echo", "args": {"text": "stateless"}}
+    ]
+
+
 async def test_the_seed_policy_keeps_the_listings_working(stack: ContentStack) -> None:
     """initialize, ping and the four listings answer; content the grant can never use is not
     listed (under `default: deny` without entries, that is all of it); tools are untouched."""
@@ -918,6 +937,9 @@ async def test_an_approval_holds_a_prompt_until_a_person_approves(stack: Content
 
     approve(stack, first)
     async with mcp_client(stack, token_for("approvals")) as client:
+        with pytest.raises(MCPError) as caught:  # the approval is bound to the exact request
+            await prompt_text(client, "announce", {**args, "note": "launch!"})
+        assert held_id(caught.value, rule) != first
         assert await prompt_text(client, "announce", args) == "Announce to everyone. launch"
         with pytest.raises(MCPError) as caught:
             await prompt_text(client, "announce", args)  # used once: held again
