@@ -1,6 +1,6 @@
 """The decision: one MCP request, one grant, one policy → `Decision` (pure, sync, no I/O).
 
-`decide` never touches counters: an allowed tool call carries `claims`, which the caller
+`decide` never touches counters: an allowed request carries `claims`, which the caller
 reserves in a `CounterStore` and passes to `settle` for the final decision.
 
 Order for `tools/call` (as in Intercept): hide → default → for the tool's own entry, then
@@ -9,18 +9,35 @@ An allowed call that matches an `approve_if` rule (own entry first, then "*"; th
 that holds) carries an `ApprovalRequirement`: the caller looks up the approval bound to the
 exact call and passes it to `judge_approval`.
 
-Rule pointers (RFC 6901, `~` → `~0`, `/` → `~1` in tool and counter names):
+Content requests (`CONTENT_METHODS`: `resources/read`, `resources/subscribe`,
+`prompts/get`, `completion/complete`) go the same way through the `resources` or `prompts`
+section: hide → the `methods` section when the document has one, else `default` → the
+entries that apply (a prompt's own entry, then "*"; every `resources` pattern that matches
+the URI, in the document's order, then "*"), each with its own condition values (`args.uri`
+and the template's variables; a prompt's arguments) → require → deny_if → limits (no
+`all_tools` limits) → approve_if. Under `default: deny` without a `methods` section a
+request no entry matches is denied `(default deny)`; a URI the server could read otherwise
+than a pattern does (`authz.policy.uris`) is denied with the pattern's pointer. A
+`completion/complete` is admitted when a request for its reference would not be denied by
+hide, default or an entry that always denies; it takes no quota and is never held. Every
+other method follows the `methods` section (all allowed when it is absent).
+
+Rule pointers (RFC 6901, `~` → `~0`, `/` → `~1` in tool and counter names and patterns):
 `/tools/<tool>/require/<i>`, `/tools/<tool>/deny_if/<i>`, `/tools/<tool>/rules/<i>`,
 `/tools/<tool>/limits/<counter>`, `/tools/<tool>/approve_if/<i>`,
 `/tools/<tool>/require_approval`, `/all_tools/limits/<counter>` (and `.../cost` when a
-limit's cost argument is unusable), and the fixed `(no policy)`, `(hidden)`,
-`(default deny)` (`FixedRule`). Messages carry no argument values from the
-request (policy values are fine) and no "[POLICY DENIED]" prefix: the edge adds it.
+limit's cost argument is unusable), the same under `/resources/<pattern>/...` and
+`/prompts/<name>/...` (and `/resources/<pattern>` for a URI read two ways), and the fixed
+`(no policy)`, `(hidden)`, `(default deny)` (`FixedRule`). Messages carry no argument
+values from the request (policy values are fine), name a URI or a prompt only quoted and
+cut to 200 characters (`shown`), and have no "[POLICY DENIED]" prefix: the edge adds it.
 
 The listing rules are the same rules read the other way round (`listing_filter`): which
 tools a grant's `tools/list` loses, because the policy hides them or, with `hide_denied`,
-because `decide` denies every call of them whatever the arguments (`never_callable`). The
-response phase only applies them to the server's answers.
+because `decide` denies every call of them whatever the arguments (`never_callable`); and
+which resources, templates and prompts its listings lose: the hidden ones and those it can
+never read or get (`never_allowed`). The response phase only applies them to the server's
+answers.
 """
 
 from __future__ import annotations
@@ -29,7 +46,8 @@ import dataclasses
 import datetime
 import functools
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from authz.model import (
     Approval,
@@ -43,26 +61,41 @@ from authz.model import (
     FixedRule,
     Grant,
     Hides,
+    ListingFilter,
     McpRequest,
     Outcome,
     Reservation,
 )
 from authz.policy import Policy, conditions
 from authz.policy.conditions import Truth, non_negative_int
-from authz.policy.document import WILDCARD, ToolPolicy
+from authz.policy.document import WILDCARD, EntryPolicy, ToolPolicy
 from authz.policy.limits import WINDOW_SECONDS, Limit, LimitCost
 from authz.policy.rules import GLOBAL_STATE_SCOPE, STATE_PREFIX, ActionRule, Rule
+from authz.policy.uris import is_template
 
 __all__ = [
+    "SHOWN_MAX",
     "decide",
     "decide_stream",
-    "hides_tools",
+    "filters_listings",
     "judge_approval",
     "listing_filter",
+    "never_allowed",
     "never_callable",
     "pointer",
     "settle",
+    "shown",
 ]
+
+SHOWN_MAX: Final = 200
+"""Characters of a URI or prompt name a message shows at most (`shown`)."""
+
+_COMPLETE: Final = "completion/complete"
+_READ: Final = {"resources": "resources/read", "prompts": "prompts/get"}
+"""The method whose admission a section's listings follow."""
+
+_Entry = tuple[str, EntryPolicy, Mapping[str, Any]]
+"""(key, entry, the values its conditions read) of an entry that applies to a request."""
 
 
 @functools.lru_cache(maxsize=4096, typed=True)
@@ -72,6 +105,19 @@ def pointer(*parts: str | int) -> str:
     Remembered: every allowed call names the same few rules (its limits), and escaping each
     part costs more than the lookup."""
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def shown(text: str) -> str:
+    """A URI or a prompt name for a message: quoted as Python does (control and other
+    unprintable characters escaped), at most `SHOWN_MAX` characters of it."""
+    if len(text) <= SHOWN_MAX:
+        return repr(text)
+    return f"{text[:SHOWN_MAX]!r}… ({len(text)} characters)"
+
+
+def _plain(text: str) -> bool:
+    """Whether `text` can be shown as it is: short, and every character printable."""
+    return len(text) <= SHOWN_MAX and text.isprintable()
 
 
 def _no_policy(grant: Grant) -> Decision:
@@ -104,15 +150,10 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
     """
     if policy is None:
         return _no_policy(grant)
+    if request.is_content:
+        return _decide_content(policy, grant, request)
     if not request.is_tool_call:
-        allowed, method_rule = policy.document.methods.permits(request.method)
-        if allowed:
-            return Decision.allow()
-        return Decision.deny(
-            DenyKind.POLICY,
-            f"method {request.method!r} is not permitted by policy",
-            rule=method_rule,
-        )
+        return _method_decision(policy, request.method)
     tool = request.tool
     if not tool:
         return Decision.deny(DenyKind.BAD_REQUEST, "tools/call without a tool name")
@@ -127,21 +168,23 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             rule=FixedRule.DEFAULT_DENY,
         )
 
-    entries = _entries(policy, tool)
     args = request.arguments
+    entries: list[_Entry] = [(key, entry, args) for key, entry in _entries(policy, tool)]
     strict = policy.strict_types
-    for key, entry in entries:
-        denial = _check_entry(tool, key, entry, args, strict)
+    subject = f"tool {tool!r}"
+    for key, entry, _ in entries:
+        denial = _check_entry(subject, ("tools", key), entry, args, strict)
         if denial is not None:
             return denial
 
     claims: list[Claim] = []
-    for key, entry in entries:
+    for key, entry, _ in entries:
         for limit in entry.limits:
-            claim = _limit_claim(tool, limit, ("tools", key, "limits"), grant, request)
+            claim = _limit_claim(subject, limit, ("tools", key, "limits"), grant, request, args)
             if isinstance(claim, Decision):
                 return claim
             claims.append(claim)
+        assert isinstance(entry, ToolPolicy)
         for i, rule in enumerate(entry.rules):
             claim_or_denial = _rule_claim(tool, key, i, rule, args, grant.policy)
             if isinstance(claim_or_denial, Decision):
@@ -149,15 +192,193 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             if claim_or_denial is not None:
                 claims.append(claim_or_denial)
     for limit in policy.all_tools_limits:
-        claim = _limit_claim(tool, limit, ("all_tools", "limits"), grant, request)
+        claim = _limit_claim(subject, limit, ("all_tools", "limits"), grant, request, args)
         if isinstance(claim, Decision):
             return claim
         claims.append(claim)
     return Decision(
         Outcome.ALLOW,
         claims=tuple(claims),
-        approval=_approval_requirement(entries, args, strict),
+        approval=_approval_requirement("tools", entries, strict),
     )
+
+
+def _method_decision(policy: Policy, method: str) -> Decision:
+    """A method the `methods` section decides (all allowed when the policy has none)."""
+    allowed, method_rule = policy.document.methods.permits(method)
+    if allowed:
+        return Decision.allow()
+    return Decision.deny(
+        DenyKind.POLICY,
+        f"method {method!r} is not permitted by policy",
+        rule=method_rule,
+    )
+
+
+# -- resources and prompts -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Content:
+    """What a content request reads or runs: a resource (by URI) or a prompt (by name)."""
+
+    section: str
+    """`resources` or `prompts`: the section of the policy that judges it."""
+    name: str
+    """The URI (or, for a completion, the URI template) or the prompt's name."""
+    template: bool = False
+    """A completion's URI template: matched as text (`_template_entries`)."""
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `resource 'file:///a'`, `prompt 'draft'`."""
+        noun = "resource" if self.section == "resources" else "prompt"
+        return f"{noun} {shown(self.name)}"
+
+
+def _content(request: McpRequest) -> _Content | None:
+    if request.resource is not None:
+        template = request.method == _COMPLETE and is_template(request.resource)
+        return _Content("resources", request.resource, template)
+    if request.prompt is not None:
+        return _Content("prompts", request.prompt)
+    return None
+
+
+def _decide_content(policy: Policy, grant: Grant, request: McpRequest) -> Decision:
+    """A request that reads or runs server content (see the module docstring)."""
+    content = _content(request)
+    if content is None:
+        return Decision.deny(
+            DenyKind.BAD_REQUEST, f"{request.method} without a resource or a prompt"
+        )
+    if _content_hidden(policy, content):
+        return Decision.deny(
+            DenyKind.POLICY, f"{content.label} is hidden by policy", rule=FixedRule.HIDDEN
+        )
+    if policy.has_methods:
+        admitted = _method_decision(policy, request.method)
+        if not admitted.allowed:
+            return admitted
+    found = _content_entries(policy, content, request.arguments)
+    if isinstance(found, Decision):
+        return found
+    if not found and _content_default_denies(policy):
+        return Decision.deny(
+            DenyKind.POLICY,
+            f"{content.label} is not permitted by policy",
+            rule=FixedRule.DEFAULT_DENY,
+        )
+    if request.method == _COMPLETE:
+        return _always_denial(content, found) or Decision.allow()
+
+    strict = policy.strict_types
+    for key, entry, args in found:
+        denial = _check_entry(content.label, (content.section, key), entry, args, strict)
+        if denial is not None:
+            return denial
+    claims: list[Claim] = []
+    for key, entry, args in found:
+        for limit in entry.limits:
+            where = (content.section, key, "limits")
+            claim = _limit_claim(content.label, limit, where, grant, request, args)
+            if isinstance(claim, Decision):
+                return claim
+            claims.append(claim)
+    approval = _approval_requirement(content.section, found, strict)
+    if approval is not None:
+        name = content.name if _plain(content.name) else shown(content.name)
+        approval = dataclasses.replace(
+            approval, target=f"{request.method} {name}", subject=content.label
+        )
+    return Decision(Outcome.ALLOW, claims=tuple(claims), approval=approval)
+
+
+def _content_default_denies(policy: Policy) -> bool:
+    """Whether content no entry matches is denied: `default: deny` without a `methods`
+    section (with one, the `methods` section admits the method, as before)."""
+    return policy.default == "deny" and not policy.has_methods
+
+
+def _content_hidden(policy: Policy, content: _Content) -> bool:
+    if content.section == "prompts":
+        return policy.prompt_hidden(content.name)
+    return policy.resource_hidden(content.name)
+
+
+def _content_entries(
+    policy: Policy, content: _Content, arguments: Mapping[str, Any]
+) -> list[_Entry] | Decision:
+    """The entries that judge `content`, in order, each with the values its conditions
+    read (a prompt's `arguments`); or the denial of a URI the server could read otherwise
+    than a pattern does."""
+    if content.section == "prompts":
+        return _prompt_entries(policy, content.name, arguments)
+    if content.template:
+        named = _template_entries(policy, content.name, exact=True)
+        assert named is not None  # only a pattern's match can be ambiguous
+        return named
+    entries: list[_Entry] = []
+    uri = content.name
+    for key, pattern in policy.resource_patterns:
+        found = pattern.match(uri)
+        if found.ambiguous:
+            return Decision.deny(
+                DenyKind.POLICY,
+                f"{content.label} is denied: the MCP server could read it otherwise than "
+                f"the pattern {key!r} does (an empty value, or a character the server ends "
+                "a value at); ask for the URI the server lists",
+                rule=pointer("resources", key),
+            )
+        if found.variables is not None:
+            entries.append((key, policy.resource(key), {"uri": uri, **found.variables}))
+    wildcard = policy.resource_wildcard
+    if wildcard is not None:
+        entries.append((WILDCARD, wildcard, {"uri": uri}))
+    return entries
+
+
+def _prompt_entries(policy: Policy, name: str, arguments: Mapping[str, Any]) -> list[_Entry]:
+    """The prompt's own entry, then "*" (which judges every prompt but one named "*")."""
+    entries: list[_Entry] = []
+    own = policy.prompt(name)
+    if own is not None:
+        entries.append((name, own, arguments))
+    wildcard = policy.prompt_wildcard
+    if wildcard is not None and name != WILDCARD:
+        entries.append((WILDCARD, wildcard, arguments))
+    return entries
+
+
+def _template_entries(policy: Policy, text: str, *, exact: bool) -> list[_Entry] | None:
+    """The entries that apply to a URI template, read as text: the keys equal to it (and,
+    unless `exact`, the patterns that match it), then "*"; None when a pattern could read
+    it two ways (never listed)."""
+    entries: list[_Entry] = []
+    for key, pattern in policy.resource_patterns:
+        if key == text:
+            entries.append((key, policy.resource(key), {"uri": text}))
+        elif not exact:
+            found = pattern.match(text)
+            if found.ambiguous:
+                return None
+            if found.matched:
+                entries.append((key, policy.resource(key), {"uri": text}))
+    wildcard = policy.resource_wildcard
+    if wildcard is not None:
+        entries.append((WILDCARD, wildcard, {"uri": text}))
+    return entries
+
+
+def _always_denial(content: _Content, entries: list[_Entry]) -> Decision | None:
+    """The denial of the first entry that denies every request (a `deny_if` rule without
+    conditions), or None."""
+    for key, entry, _ in entries:
+        for i, rule in enumerate(entry.deny_if):
+            if not rule.conditions:
+                message = rule.on_deny or f"{content.label} is denied by policy"
+                return _policy_deny(message, pointer(content.section, key, "deny_if", i))
+    return None
 
 
 def _unlisted_denied(policy: Policy, tool: str) -> bool:
@@ -178,7 +399,7 @@ def _entries(policy: Policy, tool: str) -> list[tuple[str, ToolPolicy]]:
     return entries
 
 
-# -- listings: the same rules, read for tools/list ---------------------------------------
+# -- listings: the same rules, read for the listings ------------------------------------
 
 
 def never_callable(policy: Policy, tool: str) -> bool:
@@ -192,21 +413,97 @@ def never_callable(policy: Policy, tool: str) -> bool:
     return any(_always_denies(entry) for _, entry in _entries(policy, tool))
 
 
-def hides_tools(policy: Policy | None) -> bool:
-    """Whether a grant with `policy` must not see some tools (its answers are all filtered)."""
+def never_allowed(policy: Policy, section: str, name: str, *, template: bool = False) -> bool:
+    """Whether `decide` denies every request for this resource (`section` `resources`, by
+    URI; a URI template with `template`, read as text) or prompt (`prompts`, by name),
+    whatever its arguments: hidden; its method (`resources/read`, `prompts/get`) denied by
+    the `methods` section; a URI the server could read otherwise than a pattern does; under
+    `default: deny` without a `methods` section, no entry applies (a template: no key equal
+    to it or matching it as text, and no "*"); or an entry that applies always denies."""
+    content = _Content(section, name, template)
+    if _content_hidden(policy, content):
+        return True
+    if policy.has_methods and not policy.document.methods.permits(_READ[section])[0]:
+        return True
+    found: list[_Entry] | Decision | None
+    if template:
+        found = _template_entries(policy, name, exact=False)
+    else:
+        found = _content_entries(policy, content, {})
+    if found is None or isinstance(found, Decision):
+        return True
+    if not found and _content_default_denies(policy):
+        return True
+    return any(_always_denies(entry) for _, entry, _ in found)
+
+
+def _tools_hidden(policy: Policy) -> bool:
+    """Whether a grant's `tools/list` loses tools: `hide` names some, or `hide_denied`."""
+    return policy.hides_all or bool(policy.document.hide.tools) or policy.document.hide_denied
+
+
+def _restricts(policy: Policy, section: str) -> bool:
+    """Whether the listings of `section` (`resources`, `prompts`) may lose elements: the
+    policy hides some, denies content by default or in its `methods` section, or has an
+    entry that always denies."""
+    document = policy.document
+    hidden = document.hide.resources if section == "resources" else document.hide.prompts
+    if hidden or _content_default_denies(policy):
+        return True
+    if policy.has_methods and not document.methods.permits(_READ[section])[0]:
+        return True
+    entries = document.resources if section == "resources" else document.prompts
+    return any(_always_denies(entry) for entry in entries.values())
+
+
+def filters_listings(policy: Policy | None) -> bool:
+    """Whether a grant with `policy` must not see some of a listing: then every answer it
+    gets is filtered (`listing_filter`), and its response phase fails closed."""
     if policy is None:
         return False
-    return policy.hides_all or bool(policy.document.hide) or policy.document.hide_denied
+    return _tools_hidden(policy) or _restricts(policy, "resources") or _restricts(policy, "prompts")
 
 
-def listing_filter(policy: Policy) -> Hides | None:
-    """What a grant with `policy` must not see in `tools/list`: the hidden tools and, with
-    `hide_denied`, the tools it can never call; None when that is nothing."""
+def listing_filter(policy: Policy) -> ListingFilter | None:
+    """What a grant with `policy` must not see in its listings; None when that is nothing.
+
+    `tools`: the hidden tools and, with `hide_denied`, the tools it can never call.
+    `resources` (by `uri`), `resourceTemplates` (by `uriTemplate`) and `prompts` (by
+    `name`): the hidden ones and those it can never read or get (`never_allowed`; no flag
+    needed), when the policy restricts that section at all; an element without a string
+    key goes too.
+    """
+    arrays: dict[str, Hides] = {}
+    tools = _tool_hides(policy)
+    if tools is not None:
+        arrays["tools"] = tools
+    if _restricts(policy, "resources"):
+
+        def resource(uri: str | None) -> bool:
+            return uri is None or never_allowed(policy, "resources", uri)
+
+        def template(text: str | None) -> bool:
+            return text is None or never_allowed(policy, "resources", text, template=True)
+
+        arrays["resources"] = resource
+        arrays["resourceTemplates"] = template
+    if _restricts(policy, "prompts"):
+
+        def prompt(name: str | None) -> bool:
+            return name is None or never_allowed(policy, "prompts", name)
+
+        arrays["prompts"] = prompt
+    return ListingFilter(arrays) if arrays else None
+
+
+def _tool_hides(policy: Policy) -> Hides | None:
+    """What `tools/list` loses: the hidden tools and, with `hide_denied`, the tools the
+    grant can never call; None when that is nothing."""
     if policy.hides_all:
         return lambda _name: True
-    if not hides_tools(policy):
+    if not _tools_hidden(policy):
         return None
-    hidden = frozenset(policy.document.hide)
+    hidden = frozenset(policy.document.hide.tools)
     hide_denied = policy.document.hide_denied
 
     def hides(name: str | None) -> bool:
@@ -221,15 +518,16 @@ def listing_filter(policy: Policy) -> Hides | None:
 
 
 def _approval_requirement(
-    entries: list[tuple[str, ToolPolicy]], args: Mapping[str, Any], strict: bool
+    section: str, entries: list[_Entry], strict: bool
 ) -> ApprovalRequirement | None:
-    """The first approval rule that holds, true or unknown (own entry, then "*"), or None."""
-    for key, entry in entries:
+    """The first approval rule that holds, true or unknown (in the entries' order: own
+    entry, then "*"), or None."""
+    for key, entry, args in entries:
         for where, rule in entry.approval_rules:
             found = conditions.check_all(rule.conditions, args, strict=strict)
             if found.truth is not Truth.FALSE:
                 return ApprovalRequirement(
-                    rule=pointer("tools", key, *where),
+                    rule=pointer(section, key, *where),
                     ttl_seconds=rule.ttl_seconds,
                     on_deny=rule.on_deny,
                     name=rule.name,
@@ -238,13 +536,14 @@ def _approval_requirement(
 
 
 def judge_approval(decision: Decision, tool: str, approval: Approval) -> Decision:
-    """The decision for a call that needs approval, given the live approval bound to it.
+    """The decision for a request that needs approval, given the live approval bound to it.
 
-    Pending: the call is held (APPROVAL_REQUIRED, with the approval's id and expiry).
-    Denied: the call is denied (POLICY) with the rule's `on_deny` and the approver's reason.
-    Approved: the call stays allowed (with its claims); the caller reserves quota, then
-    consumes the approval. A decision that is not an allow needing approval is returned
-    unchanged.
+    Pending: the request is held (APPROVAL_REQUIRED, with the approval's id and expiry).
+    Denied: it is denied (POLICY) with the rule's `on_deny` and the approver's reason.
+    Approved: it stays allowed (with its claims); the caller reserves quota, then consumes
+    the approval. A decision that is not an allow needing approval is returned unchanged.
+    `tool` names the tool of a `tools/call`; a resource or prompt request is named by its
+    requirement's `subject`.
     """
     requirement = decision.approval
     if not decision.allowed or requirement is None:
@@ -252,9 +551,13 @@ def judge_approval(decision: Decision, tool: str, approval: Approval) -> Decisio
     ticket = ApprovalTicket(approval.id, approval.status.value, approval.expires_at)
     if approval.status is ApprovalStatus.APPROVED:
         return dataclasses.replace(decision, ticket=ticket)
+    subject = requirement.subject
     if approval.status is ApprovalStatus.DENIED:
         reason = approval.reason or "no reason given"
-        lead = requirement.on_deny or f"a person denied this call of {tool!r}"
+        if subject is None:
+            lead = requirement.on_deny or f"a person denied this call of {tool!r}"
+        else:
+            lead = requirement.on_deny or f"a person denied this request for {subject}"
         return dataclasses.replace(
             Decision.deny(
                 DenyKind.POLICY,
@@ -264,15 +567,22 @@ def judge_approval(decision: Decision, tool: str, approval: Approval) -> Decisio
             ticket=ticket,
         )
     named = f" ({requirement.name})" if requirement.name else ""
-    return dataclasses.replace(
-        Decision.deny(
-            DenyKind.APPROVAL_REQUIRED,
+    expiry = f"Approval id: {approval.id} (expires {_utc(approval.expires_at)})."
+    if subject is None:
+        message = (
             f"calling {tool!r} needs a person's approval{named}; the call was not run. "
-            f"Approval id: {approval.id} (expires {_utc(approval.expires_at)}). Once a "
-            "person approves it, retry the identical call (same tool, same arguments) "
-            "before it expires; it runs once. A changed call needs a new approval",
-            rule=requirement.rule,
-        ),
+            f"{expiry} Once a person approves it, retry the identical call (same tool, same "
+            "arguments) before it expires; it runs once. A changed call needs a new approval"
+        )
+    else:
+        message = (
+            f"{subject} needs a person's approval{named}; the request was not run. {expiry} "
+            "Once a person approves it, send the identical request again (same method, "
+            "same URI or prompt and arguments) before it expires; it runs once. A changed "
+            "request needs a new approval"
+        )
+    return dataclasses.replace(
+        Decision.deny(DenyKind.APPROVAL_REQUIRED, message, rule=requirement.rule),
         ticket=ticket,
     )
 
@@ -304,9 +614,14 @@ def settle(decision: Decision, result: Reservation | Exhausted) -> Decision:
 
 
 def _check_entry(
-    tool: str, key: str, entry: ToolPolicy, args: Mapping[str, Any], strict: bool
+    subject: str,
+    where: tuple[str, str],
+    entry: EntryPolicy,
+    args: Mapping[str, Any],
+    strict: bool,
 ) -> Decision | None:
-    """The first denial of the entry's rules, or None.
+    """The first denial of the entry's rules, or None. `subject` names what is judged in
+    messages (`tool 'x'`, `resource '…'`); `where` is the entry's (section, key).
 
     `require` and `evaluate` rules pass only when true; `deny_if` denies when true or
     unknown. A denial for an unknown condition says which argument has which wrong type.
@@ -314,18 +629,20 @@ def _check_entry(
     for i, rule in enumerate(entry.require):
         found = conditions.check_all(rule.conditions, args, strict=strict)
         if found.truth is not Truth.TRUE:
-            default = f"tool {tool!r} requires {_describe(rule)}"
+            default = f"{subject} requires {_describe(rule)}"
             message = _noted(rule.on_deny or default, found)
-            return _policy_deny(message, pointer("tools", key, "require", i))
+            return _policy_deny(message, pointer(*where, "require", i))
     for i, rule in enumerate(entry.deny_if):
         found = conditions.check_all(rule.conditions, args, strict=strict)
         if found.truth is not Truth.FALSE:
             if rule.conditions:
-                default = f"tool {tool!r} is denied when {_describe(rule)}"
+                default = f"{subject} is denied when {_describe(rule)}"
             else:
-                default = f"tool {tool!r} is denied by policy"
+                default = f"{subject} is denied by policy"
             message = _noted(rule.on_deny or default, found)
-            return _policy_deny(message, pointer("tools", key, "deny_if", i))
+            return _policy_deny(message, pointer(*where, "deny_if", i))
+    if not isinstance(entry, ToolPolicy):
+        return None
     for i, action_rule in enumerate(entry.rules):
         found = (
             conditions.FALSE
@@ -333,18 +650,18 @@ def _check_entry(
             else conditions.check_all(action_rule.arg_conditions, args, strict=strict)
         )
         if found.truth is not Truth.TRUE:
-            default = f"tool {tool!r} denied by rule {action_rule.label!r}"
+            default = f"{subject} denied by rule {action_rule.label!r}"
             message = _noted(action_rule.on_deny or default, found)
-            return _policy_deny(message, pointer("tools", key, "rules", i))
+            return _policy_deny(message, pointer(*where, "rules", i))
     return None
 
 
-def _always_denies(entry: ToolPolicy) -> bool:
-    """Whether `_check_entry` denies every call for this entry: it has a `deny_if` rule
+def _always_denies(entry: EntryPolicy) -> bool:
+    """Whether `_check_entry` denies every request for this entry: it has a `deny_if` rule
     without conditions (always true) or an Intercept `action: deny` rule."""
     if any(not rule.conditions for rule in entry.deny_if):
         return True
-    return any(rule.action == "deny" for rule in entry.rules)
+    return isinstance(entry, ToolPolicy) and any(rule.action == "deny" for rule in entry.rules)
 
 
 def _noted(message: str, found: conditions.Evaluation) -> str:
@@ -378,18 +695,23 @@ def _scope_key(scope: str, grant: Grant, request: McpRequest) -> tuple[str, ...]
 
 
 def _limit_claim(
-    tool: str, limit: Limit, where: tuple[str, ...], grant: Grant, request: McpRequest
+    subject: str,
+    limit: Limit,
+    where: tuple[str, ...],
+    grant: Grant,
+    request: McpRequest,
+    args: Mapping[str, Any],
 ) -> Claim | Decision:
     """The claim of a limit at `where + (counter,)`, or a denial for an unusable cost.
 
     A cost above `max` is not checked here: it can never fit, so the store reports the
     limit as exhausted.
     """
-    cost = _limit_cost(limit.cost, request.arguments)
+    cost = _limit_cost(limit.cost, args)
     if cost is None:
         assert isinstance(limit.cost, LimitCost)
         return _policy_deny(
-            f"tool {tool!r}: limit {limit.counter!r} counts {limit.cost.from_}, which must "
+            f"{subject}: limit {limit.counter!r} counts {limit.cost.from_}, which must "
             "be a non-negative integer",
             pointer(*where, limit.counter, "cost"),
         )

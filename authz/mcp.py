@@ -271,6 +271,15 @@ def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
                 INVALID_PARAMS, 'invalid params: "params.arguments" must be an object', rid
             )
         arguments = raw_args
+    resource: str | None = None
+    prompt: str | None = None
+    if method in ("resources/read", "resources/subscribe"):
+        resource = _string_param(params, "uri", rid)
+    elif method == "prompts/get":
+        prompt = _string_param(params, "name", rid)
+        arguments = _prompt_arguments(params, rid)
+    elif method == "completion/complete":
+        resource, prompt = _reference(params, rid)
 
     return McpRequest(
         method=method,
@@ -280,6 +289,51 @@ def parse_message(body: bytes, *, session_id: str | None = None) -> McpRequest:
         tool=tool,
         arguments=arguments,
         session_id=session_id,
+        resource=resource,
+        prompt=prompt,
+    )
+
+
+def _string_param(params: Mapping[str, JsonValue], name: str, rid: RequestId) -> str:
+    """`params.<name>`, which must be a string (-32602 otherwise)."""
+    value = params.get(name)
+    if not isinstance(value, str):
+        raise McpParseError(
+            INVALID_PARAMS, f'invalid params: "params.{name}" must be a string', rid
+        )
+    return value
+
+
+def _prompt_arguments(params: Mapping[str, JsonValue], rid: RequestId) -> Mapping[str, str]:
+    """The `params.arguments` of a `prompts/get`: absent → {}; otherwise an object whose
+    values are all strings, as the MCP schema types it (-32602 for anything else)."""
+    if "arguments" not in params:
+        return {}
+    raw = params["arguments"]
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise McpParseError(
+            INVALID_PARAMS,
+            'invalid params: "params.arguments" of prompts/get must be an object of strings',
+            rid,
+        )
+    return raw
+
+
+def _reference(params: Mapping[str, JsonValue], rid: RequestId) -> tuple[str | None, str | None]:
+    """(resource, prompt) of a `completion/complete`'s `params.ref`: `{"type":
+    "ref/resource", "uri": <string>}` or `{"type": "ref/prompt", "name": <string>}`
+    (-32602 for anything else)."""
+    ref = params.get("ref")
+    kind = ref.get("type") if isinstance(ref, dict) else None
+    if isinstance(ref, dict) and kind == "ref/resource" and isinstance(ref.get("uri"), str):
+        return ref["uri"], None
+    if isinstance(ref, dict) and kind == "ref/prompt" and isinstance(ref.get("name"), str):
+        return None, ref["name"]
+    raise McpParseError(
+        INVALID_PARAMS,
+        'invalid params: "params.ref" must be {"type": "ref/prompt", "name": <string>} or '
+        '{"type": "ref/resource", "uri": <string>}',
+        rid,
     )
 
 

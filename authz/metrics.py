@@ -1,7 +1,9 @@
 """Prometheus metrics, served as `GET /metrics` on the admin port.
 
-Labels are bounded: `tool` is a tool the grant's policy names (or `(unlisted)` / empty), and
-`rule_kind` folds rule pointers into a fixed set, so no client input can create series.
+Labels are bounded: `tool` is a tool the grant's policy names (or `(unlisted)` / empty; empty
+for every request that is not a `tools/call`, resources and prompts included), and
+`rule_kind` folds rule pointers (of tools, resources and prompts alike) into a fixed set, so
+no client input, no URI and no prompt name, can create series.
 """
 
 from __future__ import annotations
@@ -98,12 +100,14 @@ def rule_kind(rule: str | None) -> str:
         return "methods"
     if rule.startswith("/all_tools/limits/"):
         return "limit_cost" if rule.endswith("/cost") and len(parts) > 4 else "limit"
-    if rule.startswith("/tools/") and len(parts) >= 4:
+    if rule.startswith(("/tools/", "/resources/", "/prompts/")) and len(parts) >= 4:
         section = parts[3]
         if section == "limits":
             return "limit_cost" if len(parts) > 5 and parts[-1] == "cost" else "limit"
         if section in ("require", "deny_if", "rules", "approve_if", "require_approval"):
             return section
+    if rule.startswith("/resources/") and len(parts) == 3:
+        return "ambiguous_uri"  # a URI the server could read otherwise than the pattern
     return "other"
 
 

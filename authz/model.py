@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CONTENT_METHODS",
+    "LISTINGS",
     "Approval",
     "ApprovalRequirement",
     "ApprovalStatus",
@@ -26,6 +28,7 @@ __all__ = [
     "Grant",
     "Hides",
     "JsonValue",
+    "ListingFilter",
     "McpRequest",
     "Outcome",
     "RequestId",
@@ -38,13 +41,29 @@ JsonValue = Any
 
 RequestId = str | int | None
 
+CONTENT_METHODS: frozenset[str] = frozenset(
+    {"resources/read", "resources/subscribe", "prompts/get", "completion/complete"}
+)
+"""The methods that read or run server content: a resource's data, a prompt's text, the
+completions of a prompt's or a resource template's arguments. Under `default: deny` (and
+without a `methods` section) a policy denies them unless its `resources` or `prompts`
+section lets the request through (`authz.engine`). A later MCP revision's methods of that
+kind are added here, and only here. Every other method but `tools/call` is protocol
+plumbing (`initialize`, `ping`, notifications, the listings `tools/list`, `resources/list`,
+`resources/templates/list`, `prompts/list`, `resources/unsubscribe`, ...), which `default`
+does not govern."""
+
 
 @dataclass(frozen=True, slots=True)
 class McpRequest:
     """One parsed MCP JSON-RPC message (never a batch).
 
-    `tool` is set for `tools/call` only; `arguments` is the `params.arguments` object of a
-    `tools/call` (an empty mapping when absent).
+    `tool` is set for `tools/call` only. `resource` is the URI a `resources/read` or
+    `resources/subscribe` names (`params.uri`), or a `completion/complete` whose reference is
+    `ref/resource` (`params.ref.uri`: a URI or a URI template); `prompt` is the prompt a
+    `prompts/get` names (`params.name`), or a `completion/complete` whose reference is
+    `ref/prompt` (`params.ref.name`). `arguments` is the `params.arguments` object of a
+    `tools/call` or a `prompts/get` (an empty mapping when absent).
     """
 
     method: str
@@ -54,10 +73,17 @@ class McpRequest:
     tool: str | None = None
     arguments: Mapping[str, JsonValue] = field(default_factory=dict)
     session_id: str | None = None
+    resource: str | None = None
+    prompt: str | None = None
 
     @property
     def is_tool_call(self) -> bool:
         return self.method == "tools/call"
+
+    @property
+    def is_content(self) -> bool:
+        """Whether the request reads or runs server content (`CONTENT_METHODS`)."""
+        return self.method in CONTENT_METHODS
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +139,10 @@ class FixedRule(enum.StrEnum):
     NO_POLICY = "(no policy)"
     """The grant's policy is not loaded."""
     HIDDEN = "(hidden)"
-    """A call of a tool the policy hides."""
+    """A call of a tool, or a request for a resource or a prompt, the policy hides."""
     DEFAULT_DENY = "(default deny)"
-    """A call of a tool the policy does not list, under `default: deny`."""
+    """Under `default: deny`, a call of a tool the policy does not list, or a request for a
+    resource or a prompt no entry of the policy matches."""
     COUNTERS = "(counters)"
     """The counter store could not answer (fail closed)."""
     COUNTERS_FAIL_OPEN = "(counters fail-open)"
@@ -133,9 +160,46 @@ class FixedRule(enum.StrEnum):
 
 
 Hides = Callable[[str | None], bool]
-"""Whether a tool is cut from a grant's listings (by name; None for an entry without a
-string name). Decided by the engine (`authz.engine.listing_filter`), applied to the
-server's answers by the response phase."""
+"""Whether an element is cut from one listing array of a grant's answers, by its key (a
+tool's or a prompt's `name`, a resource's `uri`, a template's `uriTemplate`; None for an
+element without a string key). Decided by the engine (`authz.engine.listing_filter`),
+applied to the server's answers by the response phase."""
+
+LISTINGS: tuple[tuple[str, str, str], ...] = (
+    ("tools", "name", "tools/list"),
+    ("resources", "uri", "resources/list"),
+    ("resourceTemplates", "uriTemplate", "resources/templates/list"),
+    ("prompts", "name", "prompts/list"),
+)
+"""(array of `result`, key of its elements, the method that lists it) of every listing a
+policy can filter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListingFilter:
+    """What a grant must not see, per listing array: `arrays` maps an array of `result`
+    (`tools`, `resources`, `resourceTemplates`, `prompts`) to the `Hides` of its elements;
+    an array not in it is passed as sent."""
+
+    arrays: Mapping[str, Hides]
+
+    @staticmethod
+    def tools(hides: Hides) -> ListingFilter:
+        """A filter of `tools` arrays only."""
+        return ListingFilter({"tools": hides})
+
+    @staticmethod
+    def everything() -> ListingFilter:
+        """Every element of every listing is cut (a grant whose policy is gone)."""
+        return ListingFilter({array: _hide_all for array, _, _ in LISTINGS})
+
+    def lists(self, method: str | None) -> bool:
+        """Whether `method` lists an array this filter cuts."""
+        return any(m == method and array in self.arrays for array, _, m in LISTINGS)
+
+
+def _hide_all(_key: str | None) -> bool:
+    return True
 
 
 def bucket_part(*parts: str) -> str:
@@ -215,6 +279,12 @@ class ApprovalRequirement:
     ttl_seconds: int
     on_deny: str | None = None
     name: str | None = None
+    target: str | None = None
+    """For a resource or prompt request, what the approval names as its `tool`:
+    `prompts/get <name>`, `resources/read <uri>` (`resources/subscribe <uri>`); None for a
+    `tools/call` (the tool's name)."""
+    subject: str | None = None
+    """For a resource or prompt request, how messages name it (`prompt 'x'`)."""
 
 
 @dataclass(frozen=True, slots=True)

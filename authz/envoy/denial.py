@@ -4,7 +4,10 @@
 tool result with HTTP 200 (`[POLICY DENIED] …` or `[APPROVAL REQUIRED] …`: many MCP clients
 drop the session on a 4xx), everything else a JSON-RPC error with the status its
 `DenyKind` calls for (401 with a `WWW-Authenticate` challenge, 400, 404, 405, 413, 415,
-429, 403, 503). Each edge puts the result into its transport's message.
+429, 403, 503). A held or approval-denied request that is not a `tools/call` (a
+`prompts/get`, a `resources/read`) is such an error (403, `[APPROVAL REQUIRED] …` or
+`[POLICY DENIED] …`) whose `data` carries the approval as a tool result's `_meta` does.
+Each edge puts the result into its transport's message.
 """
 
 from __future__ import annotations
@@ -52,8 +55,13 @@ class HttpDenial:
     body: str
 
 
-def _jsonrpc_error(request_id: RequestId, code: int, message: str) -> str:
-    payload = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+def _jsonrpc_error(
+    request_id: RequestId, code: int, message: str, data: dict[str, Any] | None = None
+) -> str:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    payload = {"jsonrpc": "2.0", "id": request_id, "error": error}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -148,4 +156,6 @@ def denial(verdict: Verdict) -> HttpDenial:
         return HttpDenial(429, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text))
     if kind is DenyKind.UNAVAILABLE:
         return HttpDenial(503, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_INTERNAL, text))
-    return HttpDenial(403, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text))
+    return HttpDenial(
+        403, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text, meta)
+    )

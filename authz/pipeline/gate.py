@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -35,6 +35,7 @@ from authz.model import (
     Exhausted,
     FixedRule,
     Grant,
+    JsonValue,
     McpRequest,
     RequestId,
     Reservation,
@@ -88,9 +89,9 @@ class Verdict:
     @property
     def hides(self) -> bool:
         """Whether the answers to this allowed request must be filtered: the grant's policy
-        hides tools (`engine.hides_tools`). Envoy routes such requests to the `/mcp` route
-        whose response phase fails closed."""
-        return self.decision.allowed and engine.hides_tools(self.policy)
+        keeps something out of a listing (`engine.filters_listings`). Envoy routes such
+        requests to the `/mcp` route whose response phase fails closed."""
+        return self.decision.allowed and engine.filters_listings(self.policy)
 
 
 def new_decision_id() -> str:
@@ -368,23 +369,28 @@ class Authorizer:
         request: McpRequest,
         policy: Policy,
     ) -> Verdict:
-        """A call that needs a person's approval: hold it, deny it, or run it once.
+        """A call (or a `prompts/get`, a `resources/read`) that needs a person's approval:
+        hold it, deny it, or run it once. The approval names what it holds as its `tool`:
+        the tool, or `prompts/get <name>`, `resources/read <uri>` (`requirement.target`).
 
         Quota is taken only for a call that will run (approved), and the approval is used
         only once the quota is taken: a rate-limited retry keeps its approval. Two identical
         approved calls racing: the one whose `consume` loses gives its quota back and is
         held again, under a new approval.
         """
-        assert decision.approval is not None and request.tool is not None
+        requirement = decision.approval
+        assert requirement is not None
+        tool = requirement.target or request.tool
+        assert tool is not None
         ask = ApprovalRequest(
             grant_id=grant.id,
             grant_label=grant.label,
             policy=grant.policy,
             policy_hash=policy.content_hash,
-            tool=request.tool,
-            arguments=request.arguments,
-            rule=decision.approval.rule,
-            ttl_seconds=decision.approval.ttl_seconds,
+            tool=tool,
+            arguments=_held_arguments(request),
+            rule=requirement.rule,
+            ttl_seconds=requirement.ttl_seconds,
             decision_id=decision_id,
         )
         for _attempt in range(2):
@@ -400,7 +406,7 @@ class Authorizer:
                 )
                 self._observe_approval("unavailable")
                 return Verdict(_approvals_unavailable(), decision_id, grant, request, policy)
-            judged = engine.judge_approval(decision, request.tool, approval)
+            judged = engine.judge_approval(decision, tool, approval)
             if not judged.allowed:
                 self._observe_approval(
                     "held" if judged.kind is DenyKind.APPROVAL_REQUIRED else "refused"
@@ -474,6 +480,14 @@ def _inflight_key(request: McpRequest) -> str | None:
     if request.method == RESPONSE_METHOD:
         return None
     return inflight_key(request.session_id, request.id)
+
+
+def _held_arguments(request: McpRequest) -> Mapping[str, JsonValue]:
+    """What an approval binds besides its `tool`: a tool's or a prompt's arguments, or a
+    resource's whole URI (`{"uri": ...}`: the `tool` shows it cut when it is long)."""
+    if request.resource is not None and not request.is_tool_call:
+        return {"uri": request.resource}
+    return request.arguments
 
 
 def _id_in_use() -> Decision:

@@ -25,7 +25,7 @@ from authz.counters.base import CounterStore
 from authz.engine import listing_filter
 from authz.inflight.base import InflightStore
 from authz.metrics import Metrics
-from authz.model import Hides
+from authz.model import ListingFilter
 from authz.response.inspector import MAX_HELD_BYTES, ResponseContext, ResponseInspector
 
 __all__ = ["Responder"]
@@ -55,10 +55,10 @@ class Responder:
         self._pending: set[asyncio.Task[None]] = set()
 
     def open(self, context: ResponseContext) -> ResponseInspector:
-        """An inspector for one response; every answer to a grant whose policy hides tools
-        is filtered by that policy as it is now. A policy that hid tools when the request
-        was allowed and is gone now hides every tool."""
-        hides: Hides | None = None
+        """An inspector for one response; every answer to a grant whose policy filters its
+        listings is filtered by that policy as it is now. A policy that filtered them when
+        the request was allowed and is gone now hides every listed element."""
+        hides: ListingFilter | None = None
         if context.allowed and context.policy:
             policy = self._config.current.policy(context.policy)
             if policy is not None:
@@ -69,7 +69,7 @@ class Responder:
                     decision_id=context.decision_id,
                     policy=context.policy,
                 )
-                hides = _hide_everything
+                hides = ListingFilter.everything()
         return ResponseInspector(context, hides, limit=self._limit)
 
     def finish(self, inspector: ResponseInspector, seconds: float) -> None:
@@ -128,6 +128,8 @@ class Responder:
             extra["unparsed"] = report.unparsed
         if report.oversized:
             extra["oversized"] = report.oversized
+        if report.content_removed:
+            extra["content_removed"] = report.content_removed
         if error is not None:
             extra["release_error"] = error
         _audit.info(
@@ -148,7 +150,3 @@ class Responder:
             duration_ms=round(seconds * 1000, 3),
             **extra,
         )
-
-
-def _hide_everything(_name: str | None) -> bool:
-    return True

@@ -1,14 +1,16 @@
 """The policy document (version "1"): schema, validation, loading and JSON Schema export.
 
 A policy is one JSON object, validated once into frozen pydantic models. The format is
-PolicyLayer Intercept's v1 document (rendered as JSON) plus three mcp-authz sections:
+PolicyLayer Intercept's v1 document (rendered as JSON) plus mcp-authz's sections:
 
     {"version": "1", "description": "...", "default": "deny", "hide": ["tool", ...],
      "all_tools": {"limits": [Limit, ...]},
      "tools": {"<tool>": {"require": [Rule, ...], "deny_if": [Rule, ...],
                           "limits": [Limit, ...], "rules": [ActionRule, ...],
                           "approve_if": [ApprovalRule, ...], "require_approval": true},
-               "*": {...applies to every tool...}}}
+               "*": {...applies to every tool...}},
+     "resources": {"<uri pattern>": {...as a tool's entry, without "rules"...}, "*": {...}},
+     "prompts": {"<prompt>": {...}, "*": {...}}}
 
 - `require`, `deny_if` and `limits` are mcp-authz's shape; `rules` (with `name`, `action`,
   `rate_limit`, `conditions`, `on_deny`, `state`) is Intercept's, accepted so that an
@@ -19,6 +21,13 @@ PolicyLayer Intercept's v1 document (rendered as JSON) plus three mcp-authz sect
   omitted and then is `"global"`: Intercept's counters are shared by every caller.
 - `approve_if` (and its shorthand `require_approval`) is mcp-authz's: a call that matches
   is held until a person approves it (see `authz.approvals`).
+- `resources` and `prompts` are mcp-authz's: entries of the same shape as a tool's (no
+  `rules`) for the requests that read or run server content (`authz.model.CONTENT_METHODS`),
+  by URI pattern (`authz.policy.uris`: an exact URI or a `{name}`/`{+name}` template, each
+  key parsed at load) or prompt name, each with a `"*"` entry. `hide` may be an object,
+  `{"tools": [...], "resources": [...], "prompts": [...]}`; the v1 list is its `tools`.
+  Under `default: deny` without a `methods` section, content no entry matches is denied
+  (`authz.engine`); whether the document has a `methods` section is `has_methods`.
 - Windows are fixed and aligned to the UTC epoch: second, minute, hour, day (Intercept has
   the last three).
 - `strict_types` (default true) is mcp-authz's: a condition on an argument of a JSON type
@@ -33,9 +42,17 @@ what would fix it (`PolicyError`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, StrictStr, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from authz.policy import conditions
 from authz.policy.errors import RelProblem, invalid, show_value
@@ -45,26 +62,34 @@ from authz.policy.rules import (
     STATE_PREFIX,
     ActionRule,
     ApprovalRule,
+    Condition,
     RequireApproval,
     Rule,
 )
+from authz.policy.uris import UriPattern, UriPatternError, parse_pattern
 
 __all__ = [
     "WILDCARD",
     "AllTools",
+    "ContentPolicy",
+    "EntryPolicy",
+    "Hide",
     "MethodsPolicy",
     "Policy",
     "PolicyDocument",
+    "PromptPolicy",
+    "ResourcePolicy",
     "ToolPolicy",
 ]
 
 WILDCARD: Final = "*"
 
 
-class ToolPolicy(PolicyModel):
-    """What applies to one tool (or, under the key "*", to every tool).
+class EntryPolicy(PolicyModel):
+    """What an entry of `tools`, `resources` or `prompts` applies: rules, limits, approvals.
 
-    Evaluated in order: require, deny_if, rules, then limits.
+    Evaluated in order: require, deny_if, then limits; an allowed request that matches an
+    approval rule waits for a person.
     """
 
     require: tuple[Rule, ...] = Field(
@@ -76,11 +101,6 @@ class ToolPolicy(PolicyModel):
         default=(),
         title="Deny if",
         description="The first rule that holds denies the call; empty conditions always deny.",
-    )
-    rules: tuple[ActionRule, ...] = Field(
-        default=(),
-        title="Rules (Intercept v1)",
-        description="Intercept-style rules, evaluated in order after require and deny_if.",
     )
     limits: Limits = ()
     approve_if: tuple[ApprovalRule, ...] = Field(
@@ -114,9 +134,51 @@ class ToolPolicy(PolicyModel):
             found.append((("require_approval",), self.require_approval))
         return tuple(found)
 
+    @property
+    def all_conditions(self) -> tuple[tuple[tuple[str | int, ...], Condition], ...]:
+        """(location inside this entry, condition) of every condition of its rules."""
+        found: list[tuple[tuple[str | int, ...], Condition]] = []
+        groups: tuple[tuple[str, tuple[Rule | ApprovalRule, ...]], ...] = (
+            ("require", self.require),
+            ("deny_if", self.deny_if),
+            ("approve_if", self.approve_if),
+        )
+        for name, rules in groups:
+            for i, rule in enumerate(rules):
+                found += [((name, i, "conditions", j), c) for j, c in enumerate(rule.conditions)]
+        if self.require_approval is not None:
+            found += [
+                (("require_approval", "conditions", j), c)
+                for j, c in enumerate(self.require_approval.conditions)
+            ]
+        return tuple(found)
+
+    def counter_problems(self) -> list[RelProblem]:
+        """Counters this entry names twice."""
+        return duplicate_counters(self.limits)
+
     @model_validator(mode="after")
-    def _unique_counters(self) -> ToolPolicy:
-        problems = duplicate_counters(self.limits)
+    def _unique_counters(self) -> EntryPolicy:
+        problems = self.counter_problems()
+        if problems:
+            raise invalid(*problems)
+        return self
+
+
+class ToolPolicy(EntryPolicy):
+    """What applies to one tool (or, under the key "*", to every tool).
+
+    Evaluated in order: require, deny_if, rules, then limits.
+    """
+
+    rules: tuple[ActionRule, ...] = Field(
+        default=(),
+        title="Rules (Intercept v1)",
+        description="Intercept-style rules, evaluated in order after require and deny_if.",
+    )
+
+    def counter_problems(self) -> list[RelProblem]:
+        problems = super().counter_problems()
         seen: dict[str, int] = {}
         for i, rule in enumerate(self.rules):
             if rule.state is not None:
@@ -135,9 +197,55 @@ class ToolPolicy(PolicyModel):
                 )
             else:
                 seen[name] = i
+        return problems
+
+
+class ContentPolicy(EntryPolicy):
+    """An entry of `resources` or `prompts`: the fields of a tool entry but Intercept's
+    `rules`. Conditions read one level (`args.<name>`, every value a string), so a limit's
+    cost is a number, never read from the request."""
+
+    @model_validator(mode="after")
+    def _string_values(self) -> ContentPolicy:
+        problems: list[RelProblem] = [
+            (
+                (*where, "path"),
+                f"{cond.path} reaches into a string: the values of a {self._noun} request "
+                "are strings, so write one segment, args.<name>",
+            )
+            for where, cond in self.all_conditions
+            if "." in cond.path[len(conditions.ARGS_PREFIX) :]
+        ]
+        problems += [
+            (
+                ("limits", i, "cost"),
+                f"a {self._noun} request has no numeric arguments to count; give the cost as "
+                "a number",
+            )
+            for i, limit in enumerate(self.limits)
+            if not isinstance(limit.cost, int)
+        ]
         if problems:
             raise invalid(*problems)
         return self
+
+    _noun: ClassVar[str] = "content"
+
+
+class ResourcePolicy(ContentPolicy):
+    """What applies to the resources whose URI a pattern matches (or, under "*", to every
+    resource): `resources/read` and `resources/subscribe`. Conditions read `args.uri`, the
+    URI as sent, and `args.<variable>` for each variable of the template, decoded as the
+    MCP server decodes it."""
+
+    _noun: ClassVar[str] = "resource"
+
+
+class PromptPolicy(ContentPolicy):
+    """What applies to one prompt (or, under "*", to every prompt) on `prompts/get`.
+    Conditions read the prompt's arguments, `args.<argument>` (strings)."""
+
+    _noun: ClassVar[str] = "prompt"
 
 
 class AllTools(PolicyModel):
@@ -199,6 +307,121 @@ class MethodsPolicy(PolicyModel):
         return self.default == "allow", "/methods/default"
 
 
+HIDE_OBJECT: Final = '{"tools": [...], "resources": [...], "prompts": [...]} (each a list or "*")'
+
+
+def _names(value: object, what: str, *, patterns: bool = False) -> tuple[str, ...]:
+    """A `hide` list (or "*"): every entry a non-empty string, named once; with `patterns`,
+    a resource pattern (`authz.policy.uris`). Raises with the entries at fault."""
+    if value == WILDCARD:
+        return (WILDCARD,)
+    if not isinstance(value, list | tuple):
+        raise invalid(((), f'must be a list of {what}s or "*"; got {conditions.json_type(value)}'))
+    problems: list[RelProblem] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            problems.append(
+                ((i,), f"must be a {what} (a string); got {conditions.json_type(item)}")
+            )
+        elif not item.strip():
+            problems.append(((i,), f"entry must not be empty; remove it or name a {what}"))
+        elif item in seen:
+            problems.append(((i,), f"duplicate entry {item!r}; remove the duplicate"))
+        else:
+            seen.add(item)
+            if patterns and item != WILDCARD:
+                try:
+                    parse_pattern(item)
+                except UriPatternError as exc:
+                    problems.append(((i,), str(exc)))
+    if problems:
+        raise invalid(*problems)
+    return tuple(value)
+
+
+class Hide(PolicyModel):
+    """What a grant must not see or use: tools, resources (by URI pattern) and prompts.
+
+    A hidden tool, resource or prompt is denied (rule `(hidden)`) and left out of the
+    listings. Each list may be "*" (or hold "*"): everything of its kind.
+    """
+
+    tools: tuple[StrictStr, ...] = Field(
+        default=(),
+        title="Hidden tools",
+        description='Tool names removed from tools/list and denied on tools/call, or "*".',
+        json_schema_extra=lambda schema: _list_or_star(schema),
+    )
+    resources: tuple[StrictStr, ...] = Field(
+        default=(),
+        title="Hidden resources",
+        description=(
+            "Resource URI patterns (an exact URI or a {name}/{+name} template, as the keys "
+            "of 'resources'), or \"*\": removed from resources/list and "
+            "resources/templates/list, denied on resources/read, resources/subscribe and "
+            "completion/complete."
+        ),
+        json_schema_extra=lambda schema: _list_or_star(schema),
+    )
+    prompts: tuple[StrictStr, ...] = Field(
+        default=(),
+        title="Hidden prompts",
+        description=(
+            'Prompt names, or "*": removed from prompts/list, denied on prompts/get and '
+            "completion/complete."
+        ),
+        json_schema_extra=lambda schema: _list_or_star(schema),
+    )
+    _patterns: tuple[UriPattern, ...] = PrivateAttr(default=())
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tool_names(cls, value: object) -> object:
+        return _names(value, "tool name")
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompt_names(cls, value: object) -> object:
+        return _names(value, "prompt name")
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resource_patterns(cls, value: object) -> object:
+        return _names(value, "resource pattern", patterns=True)
+
+    @model_validator(mode="after")
+    def _compile(self) -> Hide:
+        self._patterns = tuple(parse_pattern(p) for p in self.resources if p != WILDCARD)
+        return self
+
+    @property
+    def resource_patterns(self) -> tuple[UriPattern, ...]:
+        """The hidden resource patterns, parsed ("*" apart)."""
+        return self._patterns
+
+
+def _list_or_star(schema: dict[str, Any]) -> None:
+    """A hide list's schema: a list of strings, or the string "*"."""
+    items = {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True}
+    schema.pop("type", None)
+    schema.pop("items", None)
+    schema.pop("default", None)
+    schema["anyOf"] = [items, {"const": WILDCARD}]
+
+
+def _hide_schema(schema: dict[str, Any]) -> None:
+    """`hide`'s schema: the v1 list of tool names, "*", or the object form."""
+    ref = schema.pop("$ref", None)
+    options: list[Any] = [
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+        {"const": WILDCARD},
+    ]
+    if ref is not None:
+        options.append({"$ref": ref})
+    schema["anyOf"] = options
+
+
 class PolicyDocument(PolicyModel):
     """A version "1" policy document."""
 
@@ -221,13 +444,15 @@ class PolicyDocument(PolicyModel):
             "With 'deny', '*' rules and all_tools limits do not rescue unlisted tools."
         ),
     )
-    hide: tuple[StrictStr, ...] | Literal["*"] = Field(
-        default=(),
+    hide: Hide = Field(
+        default_factory=Hide,
         title="Hide",
         description=(
             'Tool names removed from tools/list and denied on tools/call; the entry "*" '
-            '(or the string "*") hides every tool.'
+            '(or the string "*") hides every tool. The object form {"tools", "resources", '
+            '"prompts"} hides resources (by URI pattern) and prompts as well.'
         ),
+        json_schema_extra=_hide_schema,
     )
     strict_types: StrictBool = Field(
         default=True,
@@ -271,31 +496,101 @@ class PolicyDocument(PolicyModel):
         ),
     )
 
+    resources: dict[str, ResourcePolicy] = Field(
+        default_factory=dict,
+        title="Resources",
+        description=(
+            "mcp-authz extension: per-resource policy by URI pattern, an exact URI or an "
+            "RFC 6570 template ({name}: one or more characters other than / ? #; {+name}: "
+            'one or more of any); every pattern that matches applies, then "*" (every '
+            "resource). Governs resources/read and resources/subscribe; under default "
+            "'deny' (without a methods section) a resource no entry matches is denied."
+        ),
+    )
+    prompts: dict[str, PromptPolicy] = Field(
+        default_factory=dict,
+        title="Prompts",
+        description=(
+            'mcp-authz extension: per-prompt policy by exact name; "*" applies to every '
+            "prompt after its own entry. Governs prompts/get; under default 'deny' "
+            "(without a methods section) a prompt without an entry is denied."
+        ),
+    )
+    _resource_patterns: tuple[tuple[str, UriPattern], ...] = PrivateAttr(default=())
+
     @field_validator("hide", mode="before")
     @classmethod
-    def _hide_list(cls, value: object) -> object:
-        if value == WILDCARD:
-            return (WILDCARD,)
-        if not isinstance(value, list | tuple):
+    def _hide_forms(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return value
+        if value != WILDCARD and not isinstance(value, list | tuple):
             raise invalid(
-                ((), f'must be a list of tool names or "*"; got {conditions.json_type(value)}')
-            )
-        problems: list[RelProblem] = []
-        seen: set[str] = set()
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                problems.append(
-                    ((i,), f"must be a tool name (a string); got {conditions.json_type(item)}")
+                (
+                    (),
+                    f'must be a list of tool names or "*"; got {conditions.json_type(value)} '
+                    f"(or the object form {HIDE_OBJECT})",
                 )
-            elif not item.strip():
-                problems.append(((i,), "entry must not be empty; remove it or name a tool"))
-            elif item in seen:
-                problems.append(((i,), f"duplicate entry {item!r}; remove the duplicate"))
-            else:
-                seen.add(item)
+            )
+        return {"tools": _names(value, "tool name")}
+
+    @field_validator("prompts", mode="after")
+    @classmethod
+    def _prompt_keys(cls, value: dict[str, PromptPolicy]) -> dict[str, PromptPolicy]:
+        problems: list[RelProblem] = [
+            ((name,), 'a prompt name must not be empty; name the prompt or use "*"')
+            for name in value
+            if not name
+        ]
         if problems:
             raise invalid(*problems)
         return value
+
+    @field_validator("resources", mode="after")
+    @classmethod
+    def _resource_keys(cls, value: dict[str, ResourcePolicy]) -> dict[str, ResourcePolicy]:
+        """Every key parses as a pattern, and its conditions read `args.uri` or one of its
+        variables."""
+        problems: list[RelProblem] = []
+        for key, entry in value.items():
+            names: tuple[str, ...] = ()
+            if key != WILDCARD:
+                try:
+                    names = parse_pattern(key).variables
+                except UriPatternError as exc:
+                    problems.append(((key,), str(exc)))
+                    continue
+            readable = ("uri", *names)
+            for where, cond in entry.all_conditions:
+                name = cond.path[len(conditions.ARGS_PREFIX) :]
+                if "." not in name and name not in readable:
+                    shown = ", ".join(f"args.{n}" for n in readable)
+                    problems.append(
+                        (
+                            (key, *where, "path"),
+                            f"{cond.path} is not a value of this pattern; use {shown}",
+                        )
+                    )
+        if problems:
+            raise invalid(*problems)
+        return value
+
+    @model_validator(mode="after")
+    def _compile_patterns(self) -> PolicyDocument:
+        self._resource_patterns = tuple(
+            (key, parse_pattern(key)) for key in self.resources if key != WILDCARD
+        )
+        return self
+
+    @property
+    def resource_patterns(self) -> tuple[tuple[str, UriPattern], ...]:
+        """(key, pattern) of every `resources` key but "*", in the document's order."""
+        return self._resource_patterns
+
+    @property
+    def has_methods(self) -> bool:
+        """Whether the document has a `methods` section (then it decides which methods are
+        admitted, content methods included)."""
+        return "methods" in self.model_fields_set
 
     @model_validator(mode="after")
     def _state_paths(self) -> PolicyDocument:
@@ -367,11 +662,12 @@ class Policy:
 
     @property
     def hides_all(self) -> bool:
-        return WILDCARD in self.document.hide
+        """Whether `hide` hides every tool."""
+        return WILDCARD in self.document.hide.tools
 
     def is_hidden(self, tool: str) -> bool:
         """Whether `tool` is hidden (listed in `hide`, or `hide` has "*")."""
-        return self.hides_all or tool in self.document.hide
+        return self.hides_all or tool in self.document.hide.tools
 
     def tool(self, name: str) -> ToolPolicy | None:
         """The tool's own entry (not the "*" entry), if listed."""
@@ -385,3 +681,47 @@ class Policy:
     @property
     def all_tools_limits(self) -> tuple[Limit, ...]:
         return self.document.all_tools.limits
+
+    @property
+    def has_methods(self) -> bool:
+        """Whether the document has a `methods` section."""
+        return self.document.has_methods
+
+    def prompt(self, name: str) -> PromptPolicy | None:
+        """The prompt's own entry (not the "*" entry), if listed."""
+        return self.document.prompts.get(name)
+
+    @property
+    def prompt_wildcard(self) -> PromptPolicy | None:
+        """The "*" entry of `prompts`, applied to every prompt after its own entry."""
+        return self.document.prompts.get(WILDCARD)
+
+    @property
+    def resource_patterns(self) -> tuple[tuple[str, UriPattern], ...]:
+        """(key, parsed pattern) of every `resources` key but "*", in the document's order."""
+        return self.document.resource_patterns
+
+    def resource(self, key: str) -> ResourcePolicy:
+        """The `resources` entry under `key` (a key of `resource_patterns`, or "*")."""
+        return self.document.resources[key]
+
+    @property
+    def resource_wildcard(self) -> ResourcePolicy | None:
+        """The "*" entry of `resources`, applied to every resource after the matching ones."""
+        return self.document.resources.get(WILDCARD)
+
+    def prompt_hidden(self, name: str) -> bool:
+        """Whether the prompt `name` is hidden."""
+        hidden = self.document.hide.prompts
+        return WILDCARD in hidden or name in hidden
+
+    def resource_hidden(self, uri: str) -> bool:
+        """Whether a hidden pattern matches `uri`, or could be read to (fail closed)."""
+        hide = self.document.hide
+        if WILDCARD in hide.resources:
+            return True
+        for pattern in hide.resource_patterns:
+            found = pattern.match(uri)
+            if found.matched or found.ambiguous:
+                return True
+        return False

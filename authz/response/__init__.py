@@ -3,7 +3,7 @@ answered, and what the client gets to see.
 
 - `inspector`: `ResponseInspector`, one response from its headers to its end, and its
   `ResponseReport`;
-- `listing`: the tools/list cut (`filter_tools`, `ToolsScanner` over the bound);
+- `listing`: the listings cut (`filter_listing`, `ListingScanner` over the bound);
 - `sse`: server-sent events framing; `jsonrpc`: ids, answers, the withheld error;
 - `evidence`: whether a call that took quota can be shown not to have run.
 """

@@ -2,25 +2,28 @@
 
 Sans-IO and synchronous, like the engine: `ResponseInspector` is told the response's status,
 content type and Envoy's account of where the response came from, then its body chunk by
-chunk, and answers with the bytes to send on. Its `ResponseReport` says how many tools were
-cut, which messages were withheld, and whether an allowed `tools/call` gets its quota back.
+chunk, and answers with the bytes to send on. Its `ResponseReport` says how many listing
+elements were cut, which messages were withheld, and whether an allowed `tools/call` gets
+its quota back.
 The Envoy edge (`authz/envoy/extproc.py`) feeds it; `authz/pipeline/response.py` acts on the
 report.
 
-- **Hiding** (a grant whose policy hides tools, `authz.engine.listing_filter`): every
-  response to that grant goes through FILTER, whatever its method, id or HTTP method (the
-  GET stream and its `Last-Event-ID` replays included). Each JSON-RPC message (a JSON body,
-  or the data of one SSE event) is read whole when it fits `MAX_HELD_BYTES` and loses the
-  hidden elements of every `result.tools` array (`authz.response.listing.filter_tools`; all
-  other bytes are kept). What cannot be checked fails closed, as a JSON-RPC error in its
-  place (`ResponseReport.withheld`): a message over the bound that reaches a `result.tools`
-  array (found by `authz.response.listing.ToolsScanner` while the message streams on, SSE
-  framing by `authz.response.sse`; a large tool result without
-  one, an image say, passes), a JSON answer to a `tools/list` that answers another id, and,
-  in a 2xx response or any answer to a `tools/list`, a message that is not UTF-8 or not
-  JSON and a body that is neither JSON nor SSE (REFUSE: the sidecar answers instead of the
-  server). An error page (the server's 421 for a wrong Host, say) is no message a client
-  reads, and passes.
+- **Hiding** (a grant whose policy keeps something out of a listing,
+  `authz.engine.listing_filter`, a `ListingFilter`): every response to that grant goes
+  through FILTER, whatever its method, id or HTTP method (the GET stream and its
+  `Last-Event-ID` replays included). Each JSON-RPC message (a JSON body, or the data of one
+  SSE event) is read whole when it fits `MAX_HELD_BYTES` and loses the hidden elements of
+  every listing array the filter names (`result.tools`, `result.resources`,
+  `result.resourceTemplates`, `result.prompts`: `authz.response.listing.filter_listing`;
+  all other bytes are kept). What cannot be checked fails closed, as a JSON-RPC error in
+  its place (`ResponseReport.withheld`): a message over the bound that reaches such an
+  array (found by `authz.response.listing.ListingScanner` while the message streams on,
+  SSE framing by `authz.response.sse`; a large tool result without one, an image say,
+  passes), a JSON answer to a listing request (of a filtered array) that answers another
+  id, and, in a 2xx response or any answer to such a listing, a message that is not UTF-8
+  or not JSON and a body that is neither JSON nor SSE (REFUSE: the sidecar answers instead
+  of the server). An error page (the server's 421 for a wrong Host, say) is no message a
+  client reads, and passes.
 - **Give-back** (an allowed `tools/call` that took quota) needs evidence that the server
   did not run the call, from the response headers and Envoy's attributes
   (`authz.response.evidence`):
@@ -42,7 +45,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Final
 
-from authz.model import Hides, RequestId, Reservation
+from authz.model import ListingFilter, RequestId, Reservation
 from authz.response.evidence import VIA_UPSTREAM, give_back_evidence
 from authz.response.jsonrpc import (
     Unparsable,
@@ -51,7 +54,7 @@ from authz.response.jsonrpc import (
     same_id,
     withheld_error,
 )
-from authz.response.listing import ToolsScanner, filter_tools
+from authz.response.listing import ListingScanner, filter_listing
 from authz.response.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
 
 __all__ = [
@@ -65,7 +68,6 @@ __all__ = [
 MAX_HELD_BYTES: Final = 1 << 20
 """The most body bytes held per message (a JSON body, or one SSE event)."""
 
-TOOLS_LIST: Final = "tools/list"
 TOOLS_CALL: Final = "tools/call"
 
 
@@ -91,7 +93,7 @@ class ResponseContext:
     inflight: str | None = None
     """The in-flight registry key the request holds (`authz.inflight`), to free at its end."""
     hides: bool = False
-    """The grant's policy hid tools when the request was allowed."""
+    """The grant's policy kept something out of a listing when the request was allowed."""
 
     @property
     def allowed(self) -> bool:
@@ -106,7 +108,8 @@ class Plan(enum.Enum):
     OBSERVE = "observe"
     """Stream the body through the sidecar unchanged (how the request ended)."""
     FILTER = "filter"
-    """Stream the body through the sidecar, which may rewrite it (a grant that hides tools)."""
+    """Stream the body through the sidecar, which may rewrite it (a grant whose listings
+    are filtered)."""
     REFUSE = "refuse"
     """The body cannot be checked: the sidecar answers in its place (`refusal`)."""
 
@@ -121,6 +124,8 @@ class ResponseReport:
     origin: str | None = None
     """Envoy's `response.code_details` (`via_upstream`, or why Envoy answered itself)."""
     tools_removed: int = 0
+    content_removed: int = 0
+    """Resources, resource templates and prompts cut out of listings."""
     withheld: int = 0
     """Messages replaced by a JSON-RPC error because they could not be checked."""
     give_back: bool = False
@@ -131,7 +136,7 @@ class ResponseReport:
     unparsed: int = 0
     """Messages that could not be read."""
     oversized: int = 0
-    """Messages over `MAX_HELD_BYTES` (streamed on, scanned for `result.tools`)."""
+    """Messages over `MAX_HELD_BYTES` (streamed on, scanned for the filtered listings)."""
     complete: bool | None = None
     """Whether the body, streamed through the sidecar, ended normally (False: the stream
     ended first); None when the body did not go through the sidecar."""
@@ -148,10 +153,10 @@ def _media(content_type: str | None, content_encoding: str | None = None) -> str
 
 
 class _LongEvent:
-    """An SSE event over the bound, streamed on while its data is scanned for tools."""
+    """An SSE event over the bound, streamed on while its data is scanned for listings."""
 
-    def __init__(self) -> None:
-        self.scanner = ToolsScanner()
+    def __init__(self, arrays: frozenset[str]) -> None:
+        self.scanner = ListingScanner(arrays)
         self.reader = SseDataReader(self.scanner)
         self.skipping = False
         """The event was cut (an error event stands in for it): its remaining bytes go."""
@@ -165,7 +170,11 @@ class ResponseInspector:
     """
 
     def __init__(
-        self, context: ResponseContext, hides: Hides | None = None, *, limit: int = MAX_HELD_BYTES
+        self,
+        context: ResponseContext,
+        hides: ListingFilter | None = None,
+        *,
+        limit: int = MAX_HELD_BYTES,
     ) -> None:
         self.context = context
         self.hides = hides
@@ -182,7 +191,7 @@ class ResponseInspector:
         """Some of the body could not be read; it may have held the answer."""
         self._quota_open = False
         """The give-back question is still open (the body decides the audit reason)."""
-        self._scanner: ToolsScanner | None = None
+        self._scanner: ListingScanner | None = None
         """A JSON body over the bound, streaming on while scanned."""
         self._long: _LongEvent | None = None
         self._withholding = False
@@ -261,9 +270,9 @@ class ResponseInspector:
             self.plan = Plan.PASS
         elif self.hides is not None and upstream:
             # What cannot be read fails closed for an answer a client reads as a message
-            # (a 2xx, or anything that answers a tools/list); an error page (the server's
-            # 421 for a wrong Host, say) is not a message and passes as it is.
-            self._strict = ok or ctx.method == TOOLS_LIST
+            # (a 2xx, or anything that answers a filtered listing); an error page (the
+            # server's 421 for a wrong Host, say) is not a message and passes as it is.
+            self._strict = ok or self.hides.lists(ctx.method)
             if out.media != "other":  # JSON, SSE, or no content type (read as JSON)
                 self.plan = Plan.FILTER
             elif not self._strict:
@@ -467,7 +476,7 @@ class ResponseInspector:
         self._held += chunk
         if len(self._held) > self.limit:
             self.report.oversized += 1
-            scanner = ToolsScanner()
+            scanner = ListingScanner(self._arrays)
             scanner.feed(bytes(self._held))
             if scanner.found or (scanner.broken and self._strict):
                 self._held.clear()
@@ -489,13 +498,13 @@ class ResponseInspector:
         if not text.strip():
             return original
         try:
-            new, removed, message = filter_tools(text, self._hides)
+            new, removed, message = filter_listing(text, self._listing)
         except Exception as exc:
             self._unreadable(exc)
             return self._json_error("not JSON") if self._strict else original
         ctx = self.context
         if (
-            ctx.method == TOOLS_LIST
+            self._listing.lists(ctx.method)
             and ctx.rpc_id is not None
             and isinstance(message, dict)
             and "result" in message
@@ -505,7 +514,7 @@ class ResponseInspector:
         self._note(message)
         if not removed:
             return original
-        self.report.tools_removed += removed
+        self._count(removed)
         return new.encode("utf-8")
 
     def _json_error(self, why: str) -> bytes:
@@ -542,14 +551,14 @@ class ResponseInspector:
         if data is None or not data.strip():
             return raw
         try:
-            new, removed, message = filter_tools(data, self._hides)
+            new, removed, message = filter_listing(data, self._listing)
         except Exception as exc:
             self._unreadable(exc)
             return self._event_error(raw, None, "not JSON") if self._strict else raw
         self._note(message)
         if not removed:
             return raw
-        self.report.tools_removed += removed
+        self._count(removed)
         return rewrite_event(raw, new)
 
     def _event_error(self, raw: bytes | None, message_id: RequestId, why: str) -> bytes:
@@ -560,10 +569,10 @@ class ResponseInspector:
         return b"event: message\r\ndata: " + error.encode("utf-8") + b"\r\n\r\n"
 
     def _long_event(self, raw: bytes, *, last: bool) -> bytes:
-        """A piece of an event over the bound: scanned, passed on, or cut at `result.tools`."""
+        """A piece of an event over the bound: scanned, passed on, or cut at a listing."""
         long = self._long
         if long is None:
-            long = self._long = _LongEvent()
+            long = self._long = _LongEvent(self._arrays)
         out = b""
         if not long.skipping:
             cut = long.reader.feed(raw)
@@ -583,6 +592,19 @@ class ResponseInspector:
             self._long = None
         return out
 
-    def _hides(self, name: str | None) -> bool:
+    @property
+    def _listing(self) -> ListingFilter:
         assert self.hides is not None
-        return self.hides(name)
+        return self.hides
+
+    @property
+    def _arrays(self) -> frozenset[str]:
+        """The listing arrays a message over the bound is scanned for."""
+        return frozenset(self._listing.arrays)
+
+    def _count(self, removed: dict[str, int]) -> None:
+        for array, count in removed.items():
+            if array == "tools":
+                self.report.tools_removed += count
+            else:
+                self.report.content_removed += count

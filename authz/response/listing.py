@@ -1,14 +1,18 @@
-"""Tool listings, pure: cutting the tools a grant may not see out of JSON-RPC text.
+"""Listings, pure: cutting what a grant may not see out of JSON-RPC text.
 
-Which tools those are is the engine's (`authz.engine.listing_filter`, a `Hides`).
+What that is, per listing array, is the engine's (`authz.engine.listing_filter`, a
+`ListingFilter`): `result.tools` elements by `name`, `result.resources` by `uri`,
+`result.resourceTemplates` by `uriTemplate`, `result.prompts` by `name`
+(`authz.model.LISTINGS`).
 
-- `filter_tools(text, hides)`: one JSON-RPC message (or a batch) as text → the same text
-  without the hidden elements of every `result.tools` array, whatever the message's id. Only
-  those elements (and their separators) are cut: `nextCursor`, other members and every other
-  byte keep their exact bytes, and a message that loses nothing is returned as it came.
-- `ToolsScanner`: for a message too large to hold, reads it piece by piece and stops at the
-  first `result.tools` array, so the caller can withhold it (the response phase fails closed
-  there rather than pass a listing unread).
+- `filter_listing(text, listing)`: one JSON-RPC message (or a batch) as text → the same text
+  without the hidden elements of every array the filter names, in every `result`, whatever
+  the message's id. Only those elements (and their separators) are cut: `nextCursor`, other
+  members and every other byte keep their exact bytes, and a message that loses nothing is
+  returned as it came. `filter_tools(text, hides)` is the same for `result.tools` alone.
+- `ListingScanner`: for a message too large to hold, reads it piece by piece and stops at
+  the first `result.<array>` array of the arrays it looks for, so the caller can withhold
+  it (the response phase fails closed there rather than pass a listing unread).
 
 Nothing here raises on upstream bytes except `Unparsable`.
 """
@@ -20,10 +24,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from authz.model import Hides, RequestId
+from authz.model import LISTINGS, Hides, ListingFilter, RequestId
 from authz.response.jsonrpc import Unparsable, parse_message
 
-__all__ = ["ToolsScanner", "filter_tools"]
+__all__ = ["TOOLS", "ListingScanner", "filter_listing", "filter_tools"]
+
+TOOLS: Final = frozenset({"tools"})
+"""The arrays a tools-only filter cuts (and a scanner looks for by default)."""
+
+_ELEMENT_KEY: Final = {array: key for array, key, _ in LISTINGS}
 
 
 # -- cutting hidden tools out of the raw JSON text -----------------------------------------
@@ -107,54 +116,58 @@ def _elements(text: str, i: int) -> tuple[list[tuple[int, int]], int]:
         pos = _skip_ws(text, pos + 1)
 
 
-def _hidden(text: str, start: int, hides: Hides) -> bool:
-    """Whether the tool entry at `start` is hidden: by any of its string `name` members (a
+def _hidden(text: str, start: int, hides: Hides, key: str) -> bool:
+    """Whether the element at `start` is hidden: by any of its string `key` members (a
     parser that keeps the first duplicate and one that keeps the last must both not see it),
-    or as a nameless entry (`hides(None)`)."""
+    or as an element without one (`hides(None)`)."""
     if text[start] != "{":
         return hides(None)
-    names = [json.loads(text[s:e]) for key, s, e in _members(text, start) if key == "name"]
-    strings = [name for name in names if isinstance(name, str)]
+    values = [json.loads(text[s:e]) for name, s, e in _members(text, start) if name == key]
+    strings = [value for value in values if isinstance(value, str)]
     if not strings:
         return hides(None)
-    return any(hides(name) for name in strings)
+    return any(hides(value) for value in strings)
 
 
-def _cut_tools(text: str, start: int, hides: Hides) -> tuple[list[tuple[int, int, str]], int]:
-    """Edits that remove hidden tools from every `result.tools` array of the message object at
-    `start` (every duplicate `result` and `tools` member included), and how many."""
+def _cut(
+    text: str, start: int, listing: ListingFilter, removed: dict[str, int]
+) -> list[tuple[int, int, str]]:
+    """Edits that remove hidden elements from every array the filter names in the `result`
+    of the message object at `start` (every duplicate `result` and array member included);
+    `removed` counts them per array."""
     edits: list[tuple[int, int, str]] = []
-    removed = 0
     for key, value_start, _ in _members(text, start):
         if key != "result" or text[value_start] != "{":
             continue
-        for inner_key, tools_start, tools_end in _members(text, value_start):
-            if inner_key != "tools" or text[tools_start] != "[":
+        for array, array_start, array_end in _members(text, value_start):
+            hides = listing.arrays.get(array)
+            if hides is None or text[array_start] != "[":
                 continue
-            elements, close = _elements(text, tools_start)
-            kept = [(s, e) for s, e in elements if not _hidden(text, s, hides)]
+            element_key = _ELEMENT_KEY[array]
+            elements, close = _elements(text, array_start)
+            kept = [(s, e) for s, e in elements if not _hidden(text, s, hides, element_key)]
             if len(kept) == len(elements):
                 continue
-            removed += len(elements) - len(kept)
+            removed[array] = removed.get(array, 0) + len(elements) - len(kept)
             if not kept:
                 replacement = "[]"
             else:
                 separator = text[elements[0][1] : elements[1][0]] if len(elements) > 1 else ","
-                leading = text[tools_start + 1 : elements[0][0]]
+                leading = text[array_start + 1 : elements[0][0]]
                 trailing = text[elements[-1][1] : close]
                 body = separator.join(text[s:e] for s, e in kept)
                 replacement = f"[{leading}{body}{trailing}]"
-            edits.append((tools_start, tools_end, replacement))
-    return edits, removed
+            edits.append((array_start, array_end, replacement))
+    return edits
 
 
-def filter_tools(text: str, hides: Hides) -> tuple[str, int, Any]:
-    """Remove the tools `hides` names from every `result.tools` array in `text`.
+def filter_listing(text: str, listing: ListingFilter) -> tuple[str, dict[str, int], Any]:
+    """Remove the elements `listing` hides from every array it names in `text`.
 
     `text` is one JSON-RPC message, or a batch (an array of them); the message's id and
-    method do not matter. Returns (text, number of tools removed, the parsed value of the
-    original text). When nothing is removed, `text` itself is returned. Only the removed
-    array elements (and their separators) are cut from the text.
+    method do not matter. Returns (text, elements removed per array, the parsed value of
+    the original text). When nothing is removed, `text` itself is returned. Only the
+    removed array elements (and their separators) are cut from the text.
 
     Raises `Unparsable` when `text` is not JSON.
     """
@@ -165,18 +178,24 @@ def filter_tools(text: str, hides: Hides) -> tuple[str, int, Any]:
     elif isinstance(message, list):
         objects = [s for s, _ in _elements(text, start)[0] if text[s] == "{"]
     else:
-        return text, 0, message
+        return text, {}, message
     edits: list[tuple[int, int, str]] = []
-    removed = 0
+    removed: dict[str, int] = {}
     for obj in objects:
-        more, count = _cut_tools(text, obj, hides)
-        edits += more
-        removed += count
+        edits += _cut(text, obj, listing, removed)
     if not removed:
-        return text, 0, message
+        return text, removed, message
     for edit_start, edit_end, replacement in sorted(edits, reverse=True):
         text = text[:edit_start] + replacement + text[edit_end:]
     return text, removed, message
+
+
+def filter_tools(text: str, hides: Hides) -> tuple[str, int, Any]:
+    """Remove the tools `hides` names from every `result.tools` array in `text`
+    (`filter_listing` of that array alone): (text, tools removed, the parsed value of the
+    original text)."""
+    new, removed, message = filter_listing(text, ListingFilter.tools(hides))
+    return new, removed.get("tools", 0), message
 
 
 # -- reading a message too large to hold --------------------------------------------------------
@@ -184,8 +203,9 @@ def filter_tools(text: str, hides: Hides) -> tuple[str, int, Any]:
 _B_WS: Final = re.compile(rb"[ \t\n\r]*")
 _B_OPAQUE_STOP: Final = re.compile(rb'["\[\]{}]')
 _B_SCALAR: Final = re.compile(rb'[^ \t\n\r,\]}:\[{"]*')
-_MAX_KEY: Final = 64
-"""Encoded bytes kept of a key: `"id"`, `"result"` and `"tools"` fit even fully escaped."""
+_MAX_KEY: Final = 128
+"""Encoded bytes kept of a key: `"id"`, `"result"` and the array names (the longest,
+`"resourceTemplates"`, is 17 characters) fit even fully escaped (6 bytes each)."""
 _MAX_ID: Final = 600
 """Encoded bytes kept of an id (the request phase refuses ids over 256 bytes)."""
 
@@ -201,17 +221,19 @@ class _Frame:
 
 
 @dataclass(slots=True)
-class ToolsScanner:
+class ListingScanner:
     """Reads one JSON-RPC message (or batch) piece by piece, holding nothing but a key or an
-    id, and stops at the first `result.tools` array of a message.
+    id, and stops at the first `result.<array>` array of a message, for the `arrays` it
+    looks for (`result.tools` unless told otherwise).
 
     `feed(data)` returns the offset in `data` of that array's `[` (every byte before it is
-    free of tool entries), or None. Afterwards `found` is True and `feed` reads no more. A
-    byte sequence that is not JSON sets `broken` (a strict parser would refuse it too).
-    `message_id` is the message's id when it came before the find (and the value is not a
-    batch); None otherwise.
+    free of listing elements), or None. Afterwards `found` is True and `feed` reads no
+    more. A byte sequence that is not JSON sets `broken` (a strict parser would refuse it
+    too). `message_id` is the message's id when it came before the find (and the value is
+    not a batch); None otherwise.
     """
 
+    arrays: frozenset[str] = TOOLS
     found: bool = False
     broken: bool = False
     message_id: RequestId = None
@@ -341,8 +363,8 @@ class ToolsScanner:
             return _MESSAGE
         if frame.role == _MESSAGE:
             return {"result": _RESULT, "id": "id"}.get(frame.key or "")
-        if frame.role == _RESULT and frame.key == "tools":
-            return "tools"
+        if frame.role == _RESULT and frame.key in self.arrays:
+            return "listing"
         return None
 
     def _token(self, char: int, pos: int) -> int:
@@ -382,7 +404,7 @@ class ToolsScanner:
             return pos
         self._started = True
         role = self._value_role()
-        if char == 0x5B and role == "tools":  # [
+        if char == 0x5B and role == "listing":  # [
             self.found = True
             return pos
         if char == 0x7B and role in ("top", _MESSAGE, _RESULT):  # {

@@ -6,7 +6,7 @@
 - `rewrite_event`: the same event with other data; every other line (`id:`, `event:`,
   `retry:`, comments) and every line end is kept.
 - `SseDataReader`: the data of an event too long to hold, fed piece by piece to a
-  `ToolsScanner`, with offsets mapped back to the raw bytes.
+  `ListingScanner`, with offsets mapped back to the raw bytes.
 
 Line ends may be CRLF, LF or CR, and a chunk may end anywhere (inside a CRLF too).
 """
@@ -18,7 +18,7 @@ import re
 from typing import Final
 
 from authz.response.jsonrpc import Unparsable
-from authz.response.listing import ToolsScanner
+from authz.response.listing import ListingScanner
 
 __all__ = [
     "Segment",
@@ -212,9 +212,9 @@ def _line_end(raw: bytes, i: int) -> int:
 class SseDataReader:
     """The data of one event, read piece by piece, fed to `scanner` (data lines joined by
     LF, as a client joins them). `feed(raw)` returns the offset in `raw` where the scanner
-    found a `result.tools` array, or None."""
+    found a listing array (`result.tools`, ...), or None."""
 
-    def __init__(self, scanner: ToolsScanner) -> None:
+    def __init__(self, scanner: ListingScanner) -> None:
         self.scanner = scanner
         self._state = "field"
         self._field = bytearray()

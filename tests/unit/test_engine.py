@@ -1060,9 +1060,9 @@ def test_methods_extension(method: str, allowed: bool, rule: str | None) -> None
         assert method in decision.message
 
 
-def test_methods_absent_allows_every_non_tool_method() -> None:
+def test_methods_absent_allows_every_method_that_is_not_content() -> None:
     policy = load_policy(SEED, name="seed")
-    for method in ("initialize", "resources/read", "whatever/else", "(response)"):
+    for method in ("initialize", "resources/list", "whatever/else", "(response)"):
         assert decide(policy, GRANT, _method(method)).allowed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from mcp.shared.inbound import decode_header_value as sdk_decode_header_value
@@ -202,9 +203,19 @@ def test_tool_names_in_the_spec_charset_are_accepted(name: str) -> None:
     assert parse_message(body).tool == name
 
 
+SUBJECT_PARAMS: dict[str, dict[str, Any]] = {
+    "tools/call": {"name": "t"},
+    "prompts/get": {"name": "p"},
+    "resources/read": {"uri": "file:///a"},
+    "resources/subscribe": {"uri": "file:///a"},
+    "completion/complete": {"ref": {"type": "ref/prompt", "name": "p"}},
+}
+"""The least `params` of the methods whose subject the parser reads."""
+
+
 @pytest.mark.parametrize("method", sorted(REQUEST_METHODS))
 def test_every_mcp_request_method_is_accepted(method: str) -> None:
-    params = {"name": "t"} if method == "tools/call" else {}
+    params = SUBJECT_PARAMS.get(method, {})
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
     assert parse_message(body.encode()).method == method
 
@@ -380,3 +391,92 @@ def test_an_over_long_id_is_not_echoed_in_other_errors() -> None:
     with pytest.raises(McpParseError) as info:
         parse_message(body)
     assert info.value.code == INVALID_REQUEST and info.value.request_id is None
+
+
+# -- the subject of a content request ------------------------------------------------------
+
+
+def _content(method: str, params: Any) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": 9, "method": method, "params": params}).encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "resource", "prompt", "arguments"),
+    [
+        ("resources/read", {"uri": "file:///a b"}, "file:///a b", None, {}),
+        ("resources/read", {"uri": ""}, "", None, {}),
+        ("resources/subscribe", {"uri": "docs://x"}, "docs://x", None, {}),
+        ("prompts/get", {"name": "p"}, None, "p", {}),
+        (
+            "prompts/get",
+            {"name": "p", "arguments": {"a": "1", "b": ""}},
+            None,
+            "p",
+            {"a": "1", "b": ""},
+        ),
+        (
+            "completion/complete",
+            {"ref": {"type": "ref/prompt", "name": "p"}, "argument": {"name": "a", "value": "x"}},
+            None,
+            "p",
+            {},
+        ),
+        (
+            "completion/complete",
+            {
+                "ref": {"type": "ref/resource", "uri": "db://{t}"},
+                "argument": {"name": "t", "value": ""},
+            },
+            "db://{t}",
+            None,
+            {},
+        ),
+    ],
+)
+def test_a_content_request_names_its_subject(
+    method: str, params: Any, resource: str | None, prompt: str | None, arguments: Any
+) -> None:
+    request = parse_message(_content(method, params))
+    assert (request.resource, request.prompt, dict(request.arguments)) == (
+        resource,
+        prompt,
+        arguments,
+    )
+    assert request.is_content and request.tool is None
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "fragment"),
+    [
+        ("resources/read", {}, '"params.uri" must be a string'),
+        ("resources/read", {"uri": 5}, '"params.uri" must be a string'),
+        ("resources/read", {"uri": None}, '"params.uri" must be a string'),
+        ("resources/read", {"uri": ["file:///a"]}, '"params.uri" must be a string'),
+        ("resources/subscribe", {"uri": {"href": "x"}}, '"params.uri" must be a string'),
+        ("prompts/get", {}, '"params.name" must be a string'),
+        ("prompts/get", {"name": 1}, '"params.name" must be a string'),
+        ("prompts/get", {"name": "p", "arguments": None}, "must be an object of strings"),
+        ("prompts/get", {"name": "p", "arguments": ["a"]}, "must be an object of strings"),
+        ("prompts/get", {"name": "p", "arguments": {"n": 5}}, "must be an object of strings"),
+        ("prompts/get", {"name": "p", "arguments": {"n": {"x": "y"}}}, "object of strings"),
+        ("completion/complete", {}, '"params.ref" must be'),
+        ("completion/complete", {"ref": "p"}, '"params.ref" must be'),
+        ("completion/complete", {"ref": {"type": "ref/tool", "name": "t"}}, '"params.ref"'),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "uri": "x"}}, '"params.ref"'),
+        ("completion/complete", {"ref": {"type": "ref/resource", "name": "x"}}, '"params.ref"'),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "name": 3}}, '"params.ref"'),
+        ("completion/complete", {"ref": {"name": "p"}}, '"params.ref"'),
+    ],
+)
+def test_a_content_request_without_a_usable_subject_is_invalid_params(
+    method: str, params: Any, fragment: str
+) -> None:
+    with pytest.raises(McpParseError) as info:
+        parse_message(_content(method, params))
+    assert info.value.code == INVALID_PARAMS and info.value.request_id == 9
+    assert fragment in info.value.message
+
+
+def test_unsubscribing_is_plumbing_and_needs_no_subject() -> None:
+    request = parse_message(_content("resources/unsubscribe", {}))
+    assert not request.is_content and request.resource is None

@@ -26,6 +26,13 @@ from authz.policy import load_policy
         ("/all_tools/limits/c/cost", "limit_cost"),
         ("/methods/default", "methods"),
         ("/methods/deny/0", "methods"),
+        ("/resources/docs:~1~1{name}/deny_if/0", "deny_if"),
+        ("/resources/file:~1~1~1{+p}/limits/reads", "limit"),
+        ("/resources/*/require_approval", "require_approval"),
+        ("/resources/docs:~1~1{name}", "ambiguous_uri"),
+        ("/prompts/p/require/1", "require"),
+        ("/prompts/*/approve_if/0", "approve_if"),
+        ("/prompts/p", "other"),
         ("something else", "other"),
     ],
 )

@@ -265,11 +265,16 @@ def other_messages(draw: st.DrawFn) -> dict[str, Any]:
         message["id"] = draw(request_ids)
     else:
         message["method"] = draw(st.sampled_from(NOTIFICATIONS))
-    if draw(st.booleans()):
+    # resources/read and prompts/get need their subject (a string uri, name), and a
+    # prompt's arguments are strings
+    if draw(st.booleans()) or message["method"] in ("resources/read", "prompts/get"):
+        extra = draw(st.dictionaries(keys, json_values, max_size=2))
+        if "arguments" in extra:
+            extra["arguments"] = draw(st.dictionaries(keys, st.text(max_size=4), max_size=2))
         message["params"] = {
+            **extra,
             "name": draw(tool_names),
             "uri": draw(st.text(max_size=8)),
-            **draw(st.dictionaries(keys, json_values, max_size=2)),
         }
     return message
 
@@ -601,7 +606,7 @@ def summary(verdict: Verdict) -> tuple[Outcome, str | None, DenyKind | None]:
 
 PARSE_CODES = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS}
 FIXED_RULES = {"(no policy)", "(hidden)", "(default deny)"}
-RULE_PREFIXES = ("/tools/", "/all_tools/", "/methods/")
+RULE_PREFIXES = ("/tools/", "/all_tools/", "/methods/", "/resources/", "/prompts/")
 
 
 def parse_or_error(body: bytes) -> McpRequest | McpParseError:
@@ -629,6 +634,19 @@ def check_decision(policy: Policy | None, request: McpRequest) -> Decision:
         assert decision.rule in FIXED_RULES or decision.rule.startswith(RULE_PREFIXES)
     if policy is None:
         assert decision.rule == "(no policy)"
+    elif request.is_content:
+        # the methods section admits content methods when the document has one; without
+        # it, default deny denies content no resources/prompts entry lets through
+        document = policy.document
+        sections = bool(document.resources or document.prompts or document.hide.resources)
+        if document.has_methods and not document.methods.permits(request.method)[0]:
+            assert not decision.allowed and str(decision.rule).startswith("/methods/")
+        elif sections or document.hide.prompts:
+            pass
+        elif not document.has_methods and policy.default == "deny":
+            assert decision.rule == "(default deny)"
+        else:
+            assert decision.allowed and not decision.claims
     elif not request.is_tool_call:
         methods = policy.document.methods  # deny wins, then allow, then the default
         allowed = request.method not in methods.deny and (
@@ -673,6 +691,8 @@ def request_key(request: McpRequest) -> tuple[Any, ...]:
         canon(request.params),
         canon(request.arguments),
         request.session_id,
+        request.resource,
+        request.prompt,
     )
 
 

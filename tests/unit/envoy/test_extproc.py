@@ -55,6 +55,9 @@ POLICIES = {
     "quota": {
         "version": "1",
         "default": "deny",
+        # a methods section admits resources and prompts as before: this grant's listings
+        # are not filtered (without it, default deny would leave out every resource)
+        "methods": {"default": "allow"},
         "tools": {
             TOOL: {"limits": [{"counter": "c", "window": "day", "max": 2, "scope": "grant"}]}
         },
@@ -499,10 +502,10 @@ async def test_an_internal_error_while_filtering_fails_closed(
     verdict = await pipeline.check("h", list_tools(3))
     raw = json.dumps(LISTING).encode()
 
-    def boom(*_args: Any) -> tuple[str, int]:
+    def boom(*_args: Any) -> tuple[str, dict[str, int]]:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("authz.response.inspector.filter_tools", boom)
+    monkeypatch.setattr("authz.response.inspector.filter_listing", boom)
     with structlog.testing.capture_logs() as logs:
         out = await pipeline.respond(
             verdict, [headers(200, "application/json"), body(raw[:10]), body(raw[10:], eos=True)]

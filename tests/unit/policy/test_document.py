@@ -208,7 +208,7 @@ ERRORS: list[tuple[str, Any, str, str]] = [
     ("tools", [], "$.tools", "must be an object"),
     ("bogus", 1, "$.bogus", "unknown field 'bogus'; allowed here: version, description"),
     ("all_tools", {"x": 1}, "$.all_tools.x", "unknown field 'x'; allowed here: limits"),
-    (f"{G}/allow", [], f"{T}.allow", "allowed here: require, deny_if, rules, limits"),
+    (f"{G}/allow", [], f"{T}.allow", "allowed here: require, deny_if, limits, approve_if"),
     (f"{G}/require/0/when", 1, f"{T}.require[0].when", "allowed here: name, conditions"),
     (f"{C0}/values", 1, f"{T}.require[0].conditions[0].values", "allowed here: path, op, value"),
     (f"{G}/limits/0/per", 1, f"{T}.limits[0].per", "allowed here: counter, window, max"),

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.model import Hides, Reservation
+from authz.model import ListingFilter, Reservation
 from authz.response.inspector import Plan, ResponseContext, ResponseInspector
 from authz.response.jsonrpc import withheld_error
 from authz.response.listing import filter_tools
@@ -21,8 +21,8 @@ UF, UH, UR, UC, UT, UAEX = 0x20, 0x2, 0x10, 0x40, 0x4, 0x1000
 EARLY_RESET = "upstream_reset_before_response_started{remote_connection_failure}"
 
 
-def hide(*names: str) -> Hides:
-    return lambda name: name in names
+def hide(*names: str) -> ListingFilter:
+    return ListingFilter.tools(lambda name: name in names)
 
 
 def tool(name: str) -> dict[str, Any]:
@@ -130,7 +130,7 @@ FILTERED = listing([tool("a")], nextCursor="n2")
 
 
 def _cut(text: str) -> str:
-    return filter_tools(text, hide(HIDDEN))[0]
+    return filter_tools(text, lambda name: name == HIDDEN)[0]
 
 
 @pytest.mark.parametrize("size", [1, 3, 17, 10_000])
@@ -516,3 +516,86 @@ def test_any_body_any_chunking_never_shows_a_hidden_tool(
     out = _replay(hider, body, cuts, media)
     assert hider.error is None
     assert not _readable_hidden(out, media)
+
+
+# -- the other listings ----------------------------------------------------------------------
+
+SECRET = "file:///etc/passwd"
+RESOURCES = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 8,
+        "result": {"resources": [{"uri": "docs://a", "name": "a"}, {"uri": SECRET, "name": "p"}]},
+    }
+)
+PROMPTS = json.dumps(
+    {"jsonrpc": "2.0", "id": 8, "result": {"prompts": [{"name": "internal"}, {"name": "ok"}]}}
+)
+TEMPLATES = json.dumps(
+    {"jsonrpc": "2.0", "id": 8, "result": {"resourceTemplates": [{"uriTemplate": "db://{t}"}]}}
+)
+
+
+def content() -> ListingFilter:
+    """A grant that may not see SECRET, the `internal` prompt, nor any template."""
+    return ListingFilter(
+        {
+            "resources": lambda uri: uri in (None, SECRET),
+            "resourceTemplates": lambda _text: True,
+            "prompts": lambda name: name in (None, "internal"),
+        }
+    )
+
+
+@pytest.mark.parametrize("media", ["json", "sse"])
+@pytest.mark.parametrize(
+    ("method", "body", "kept"),
+    [
+        ("resources/list", RESOURCES, {"resources": [{"uri": "docs://a", "name": "a"}]}),
+        ("prompts/list", PROMPTS, {"prompts": [{"name": "ok"}]}),
+        ("resources/templates/list", TEMPLATES, {"resourceTemplates": []}),
+    ],
+)
+def test_content_listings_are_filtered_in_json_and_sse(
+    media: str, method: str, body: str, kept: dict[str, Any]
+) -> None:
+    raw = sse(body, ids=True) if media == "sse" else body.encode()
+    content_type = "text/event-stream" if media == "sse" else "application/json"
+    inspector = ResponseInspector(ctx(method, rid=8), content())
+    got = run(inspector, chunked(raw, 7), content_type=content_type)
+    read = events_of(got) if media == "sse" else [json.loads(got)]
+    assert [m["result"] for m in read] == [kept]
+    assert inspector.report.content_removed == 1 and inspector.report.tools_removed == 0
+    if media == "sse":
+        assert got.startswith(b"id: e0\r\n")
+
+
+def test_a_content_listing_that_answers_another_id_is_withheld_only_when_filtered() -> None:
+    body = RESOURCES.replace('"id": 8', '"id": "8"').encode()
+    filtered = ResponseInspector(ctx("resources/list", rid=8), content())
+    got = json.loads(run(filtered, [body], content_type="application/json"))
+    assert got["id"] == 8 and "another request" in got["error"]["message"]
+    # a grant whose policy hides only tools: its resources/list passes as it always did
+    tools_only = ResponseInspector(ctx("resources/list", rid=8), hide(HIDDEN))
+    assert run(tools_only, [body], content_type="application/json") == body
+
+
+def test_a_content_listing_over_the_bound_is_withheld_only_when_filtered() -> None:
+    big = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 6,
+            "result": {
+                "resources": [{"uri": f"docs://{i}"} for i in range(60)] + [{"uri": SECRET}]
+            },
+        }
+    )
+    stream = sse(PROGRESS, big, ids=True)
+    filtered = ResponseInspector(ctx("resources/list", rid=6), content(), limit=1000)
+    got = run(filtered, chunked(stream, 300))
+    assert SECRET.encode() not in got
+    progress, error = events_of(got)
+    assert progress == json.loads(PROGRESS)
+    assert error["id"] == 6 and "larger than 1 MiB" in error["error"]["message"]
+    tools_only = ResponseInspector(ctx("resources/list", rid=6), hide(HIDDEN), limit=1000)
+    assert run(tools_only, chunked(stream, 300)) == stream

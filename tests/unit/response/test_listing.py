@@ -1,5 +1,6 @@
-"""Tool listings, pure (authz/response/listing.py): cutting hidden tools out of any
-JSON-RPC message, and finding `result.tools` in a message read piece by piece."""
+"""Listings, pure (authz/response/listing.py): cutting hidden tools, resources, templates and
+prompts out of any JSON-RPC message, and finding a listing array in a message read piece by
+piece."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.model import Hides
+from authz.model import Hides, ListingFilter
 from authz.response.jsonrpc import Unparsable
-from authz.response.listing import ToolsScanner, filter_tools
+from authz.response.listing import ListingScanner, filter_listing, filter_tools
 
 HIDDEN = "image.generate.replicate"
 
@@ -186,12 +187,12 @@ def test_large_listing_is_exact() -> None:
     assert len(json.loads(new)["result"]["tools"]) == 3000
 
 
-# -- ToolsScanner: a message read piece by piece ------------------------------------------
+# -- ListingScanner: a message read piece by piece ------------------------------------------
 
 
-def scan(data: bytes, sizes: list[int] | None = None) -> tuple[ToolsScanner, int | None]:
+def scan(data: bytes, sizes: list[int] | None = None) -> tuple[ListingScanner, int | None]:
     """Feed `data` in pieces; the offset in `data` of the find (None: no find)."""
-    scanner = ToolsScanner()
+    scanner = ListingScanner()
     pos = 0
     for size in [*(sizes or []), len(data)]:
         piece = data[pos : pos + size]
@@ -294,3 +295,133 @@ def test_the_scanner_agrees_with_a_parser(value: Any, sizes: list[int], ascii_on
     assert scanner.found == _has_tools(value)
     if at is not None:
         assert data[at : at + 1] == b"["
+
+
+# -- the other listings: resources, resource templates, prompts ------------------------------
+
+
+def content_filter(
+    resources: tuple[str, ...] = (), templates: tuple[str, ...] = (), prompts: tuple[str, ...] = ()
+) -> ListingFilter:
+    return ListingFilter(
+        {
+            "resources": lambda uri: uri is None or uri in resources,
+            "resourceTemplates": lambda text: text is None or text in templates,
+            "prompts": lambda name: name is None or name in prompts,
+        }
+    )
+
+
+def answer(result: dict[str, Any], rid: object = 1) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+@pytest.mark.parametrize(
+    ("array", "key", "hidden", "listing_filter"),
+    [
+        (
+            "resources",
+            "uri",
+            "file:///etc/passwd",
+            content_filter(resources=("file:///etc/passwd",)),
+        ),
+        ("resourceTemplates", "uriTemplate", "db://{t}", content_filter(templates=("db://{t}",))),
+        ("prompts", "name", "internal", content_filter(prompts=("internal",))),
+    ],
+)
+def test_each_content_listing_loses_its_hidden_elements_by_its_key(
+    array: str, key: str, hidden: str, listing_filter: ListingFilter
+) -> None:
+    kept = {key: "kept", "name": "Kept", "description": "d"}
+    gone = {key: hidden, "name": hidden, "mimeType": "text/plain"}
+    text = answer({array: [kept, gone, kept], "nextCursor": "c\\u00e9"})
+    new, removed, message = filter_listing(text, listing_filter)
+    assert removed == {array: 1} and message == json.loads(text)
+    assert json.loads(new)["result"] == {array: [kept, kept], "nextCursor": "c\\u00e9"}
+    assert new == text.replace(json.dumps(gone) + ", ", "")
+    # a name that is not the array's key hides nothing: a prompt's name is not a resource's uri
+    other = {**{k: hidden for k in ("name", "uri", "uriTemplate")}, key: "kept"}
+    assert filter_listing(answer({array: [other]}), listing_filter)[1] == {}
+
+
+def test_elements_without_a_string_key_are_cut_from_a_content_listing() -> None:
+    text = answer({"resources": [{"name": "no uri"}, {"uri": 5}, 3, {"uri": "kept"}]})
+    new, removed, _ = filter_listing(text, content_filter())
+    assert removed == {"resources": 3}
+    assert json.loads(new)["result"]["resources"] == [{"uri": "kept"}]
+
+
+def test_one_filter_cuts_every_array_it_names_and_only_those() -> None:
+    text = answer(
+        {
+            "tools": [tool(HIDDEN)],
+            "resources": [{"uri": "r1"}, {"uri": "r2"}],
+            "resourceTemplates": [{"uriTemplate": "t1"}],
+            "prompts": [{"name": "p1"}],
+        }
+    )
+    new, removed, _ = filter_listing(text, content_filter(resources=("r2",), prompts=("p1",)))
+    assert removed == {"resources": 1, "prompts": 1}
+    assert json.loads(new)["result"] == {
+        "tools": [tool(HIDDEN)],  # no tools filter: the tools pass as sent
+        "resources": [{"uri": "r1"}],
+        "resourceTemplates": [{"uriTemplate": "t1"}],
+        "prompts": [],
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(st.sampled_from(["a", "b", HIDDEN, "c"]), max_size=6),
+    indent=st.sampled_from([None, 0, 2]),
+    extra=st.dictionaries(
+        st.sampled_from(["resources", "prompts", "nextCursor"]),
+        st.lists(st.just({"uri": "x"}), max_size=2),
+    ),
+)
+def test_a_tools_filter_cuts_tools_byte_for_byte_as_before(
+    names: list[str], indent: int | None, extra: dict[str, Any]
+) -> None:
+    """`filter_listing` with a tools filter is `filter_tools`, and both are the cut the
+    response phase always made: only hidden tool entries go."""
+    text = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "result": {**extra, "tools": [tool(n) for n in names]}},
+        indent=indent,
+    )
+    new, removed, _ = filter_listing(text, ListingFilter.tools(hide(HIDDEN)))
+    assert (new, removed.get("tools", 0)) == cut(text, HIDDEN)
+    expected = {**extra, "tools": [tool(n) for n in names if n != HIDDEN]}
+    assert json.loads(new)["result"] == expected
+    if HIDDEN not in names:
+        assert new is text
+
+
+@pytest.mark.parametrize(
+    ("data", "arrays", "found"),
+    [
+        (b'{"id":1,"result":{"resources":[{"uri":"a"}]}}', frozenset({"resources"}), True),
+        (b'{"id":1,"result":{"resources":[{"uri":"a"}]}}', frozenset({"tools"}), False),
+        (b'{"id":1,"result":{"resourceTemplates":[]}}', frozenset({"resourceTemplates"}), True),
+        (
+            b'{"id":1,"result":{"r\\u0065s\\u006furc\\u0065T\\u0065mpl\\u0061t\\u0065s":[]}}',
+            frozenset({"resourceTemplates"}),
+            True,
+        ),
+        (b'{"id":1,"result":{"prompts":[],"tools":[]}}', frozenset({"prompts", "tools"}), True),
+        (
+            b'{"id":1,"result":{"contents":[{"uri":"a"}]}}',
+            frozenset({"resources", "prompts"}),
+            False,
+        ),
+    ],
+)
+def test_the_scanner_looks_for_the_arrays_it_is_given(
+    data: bytes, arrays: frozenset[str], found: bool
+) -> None:
+    scanner = ListingScanner(arrays)
+    at = None
+    for i in range(len(data)):
+        at = scanner.feed(data[i : i + 1])
+        if at is not None:
+            break
+    assert scanner.found is found and not scanner.broken

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from authz.response.jsonrpc import Unparsable
-from authz.response.listing import ToolsScanner
+from authz.response.listing import ListingScanner
 from authz.response.sse import Segment, SseDataReader, SseSplitter, event_payload, rewrite_event
 
 
@@ -88,7 +88,7 @@ def test_the_data_reader_feeds_data_lines_only_and_maps_offsets(size: int) -> No
         b'id: 7\r\nevent: message\r\n: {"result":{"tools":[\r\ndata: {"id":1,\r\n'
         b'data: "result":{"x":1,\r\ndata:"tools" :[1]}}\r\n\r\n'
     )
-    reader = SseDataReader(ToolsScanner())
+    reader = SseDataReader(ListingScanner())
     at = None
     for pos in range(0, len(raw), size):
         found = reader.feed(raw[pos : pos + size])
