@@ -322,8 +322,8 @@ class ResponseInspector:
             return
         if self.plan is not Plan.PASS:
             self.report.complete = False
-        if self._quota_open:
-            self._quota(give_back=False, reason="unparsed" if self._uncertain else "incomplete")
+        if self._quota_open:  # an answer already read (FILTER reads on) says how it ended
+            self._quota(give_back=False, reason=self._answered_reason() or "incomplete")
         self._done = True
 
     def give_up(self) -> None:

@@ -451,6 +451,16 @@ def test_a_hiding_grants_call_is_filtered_and_its_quota_question_still_answered(
     assert (inspector.report.give_back, inspector.report.reason) == (False, "result")
 
 
+def test_a_filtered_call_whose_stream_ends_after_its_answer_is_a_result() -> None:
+    """FILTER reads on past the answer (a grant whose listings are filtered, the seed's
+    shape): a client that goes once it has the answer ends the stream first, and the call
+    still ended with its result."""
+    inspector = ResponseInspector(call_ctx(), hide(HIDDEN))
+    run(inspector, [sse(PROGRESS, RESULT)], end=False)
+    assert inspector.report.complete is False
+    assert (inspector.report.give_back, inspector.report.reason) == (False, "result")
+
+
 def test_giving_up_an_observed_body_keeps_the_quota_and_owes_nothing() -> None:
     inspector = ResponseInspector(call_ctx())
     inspector.headers(200, "application/json", False)
