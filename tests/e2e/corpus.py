@@ -11,7 +11,9 @@ upstream accepts on any port) and use the grants and policies defined here:
 - grant `open`, policy `permissive`: `default: allow`, hides `image.generate.replicate`,
   denies `image.generate.openai` (a deny_if with empty conditions);
 - grant `strict`, policy `strict`: `default: deny`, only `image.generate.gemini` listed;
-- grant `orphan`: its policy does not exist.
+- grant `orphan`: its policy does not exist;
+- grant `reader`, policy `content` (resources and prompts, below): `default: deny`, one
+  tool, `docs://{name}` resources and one prompt.
 
 Only `image.generate.gemini` ever runs in this corpus (the positive controls); the other
 three tools are forbidden for at least one grant and must never appear in the record.
@@ -1421,6 +1423,122 @@ tool_denied(
     "a prompt of 40 `a` against the same rule: it matches",
     call(GEMINI, "coerce", arguments={"prompt": "a" * 40}),
     f"/tools/{GEMINI}/deny_if/1",
+)
+
+family("Resources and prompts")
+# Content methods under `default: deny`: the grant may read one tool and `docs://{name}`
+# resources (but not names starting with `secret`) and get one prompt. The ImageGen server
+# has no resources or prompts: every request here is the sidecar's to refuse.
+POLICIES["content"] = {
+    "version": "1",
+    "default": "deny",
+    "tools": {GEMINI: {}},
+    "resources": {
+        "docs://{name}": {
+            "deny_if": [{"conditions": [{"path": "args.name", "op": "regex", "value": "^secret"}]}]
+        }
+    },
+    "prompts": {"summarize": {}},
+}
+GRANTS["reader"] = "content"
+DOCS_RULE = "/resources/docs:~1~1{name}"
+
+
+def content(method: str, params: dict[str, Any], name: str | None = None) -> bytes:
+    """A stateless content request by the `reader` grant (Mcp-Name as the SDK mirrors it)."""
+    body = rpc_body(method, params={**params, "_meta": META})
+    return post(body, "reader", *mcp_headers(method, name))
+
+
+def content_denied(id: str, what: str, request: bytes, marker: str) -> None:
+    case(id, what, request, 403, "sidecar", code=-32003, marker=marker)
+
+
+def read_uri(uri: str) -> bytes:
+    return content("resources/read", {"uri": uri}, uri)
+
+
+REF_INTERNAL = {"ref": {"type": "ref/prompt", "name": "internal"}}
+content_denied(
+    "content-read-default-deny",
+    "`resources/read` of `file:///etc/passwd`: no entry, `default: deny`",
+    read_uri("file:///etc/passwd"),
+    "(rule: (default deny))",
+)
+content_denied(
+    "content-subscribe-default-deny",
+    "`resources/subscribe` to `file:///etc/passwd`",
+    content("resources/subscribe", {"uri": "file:///etc/passwd"}),
+    "(rule: (default deny))",
+)
+content_denied(
+    "content-prompt-default-deny",
+    "`prompts/get` of a prompt the policy does not list",
+    content("prompts/get", {"name": "internal"}, "internal"),
+    "(rule: (default deny))",
+)
+content_denied(
+    "content-complete-default-deny",
+    "`completion/complete` for that prompt's arguments",
+    content("completion/complete", {**REF_INTERNAL, "argument": {"name": "a", "value": ""}}),
+    "(rule: (default deny))",
+)
+content_denied(
+    "content-read-encoded-name",
+    "`docs://%73ecret`: the server decodes the value to `secret`, and so does the policy",
+    read_uri("docs://%73ecret"),
+    f"(rule: {DOCS_RULE}/deny_if/0)",
+)
+content_denied(
+    "content-read-dot-segment",
+    "`docs://.%2Fsecret`: `./secret`, a path that names `secret`",
+    read_uri("docs://.%2Fsecret"),
+    f"(rule: {DOCS_RULE})",
+)
+content_denied(
+    "content-read-empty-value",
+    "`docs://`: the server would read `{name}` as empty, the pattern needs a character",
+    read_uri("docs://"),
+    f"(rule: {DOCS_RULE})",
+)
+content_denied(
+    "content-read-comma",
+    "`docs://a,secret`: the server ends `{name}` at `,`; the pattern would not",
+    read_uri("docs://a,secret"),
+    f"(rule: {DOCS_RULE})",
+)
+content_denied(
+    "content-read-control-chars",
+    "a 300-character URI with a newline and an escape sequence: denied, never echoed",
+    content("resources/read", {"uri": "file:///etc/pa\nss\x1b[2J" + "x" * 300}),
+    "… (321 characters)",
+)
+invalid_params(
+    "content-uri-number",
+    "`resources/read` whose `uri` is a number",
+    content("resources/read", {"uri": 5}),
+)
+invalid_params(
+    "content-prompt-argument-number",
+    "`prompts/get` whose arguments hold a number (the schema says strings)",
+    content("prompts/get", {"name": "summarize", "arguments": {"n": 5}}, "summarize"),
+)
+invalid_params(
+    "content-complete-ref-tool",
+    "`completion/complete` with a `ref/tool` reference naming openai",
+    content(
+        "completion/complete",
+        {"ref": {"type": "ref/tool", "name": OPENAI}, "argument": {"name": "a", "value": ""}},
+    ),
+    forbidden=(OPENAI,),
+)
+case(
+    "content-header-uri-mismatch",
+    "`Mcp-Name: docs://readme`, body reads `file:///etc/passwd`",
+    content("resources/read", {"uri": "file:///etc/passwd"}, "docs://readme"),
+    400,
+    "sidecar",
+    code=-32020,
 )
 
 
