@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
@@ -110,6 +110,8 @@ def _fallback(value: Any) -> Any:
 
 
 _encode = json.JSONEncoder(default=_fallback).encode
+_quote: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
+"""How `_encode` writes a string (ASCII, escaped), on its own."""
 """Every line's renderer: `json.dumps`'s output (", " and ": " separators, ASCII), with one
 encoder built once instead of one per line."""
 
@@ -275,19 +277,16 @@ DECISION_FIELDS: Final = (
 """The decision event's fields, in order; `fail_open` and `approval_id` follow when set."""
 
 
-def log_decision(
+def _decision_fields(
     ctx: AuditContext,
     decision: Decision,
-    *,
     grant: Grant | None,
     request: McpRequest | None,
     policy_name: str | None,
     policy_hash: str | None,
     duration_ms: float,
-    fail_open: bool = False,
-) -> None:
-    """Write the audit event of one decision (`DECISION_FIELDS`, then `fail_open` and
-    `approval_id` when they apply)."""
+    fail_open: bool,
+) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "decision_id": ctx.decision_id,
         "request_id": ctx.request_id,
@@ -311,17 +310,152 @@ def log_decision(
         fields["fail_open"] = True
     if decision.ticket is not None:
         fields["approval_id"] = decision.ticket.id
+    return fields
+
+
+# The decision line is written from pieces: each piece is `_encode` of a few of its fields
+# with the braces cut off, so that joined by ", " they are `_encode(fields)` exactly. The
+# pieces that repeat (a grant, a method and tool, a decision's outcome and rule) are encoded
+# once and kept; the values of one decision (its id, the request's id and path, the argument
+# names, the duration, the time) are quoted by the encoder's own string function.
+
+_PIECES_KEPT: Final = 4096
+"""Cached pieces per kind; all forgotten at once past it (client input never keys them)."""
+_grant_pieces: dict[tuple[str, str] | None, str] = {}
+_call_pieces: dict[tuple[str, str | None] | None, str] = {}
+_outcome_pieces: dict[tuple[Any, ...], str] = {}
+
+
+def _piece(cache: dict[Any, str], key: Any, fields: dict[str, Any]) -> str:
+    if len(cache) >= _PIECES_KEPT:
+        cache.clear()
+    piece = cache[key] = _encode(fields)[1:-1]
+    return piece
+
+
+def _number(value: float) -> str:
+    """A float as `_encode` writes it."""
+    return float.__repr__(value) if type(value) is float and value - value == 0 else _encode(value)
+
+
+def _decision_line(
+    ctx: AuditContext,
+    decision: Decision,
+    grant: Grant | None,
+    request: McpRequest | None,
+    policy_name: str | None,
+    policy_hash: str | None,
+    duration_ms: float,
+    fail_open: bool,
+    time_text: str,
+) -> str:
+    """`_encode` of the decision event (`_decision_fields`, then event, level and `time`),
+    written from cached pieces."""
+    request_id = ctx.request_id
+    head = (
+        f'{{"decision_id": {_quote(ctx.decision_id)}, '
+        f'"request_id": {"null" if request_id is None else _quote(request_id)}, '
+        f'"http_method": {_quote(ctx.http_method)}, '
+        f'"path": {_quote(path_without_query(ctx.path))}, '
+    )
+    key: Any = (grant.id, grant.label) if grant else None
+    granted = _grant_pieces.get(key)
+    if granted is None:
+        granted = _piece(
+            _grant_pieces,
+            key,
+            {"grant_id": grant.id, "grant_label": grant.label}
+            if grant
+            else {"grant_id": None, "grant_label": None},
+        )
+    key = (request.method, request.tool) if request else None
+    called = _call_pieces.get(key)
+    if called is None:
+        called = _piece(
+            _call_pieces,
+            key,
+            {"method": request.method, "tool": request.tool}
+            if request
+            else {"method": None, "tool": None},
+        )
+    names = sorted(request.arguments) if request else ()
+    arg_keys = f"[{', '.join(map(_quote, names))}]" if names else "[]"
+    kind = decision.kind.value if decision.kind else None
+    key = (
+        decision.outcome,
+        kind,
+        decision.rule,
+        decision.message,
+        decision.retry_after,
+        policy_name,
+        policy_hash,
+    )
+    decided = _outcome_pieces.get(key)
+    if decided is None:
+        decided = _piece(
+            _outcome_pieces,
+            key,
+            {
+                "decision": decision.outcome.value,
+                "kind": kind,
+                "rule": decision.rule,
+                "message": decision.message or None,
+                "retry_after": decision.retry_after,
+                "policy": policy_name,
+                "policy_hash": policy_hash,
+            },
+        )
+    tail = ""
+    if fail_open:
+        tail = ', "fail_open": true'
+    if decision.ticket is not None:
+        tail += f', "approval_id": {_quote(decision.ticket.id)}'
+    return (
+        f"{head}{granted}, {called}, "
+        f'"arg_keys": {arg_keys}, {decided}, '
+        f'"duration_ms": {_number(round(duration_ms, 3))}{tail}, '
+        f'"event": "decision", "level": "info", "time": {_quote(time_text)}}}'
+    )
+
+
+def log_decision(
+    ctx: AuditContext,
+    decision: Decision,
+    *,
+    grant: Grant | None,
+    request: McpRequest | None,
+    policy_name: str | None,
+    policy_hash: str | None,
+    duration_ms: float,
+    fail_open: bool = False,
+) -> None:
+    """Write the audit event of one decision (`DECISION_FIELDS`, then `fail_open` and
+    `approval_id` when they apply)."""
     writer = _writer
     processors = structlog.get_config()["processors"]
     # still the chain configure_logging set up (structlog.testing edits the list in place)
     if writer is not None and _processors is processors and _processors[-1] is _render:
         if _decisions_logged:
-            fields["event"] = "decision"
-            fields["level"] = "info"
-            fields["time"] = _now()
-            writer.msg(_encode(fields))
+            writer.msg(
+                _decision_line(
+                    ctx,
+                    decision,
+                    grant,
+                    request,
+                    policy_name,
+                    policy_hash,
+                    duration_ms,
+                    fail_open,
+                    _now(),
+                )
+            )
         return
-    _audit.info("decision", **fields)
+    _audit.info(
+        "decision",
+        **_decision_fields(
+            ctx, decision, grant, request, policy_name, policy_hash, duration_ms, fail_open
+        ),
+    )
 
 
 def log_approval(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import io
 import json
 import re
@@ -28,7 +29,7 @@ from authz.audit import (
     path_without_query,
 )
 from authz.metrics import Metrics
-from authz.model import Decision, DenyKind, Grant, McpRequest
+from authz.model import ApprovalTicket, Decision, DenyKind, Grant, McpRequest
 
 
 @pytest.mark.parametrize(
@@ -225,3 +226,72 @@ def test_at_warning_level_no_decision_line_is_written() -> None:
         atexit.unregister(writer.flush)
         structlog.configure(**saved)
         audit._writer, audit._processors, audit._decisions_logged = saved_audit
+
+
+# -- the decision line written from pieces ------------------------------------------------
+
+
+def _cases() -> Iterator[tuple[Any, ...]]:
+    grants = [None, Grant("g1", "G1", "p"), Grant("g1", "other label", "p"), Grant("é\n", '"', "p")]
+    requests = [
+        None,
+        McpRequest("tools/list", 1, False),
+        McpRequest("tools/call", "x", False, tool="t", arguments={"b": 1, "a": 2, "ü\x00": 3}),
+        McpRequest("tools/call", None, True, tool="t\u2028", arguments={}),
+        McpRequest("notifications/initialized", None, True),
+    ]
+    decisions = [
+        Decision.allow(),
+        Decision.deny(DenyKind.POLICY, "no", rule="/tools/t/deny_if/0"),
+        Decision.deny(DenyKind.POLICY, "other message", rule="/tools/t/deny_if/0"),
+        Decision.deny(DenyKind.RATE_LIMITED, "slow down", rule="/tools/t/limits/0", retry_after=3),
+        Decision.deny(DenyKind.BAD_REQUEST, "", rule="(parse)"),
+    ]
+    contexts = [
+        AuditContext("d1", None, "POST", "/mcp"),
+        AuditContext("d2", 'r"\\\x7f', "post", "/mcp?token=x#y"),
+        AuditContext("d3", "ünï", "GET", "/m\u00e9cp"),
+    ]
+    for n, decision in enumerate(decisions):
+        for grant in grants:
+            for request in requests:
+                ctx = contexts[n % len(contexts)]
+                for hashed, duration, fail_open in (
+                    (None, 0.0, False),
+                    ("h" * 64, 0.12345, True),
+                    ("h2", 12.0, False),
+                    (None, 1e-7, True),
+                ):
+                    yield (
+                        ctx,
+                        decision,
+                        grant,
+                        request,
+                        grant and grant.policy,
+                        hashed,
+                        duration,
+                        fail_open,
+                    )
+
+
+def test_the_decision_line_from_pieces_is_the_encoded_event() -> None:
+    seen = 0
+    for case in _cases():
+        fields = audit._decision_fields(*case)
+        expected = json.dumps({**fields, "event": "decision", "level": "info", "time": "T"})
+        # twice: the second line is written from the pieces the first one cached
+        assert audit._decision_line(*case, "T") == expected
+        assert audit._decision_line(*case, "T") == expected
+        seen += 1
+    assert seen == 5 * 4 * 5 * 4
+
+
+def test_the_decision_line_names_the_approval() -> None:
+    decision = Decision.deny(DenyKind.POLICY, "held", rule="/tools/t/approve_if/0")
+    decision = dataclasses.replace(decision, ticket=ApprovalTicket("a-1", "pending", 1.0))
+    case = (AuditContext("d", None, "POST", "/mcp"), decision, None, None, None, None, 0.5, False)
+    line = json.loads(audit._decision_line(*case, "T"))
+    assert line["approval_id"] == "a-1"
+    assert audit._decision_line(*case, "T") == json.dumps(
+        {**audit._decision_fields(*case), "event": "decision", "level": "info", "time": "T"}
+    )
