@@ -7,6 +7,7 @@ the arguments exactly as the SDK passed them to the handler, and the file a temp
 resource really resolved to.
 
     python -m tests.e2e.content_upstream --port N --record FILE --data DIR [--json-response]
+        [--bulk N]
 
 What it serves:
 - static resources `docs://guide`, `file:///data/report.txt`, `secret://db/password`;
@@ -15,7 +16,9 @@ What it serves:
   out of the root are refused), `users://{id}/profile` and `logs://{day}`;
 - prompts `summarize(topic, style)`, `internal()`, `announce(audience, note)`;
 - completions for any prompt or template argument, `resources/subscribe` and
-  `resources/unsubscribe`, and the tools `echo(text)` and `wipe()`.
+  `resources/unsubscribe`, and the tools `echo(text)` and `wipe()`;
+- with `--bulk N`, N more static resources `bulk://<i>`, each with a 40,000-character
+  description (30 make a `resources/list` answer of about 1.2 MB).
 
 Record lines (JSON, one per served request):
     {"kind": "resource", "uri": URI}                        a static resource
@@ -54,6 +57,7 @@ from imagegen_upstream.server import build_app
 from imagegen_upstream.settings import from_env
 
 __all__ = [
+    "BULK_DESCRIPTION",
     "DATA_FILES",
     "NOTE_FILES",
     "PROMPTS",
@@ -83,6 +87,9 @@ NOTE_FILES = {
     "private/plan.txt": "the private plan",
 }
 """Files under DIR/notes, served by `notes://{+path}`."""
+
+
+BULK_DESCRIPTION = "x" * 40_000
 
 
 def write_files(root: Path) -> None:
@@ -118,7 +125,7 @@ def _read_under(root: Path, relative: str) -> tuple[str, str]:
     return text, path.relative_to(root.resolve()).as_posix()
 
 
-def build_server(record: Path, data: Path) -> MCPServer:
+def build_server(record: Path, data: Path, bulk: int = 0) -> MCPServer:
     server: MCPServer = MCPServer("content-probe")
     recorded = Recorder(record)
     files_root = data / "data"
@@ -140,6 +147,12 @@ def build_server(record: Path, data: Path) -> MCPServer:
     async def password() -> str:
         recorded(kind="resource", uri="secret://db/password")
         return "hunter2"
+
+    async def bulk_item() -> str:
+        return "bulk"
+
+    for i in range(bulk):
+        server.resource(f"bulk://{i}", name=f"bulk-{i}", description=BULK_DESCRIPTION)(bulk_item)
 
     # -- templates -------------------------------------------------------------------------
 
@@ -236,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--json-response", action="store_true")
+    parser.add_argument("--bulk", type=int, default=0)
     args = parser.parse_args(argv)
     write_files(args.data)
     settings = from_env(host=args.host, port=args.port, json_response=args.json_response)
-    app = build_app(settings, build_server(args.record, args.data))
+    app = build_app(settings, build_server(args.record, args.data, args.bulk))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     UpstreamServer(config, settings).run()
     return 0

@@ -49,6 +49,7 @@ from authz.config.grants import hash_token
 from authz.devstack.stack import Stack
 from tests.e2e import content_upstream as upstream
 from tests.e2e.conftest import mcp_client, token_for, wait_for_fresh_window
+from tests.e2e.mcp_raw import messages, session
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -176,6 +177,7 @@ class ContentStack(Stack):
 
     record: Path = field(default_factory=Path)
     data: Path = field(default_factory=Path)
+    bulk: int = 0
 
     def start_upstream(self) -> None:
         argv = [sys.executable, "-m", "tests.e2e.content_upstream"]
@@ -183,12 +185,18 @@ class ContentStack(Stack):
         argv += ["--data", str(self.data)]
         if self.upstream_json_response:
             argv.append("--json-response")
+        argv += ["--bulk", str(self.bulk)]
         self._spawn("upstream", argv, {**self.upstream_env(), "PYTHONPATH": str(ROOT)})
         self._wait_tcp("upstream", self.ports.upstream)
 
 
 def make_stack(
-    base: Path, transport: str, *, json_mode: bool = False, sidecar_args: tuple[str, ...] = ()
+    base: Path,
+    transport: str,
+    *,
+    json_mode: bool = False,
+    sidecar_args: tuple[str, ...] = (),
+    bulk: int = 0,
 ) -> ContentStack:
     record = base / "served.jsonl"
     record.touch()
@@ -203,6 +211,7 @@ def make_stack(
         transport=transport,
         record=record,
         data=base / "data",
+        bulk=bulk,
     )
 
 
@@ -233,6 +242,18 @@ def redis_stack(
     redis.command("FLUSHALL")
     base = tmp_path_factory.mktemp("content-redis")
     the_stack = make_stack(base, transport, sidecar_args=("--redis-url", redis.url))
+    with the_stack:
+        yield the_stack
+
+
+@pytest.fixture(scope="module", params=["sse", "json"])
+def big_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, transport: str
+) -> Iterator[ContentStack]:
+    """The server with 30 more resources: a `resources/list` answer over the 1 MiB the
+    response phase reads."""
+    base = tmp_path_factory.mktemp(f"content-big-{request.param}")
+    the_stack = make_stack(base, transport, json_mode=request.param == "json", bulk=30)
     with the_stack:
         yield the_stack
 
@@ -853,6 +874,29 @@ async def test_listings_show_what_the_grant_may_use(
         {prompt.name for prompt in prompts.prompts},
     )
     assert shown == LISTED[grant]
+
+
+@pytest.mark.parametrize("era", ["legacy", "2026-07-28"])
+async def test_a_resource_listing_over_the_bound_is_an_error_never_unfiltered(
+    big_stack: ContentStack, era: str
+) -> None:
+    """A grant whose listings are filtered never gets one the sidecar could not read whole
+    (it would list `secret://db/password`); a grant with nothing to filter gets it whole."""
+    async with session(big_stack, "open", era=era) as the:
+        [full] = messages(await the.post("resources/list", 2, {}))
+    uris = {resource["uri"] for resource in full["result"]["resources"]}
+    assert "secret://db/password" in uris and len(uris) == 33
+    assert len(json.dumps(full)) > 1 << 20
+    async with mcp_client(big_stack, token_for("reader"), mode=era) as client:
+        with pytest.raises(MCPError) as failed:
+            await client.list_resources(cache_mode="bypass")
+    assert failed.value.code == -32603, failed.value.message
+    assert failed.value.message.startswith(DENIED), failed.value.message
+    async with session(big_stack, "reader", era=era) as the:
+        reply = await the.post("resources/list", 3, {})
+        assert b"secret://db/password" not in reply.content and len(reply.content) < 1000
+        [error] = messages(reply)
+        assert error["id"] == 3 and error["error"]["code"] == -32603
 
 
 # -- a limit on resources/read holds under concurrency ---------------------------------------------
