@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator, Mapping
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Final
 
 import grpc
@@ -26,7 +27,7 @@ from google.protobuf import json_format
 from authz._pb.envoy.service.auth.v3 import external_auth_pb2
 from authz.envoy import wire
 from authz.envoy.denial import DECISION_HEADER, UNAUTHENTICATED_KINDS, denial
-from authz.model import Outcome, Reservation
+from authz.model import Outcome, RequestId, Reservation
 from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.request import HttpRequest
 
@@ -230,29 +231,76 @@ def _bucket(bucket: tuple[str, str, str, int]) -> tuple[bytes, bytes, bytes]:
     return pieces
 
 
+def _reservation_of(entries: bytes, token: str) -> bytes:
+    """The `reservation` entry around its encoded `entries` elements."""
+    # an empty list leaves the Value empty, as the generated classes do
+    taken = wire.entry("entries", wire.field(6, entries) if entries else b"")
+    taken += _fresh_entry("token", token)
+    return wire.entry("reservation", wire.struct_value(taken))
+
+
+_Shape = tuple[bytes, tuple[tuple[bytes, bytes, bytes], ...], bytes]
+_shapes: dict[tuple[tuple[tuple[str, str, str, int], ...], int], _Shape] = {}
+
+
+def _shape(buckets: tuple[tuple[str, str, str, int], ...], token_size: int) -> _Shape:
+    """The pieces of a reservation entry of these buckets and a token of this many bytes:
+    `prefix`, each bucket's (head, middle, tail), and the token's prefix."""
+    pieces = tuple(_bucket(bucket) for bucket in buckets)
+    nothing = _DOUBLE.pack(0.0)
+    elements = b"".join(head + nothing + middle + nothing + tail for head, middle, tail in pieces)
+    placeholder = " " * token_size  # as many bytes as the token's UTF-8
+    token = _fresh_entry("token", placeholder)
+    whole = _reservation_of(elements, placeholder)
+    prefix = whole[: len(whole) - len(token) - len(elements)]
+    if len(_shapes) >= _KEPT:
+        _shapes.clear()
+    shape = _shapes[buckets, token_size] = (prefix, pieces, token[: len(token) - token_size])
+    return shape
+
+
 def _reservation(reservation: Reservation) -> bytes:
     """The `reservation` entry: {entries: [{cost, counter, key, scope, start, window}],
     token} (what `CounterStore.release` needs: the Redis store builds keys from the four
-    parts of the bucket, the memory store needs the token)."""
-    elements = []
-    for bucket, start, cost in reservation.entries:
-        head, middle, tail = _bucket(bucket)
-        elements.append(head + _DOUBLE.pack(cost) + middle + _DOUBLE.pack(start) + tail)
-    # an empty list leaves the Value empty, as the generated classes do
-    taken = wire.entry("entries", wire.field(6, b"".join(elements)) if elements else b"")
-    taken += _fresh_entry("token", reservation.token)
-    return wire.entry("reservation", wire.struct_value(taken))
+    parts of the bucket, the memory store needs the token). Every byte but the numbers and
+    the token comes from the pieces cached for its buckets and the token's length."""
+    entries = reservation.entries
+    token = reservation.token.encode()
+    buckets = tuple([entry[0] for entry in entries])
+    shape = _shapes.get((buckets, len(token)))
+    if shape is None:
+        shape = _shape(buckets, len(token))
+    prefix, pieces, token_prefix = shape
+    parts = [prefix]
+    pack = _DOUBLE.pack
+    for (head, middle, tail), (_, start, cost) in zip(pieces, entries, strict=True):
+        parts += (head, pack(cost), middle, pack(start), tail)
+    parts += (token_prefix, token)
+    return b"".join(parts)
 
 
 _OUTCOME: Final = {o: _entry("decision", o.value) for o in Outcome}
 _HIDES: Final = wire.entry("hides", wire.bool_value(True))
 _FAIL_OPEN: Final = wire.field(6, _option(FAIL_OPEN_HEADER, "true"))
+_granted = _Cache()
+_called = _Cache()
+_ruled = _Cache()
+
+
+def _id_text(rid: RequestId) -> str:
+    """A JSON-RPC id as JSON text."""
+    if type(rid) is int:
+        return int.__repr__(rid)
+    if type(rid) is str:
+        return _quote(rid)
+    return json.dumps(rid)
 
 
 def _metadata(verdict: Verdict) -> bytes:
     """Dynamic metadata for Envoy (access logs, ext_proc), as a Struct's bytes, its entries
     in `wire.map_order`: approval_id, decision_id, decision, grant_id, hides, inflight,
-    jsonrpc_id, mcp_method, policy, reservation, rule, tool."""
+    jsonrpc_id, mcp_method, policy, reservation, rule, tool. The entries that repeat come in
+    three cached runs: (decision, grant_id, hides), (mcp_method, policy), (rule, tool)."""
     decision = verdict.decision
     grant = verdict.grant
     request = verdict.request
@@ -260,31 +308,46 @@ def _metadata(verdict: Verdict) -> bytes:
     if decision.ticket is not None:  # held for, denied by, or run under an approval
         parts.append(_fresh_entry("approval_id", decision.ticket.id))
     parts.append(_fresh_entry("decision_id", verdict.decision_id))
-    parts.append(_OUTCOME[decision.outcome])
-    if grant is not None:
-        parts.append(_entry("grant_id", grant.id))
-    if verdict.hides:
-        # every answer is filtered; deploy/envoy.yaml routes such requests to the /mcp route
-        # whose response phase fails closed (failure_mode_allow: false)
-        parts.append(_HIDES)
+    # hides: every answer is filtered; deploy/envoy.yaml routes such requests to the /mcp
+    # route whose response phase fails closed (failure_mode_allow: false)
+    key: Any = (decision.outcome, grant.id if grant is not None else None, verdict.hides)
+    run = _granted.get(key)
+    if run is None:
+        run = _OUTCOME[decision.outcome]
+        if grant is not None:
+            run += _entry("grant_id", grant.id)
+        if verdict.hides:
+            run += _HIDES
+        _granted.keep(key, run)
+    parts.append(run)
     if verdict.inflight is not None:
         parts.append(_fresh_entry("inflight", verdict.inflight))  # freed at the response's end
-    if request is not None:
-        # For the response phase (authz/envoy/extproc.py reads these): the JSON-RPC id as
-        # JSON text (a Struct number is a double and would round large integer ids), and the
-        # quota this call took, so that ext_proc can give it back if the upstream fails it.
-        if not request.is_notification and request.id is not None:
-            parts.append(_fresh_entry("jsonrpc_id", json.dumps(request.id)))
-        parts.append(_entry("mcp_method", request.method))
-    if grant is not None:
-        parts.append(_entry("policy", grant.policy))
+    method = request.method if request is not None else None
+    # For the response phase (authz/envoy/extproc.py reads these): the JSON-RPC id as JSON
+    # text (a Struct number is a double and would round large integer ids), and the quota
+    # this call took, so that ext_proc can give it back if the upstream fails it.
+    if request is not None and not request.is_notification and request.id is not None:
+        parts.append(_fresh_entry("jsonrpc_id", _id_text(request.id)))
+    key = (method, grant.policy if grant is not None else None)
+    run = _called.get(key)
+    if run is None:
+        run = _entry("mcp_method", method) if method is not None else b""
+        if grant is not None:
+            run += _entry("policy", grant.policy)
+        _called.keep(key, run)
+    parts.append(run)
     reservation = decision.reservation
     if decision.allowed and reservation is not None and reservation.token:
         parts.append(_reservation(reservation))
-    if decision.rule:
-        parts.append(_entry("rule", decision.rule))
-    if request is not None and request.tool is not None:
-        parts.append(_entry("tool", request.tool))
+    key = (decision.rule, request.tool if request is not None else None)
+    run = _ruled.get(key)
+    if run is None:
+        rule, tool = key
+        run = (_entry("rule", rule) if rule else b"") + (
+            _entry("tool", tool) if tool is not None else b""
+        )
+        _ruled.keep(key, run)
+    parts.append(run)
     return b"".join(parts)
 
 

@@ -317,6 +317,25 @@ def test_answers_are_the_bytes_the_generated_classes_write(verdict: Verdict) -> 
         assert sent == reference_response(verdict).SerializeToString(deterministic=True)
 
 
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(
+    st.lists(st.tuples(buckets, st.integers(0, 2**40), st.integers(0, 10**6)), max_size=3),
+    st.lists(st.text(min_size=1, max_size=300), min_size=2, max_size=6),
+)
+def test_reservations_of_the_same_buckets_with_other_tokens(
+    entries: list[Any], tokens: list[str]
+) -> None:
+    """A reservation's bytes come from pieces cached per buckets and token length: every
+    token (of any length, ASCII or not) is written whole after another's pieces."""
+    for token in tokens:
+        decision = Decision(
+            Outcome.ALLOW, reservation=Reservation(entries=tuple(entries), token=token)
+        )
+        verdict = Verdict(decision, "0" * 24, grant=Grant("g", "G", "p"))
+        sent = check_response_bytes(verdict)
+        assert sent == reference_response(verdict).SerializeToString(deterministic=True)
+
+
 async def test_answers_of_the_pipeline_are_the_bytes_the_generated_classes_write(
     authorizer: Authorizer,
 ) -> None:
