@@ -718,6 +718,10 @@ def _is_secret_txt(entry: dict[str, Any]) -> bool:
     return entry.get("template") == "file:///data/{name}" and entry["served"] == "secret.txt"
 
 
+def _hider_forbids(entry: dict[str, Any]) -> bool:
+    return _is_the_password(entry) or entry.get("template") == "users://{id}/profile"
+
+
 def _reader_forbids(entry: dict[str, Any]) -> bool:
     return _file_is_secret(entry) or _note_is_private(entry) or _is_the_password(entry)
 
@@ -786,6 +790,20 @@ HOSTILE: list[tuple[str, str, Callable[[dict[str, Any]], bool]]] = [
     *(
         ("wildcard", uri, _is_the_password)
         for uri in ["secret://db/%70assword", "SECRET://db/password", "secret://db/password#x"]
+    ),
+    *(
+        ("hider", uri, _hider_forbids)
+        for uri in [
+            "users://alice/profile",
+            "users:///profile",
+            "users://%61lice/profile",
+            "users://alice%2Fx/profile",
+            "users://alice%2F/profile",
+            "users://a,b/profile",
+            "USERS://alice/profile",
+            "secret://db/password",
+            "secret://db/%70assword",
+        ]
     ),
     *(
         ("exact", uri, _is_secret_txt)
