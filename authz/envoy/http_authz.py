@@ -50,6 +50,7 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 import httptools
@@ -233,6 +234,8 @@ _DENY_OUTCOME = _line(OUTCOME_HEADER, "deny")
 _HIDES = _line(HIDES_HEADER, "true")
 _FAIL_OPEN = _line(FAIL_OPEN_HEADER, "true")
 _NO_BODY = b"content-length: 0\r\n\r\n"
+_CONTEXT = f"{CONTEXT_HEADER}: ".encode("ascii")
+_GRANT_LINES: dict[str, bytes] = {}
 
 
 def _reason(status: int) -> str:
@@ -242,20 +245,131 @@ def _reason(status: int) -> str:
         return "Denied"
 
 
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} {_reason(status)}\r\n".encode("ascii")
+        if len(_STATUS_LINES) < 1000:  # statuses are three digits
+            _STATUS_LINES[status] = line
+    return line
+
+
+# The context header is `json.dumps(decision_metadata(verdict), separators=(",", ":"))`,
+# written from pieces: each is `_compact` of a few of its keys with the braces cut off (and
+# a leading comma), so that joined they are that text exactly. The pieces that repeat (an
+# outcome and rule, a grant and its policy, a method and tool, a bucket) are encoded once
+# and kept; the values of one decision (its id, the JSON-RPC id, the in-flight key, the
+# reservation's token and numbers) are quoted by the encoder's own string function.
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+_KEPT = 4096
+"""Pieces kept per cache; all forgotten at once past it."""
+_ruled: dict[Any, str] = {}
+_granted: dict[Any, str] = {}
+_called: dict[Any, str] = {}
+_buckets: dict[tuple[str, str, str, int], str] = {}
+
+
+def _piece(cache: dict[Any, str], key: Any, values: dict[str, Any]) -> str:
+    if len(cache) >= _KEPT:
+        cache.clear()
+    piece = cache[key] = f",{_compact(values)[1:-1]}" if values else ""
+    return piece
+
+
+def _id_text(rid: Any) -> str:
+    """A JSON-RPC id as JSON text (`json.dumps` of it)."""
+    if type(rid) is int:
+        return int.__repr__(rid)
+    if type(rid) is str:
+        return _quote(rid)
+    return _compact(rid)
+
+
+def _number(value: Any) -> str:
+    return int.__repr__(value) if type(value) is int else _compact(value)
+
+
+def _bucket(bucket: tuple[str, str, str, int]) -> str:
+    """A reservation entry up to its `start`: `{"counter":…,…,"start":` (cached)."""
+    text = _buckets.get(bucket)
+    if text is None:
+        counter, scope, scope_key, window = bucket
+        whole = _compact(
+            {"counter": counter, "scope": scope, "key": scope_key, "window": window, "start": 0}
+        )
+        if len(_buckets) >= _KEPT:
+            _buckets.clear()
+        text = _buckets[bucket] = whole[: -len("0}")]
+    return text
+
+
+def _context_text(verdict: Verdict) -> str:
+    """`decision_metadata(verdict)` as compact ASCII JSON (see above)."""
+    decision = verdict.decision
+    key: Any = (decision.outcome, decision.rule)
+    ruled = _ruled.get(key)
+    if ruled is None:
+        values: dict[str, Any] = {"decision": decision.outcome.value}
+        if decision.rule:
+            values["rule"] = decision.rule
+        ruled = _piece(_ruled, key, values)
+    parts = ['{"decision_id":', _quote(verdict.decision_id), ruled]
+    if decision.ticket is not None:
+        parts += (',"approval_id":', _quote(decision.ticket.id))
+    grant = verdict.grant
+    hides = verdict.hides
+    key = (grant.id, grant.policy, hides) if grant is not None else hides
+    granted = _granted.get(key)
+    if granted is None:
+        values = {"grant_id": grant.id, "policy": grant.policy} if grant is not None else {}
+        if hides:
+            values["hides"] = True
+        granted = _piece(_granted, key, values)
+    parts.append(granted)
+    if verdict.inflight is not None:
+        parts += (',"inflight":', _quote(verdict.inflight))
+    request = verdict.request
+    if request is not None:
+        key = (request.method, request.tool)
+        called = _called.get(key)
+        if called is None:
+            values = {"mcp_method": request.method}
+            if request.tool is not None:
+                values["tool"] = request.tool
+            called = _piece(_called, key, values)
+        parts.append(called)
+        if not request.is_notification and request.id is not None:
+            parts += (',"jsonrpc_id":', _quote(_id_text(request.id)))
+    reservation = decision.reservation
+    if decision.allowed and reservation is not None and reservation.token:
+        parts += (',"reservation":{"token":', _quote(reservation.token), ',"entries":[')
+        for n, (bucket, start, cost) in enumerate(reservation.entries):
+            if n:
+                parts.append(",")
+            parts += (_bucket(bucket), _number(start), ',"cost":', _number(cost), "}")
+        parts.append("]}")
+    parts.append("}")
+    return "".join(parts)
+
+
 def _context(verdict: Verdict) -> bytes:
     # ASCII JSON: every character a header value may carry
-    text = json.dumps(decision_metadata(verdict), separators=(",", ":"))
-    return _line(CONTEXT_HEADER, text)
+    return b"".join((_CONTEXT, _context_text(verdict).encode("ascii"), b"\r\n"))
 
 
 def allowed_answer(verdict: Verdict) -> bytes:
     """The whole HTTP/1.1 answer to an allowed check (pure)."""
     assert verdict.decision.allowed and verdict.grant is not None
-    parts = [
-        _ALLOW_HEAD,
-        _line(DECISION_HEADER, verdict.decision_id),
-        _line(GRANT_HEADER, verdict.grant.id),
-    ]
+    grant_line = _GRANT_LINES.get(verdict.grant.id)
+    if grant_line is None:
+        if len(_GRANT_LINES) >= _KEPT:
+            _GRANT_LINES.clear()
+        grant_line = _GRANT_LINES[verdict.grant.id] = _line(GRANT_HEADER, verdict.grant.id)
+    parts = [_ALLOW_HEAD, _line(DECISION_HEADER, verdict.decision_id), grant_line]
     if verdict.hides:
         parts.append(_HIDES)
     if verdict.fail_open:
@@ -270,12 +384,11 @@ def denied_answer(verdict: Verdict, *, head: bool = False) -> bytes:
     sent as `wire_status`. `head`: the check is a HEAD request, whose answer has no body."""
     rendered = denial(verdict)
     body = rendered.body.encode("utf-8")
-    status = wire_status(rendered.status)
-    parts = [f"HTTP/1.1 {status} {_reason(status)}\r\n".encode("ascii")]
+    parts = [_status_line(wire_status(rendered.status))]
     parts += [_line(name, value) for name, value in rendered.headers]
     parts.append(_DENY_OUTCOME)
     parts.append(_context(verdict))
-    parts.append(f"content-length: {len(body)}\r\n\r\n".encode("ascii"))
+    parts.append(b"content-length: %d\r\n\r\n" % len(body))
     if not head:
         parts.append(body)
     return b"".join(parts)

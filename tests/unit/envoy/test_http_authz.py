@@ -19,6 +19,7 @@ import httptools
 import pytest
 from google.protobuf import json_format
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz.config.source import ConfigSource
 from authz.counters.memory import MemoryCounterStore
@@ -145,6 +146,23 @@ def test_decision_metadata_is_the_grpc_edges_struct(verdict: Verdict) -> None:
         # reservation with a token and no entries.
         meta["reservation"] = {**reservation, "entries": None}
     assert meta == struct
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None)
+@given(verdicts(), st.text(min_size=1, max_size=40))
+def test_the_context_header_is_the_metadata_as_compact_json(verdict: Verdict, token: str) -> None:
+    expected = json.dumps(decision_metadata(verdict), separators=(",", ":"))
+    # twice: the second text is made of the pieces the first one cached
+    assert http_authz._context_text(verdict) == expected
+    assert http_authz._context_text(verdict) == expected
+    reservation = verdict.decision.reservation
+    if reservation is not None:  # the same buckets with another token
+        other = dataclasses.replace(reservation, token=token)
+        verdict = dataclasses.replace(
+            verdict, decision=dataclasses.replace(verdict.decision, reservation=other)
+        )
+        expected = json.dumps(decision_metadata(verdict), separators=(",", ":"))
+        assert http_authz._context_text(verdict) == expected
 
 
 async def test_decision_metadata_of_the_pipelines_verdicts(authorizer: Authorizer) -> None:
