@@ -110,6 +110,7 @@ POLICIES: dict[str, dict[str, Any]] = {
         "version": "1",
         "default": "deny",
         "resources": {"*": {"deny_if": [condition("args.uri", "regex", "^secret:")]}},
+        "prompts": {"*": {"deny_if": [condition("args.topic", "regex", "(?i)secret")]}},
     },
     "public-notes": {
         "version": "1",
@@ -129,6 +130,9 @@ POLICIES: dict[str, dict[str, Any]] = {
         "default": "deny",
         "tools": {"echo": {}},
         "methods": {"default": "allow", "deny": ["prompts/get"]},
+        "resources": {
+            "file:///data/{name}": {"deny_if": [condition("args.name", "regex", "^secret")]}
+        },
     },
     "limited": {
         "version": "1",
@@ -579,7 +583,7 @@ DENIALS: list[tuple[str, str, str, dict[str, str] | None, str]] = [
     ("reader", "complete-prompt", "internal", None, DEFAULT_DENY),
     ("reader", "complete-resource", "logs://{day}", None, DEFAULT_DENY),
     ("wildcard", "read", "secret://db/password", None, "/resources/*/deny_if/0"),
-    ("wildcard", "get", "summarize", {"topic": "cats"}, DEFAULT_DENY),
+    ("wildcard", "get", "summarize", {"topic": "Secret plans"}, "/prompts/*/deny_if/0"),
     ("public-notes", "read", "notes://private/plan.txt", None, DEFAULT_DENY),
     (
         "exact",
@@ -589,6 +593,7 @@ DENIALS: list[tuple[str, str, str, dict[str, str] | None, str]] = [
         "/resources/file:~1~1~1data~1secret.txt/deny_if/0",
     ),
     ("methods", "get", "summarize", {"topic": "cats"}, "/methods/deny/0"),
+    ("methods", "read", "file:///data/secret.txt", None, f"{FILE_RULE}/deny_if/0"),
     ("hider", "read", "secret://db/password", None, HIDDEN),
     ("hider", "read", "users://alice/profile", None, HIDDEN),
     ("hider", "subscribe", "users://alice/profile", None, HIDDEN),
@@ -632,7 +637,7 @@ async def test_entries_and_conditions_decide_as_written(
     assert served(stack) == before
 
 
-async def test_the_wildcard_entry_opens_every_resource_but_what_it_denies(
+async def test_the_wildcard_entries_open_everything_but_what_they_deny(
     stack: ContentStack,
 ) -> None:
     before = len(served(stack))
@@ -640,14 +645,18 @@ async def test_the_wildcard_entry_opens_every_resource_but_what_it_denies(
         assert await read(client, "docs://guide") == "the guide"
         assert await read(client, "logs://monday") == "log of monday"
         assert await complete_resource(client, "logs://{day}", "day", "mo") == ["mo-one", "mo-two"]
-    kinds = [
-        (e["kind"], e.get("uri") or e.get("template") or e["ref"]["uri"])
-        for e in served(stack)[before:]
-    ]
-    assert kinds == [
-        ("resource", "docs://guide"),
-        ("resource", "logs://{day}"),
-        ("completion", "logs://{day}"),
+        assert (
+            await prompt_text(client, "summarize", {"topic": "cats"}) == "Summarize cats (brief)."
+        )
+    assert served(stack)[before:] == [
+        {"kind": "resource", "uri": "docs://guide"},
+        {"kind": "resource", "template": "logs://{day}", "args": {"day": "monday"}, "served": None},
+        {
+            "kind": "completion",
+            "ref": {"type": "ref/resource", "uri": "logs://{day}"},
+            "argument": {"name": "day", "value": "mo"},
+        },
+        {"kind": "prompt", "name": "summarize", "args": {"topic": "cats", "style": "brief"}},
     ]
 
 
@@ -867,7 +876,8 @@ LISTED: dict[str, tuple[set[str], set[str], set[str], set[str]]] = {
         {"file:///data/{name}", "notes://{+path}", "logs://{day}"},
         {"summarize", "announce"},
     ),
-    "wildcard": (ALL_TOOLS, ALL_RESOURCES, ALL_TEMPLATES, set()),
+    "wildcard": (ALL_TOOLS, ALL_RESOURCES, ALL_TEMPLATES, ALL_PROMPTS),
+    "methods": (ALL_TOOLS, ALL_RESOURCES, ALL_TEMPLATES, set()),
     "approvals": (ALL_TOOLS, {"secret://db/password"}, set(), {"announce"}),
 }
 
