@@ -28,6 +28,7 @@ import contextlib
 import json
 import re
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -699,6 +700,32 @@ async def test_hide_in_object_form_hides_tools_too(stack: ContentStack) -> None:
         assert await read(client, "docs://guide") == "the guide"
         assert await prompt_text(client, "summarize", {"topic": "x"}) == "Summarize x (brief)."
     assert [e["kind"] for e in served(stack)[before:]] == ["resource", "prompt"]
+
+
+def decision_events(stack: ContentStack, method: str) -> list[dict[str, Any]]:
+    events = []
+    for line in stack.log_path("sidecar").read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("event") == "decision" and event.get("method") == method:
+                events.append(event)
+    return events
+
+
+async def test_prompt_arguments_are_never_logged(stack: ContentStack) -> None:
+    """A prompt's arguments are values, as a tool's are (a resource's URI is its subject, as
+    a tool's name is, and denials name it)."""
+    marker = "arg-value-7f3a91"
+    before = len(decision_events(stack, "prompts/get"))
+    async with mcp_client(stack, token_for("reader")) as client:
+        assert marker in await prompt_text(client, "summarize", {"topic": marker})
+        with pytest.raises(MCPError):
+            await prompt_text(client, "summarize", {"topic": f"password {marker}"})
+    deadline = time.monotonic() + 10
+    while len(decision_events(stack, "prompts/get")) < before + 2:
+        assert time.monotonic() < deadline, "the decisions were never logged"
+        await asyncio.sleep(0.05)
+    assert marker not in stack.log_path("sidecar").read_text(encoding="utf-8")
 
 
 # -- hostile spellings of a URI: the record decides ------------------------------------------------
