@@ -507,6 +507,39 @@ async def test_a_content_request_without_a_usable_subject_is_a_bad_request(
     assert served(stack) == before
 
 
+SMUGGLED = [
+    b'{"jsonrpc":"2.0","id":5,"method":"resources/read",'
+    b'"params":{"uri":"docs://guide","uri":"secret://db/password"}}',
+    b'{"jsonrpc":"2.0","id":5,"method":"resources/read",'
+    b'"params":{"uri":"docs://guide","\\u0075ri":"secret://db/password"}}',
+    b'{"jsonrpc":"2.0","id":5,"method":"prompts/get",'
+    b'"params":{"name":"summarize","name":"internal","arguments":{"topic":"x"}}}',
+    b'{"jsonrpc":"2.0","id":5,"method":"tools/list","method":"resources/read",'
+    b'"params":{"uri":"secret://db/password"}}',
+    b'[{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"secret://db/password"}}]',
+    b'[{"jsonrpc":"2.0","id":5,"method":"ping"},'
+    b'{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"secret://db/password"}}]',
+]
+
+
+@pytest.mark.parametrize("body", SMUGGLED, ids=[f"smuggled-{i}" for i in range(len(SMUGGLED))])
+async def test_duplicate_keys_or_a_batch_never_smuggle_content(
+    stack: ContentStack, body: bytes
+) -> None:
+    """In a session of a grant that may read `docs://guide` and get `summarize` only."""
+    before = served(stack)
+    async with session(stack, "reader") as the:
+        plain = (
+            b'{"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"docs://guide"}}'
+        )
+        control = await the.http.post(stack.mcp_url, content=plain, headers=the.request_headers())
+        assert control.status_code == 200 and b"the guide" in control.content, control.text
+        reply = await the.http.post(stack.mcp_url, content=body, headers=the.request_headers())
+    assert reply.status_code >= 400, reply.text
+    assert b"hunter2" not in reply.content and b"internal instructions" not in reply.content
+    assert served(stack) == [*before, {"kind": "resource", "uri": "docs://guide"}]
+
+
 # -- a policy that allows content: exactly what it names ------------------------------------------
 
 
