@@ -336,6 +336,19 @@ def test_reservations_of_the_same_buckets_with_other_tokens(
         assert sent == reference_response(verdict).SerializeToString(deterministic=True)
 
 
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.text(max_size=300), st.booleans()), min_size=2, max_size=6))
+def test_allowed_answers_of_one_grant_with_other_decision_ids(ids: list[tuple[str, bool]]) -> None:
+    """An allowed answer's head is cached per grant, id length and fail-open mark: every
+    decision id (of any length, ASCII or not) is written whole, twice, after another's."""
+    for decision_id, fail_open in ids:
+        verdict = Verdict(
+            Decision(Outcome.ALLOW), decision_id, grant=Grant("g", "G", "p"), fail_open=fail_open
+        )
+        sent = check_response_bytes(verdict)
+        assert sent == reference_response(verdict).SerializeToString(deterministic=True)
+
+
 async def test_answers_of_the_pipeline_are_the_bytes_the_generated_classes_write(
     authorizer: Authorizer,
 ) -> None:
