@@ -107,17 +107,27 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+def _without_query(text: str) -> str:
+    """`text` up to its first `?` or `#`: a URI's query or fragment may carry a credential,
+    so it is never shown or logged (as `path` in the audit event)."""
+    cut = min((i for i in (text.find("?"), text.find("#")) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut] + text[cut] + "…"
+
+
 def shown(text: str) -> str:
-    """A URI or a prompt name for a message: quoted as Python does (control and other
-    unprintable characters escaped), at most `SHOWN_MAX` characters of it."""
+    """A URI or a prompt name for a message: without a query or fragment, quoted as Python
+    does (control and other unprintable characters escaped), at most `SHOWN_MAX` characters
+    of it."""
+    text = _without_query(text)
     if len(text) <= SHOWN_MAX:
         return repr(text)
     return f"{text[:SHOWN_MAX]!r}… ({len(text)} characters)"
 
 
 def _plain(text: str) -> bool:
-    """Whether `text` can be shown as it is: short, and every character printable."""
-    return len(text) <= SHOWN_MAX and text.isprintable()
+    """Whether `text` can be shown as it is: short, every character printable, and no
+    query or fragment."""
+    return len(text) <= SHOWN_MAX and text.isprintable() and _without_query(text) == text
 
 
 def _no_policy(grant: Grant) -> Decision:

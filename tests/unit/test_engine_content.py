@@ -343,6 +343,22 @@ def test_messages_never_echo_a_long_uri_or_a_control_character() -> None:
     assert "\r" not in named.message and "\n" not in named.message
 
 
+def test_messages_and_approval_targets_never_show_a_uris_query_or_fragment() -> None:
+    """A query or fragment may carry a credential: like the audit event's `path`, a URI in a
+    message or an approval's target (which the approval events log) stops before it."""
+    seed = load_policy(SEED, name="seed")
+    for uri in ("https://api/x?token=s3cr3t", "https://api/x#s3cr3t", "x?a#s3cr3t"):
+        message = decide(seed, GRANT, read(uri)).message
+        assert "s3cr3t" not in message and "…" in message, message
+    policy_all = load_policy(
+        json.dumps({"version": "1", "resources": {"*": {"require_approval": True}}}), name="a"
+    )
+    held = decide(policy_all, GRANT, read("db://rows?key=s3cr3t")).approval
+    assert held is not None and held.target is not None and held.subject is not None
+    assert "s3cr3t" not in held.target and "s3cr3t" not in held.subject
+    assert held.target == "resources/read 'db://rows?…'"
+
+
 def test_a_held_content_request_names_what_it_holds() -> None:
     policy = load_policy(json.dumps(CONTENT), name="content")
     resource = decide(policy, GRANT, read("db://orders"))
