@@ -303,6 +303,17 @@ def is_sidecar_unavailable(reply: tuple[int, dict[str, str], bytes]) -> bool:
     return (reply[0], reply[2]) == (503, SIDECAR_UNAVAILABLE)
 
 
+ANSWER_WITHHELD = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"the policy sidecar could not '
+    b'check the answer of the MCP server, so it was withheld. Retry later."}}'
+)
+"""deploy/envoy.yaml's reply when the response phase fails on the route that fails closed."""
+
+
+def is_answer_withheld(reply: tuple[int, dict[str, str], bytes]) -> bool:
+    return (reply[0], reply[2]) == (500, ANSWER_WITHHELD)
+
+
 def assert_sidecar_unavailable(reply: tuple[int, dict[str, str], bytes]) -> None:
     """503, a JSON-RPC error the agent can read, Retry-After, and no decision of the sidecar."""
     status, headers, body = reply
@@ -363,7 +374,12 @@ def test_sidecar_killed_and_restarted_mid_traffic(stack: Stack) -> None:
                 return
             tool = (OPENAI, REPLICATE)[(i + worker) % 2]
             reply = call(stack, "guard", tool, rid=i)
-            kind = "503" if is_sidecar_unavailable(reply) else outcome(reply[0], reply[2])[0]
+            if is_sidecar_unavailable(reply):
+                kind = "503"
+            elif is_answer_withheld(reply):
+                kind = "withheld"
+            else:
+                kind = outcome(reply[0], reply[2])[0]
             with lock:
                 replies.append((tool, kind))
 
@@ -378,14 +394,20 @@ def test_sidecar_killed_and_restarted_mid_traffic(stack: Stack) -> None:
         thread.join(30)
 
     by = Counter(replies)
+    # The guard grant's policy (default: deny, no methods section) has its answers filtered,
+    # so an allowed call whose response phase meets the dead sidecar has its answer withheld
+    # (the route that fails closed): it ran, and the agent reads an error, never an
+    # unfiltered answer.
     assert set(by) <= {
         (OPENAI, "allowed"),
+        (OPENAI, "withheld"),
         (REPLICATE, "denied"),
         (OPENAI, "503"),
         (REPLICATE, "503"),
     }
     assert by[(OPENAI, "503")] + by[(REPLICATE, "503")] > 0, by  # the outage was seen
-    assert Counter(runs(stack, since)) == Counter({("guard", OPENAI): by[(OPENAI, "allowed")]})
+    ran = by[(OPENAI, "allowed")] + by[(OPENAI, "withheld")]
+    assert Counter(runs(stack, since)) == Counter({("guard", OPENAI): ran})
 
 
 def authz_timeout(stack: Stack) -> float:
