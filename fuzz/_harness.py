@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from authz.engine import decide
-from authz.model import Decision, Grant, McpRequest
+from authz.model import CONTENT_METHODS, Decision, Grant, McpRequest
 from authz.policy import Policy, load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 GRANT = Grant(id="g-1", label="fuzz", policy="fuzz")
 FIXED_RULES = frozenset({"(no policy)", "(hidden)", "(default deny)"})
-RULE_PREFIXES = ("/tools/", "/all_tools/", "/methods/")
+RULE_PREFIXES = ("/tools/", "/all_tools/", "/methods/", "/resources/", "/prompts/")
 
 
 def _cond(path: str, op: str, value: Any) -> dict[str, Any]:
@@ -92,11 +92,26 @@ def check_decision(policy: Policy | None, request: McpRequest) -> Decision:
             raise AssertionError(f"deny names no rule pointer: {decision!r}")
     if policy is not None and not request.is_tool_call:
         methods = policy.document.methods  # deny wins, then allow, then the default
-        allowed = request.method not in methods.deny and (
+        admitted = request.method not in methods.deny and (
             request.method in methods.allow or methods.default == "allow"
         )
-        if decision.allowed is not allowed:
-            raise AssertionError(f"method {request.method!r} decided against 'methods'")
+        if request.method not in CONTENT_METHODS:
+            if decision.allowed is not admitted:
+                raise AssertionError(f"method {request.method!r} decided against 'methods'")
+        elif policy.has_methods and not admitted and decision.allowed:
+            raise AssertionError(f"content method {request.method!r} admitted against 'methods'")
+        elif not decision.allowed and not isinstance(decision.rule, str):
+            raise AssertionError(f"content denial names no rule: {decision!r}")
+        elif (
+            not decision.allowed
+            and decision.kind is not None
+            and decision.kind.value == "policy"
+            and not (
+                decision.rule in ("(default deny)", "(hidden)")
+                or str(decision.rule).startswith(("/resources/", "/prompts/", "/methods/"))
+            )
+        ):
+            raise AssertionError(f"content denied by a rule of another kind: {decision!r}")
     return decision
 
 
