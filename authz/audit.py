@@ -320,7 +320,9 @@ def _decision_fields(
 # names, the duration, the time) are quoted by the encoder's own string function.
 
 _PIECES_KEPT: Final = 4096
-"""Cached pieces per kind; all forgotten at once past it (client input never keys them)."""
+"""Cached pieces per kind; all forgotten at once past it. Some keys carry what a client
+chose (a tool name, a URI in a denial's message), so the bound, not the key space, limits
+the memory: a client that sends ever new names only makes the cache start over."""
 _grant_pieces: dict[tuple[str, str] | None, str] = {}
 _call_pieces: dict[tuple[str, str | None] | None, str] = {}
 _outcome_pieces: dict[tuple[Any, ...], str] = {}
