@@ -56,6 +56,7 @@ from authz.model import (
     ApprovalTicket,
     Claim,
     Decision,
+    Definitions,
     DenyKind,
     Exhausted,
     FixedRule,
@@ -66,6 +67,7 @@ from authz.model import (
     Outcome,
     Reservation,
 )
+from authz.pinning.drift import PinView
 from authz.policy import Policy, conditions
 from authz.policy.conditions import Truth, non_negative_int
 from authz.policy.document import WILDCARD, EntryPolicy, ToolPolicy
@@ -145,8 +147,12 @@ def decide_stream(policy: Policy | None, grant: Grant) -> Decision:
     return Decision.allow() if policy is not None else _no_policy(grant)
 
 
-def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision:
+def decide(
+    policy: Policy | None, grant: Grant, request: McpRequest, pins: PinView | None = None
+) -> Decision:
     """Evaluate one request against the grant's policy (None: the policy is not loaded).
+
+    `pins` is the tool lock and the drift seen so far (None: no lock): see `_pin_denial`.
 
     Non-`tools/call` methods follow the policy's `methods` section (all allowed when it is
     absent). An allowed tool call carries one `Claim` per
@@ -177,6 +183,9 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
             f"tool {tool!r} is not permitted by policy",
             rule=FixedRule.DEFAULT_DENY,
         )
+    pinned = _pin_denial(policy, tool, request.arguments, pins)
+    if pinned is not None:
+        return pinned
 
     args = request.arguments
     entries: list[_Entry] = [(key, entry, args) for key, entry in _entries(policy, tool)]
@@ -210,6 +219,57 @@ def decide(policy: Policy | None, grant: Grant, request: McpRequest) -> Decision
         Outcome.ALLOW,
         claims=tuple(claims),
         approval=_approval_requirement("tools", entries, strict),
+    )
+
+
+def _pin_denial(
+    policy: Policy, tool: str, arguments: Mapping[str, Any], pins: PinView | None
+) -> Decision | None:
+    """The tool lock's say on a call, after hide and default (None: it does not deny).
+
+    `pinning: enforce` with a lock: a tool the lock lacks, or whose listed definition was
+    seen to differ from the lock, is denied `(pin)`. Strict arguments (`arguments:
+    strict`, the tool's entry, "*" or the policy): arguments that do not validate against
+    the pinned `inputSchema` are denied at the setting's pointer, naming the first
+    violation's pointer and keyword (no value); without a lock, or a pinned schema, every
+    call is (fail closed)."""
+    lock = pins.lock if pins is not None else None
+    if lock is not None and pins is not None and policy.pinning == "enforce":
+        pinned = lock.get(tool)
+        if pinned is None:
+            return Decision.deny(
+                DenyKind.POLICY,
+                f"tool {tool!r} is not in the tool lock; an operator must review it and pin "
+                "it (mcp-authz pin) before it can be called",
+                rule=FixedRule.PIN,
+            )
+        listed = pins.drifted.get(tool)
+        if listed is not None:
+            return Decision.deny(
+                DenyKind.POLICY,
+                f"tool {tool!r} changed its definition since it was pinned (sha256 "
+                f"{pinned.short} pinned, {listed[:12]} listed); an operator must review the "
+                "change and pin it again (mcp-authz pin)",
+                rule=FixedRule.PIN,
+            )
+    mode, setting = policy.arguments(tool)
+    if mode != "strict":
+        return None
+    pinned = lock.get(tool) if lock is not None else None
+    if pinned is None or pinned.arguments is None:
+        return Decision.deny(
+            DenyKind.POLICY,
+            f"tool {tool!r} has no pinned inputSchema, and strict arguments deny a call "
+            "they cannot check; pin the tool (mcp-authz pin)",
+            rule=setting,
+        )
+    violation = pinned.arguments.violation(arguments)
+    if violation is None:
+        return None
+    return Decision.deny(
+        DenyKind.POLICY,
+        f"arguments of tool {tool!r} do not match its pinned inputSchema at {violation.describe()}",
+        rule=setting,
     )
 
 
@@ -466,27 +526,34 @@ def _restricts(policy: Policy, section: str) -> bool:
     return any(_always_denies(entry) for entry in entries.values())
 
 
-def filters_listings(policy: Policy | None) -> bool:
+def filters_listings(policy: Policy | None, *, pinned: bool = False) -> bool:
     """Whether a grant with `policy` must not see some of a listing: then every answer it
-    gets is filtered (`listing_filter`), and its response phase fails closed."""
+    gets is filtered (`listing_filter`), and its response phase fails closed. With a tool
+    lock (`pinned`) that is every grant whose policy does not turn `pinning` off: its
+    `tools/list` answers are compared with the lock."""
     if policy is None:
         return False
+    if pinned and policy.pinning != "off":
+        return True
     return _tools_hidden(policy) or _restricts(policy, "resources") or _restricts(policy, "prompts")
 
 
-def listing_filter(policy: Policy) -> ListingFilter | None:
+def listing_filter(policy: Policy, definitions: Definitions | None = None) -> ListingFilter | None:
     """What a grant with `policy` must not see in its listings; None when that is nothing.
 
     `tools`: the hidden tools and, with `hide_denied`, the tools it can never call.
     `resources` (by `uri`), `resourceTemplates` (by `uriTemplate`) and `prompts` (by
     `name`): the hidden ones and those it can never read or get (`never_allowed`; no flag
     needed), when the policy restricts that section at all; an element without a string
-    key goes too.
+    key goes too. `definitions` (the tool lock's check, made by the caller when the
+    policy's `pinning` is not off) sees every `tools` element as well.
     """
     arrays: dict[str, Hides] = {}
     tools = _tool_hides(policy)
     if tools is not None:
         arrays["tools"] = tools
+    elif definitions is not None:
+        arrays["tools"] = _hide_none
     if _restricts(policy, "resources"):
 
         def resource(uri: str | None) -> bool:
@@ -503,7 +570,11 @@ def listing_filter(policy: Policy) -> ListingFilter | None:
             return name is None or never_allowed(policy, "prompts", name)
 
         arrays["prompts"] = prompt
-    return ListingFilter(arrays) if arrays else None
+    return ListingFilter(arrays, definitions) if arrays else None
+
+
+def _hide_none(_name: str | None) -> bool:
+    return False
 
 
 def _tool_hides(policy: Policy) -> Hides | None:

@@ -57,6 +57,7 @@ _FIXED_RULES: Mapping[str, str] = {
     FixedRule.NO_POLICY: "no_policy",
     FixedRule.HIDDEN: "hidden",
     FixedRule.DEFAULT_DENY: "default_deny",
+    FixedRule.PIN: "pin",
     FixedRule.COUNTERS: "counters",
     FixedRule.COUNTERS_FAIL_OPEN: "counters_fail_open",
     FixedRule.APPROVALS: "approvals",
@@ -98,13 +99,22 @@ def rule_kind(rule: str | None) -> str:
     parts = rule.split("/")
     if rule.startswith("/methods/"):
         return "methods"
+    if rule == "/arguments":
+        return "arguments"
     if rule.startswith("/all_tools/limits/"):
         return "limit_cost" if rule.endswith("/cost") and len(parts) > 4 else "limit"
     if rule.startswith(("/tools/", "/resources/", "/prompts/")) and len(parts) >= 4:
         section = parts[3]
         if section == "limits":
             return "limit_cost" if len(parts) > 5 and parts[-1] == "cost" else "limit"
-        if section in ("require", "deny_if", "rules", "approve_if", "require_approval"):
+        if section in (
+            "require",
+            "deny_if",
+            "rules",
+            "approve_if",
+            "require_approval",
+            "arguments",
+        ):
             return section
     if rule.startswith("/resources/") and len(parts) == 3:
         return "ambiguous_uri"  # a URI the server could read otherwise than the pattern
@@ -149,6 +159,13 @@ class _ConfigCollector(Collector):
         )
         error.add_metric([], 1 if status.last_error else 0)
         yield error
+        pinned = GaugeMetricFamily(
+            "mcp_authz_pinned_tools",
+            "Tools in the loaded tool lock (tools.lock.json); absent without a lock.",
+        )
+        if current.pins is not None:
+            pinned.add_metric([], len(current.pins))
+        yield pinned
 
 
 class _LogCollector(Collector):
@@ -222,6 +239,14 @@ class Metrics:
             "mcp_authz_approval_webhooks",
             "Approval webhook deliveries by result (sent, failed after retries, dropped).",
             ["result"],
+            registry=r,
+        )
+
+        self.definition_changes = Counter(
+            "mcp_authz_tool_definition_changed",
+            "Distinct tool definitions listed by the upstream that differ from the tool lock "
+            "(change: changed, unpinned), by the listing grant's pinning mode.",
+            ["change", "pinning"],
             registry=r,
         )
 

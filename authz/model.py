@@ -140,6 +140,9 @@ class FixedRule(enum.StrEnum):
     """The grant's policy is not loaded."""
     HIDDEN = "(hidden)"
     """A call of a tool, or a request for a resource or a prompt, the policy hides."""
+    PIN = "(pin)"
+    """A tool whose definition differs from the tool lock, or that the lock lacks
+    (`pinning: enforce`)."""
     DEFAULT_DENY = "(default deny)"
     """Under `default: deny`, a call of a tool the policy does not list, or a request for a
     resource or a prompt no entry of the policy matches."""
@@ -165,6 +168,10 @@ tool's or a prompt's `name`, a resource's `uri`, a template's `uriTemplate`; Non
 element without a string key). Decided by the engine (`authz.engine.listing_filter`),
 applied to the server's answers by the response phase."""
 
+Definitions = Callable[[Mapping[str, Any]], bool]
+"""Whether a `tools/list` element is cut for its definition (the whole element, parsed);
+it sees every element of every `tools` array once."""
+
 LISTINGS: tuple[tuple[str, str, str], ...] = (
     ("tools", "name", "tools/list"),
     ("resources", "uri", "resources/list"),
@@ -182,6 +189,9 @@ class ListingFilter:
     an array not in it is passed as sent."""
 
     arrays: Mapping[str, Hides]
+    definitions: Definitions | None = None
+    """Also cut a `tools` element when this says so, given the whole element (the tool
+    lock's check, `authz.pinning`); `arrays` then has `tools`."""
 
     @staticmethod
     def tools(hides: Hides) -> ListingFilter:

@@ -39,6 +39,7 @@ from authz.inflight.base import InflightStore
 from authz.inflight.memory import MemoryInflightStore
 from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authz.metrics import Metrics
+from authz.pinning.drift import DriftWatch
 from authz.pipeline.gate import Authorizer
 from authz.pipeline.response import Responder
 
@@ -312,6 +313,9 @@ class Sidecar:
             also=(self.approvals, self.inflight),
         )
         self.notifier = build_notifier(settings, self.metrics)
+        # The tool lock's memory of drifted tools: the response phase sees the listings,
+        # the request phase denies calls of what drifted.
+        self.drift = DriftWatch(self.config.current.pins)
         self.authorizer = Authorizer(
             self.config,
             self.counters,
@@ -320,11 +324,16 @@ class Sidecar:
             approvals=self.approvals,
             notify=self.notifier.notify if self.notifier is not None else None,
             inflight=self.inflight,
+            drift=self.drift,
         )
         # The response phase (ext_proc): hidden tools filtered out of every answer, quota
         # given back for calls the server did not run, in-flight ids freed.
         self.responder = Responder(
-            self.config, self.counters, metrics=self.metrics, inflight=self.inflight
+            self.config,
+            self.counters,
+            metrics=self.metrics,
+            inflight=self.inflight,
+            drift=self.drift,
         )
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None

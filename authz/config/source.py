@@ -5,6 +5,7 @@ Layout::
     CONFIG_DIR/grants.json
     CONFIG_DIR/policies/<policy name>.json
     CONFIG_DIR/approvers.json          (optional: who may decide held calls)
+    CONFIG_DIR/tools.lock.json         (optional: the pinned tools, `mcp-authz pin`)
 
 The whole directory is one unit. A change is applied only when every file in it is valid;
 otherwise the last good set stays in force and the error is reported (log + readiness).
@@ -26,6 +27,7 @@ import structlog
 
 from authz.config.approvers import APPROVERS_FILE, ApproversError, ApproverTable, load_approvers
 from authz.config.grants import GrantsError, GrantTable, load_grants
+from authz.pinning.lock import LOCK_FILE, LockError, ToolLock, load_lock
 from authz.policy import Policy, PolicyError, load_policy
 
 __all__ = [
@@ -57,6 +59,8 @@ class ConfigSet:
     loaded_at: float
     approvers: ApproverTable = field(default_factory=ApproverTable)
     """Who may decide held calls through the admin API (empty without approvers.json)."""
+    pins: ToolLock | None = None
+    """The pinned tools (None without tools.lock.json)."""
 
     def policy(self, name: str) -> Policy | None:
         return self.policies.get(name)
@@ -72,13 +76,14 @@ def _read_files(root: Path) -> dict[str, bytes]:
         raise ConfigError(f"{grants}: file not found") from exc
     except OSError as exc:
         raise ConfigError(f"{grants}: cannot read: {exc.strerror}") from exc
-    approvers = root / APPROVERS_FILE
-    try:
-        files[APPROVERS_FILE] = approvers.read_bytes()
-    except FileNotFoundError:
-        pass  # optional: nobody can decide approvals
-    except OSError as exc:
-        raise ConfigError(f"{approvers}: cannot read: {exc.strerror}") from exc
+    for optional in (APPROVERS_FILE, LOCK_FILE):
+        path = root / optional
+        try:
+            files[optional] = path.read_bytes()
+        except FileNotFoundError:
+            pass  # without approvers nobody decides approvals; without a lock nothing is pinned
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     policy_dir = root / POLICIES_DIR
     if policy_dir.is_dir():
         for path in sorted(policy_dir.iterdir()):
@@ -116,6 +121,14 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
         except Exception as exc:  # e.g. RecursionError from deeply nested JSON: still rejected
             raise ConfigError(f"{root / APPROVERS_FILE}: cannot be loaded: {exc!r}") from exc
         _check_own_tokens(root, approvers, grants)
+    pins: ToolLock | None = None
+    if LOCK_FILE in files:
+        try:
+            pins = load_lock(files[LOCK_FILE])
+        except LockError as exc:
+            raise ConfigError(f"{root / LOCK_FILE}: {exc}") from exc
+        except Exception as exc:  # e.g. RecursionError from a deeply nested schema
+            raise ConfigError(f"{root / LOCK_FILE}: cannot be loaded: {exc!r}") from exc
     policies: dict[str, Policy] = {}
     for rel, raw in files.items():
         if not rel.startswith(POLICIES_DIR + "/"):
@@ -133,6 +146,7 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
         fingerprint=_fingerprint(files),
         loaded_at=time.time(),
         approvers=approvers,
+        pins=pins,
     )
 
 
@@ -213,6 +227,7 @@ class ConfigSource:
             grants=len(candidate.grants),
             policies=sorted(candidate.policies),
             approvers=len(candidate.approvers),
+            pinned=len(candidate.pins) if candidate.pins is not None else None,
         )
         if self.on_change is not None:
             self.on_change(candidate)

@@ -40,6 +40,7 @@ from authz.model import (
     RequestId,
     Reservation,
 )
+from authz.pinning.drift import DriftWatch
 from authz.pipeline.identity import identify
 from authz.pipeline.parsing import ParsePool
 from authz.pipeline.request import (
@@ -85,13 +86,16 @@ class Verdict:
     inflight: str | None = None
     """The in-flight registry key the allowed request holds (`authz.inflight`); the response
     phase frees it when the response ends."""
+    pinned: bool = False
+    """The configuration had a tool lock when the request was allowed."""
 
     @property
     def hides(self) -> bool:
         """Whether the answers to this allowed request must be filtered: the grant's policy
-        keeps something out of a listing (`engine.filters_listings`). Envoy routes such
-        requests to the `/mcp` route whose response phase fails closed."""
-        return self.decision.allowed and engine.filters_listings(self.policy)
+        keeps something out of a listing, or compares its tools with the tool lock
+        (`engine.filters_listings`). Envoy routes such requests to the `/mcp` route whose
+        response phase fails closed."""
+        return self.decision.allowed and engine.filters_listings(self.policy, pinned=self.pinned)
 
 
 def new_decision_id() -> str:
@@ -110,11 +114,15 @@ class Authorizer:
         approvals: ApprovalStore | None = None,
         notify: Callable[[Approval], None] | None = None,
         inflight: InflightStore | None = None,
+        drift: DriftWatch | None = None,
     ) -> None:
         """`approvals` holds approvals of held calls (memory when None); `notify` is called
         (synchronously: it must only schedule work) once per new pending approval;
-        `inflight` registers the ids of requests in flight per session (memory when None)."""
+        `inflight` registers the ids of requests in flight per session (memory when None);
+        `drift` is the tool lock's memory of drifted tools, shared with the response phase
+        (its own when None)."""
         self._config = config
+        self._drift = drift if drift is not None else DriftWatch()
         self._counters = counters
         self._inflight: InflightStore = inflight if inflight is not None else MemoryInflightStore()
         self._approvals: ApprovalStore = (
@@ -138,6 +146,8 @@ class Authorizer:
         decision_id = new_decision_id()
         try:
             verdict = await self._check(http, decision_id)
+            if verdict.decision.allowed and self._config.current.pins is not None:
+                verdict = dataclasses.replace(verdict, pinned=True)
         except Exception:
             log.exception("check_failed", decision_id=decision_id)
             verdict = Verdict(
@@ -212,7 +222,7 @@ class Authorizer:
                 request,
             )
 
-        decision = engine.decide(policy, grant, request)
+        decision = engine.decide(policy, grant, request, self._drift.sync(config.pins))
         if not decision.allowed:
             return Verdict(decision, decision_id, grant, request, policy)
         key = _inflight_key(request)

@@ -17,6 +17,8 @@ request's response, under the request's decision id:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -25,7 +27,8 @@ from authz.counters.base import CounterStore
 from authz.engine import listing_filter
 from authz.inflight.base import InflightStore
 from authz.metrics import Metrics
-from authz.model import ListingFilter
+from authz.model import Definitions, ListingFilter
+from authz.pinning.drift import DriftWatch
 from authz.response.inspector import MAX_HELD_BYTES, ResponseContext, ResponseInspector
 
 __all__ = ["Responder"]
@@ -45,8 +48,12 @@ class Responder:
         metrics: Metrics | None = None,
         limit: int = MAX_HELD_BYTES,
         inflight: InflightStore | None = None,
+        drift: DriftWatch | None = None,
     ) -> None:
+        """`drift` is the tool lock's memory of drifted tools, shared with the request
+        phase (its own when None)."""
         self._config = config
+        self._drift = drift if drift is not None else DriftWatch()
         self._counters = counters
         self._inflight = inflight
         self._metrics = metrics
@@ -60,9 +67,13 @@ class Responder:
         the request was allowed and is gone now hides every listed element."""
         hides: ListingFilter | None = None
         if context.allowed and context.policy:
-            policy = self._config.current.policy(context.policy)
+            config = self._config.current
+            policy = config.policy(context.policy)
             if policy is not None:
-                hides = listing_filter(policy)
+                definitions: Definitions | None = None
+                if self._drift.sync(config.pins) is not None and policy.pinning != "off":
+                    definitions = self._definitions(policy.pinning == "enforce", context)
+                hides = listing_filter(policy, definitions)
             elif context.hides:
                 log.warning(
                     "response_policy_missing",
@@ -71,6 +82,36 @@ class Responder:
                 )
                 hides = ListingFilter.everything()
         return ResponseInspector(context, hides, limit=self._limit)
+
+    def _definitions(self, enforce: bool, context: ResponseContext) -> Definitions:
+        """The tool lock's check of each listed tool: a drift is reported the first time
+        it is seen (audit event `tool_definition_changed`, metric); under `enforce` the
+        tool is cut (and its calls denied: `DriftWatch`), and so is an element without a
+        name."""
+        watch, metrics = self._drift, self._metrics
+
+        def drifted(element: Mapping[str, Any]) -> bool:
+            seen = watch.observe(element)
+            if seen is None:
+                return enforce
+            if seen.drifted and seen.new:
+                _audit.warning(
+                    "tool_definition_changed",
+                    tool=seen.name,
+                    change=seen.status,
+                    old_hash=seen.pinned,
+                    new_hash=seen.listed,
+                    pinning="enforce" if enforce else "report",
+                    decision_id=context.decision_id,
+                    grant_id=context.grant_id,
+                )
+                if metrics is not None:
+                    metrics.definition_changes.labels(
+                        change=seen.status, pinning="enforce" if enforce else "report"
+                    ).inc()
+            return enforce and seen.drifted
+
+        return drifted
 
     def finish(self, inspector: ResponseInspector, seconds: float) -> None:
         """Settle, in the background, a response whose ext_proc stream ended first.

@@ -71,10 +71,12 @@ from authz.policy.uris import UriPattern, UriPatternError, parse_pattern
 __all__ = [
     "WILDCARD",
     "AllTools",
+    "ArgumentsMode",
     "ContentPolicy",
     "EntryPolicy",
     "Hide",
     "MethodsPolicy",
+    "PinningMode",
     "Policy",
     "PolicyDocument",
     "PromptPolicy",
@@ -83,6 +85,11 @@ __all__ = [
 ]
 
 WILDCARD: Final = "*"
+
+ArgumentsMode = Literal["strict", "lax"]
+"""How a tool call's arguments are checked against the pinned inputSchema."""
+PinningMode = Literal["enforce", "report", "off"]
+"""What a drift from the tool lock does."""
 
 
 class EntryPolicy(PolicyModel):
@@ -175,6 +182,15 @@ class ToolPolicy(EntryPolicy):
         default=(),
         title="Rules (Intercept v1)",
         description="Intercept-style rules, evaluated in order after require and deny_if.",
+    )
+    arguments: ArgumentsMode | None = Field(
+        default=None,
+        title="Arguments",
+        description=(
+            "mcp-authz extension: 'strict' denies a call of this tool whose arguments do not "
+            "validate against the tool's pinned inputSchema (tools.lock.json); 'lax' does "
+            "not check them. Unset: the '*' entry's setting, else the policy's."
+        ),
     )
 
     def counter_problems(self) -> list[RelProblem]:
@@ -465,6 +481,27 @@ class PolicyDocument(PolicyModel):
             'converts argument types, e.g. "500" to 500 or "yes" to true.'
         ),
     )
+    pinning: PinningMode = Field(
+        default="enforce",
+        title="Pinning",
+        description=(
+            "mcp-authz extension, in force when the configuration has a tool lock "
+            "(tools.lock.json, written by `mcp-authz pin`): 'enforce' (the default) removes "
+            "from tools/list every tool whose definition differs from the lock or that the "
+            "lock lacks, and denies its calls (rule '(pin)'); 'report' only audits and "
+            "counts such drift; 'off' ignores the lock's definitions."
+        ),
+    )
+    arguments: ArgumentsMode = Field(
+        default="lax",
+        title="Arguments",
+        description=(
+            "mcp-authz extension: 'strict' denies a tools/call whose arguments do not "
+            'validate against the tool\'s pinned inputSchema (strict JSON typing: "500" is '
+            "not an integer), and every call of a tool without a pinned schema; 'lax' (the "
+            "default) does not check them. A tool's entry may set its own."
+        ),
+    )
     hide_denied: StrictBool = Field(
         default=False,
         title="Hide denied tools",
@@ -659,6 +696,21 @@ class Policy:
     def strict_types(self) -> bool:
         """Whether an argument of a type a condition does not compare fails closed."""
         return self.document.strict_types
+
+    @property
+    def pinning(self) -> PinningMode:
+        """What a drift from the tool lock does (when there is a lock)."""
+        return self.document.pinning
+
+    def arguments(self, tool: str) -> tuple[ArgumentsMode, str]:
+        """How `tool`'s arguments are checked, and the pointer of the setting that says so:
+        its own entry's, else the "*" entry's, else the policy's."""
+        for key in (tool, WILDCARD):
+            entry = self.document.tools.get(key)
+            if entry is not None and entry.arguments is not None:
+                escaped = key.replace("~", "~0").replace("/", "~1")
+                return entry.arguments, f"/tools/{escaped}/arguments"
+        return self.document.arguments, "/arguments"
 
     @property
     def hides_all(self) -> bool:

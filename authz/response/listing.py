@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from authz.model import LISTINGS, Hides, ListingFilter, RequestId
+from authz import strictjson
+from authz.model import LISTINGS, Definitions, Hides, ListingFilter, RequestId
 from authz.response.jsonrpc import Unparsable, parse_message
 
 __all__ = ["TOOLS", "ListingScanner", "filter_listing", "filter_tools"]
@@ -129,6 +130,18 @@ def _hidden(text: str, start: int, hides: Hides, key: str) -> bool:
     return any(hides(value) for value in strings)
 
 
+def _drifted(text: str, start: int, end: int, definitions: Definitions) -> bool:
+    """Whether the tool element at `start` is cut for its definition. An element that is
+    not an object, or that has a key twice (two parsers could read two definitions), is."""
+    if text[start] != "{":
+        return True
+    try:
+        element = strictjson.loads(text[start:end].encode("utf-8", "surrogatepass"))
+    except strictjson.StrictJsonError:
+        return True
+    return not isinstance(element, dict) or definitions(element)
+
+
 def _cut(
     text: str, start: int, listing: ListingFilter, removed: dict[str, int]
 ) -> list[tuple[int, int, str]]:
@@ -145,7 +158,13 @@ def _cut(
                 continue
             element_key = _ELEMENT_KEY[array]
             elements, close = _elements(text, array_start)
-            kept = [(s, e) for s, e in elements if not _hidden(text, s, hides, element_key)]
+            definitions = listing.definitions if array == "tools" else None
+            kept = [
+                (s, e)
+                for s, e in elements
+                if not (definitions is not None and _drifted(text, s, e, definitions))
+                and not _hidden(text, s, hides, element_key)
+            ]
             if len(kept) == len(elements):
                 continue
             removed[array] = removed.get(array, 0) + len(elements) - len(kept)

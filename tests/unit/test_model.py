@@ -16,6 +16,7 @@ DOCUMENTED = [
     "(id in use)",
     "(no policy)",
     "(hidden)",
+    "(pin)",
     "(default deny)",
     "(counters)",
     "(counters fail-open)",
