@@ -30,7 +30,8 @@ def build_server(settings: Settings) -> MCPServer:
         instructions="Generate images with OpenAI, Google Imagen, Gemini or Replicate.",
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
     )
-    ImageTools(settings.outputs, ExecutionRecorder(settings.record_file)).register(server)
+    tools = ImageTools(settings.outputs, ExecutionRecorder(settings.record_file))
+    tools.register(server, drift=settings.drift)
     return server
 
 

@@ -16,6 +16,7 @@ ENV_ALLOWED_HOSTS = "IMAGEGEN_ALLOWED_HOSTS"
 ENV_RECORD_FILE = "IMAGEGEN_RECORD_FILE"
 ENV_OUTPUTS = "IMAGEGEN_OUTPUTS"
 ENV_EVENT_STORE = "IMAGEGEN_EVENT_STORE"
+ENV_DRIFT = "IMAGEGEN_DRIFT"
 EVENT_STORES = ("none", "memory")
 
 
@@ -33,6 +34,9 @@ class Settings:
     path: str = "/mcp"
     event_store: str = "none"
     """`memory`: keep sent SSE events so clients can resume (`Last-Event-ID`); `none`."""
+    drift: str | None = None
+    """A tool whose description gains an instruction aimed at the model (a "rug pull"), to
+    show tool pinning at work; None: the descriptions as published."""
 
     def __post_init__(self) -> None:
         if self.event_store not in EVENT_STORES:
@@ -78,6 +82,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "allowed_hosts": split_csv(env.get(ENV_ALLOWED_HOSTS)),
         "record_file": Path(record) if record else None,
         "event_store": env.get(ENV_EVENT_STORE) or "none",
+        "drift": env.get(ENV_DRIFT) or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from typing import IO
 
 from authz.config.grants import hash_token
 from authz.devstack.stack import Ports, Stack, StackError
+from authz.pinning.lock import LOCK_FILE, LockError, load_lock
 
 __all__ = [
     "DEFAULT_ADMIN_PORT",
@@ -73,6 +74,19 @@ def _demo_approver(config_dir: Path) -> str | None:
         return None
     hashes = {a.get("token_sha256") for a in approvers if isinstance(a, dict)}
     return DEMO_APPROVER_TOKEN if hash_token(DEMO_APPROVER_TOKEN) in hashes else None
+
+
+def _pinned(config_dir: Path) -> str:
+    """What the banner says of the tool lock: `pinned 4 tools (tools.lock.json)`."""
+    path = config_dir / LOCK_FILE
+    try:
+        lock = load_lock(path.read_bytes())
+    except FileNotFoundError:
+        return f"not pinned (no {LOCK_FILE}; run mcp-authz pin to pin them)"
+    except (OSError, LockError) as exc:
+        return f"{LOCK_FILE} unusable: {exc}"
+    count = len(lock)
+    return f"pinned {count} tool{'' if count == 1 else 's'} ({LOCK_FILE})"
 
 
 def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
@@ -157,6 +171,7 @@ def run_demo(
     config_file = "deploy/envoy-http.yaml" if transport == "http" else "deploy/envoy.yaml"
     print(f"  ext_authz   {transport} ({config_file})")
     print(f"  config      {config}  (edit policies; changes apply without a restart)")
+    print(f"  tools       {_pinned(config)}")
     print(f"  outputs     {outputs_dir}")
     print(f"  Gemini      {'offline endpoint' if offline else 'real API (GOOGLE_API_KEY)'}")
     print(f"  logs        {workdir}")

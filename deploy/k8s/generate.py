@@ -2,7 +2,8 @@
 
   deploy/k8s/10-config.yaml        ConfigMap `mcp-authz-policies` (deploy/config/policies/*.json)
                                    and Secret `mcp-authz-grants` (deploy/config/grants.json
-                                   and approvers.json)
+                                   and approvers.json) and ConfigMap `mcp-authz-tool-lock`
+                                   (deploy/config/tools.lock.json)
   deploy/k8s/40-gateway-envoy.yaml ConfigMap `mcp-gateway-envoy`: deploy/envoy.yaml rendered
                                    by authz.devstack.envoy_config.render_envoy_config for the
                                    gateway pod (ext_authz sidecar at 127.0.0.1:9001 in the same
@@ -56,6 +57,8 @@ HTTP_ENVOY_FILE = HTTP_DIR / "40-gateway-envoy.yaml"
 HTTP_GATEWAY_FILE = HTTP_DIR / "50-gateway.yaml"
 
 POLICIES_CONFIGMAP = "mcp-authz-policies"
+TOOL_LOCK_CONFIGMAP = "mcp-authz-tool-lock"
+LOCK_FILE = "tools.lock.json"
 GRANTS_SECRET = "mcp-authz-grants"
 ENVOY_CONFIGMAP = "mcp-gateway-envoy"
 ENVOY_HTTP_CONFIGMAP = "mcp-gateway-envoy-http"
@@ -148,13 +151,23 @@ def render_config() -> str:
             for name in ("grants.json", "approvers.json")
         },
     }
-    header = _header("deploy/config/ (the demo grants and policies)") + (
+    lock = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": TOOL_LOCK_CONFIGMAP,
+            "namespace": NAMESPACE,
+            "labels": {**LABELS, "app.kubernetes.io/component": "authz-config"},
+        },
+        "data": {LOCK_FILE: (CONFIG_DIR / LOCK_FILE).read_text(encoding="utf-8")},
+    }
+    header = _header("deploy/config/ (the demo grants, policies and tool lock)") + (
         "# The sidecar reads them through a projected volume (see 50-gateway.yaml) that the\n"
         "# kubelet updates in place; the sidecar polls it, so an edit applies without a restart.\n"
         "# The demo tokens are public: replace grants.json and approvers.json before exposing\n"
         "# the gateway.\n"
     )
-    return _dump([policies, grants], header)
+    return _dump([policies, grants, lock], header)
 
 
 def render_envoy(transport: str = "grpc") -> str:

@@ -274,6 +274,8 @@ def test_policies_and_grants_are_copies_of_deploy_config(docs: list[Doc]) -> Non
     assert grants == {
         name: (DEPLOY / "config" / name).read_text() for name in ("grants.json", "approvers.json")
     }
+    lock = one(docs, "ConfigMap", "mcp-authz-tool-lock")["data"]
+    assert lock == {"tools.lock.json": (DEPLOY / "config" / "tools.lock.json").read_text()}
 
 
 # -- wiring -----------------------------------------------------------------------------------
@@ -343,11 +345,13 @@ def test_sidecar_reads_a_live_projected_config_volume(docs: list[Doc]) -> None:
     configmaps = [s["configMap"] for s in sources if "configMap" in s]
     files = [{"key": name, "path": name} for name in ("grants.json", "approvers.json")]
     assert secrets == [{"name": "mcp-authz-grants", "items": files}]
-    assert [c["name"] for c in configmaps] == ["mcp-authz-policies"]
+    assert [c["name"] for c in configmaps] == ["mcp-authz-policies", "mcp-authz-tool-lock"]
     keys = set(one(docs, "ConfigMap", "mcp-authz-policies")["data"])
     items = configmaps[0]["items"]
     assert {item["key"] for item in items} == keys, "every policy key needs a projected item"
     assert all(item["path"] == f"policies/{item['key']}" for item in items)
+    # the tool lock sits at the top of the config directory, where the sidecar reads it
+    assert configmaps[1]["items"] == [{"key": "tools.lock.json", "path": "tools.lock.json"}]
 
 
 def all_pod_specs(docs: list[Doc]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -6,6 +6,7 @@ approver approves from another terminal with `mcp-authz approvals`; the agent's 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,9 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from authz.devstack.stack import free_port
+from imagegen_upstream.tools import TOOL_NAMES
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +33,10 @@ PROMPT = "a logo for a coffee shop"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[tuple[str, str]]:
-    """(MCP URL, admin URL) of a running `mcp-authz demo --transport <transport>`."""
+def demo(
+    tmp_path_factory: pytest.TempPathFactory, transport: str
+) -> Iterator[tuple[str, str, Path]]:
+    """(MCP URL, admin URL, its output) of a running `mcp-authz demo --transport <transport>`."""
     out = tmp_path_factory.mktemp("demo")
     log = open(out / "demo.log", "w+")  # noqa: SIM115 - closed below
     port = free_port()
@@ -52,7 +59,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[t
             admin = match.group(1) if match else None
             time.sleep(0.2)
         assert admin is not None, (out / "demo.log").read_text()
-        yield f"http://127.0.0.1:{port}/mcp", admin
+        yield f"http://127.0.0.1:{port}/mcp", admin, out / "demo.log"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -95,8 +102,8 @@ def agent(url: str, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def test_walkthrough_held_approved_retried(demo: tuple[str, str]) -> None:
-    url, admin = demo
+def test_walkthrough_held_approved_retried(demo: tuple[str, str, Path]) -> None:
+    url, admin, _ = demo
     waiting = agent(url, "--wait-approval", "60")
     pending: list[dict[str, object]] = []
     deadline = time.time() + 30
@@ -122,3 +129,22 @@ def test_walkthrough_held_approved_retried(demo: tuple[str, str]) -> None:
     output, _ = again.communicate(timeout=60)
     held = re.findall(r"apr_[0-9a-f]{24}", output)
     assert held and held[0] != approval_id, output
+
+
+def test_the_shipped_lock_pins_the_four_tools_the_upstream_serves(
+    demo: tuple[str, str, Path],
+) -> None:
+    """The banner says `pinned 4 tools`, and an agent lists all four through the gateway:
+    under `pinning: enforce` a tool whose live definition differed from the shipped lock
+    (deploy/config/tools.lock.json) would be cut from the listing."""
+    url, _, log = demo
+    assert "pinned 4 tools (tools.lock.json)" in log.read_text()
+
+    async def listed() -> list[str]:
+        headers = {"Authorization": "Bearer mcp-demo-artist-token"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            transport = streamable_http_client(url, http_client=http)
+            async with Client(transport, mode="legacy") as client:  # type: ignore[arg-type]
+                return sorted(tool.name for tool in (await client.list_tools()).tools)
+
+    assert asyncio.run(listed()) == sorted(TOOL_NAMES)
