@@ -18,14 +18,15 @@ times faster (`bench/inprocess.py`).
 
 `ArgumentSchema.violation(arguments)` names the first violation as a JSON pointer into the
 arguments and the schema keyword that failed, never the value: a denial shows the pointer
-and the keyword only.
+and the keyword only. The first is a missing required member, else the first member, in
+the order the call gives them, that breaks the schema (on both paths).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,6 +59,8 @@ _TOP_KEYWORDS: Final = frozenset(
 )
 """Keywords at the top of a schema the member-by-member path handles (or that assert
 nothing)."""
+_DATA_KEYWORDS: Final = frozenset({"const", "enum", "default", "examples"})
+"""Keywords whose values are JSON data, not schemas."""
 
 
 class SchemaProblem(ValueError):
@@ -186,7 +189,7 @@ class ArgumentSchema:
         """The first violation of the schema by `arguments`, or None when they validate."""
         members = self._members
         if members is None:
-            return self._first(self._whole, arguments, ())
+            return _first_of_whole(self._whole.iter_errors(arguments), arguments)
         for name in members.required:
             if name not in arguments:
                 return Violation(_pointer((name,)), "required")
@@ -199,39 +202,89 @@ class ArgumentSchema:
                     return Violation(_pointer((name,)), "additionalProperties")
                 validator = members.additional
             if not validator.is_valid(value):
-                return self._first(validator, value, (name,))
+                return _first(validator.iter_errors(value), (name,))
         return None
 
-    @staticmethod
-    def _first(validator: Any, instance: Any, prefix: tuple[str | int, ...]) -> Violation | None:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
-        if error is None:
-            return None
-        path = (*prefix, *error.absolute_path)
-        keyword = str(error.validator)
-        if keyword in ("anyOf", "oneOf") and error.context:
-            # every branch failed the same way at the same place (`["integer", "null"]`
-            # given "500"): that keyword says more than "anyOf"
-            found = {(str(e.validator), tuple(e.relative_path)) for e in error.context}
-            if len(found) == 1:
-                keyword, deeper = found.pop()
-                path = (*path, *deeper)
-        if keyword == "required" and isinstance(error.instance, Mapping):
-            missing = [n for n in error.validator_value if n not in error.instance]
-            if missing:
-                path = (*path, missing[0])
-        return Violation(_pointer(path), keyword)
+
+def _first_of_whole(
+    errors: Iterable[jsonschema.exceptions.ValidationError], arguments: Mapping[str, Any]
+) -> Violation | None:
+    """The first violation of a schema validated whole, in the member-by-member order: a
+    missing required member, then any other fault of the arguments object itself, then the
+    first member, in the arguments' order, that breaks the schema (an unexpected member
+    at its own pointer, as `additionalProperties: false` names it)."""
+    required: list[jsonschema.exceptions.ValidationError] = []
+    itself: list[jsonschema.exceptions.ValidationError] = []
+    by_member: dict[str, list[jsonschema.exceptions.ValidationError]] = {}
+    unexpected: set[str] = set()
+    for error in errors:
+        if error.absolute_path:
+            by_member.setdefault(str(error.absolute_path[0]), []).append(error)
+        elif error.validator == "required":
+            required.append(error)
+        elif error.validator == "additionalProperties" and isinstance(error.schema, Mapping):
+            extra = _unexpected(error.schema, arguments)
+            if extra:
+                unexpected.update(extra)
+            else:
+                itself.append(error)
+        else:
+            itself.append(error)
+    if required or itself:
+        return _first(required or itself, ())
+    for name in arguments:
+        if name in unexpected:
+            return Violation(_pointer((name,)), "additionalProperties")
+        found = by_member.get(name)
+        if found:
+            return _first(found, ())
+    return None
+
+
+def _unexpected(schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> list[str]:
+    """The members of `arguments` that `schema`'s `additionalProperties` judges."""
+    properties = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    return [
+        name
+        for name in arguments
+        if name not in properties and not any(re.search(p, name) for p in patterns)
+    ]
+
+
+def _first(
+    errors: Iterable[jsonschema.exceptions.ValidationError], prefix: tuple[str | int, ...]
+) -> Violation | None:
+    error = jsonschema.exceptions.best_match(errors)
+    if error is None:
+        return None
+    path = (*prefix, *error.absolute_path)
+    keyword = "false" if error.validator is None else str(error.validator)  # a `false` schema
+    if keyword in ("anyOf", "oneOf") and error.context:
+        # every branch failed the same way at the same place (`["integer", "null"]`
+        # given "500"): that keyword says more than "anyOf"
+        found = {(str(e.validator), tuple(e.relative_path)) for e in error.context}
+        if len(found) == 1:
+            keyword, deeper = found.pop()
+            path = (*path, *deeper)
+    if keyword == "required" and isinstance(error.instance, Mapping):
+        missing = [n for n in error.validator_value if n not in error.instance]
+        if missing:
+            path = (*path, missing[0])
+    return Violation(_pointer(path), keyword)
 
 
 def _patterns(
     schema: Any, where: tuple[str | int, ...]
 ) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    """(location, pattern) of every `pattern` keyword in the schema."""
+    """(location, pattern) of every `pattern` keyword in the schema (not in its data:
+    `const`, `enum`, `default` and `examples` may hold an object with a "pattern" member,
+    such as a glob)."""
     if isinstance(schema, Mapping):
         for key, value in schema.items():
             if key == "pattern" and isinstance(value, str):
                 yield (*where, key), value
-            else:
+            elif key not in _DATA_KEYWORDS:
                 yield from _patterns(value, (*where, key))
     elif isinstance(schema, list):
         for i, value in enumerate(schema):

@@ -6,7 +6,8 @@ every `tools/list` element (`observe`); the request phase reads a snapshot (`vie
 
 - A drifted tool stays drifted until the lock changes (a new `tools.lock.json` loaded):
   an upstream that shows a changed definition to one session and the pinned one to the
-  next does not get its tool back by flipping.
+  next does not get its tool back by flipping (listed as pinned again, it is still
+  observed `changed`, not reported again, and still denied).
 - Each distinct drift (tool, pinned hash, listed hash) is reported once (`Observation.new`),
   so the audit event and the metric count changes, not listings. The memory is bounded
   (`MAX_REMEMBERED`); past it, drifts are still enforced but may be reported again.
@@ -110,7 +111,11 @@ class DriftWatch:
         listed = definition_hash(element)
         pinned = lock.get(name)
         if pinned is not None and pinned.sha256 == listed:
-            return Observation(name, "pinned", pinned.sha256, listed)
+            view = self._view
+            if view is None or name not in view.drifted:
+                return Observation(name, "pinned", pinned.sha256, listed)
+            # listed as pinned again after a drift: still drifted (reported already)
+            return Observation(name, "changed", pinned.sha256, listed)
         status: Status = "unpinned" if pinned is None else "changed"
         old = pinned.sha256 if pinned is not None else None
         key = (name, old, listed)

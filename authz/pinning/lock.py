@@ -135,7 +135,8 @@ def load_lock(raw: bytes) -> ToolLock:
     for key in document:
         if key not in ("version", "tools"):
             problems.append((json_path((key,)), "unknown member; a lock has version and tools"))
-    if document.get("version") != LOCK_VERSION:
+    version = document.get("version")
+    if type(version) is not int or version != LOCK_VERSION:  # neither true nor 1.0
         problems.append(("$.version", f"must be {LOCK_VERSION}"))
     elements = document.get("tools")
     if not isinstance(elements, list):
