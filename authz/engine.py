@@ -49,6 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from authz.catalog.classes import Classification, most_restrictive
 from authz.model import (
     Approval,
     ApprovalRequirement,
@@ -98,6 +99,11 @@ _READ: Final = {"resources": "resources/read", "prompts": "prompts/get"}
 
 _Entry = tuple[str, EntryPolicy, Mapping[str, Any]]
 """(key, entry, the values its conditions read) of an entry that applies to a request."""
+_Placed = tuple[tuple[str, str], EntryPolicy, Mapping[str, Any]]
+"""(pointer prefix, entry, the values its conditions read): `("tools", key)`,
+`("classes", class)`, `("resources", pattern)`, `("prompts", name)`."""
+ToolClasses = Mapping[str, Classification]
+"""The class of each known tool (`authz.config.source.ConfigSet.classes`)."""
 
 
 @functools.lru_cache(maxsize=4096, typed=True)
@@ -148,11 +154,17 @@ def decide_stream(policy: Policy | None, grant: Grant) -> Decision:
 
 
 def decide(
-    policy: Policy | None, grant: Grant, request: McpRequest, pins: PinView | None = None
+    policy: Policy | None,
+    grant: Grant,
+    request: McpRequest,
+    pins: PinView | None = None,
+    classes: ToolClasses | None = None,
 ) -> Decision:
     """Evaluate one request against the grant's policy (None: the policy is not loaded).
 
     `pins` is the tool lock and the drift seen so far (None: no lock): see `_pin_denial`.
+    `classes` is the class of each known tool (`ConfigSet.classes`): a tool without an
+    entry of its own is judged by its class's entry (`_tool_entries`).
 
     Non-`tools/call` methods follow the policy's `methods` section (all allowed when it is
     absent). An allowed tool call carries one `Claim` per
@@ -177,7 +189,8 @@ def decide(
         return Decision.deny(
             DenyKind.POLICY, f"tool {tool!r} is hidden by policy", rule=FixedRule.HIDDEN
         )
-    if _unlisted_denied(policy, tool):
+    judged = _tool_entries(policy, tool, classes)
+    if not judged.admitted:
         return Decision.deny(
             DenyKind.POLICY,
             f"tool {tool!r} is not permitted by policy",
@@ -188,24 +201,25 @@ def decide(
         return pinned
 
     args = request.arguments
-    entries: list[_Entry] = [(key, entry, args) for key, entry in _entries(policy, tool)]
+    entries: list[_Placed] = [(where, entry, args) for where, entry in judged.entries]
     strict = policy.strict_types
-    subject = f"tool {tool!r}"
-    for key, entry, _ in entries:
-        denial = _check_entry(subject, ("tools", key), entry, args, strict)
+    subject = judged.subject
+    for where, entry, _ in entries:
+        denial = _check_entry(subject, where, entry, args, strict)
         if denial is not None:
             return denial
 
     claims: list[Claim] = []
-    for key, entry, _ in entries:
+    for where, entry, _ in entries:
         for limit in entry.limits:
-            claim = _limit_claim(subject, limit, ("tools", key, "limits"), grant, request, args)
+            claim = _limit_claim(subject, limit, (*where, "limits"), grant, request, args)
             if isinstance(claim, Decision):
                 return claim
             claims.append(claim)
-        assert isinstance(entry, ToolPolicy)
+        if not isinstance(entry, ToolPolicy):
+            continue  # a class entry: no Intercept rules
         for i, rule in enumerate(entry.rules):
-            claim_or_denial = _rule_claim(tool, key, i, rule, args, grant.policy)
+            claim_or_denial = _rule_claim(tool, where[1], i, rule, args, grant.policy)
             if isinstance(claim_or_denial, Decision):
                 return claim_or_denial
             if claim_or_denial is not None:
@@ -218,7 +232,7 @@ def decide(
     return Decision(
         Outcome.ALLOW,
         claims=tuple(claims),
-        approval=_approval_requirement("tools", entries, strict),
+        approval=_approval_requirement(entries, strict),
     )
 
 
@@ -355,7 +369,8 @@ def _decide_content(policy: Policy, grant: Grant, request: McpRequest) -> Decisi
             if isinstance(claim, Decision):
                 return claim
             claims.append(claim)
-    approval = _approval_requirement(content.section, found, strict)
+    placed: list[_Placed] = [((content.section, key), entry, args) for key, entry, args in found]
+    approval = _approval_requirement(placed, strict)
     if approval is not None:
         name = content.name if _plain(content.name) else shown(content.name)
         approval = dataclasses.replace(
@@ -451,36 +466,58 @@ def _always_denial(content: _Content, entries: list[_Entry]) -> Decision | None:
     return None
 
 
-def _unlisted_denied(policy: Policy, tool: str) -> bool:
-    """Whether `tool` is denied for not being listed (`default: deny`)."""
-    return policy.default == "deny" and policy.tool(tool) is None
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """The entries that judge a call of a tool, each with the pointer prefix of where it
+    sits; whether the policy admits the tool at all (`default: deny` admits a tool with an
+    entry of its own or of its class); and how messages name the tool."""
+
+    entries: tuple[tuple[tuple[str, str], EntryPolicy], ...]
+    admitted: bool
+    subject: str
 
 
-def _entries(policy: Policy, tool: str) -> list[tuple[str, ToolPolicy]]:
-    """(key, entry) of the entries that judge a call of `tool`, in order: its own entry,
-    then the "*" entry (which judges every tool but a tool named "*")."""
-    entries: list[tuple[str, ToolPolicy]] = []
+def _tool_entries(policy: Policy, tool: str, classes: ToolClasses | None) -> _Judged:
+    """The tool's own entry; then "*" (which judges every tool but a tool named "*");
+    then, for a tool without an entry of its own, its class's entry (`classes`), or for a
+    tool of unknown class the entry of the most restrictive class the policy names."""
+    entries: list[tuple[tuple[str, str], EntryPolicy]] = []
+    subject = f"tool {tool!r}"
     own = policy.tool(tool)
     if own is not None:
-        entries.append((tool, own))
+        entries.append((("tools", tool), own))
     wildcard = policy.wildcard
     if wildcard is not None and tool != WILDCARD:
-        entries.append((WILDCARD, wildcard))
-    return entries
+        entries.append((("tools", WILDCARD), wildcard))
+    by_class = False
+    if own is None and policy.document.classes:
+        known = classes.get(tool) if classes is not None else None
+        tool_class = known.tool_class if known is not None else None
+        if tool_class is None:
+            tool_class = most_restrictive(policy.class_names)
+            subject = f"tool {tool!r} (class unknown, judged as {tool_class})"
+        entry = policy.class_entry(tool_class)
+        if entry is not None and tool_class is not None:
+            entries.append((("classes", tool_class.value), entry))
+            by_class = True
+    admitted = policy.default != "deny" or own is not None or by_class
+    return _Judged(tuple(entries), admitted, subject)
 
 
 # -- listings: the same rules, read for the listings ------------------------------------
 
 
-def never_callable(policy: Policy, tool: str) -> bool:
+def never_callable(policy: Policy, tool: str, classes: ToolClasses | None = None) -> bool:
     """Whether `decide` denies every `tools/call` of `tool`, whatever its arguments.
 
-    True for a tool that is not listed under `default: deny`, or whose own entry or the
-    `"*"` entry has a rule that always denies (`_always_denies`).
+    True for a tool that is not admitted under `default: deny` (no entry of its own or of
+    its class), or whose own entry, the `"*"` entry or its class's entry has a rule that
+    always denies (`_always_denies`).
     """
-    if _unlisted_denied(policy, tool):
+    judged = _tool_entries(policy, tool, classes)
+    if not judged.admitted:
         return True
-    return any(_always_denies(entry) for _, entry in _entries(policy, tool))
+    return any(_always_denies(entry) for _, entry in judged.entries)
 
 
 def never_allowed(policy: Policy, section: str, name: str, *, template: bool = False) -> bool:
@@ -538,7 +575,9 @@ def filters_listings(policy: Policy | None, *, pinned: bool = False) -> bool:
     return _tools_hidden(policy) or _restricts(policy, "resources") or _restricts(policy, "prompts")
 
 
-def listing_filter(policy: Policy, definitions: Definitions | None = None) -> ListingFilter | None:
+def listing_filter(
+    policy: Policy, definitions: Definitions | None = None, classes: ToolClasses | None = None
+) -> ListingFilter | None:
     """What a grant with `policy` must not see in its listings; None when that is nothing.
 
     `tools`: the hidden tools and, with `hide_denied`, the tools it can never call.
@@ -549,7 +588,7 @@ def listing_filter(policy: Policy, definitions: Definitions | None = None) -> Li
     policy's `pinning` is not off) sees every `tools` element as well.
     """
     arrays: dict[str, Hides] = {}
-    tools = _tool_hides(policy)
+    tools = _tool_hides(policy, classes)
     if tools is not None:
         arrays["tools"] = tools
     elif definitions is not None:
@@ -577,7 +616,7 @@ def _hide_none(_name: str | None) -> bool:
     return False
 
 
-def _tool_hides(policy: Policy) -> Hides | None:
+def _tool_hides(policy: Policy, classes: ToolClasses | None = None) -> Hides | None:
     """What `tools/list` loses: the hidden tools and, with `hide_denied`, the tools the
     grant can never call; None when that is nothing."""
     if policy.hides_all:
@@ -590,7 +629,7 @@ def _tool_hides(policy: Policy) -> Hides | None:
     def hides(name: str | None) -> bool:
         if name is None:
             return False
-        return name in hidden or (hide_denied and never_callable(policy, name))
+        return name in hidden or (hide_denied and never_callable(policy, name, classes))
 
     return hides
 
@@ -598,17 +637,15 @@ def _tool_hides(policy: Policy) -> Hides | None:
 # -- approvals -------------------------------------------------------------------------
 
 
-def _approval_requirement(
-    section: str, entries: list[_Entry], strict: bool
-) -> ApprovalRequirement | None:
+def _approval_requirement(entries: list[_Placed], strict: bool) -> ApprovalRequirement | None:
     """The first approval rule that holds, true or unknown (in the entries' order: own
-    entry, then "*"), or None."""
-    for key, entry, args in entries:
+    entry, then "*", then the class's), or None."""
+    for placed, entry, args in entries:
         for where, rule in entry.approval_rules:
             found = conditions.check_all(rule.conditions, args, strict=strict)
             if found.truth is not Truth.FALSE:
                 return ApprovalRequirement(
-                    rule=pointer(section, key, *where),
+                    rule=pointer(*placed, *where),
                     ttl_seconds=rule.ttl_seconds,
                     on_deny=rule.on_deny,
                     name=rule.name,

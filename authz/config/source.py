@@ -6,6 +6,7 @@ Layout::
     CONFIG_DIR/policies/<policy name>.json
     CONFIG_DIR/approvers.json          (optional: who may decide held calls)
     CONFIG_DIR/tools.lock.json         (optional: the pinned tools, `mcp-authz pin`)
+    CONFIG_DIR/tool-classes.json       (optional: the operator's tool classes)
 
 The whole directory is one unit. A change is applied only when every file in it is valid;
 otherwise the last good set stays in force and the error is reported (log + readiness).
@@ -25,6 +26,14 @@ from pathlib import Path
 
 import structlog
 
+from authz.catalog.classes import (
+    OVERRIDES_FILE,
+    Classification,
+    Override,
+    OverridesError,
+    classify_with,
+    load_overrides,
+)
 from authz.config.approvers import APPROVERS_FILE, ApproversError, ApproverTable, load_approvers
 from authz.config.grants import GrantsError, GrantTable, load_grants
 from authz.pinning.lock import LOCK_FILE, LockError, ToolLock, load_lock
@@ -38,6 +47,7 @@ __all__ = [
     "ConfigSource",
     "ReloadStatus",
     "load_config",
+    "tool_classes",
 ]
 
 
@@ -61,6 +71,11 @@ class ConfigSet:
     """Who may decide held calls through the admin API (empty without approvers.json)."""
     pins: ToolLock | None = None
     """The pinned tools (None without tools.lock.json)."""
+    classes: Mapping[str, Classification] = field(default_factory=dict)
+    """The class of every tool the lock pins or tool-classes.json names (a tool in neither
+    has no known class)."""
+    overrides: Mapping[str, Override] = field(default_factory=dict)
+    """The operator's classes (tool-classes.json)."""
 
     def policy(self, name: str) -> Policy | None:
         return self.policies.get(name)
@@ -76,7 +91,7 @@ def _read_files(root: Path) -> dict[str, bytes]:
         raise ConfigError(f"{grants}: file not found") from exc
     except OSError as exc:
         raise ConfigError(f"{grants}: cannot read: {exc.strerror}") from exc
-    for optional in (APPROVERS_FILE, LOCK_FILE):
+    for optional in (APPROVERS_FILE, LOCK_FILE, OVERRIDES_FILE):
         path = root / optional
         try:
             files[optional] = path.read_bytes()
@@ -129,6 +144,14 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
             raise ConfigError(f"{root / LOCK_FILE}: {exc}") from exc
         except Exception as exc:  # e.g. RecursionError from a deeply nested schema
             raise ConfigError(f"{root / LOCK_FILE}: cannot be loaded: {exc!r}") from exc
+    overrides: Mapping[str, Override] = {}
+    if OVERRIDES_FILE in files:
+        try:
+            overrides = load_overrides(files[OVERRIDES_FILE])
+        except OverridesError as exc:
+            raise ConfigError(f"{root / OVERRIDES_FILE}: {exc}") from exc
+        except Exception as exc:  # e.g. RecursionError from deeply nested JSON
+            raise ConfigError(f"{root / OVERRIDES_FILE}: cannot be loaded: {exc!r}") from exc
     policies: dict[str, Policy] = {}
     for rel, raw in files.items():
         if not rel.startswith(POLICIES_DIR + "/"):
@@ -147,7 +170,20 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
         loaded_at=time.time(),
         approvers=approvers,
         pins=pins,
+        classes=tool_classes(pins, overrides),
+        overrides=overrides,
     )
+
+
+def tool_classes(
+    lock: ToolLock | None, overrides: Mapping[str, Override]
+) -> dict[str, Classification]:
+    """The class of every tool the lock pins or the overrides name."""
+    pinned = lock.tools if lock is not None else {}
+    return {
+        name: classify_with(name, pinned[name].definition if name in pinned else None, overrides)
+        for name in sorted({*pinned, *overrides})
+    }
 
 
 def _check_own_tokens(root: Path, approvers: ApproverTable, grants: GrantTable) -> None:

@@ -222,7 +222,8 @@ class Authorizer:
                 request,
             )
 
-        decision = engine.decide(policy, grant, request, self._drift.sync(config.pins))
+        pins = self._drift.sync(config.pins)
+        decision = engine.decide(policy, grant, request, pins, config.classes)
         if not decision.allowed:
             return Verdict(decision, decision_id, grant, request, policy)
         key = _inflight_key(request)

@@ -73,7 +73,7 @@ class Responder:
                 definitions: Definitions | None = None
                 if self._drift.sync(config.pins) is not None and policy.pinning != "off":
                     definitions = self._definitions(policy.pinning == "enforce", context)
-                hides = listing_filter(policy, definitions)
+                hides = listing_filter(policy, definitions, config.classes)
             elif context.hides:
                 log.warning(
                     "response_policy_missing",

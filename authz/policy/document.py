@@ -54,6 +54,7 @@ from pydantic import (
     model_validator,
 )
 
+from authz.catalog.classes import CLASS_ORDER, ToolClass
 from authz.policy import conditions
 from authz.policy.errors import RelProblem, invalid, show_value
 from authz.policy.limits import Limit, Limits, PolicyModel, duplicate_counters
@@ -72,6 +73,7 @@ __all__ = [
     "WILDCARD",
     "AllTools",
     "ArgumentsMode",
+    "ClassPolicy",
     "ContentPolicy",
     "EntryPolicy",
     "Hide",
@@ -262,6 +264,12 @@ class PromptPolicy(ContentPolicy):
     Conditions read the prompt's arguments, `args.<argument>` (strings)."""
 
     _noun: ClassVar[str] = "prompt"
+
+
+class ClassPolicy(EntryPolicy):
+    """What applies to every tool of one class (`authz.catalog.classes`: read, write,
+    delete, execute, financial) that has no entry of its own: require, deny_if, limits and
+    approvals, as a tool's entry (without Intercept's `rules`)."""
 
 
 class AllTools(PolicyModel):
@@ -533,6 +541,18 @@ class PolicyDocument(PolicyModel):
         ),
     )
 
+    classes: dict[str, ClassPolicy] = Field(
+        default_factory=dict,
+        title="Classes",
+        description=(
+            "mcp-authz extension: policy by tool class (read, write, delete, execute, "
+            "financial; see `mcp-authz catalog`), for every tool of that class without an "
+            "entry of its own under 'tools'. Precedence: the tool's own entry, then '*', then "
+            "its class, then 'default'; a class entry admits its tools under default 'deny'. "
+            "A tool whose class is unknown (not pinned, not in tool-classes.json) is judged "
+            "by the most restrictive class named here."
+        ),
+    )
     resources: dict[str, ResourcePolicy] = Field(
         default_factory=dict,
         title="Resources",
@@ -569,6 +589,19 @@ class PolicyDocument(PolicyModel):
                 )
             )
         return {"tools": _names(value, "tool name")}
+
+    @field_validator("classes", mode="after")
+    @classmethod
+    def _class_keys(cls, value: dict[str, ClassPolicy]) -> dict[str, ClassPolicy]:
+        known = ", ".join(c.value for c in CLASS_ORDER)
+        problems: list[RelProblem] = [
+            ((name,), f"unknown tool class {name!r}; use one of {known}")
+            for name in value
+            if name not in {c.value for c in CLASS_ORDER}
+        ]
+        if problems:
+            raise invalid(*problems)
+        return value
 
     @field_validator("prompts", mode="after")
     @classmethod
@@ -696,6 +729,17 @@ class Policy:
     def strict_types(self) -> bool:
         """Whether an argument of a type a condition does not compare fails closed."""
         return self.document.strict_types
+
+    def class_entry(self, tool_class: ToolClass | None) -> ClassPolicy | None:
+        """The `classes` entry of a tool class (None: no entry, or no class)."""
+        if tool_class is None:
+            return None
+        return self.document.classes.get(tool_class.value)
+
+    @property
+    def class_names(self) -> frozenset[ToolClass]:
+        """The classes the policy has an entry for."""
+        return frozenset(ToolClass(name) for name in self.document.classes)
 
     @property
     def pinning(self) -> PinningMode:
