@@ -87,6 +87,14 @@ COERCIBLE: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+SECRET_ARGUMENTS: list[dict[str, Any]] = [
+    {"amount": SECRET},
+    {"tags": ["a", {"k": SECRET}]},
+    {"opts": SECRET},
+    {"flag": SECRET, "amount": SECRET},
+]
+
+
 def mismatch(tool: str, where: str) -> str:
     return f"arguments of tool {tool!r} do not match its pinned inputSchema at {where}"
 
@@ -359,14 +367,7 @@ CASES: list[Case] = [
             False,
             "/arguments",
         )
-        for i, args in enumerate(
-            [
-                {"amount": SECRET},
-                {"tags": ["a", {"k": SECRET}]},
-                {"opts": SECRET},
-                {"flag": SECRET, "amount": SECRET},
-            ]
-        )
+        for i, args in enumerate(SECRET_ARGUMENTS)
     ],
 ]
 
