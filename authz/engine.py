@@ -78,6 +78,7 @@ from authz.policy.uris import is_template
 
 __all__ = [
     "SHOWN_MAX",
+    "Standing",
     "decide",
     "decide_stream",
     "filters_listings",
@@ -88,6 +89,7 @@ __all__ = [
     "pointer",
     "settle",
     "shown",
+    "standing",
 ]
 
 SHOWN_MAX: Final = 200
@@ -502,6 +504,55 @@ def _tool_entries(policy: Policy, tool: str, classes: ToolClasses | None) -> _Ju
             by_class = True
     admitted = policy.default != "deny" or own is not None or by_class
     return _Judged(tuple(entries), admitted, subject)
+
+
+# -- standing: the same rules, read for the catalog --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What a policy says about calling a tool, whatever the arguments (`standing`).
+
+    `callable`: some call of it can be allowed. `rule`: what decides that: `(hidden)`,
+    `(default deny)`, the pointer of a rule that always denies, or the entry that admits
+    it (`/tools/<tool>`, `/classes/<class>`), else `(default allow)`. `entries`: the
+    pointers of every entry that judges its calls, in order. `judged_as`: the class whose
+    entry judges it (None: no class entry does). `default_only`: no entry of its own and
+    no class entry: only `default` (and the "*" entry every tool gets) decides; a blind
+    spot.
+    """
+
+    callable: bool
+    rule: str
+    entries: tuple[str, ...] = ()
+    judged_as: str | None = None
+    default_only: bool = False
+
+
+def standing(policy: Policy, tool: str, classes: ToolClasses | None = None) -> Standing:
+    """How `policy` treats calls of `tool` (see `Standing`); `decide` agrees: a tool that
+    is not `callable` is denied on every call, with `rule`."""
+    judged = _tool_entries(policy, tool, classes)
+    pointers = tuple(pointer(*where) for where, _ in judged.entries)
+    by_class = next((where[1] for where, _ in judged.entries if where[0] == "classes"), None)
+    blind = all(where == ("tools", WILDCARD) for where, _ in judged.entries)
+    if policy.is_hidden(tool):
+        return Standing(False, FixedRule.HIDDEN, pointers, by_class, blind)
+    if not judged.admitted:
+        return Standing(False, FixedRule.DEFAULT_DENY, pointers, by_class, blind)
+    for where, entry in judged.entries:
+        for i, rule in enumerate(entry.deny_if):
+            if not rule.conditions:
+                return Standing(False, pointer(*where, "deny_if", i), pointers, by_class, blind)
+        if isinstance(entry, ToolPolicy):
+            for i, action in enumerate(entry.rules):
+                if action.action == "deny":
+                    return Standing(False, pointer(*where, "rules", i), pointers, by_class, blind)
+    admitting = next(
+        (pointer(*where) for where, _ in judged.entries if where[1] != WILDCARD),
+        pointers[0] if pointers else "(default allow)",
+    )
+    return Standing(True, admitting, pointers, by_class, blind)
 
 
 # -- listings: the same rules, read for the listings ------------------------------------
