@@ -11,7 +11,8 @@ Python's `re`, as jsonschema does.
 
 The common shape of an MCP tool's schema (an object of `properties`, `required` and
 `additionalProperties`, as the SDKs generate it) is checked member by member: only the
-arguments a call carries are validated, each against its own compiled subschema. A schema
+arguments a call carries are validated, each against its own compiled subschema (a bare
+`type`, or an `anyOf` of such, without building a validator per call: `_judge`). A schema
 with anything else at its top (`allOf`, `$ref`, `patternProperties`, `if`, ...) or a `$ref`
 inside a property is validated whole. Both give the same answer; the first is several
 times faster (`bench/inprocess.py`).
@@ -136,7 +137,7 @@ class _Members:
     """The member-by-member form of an object schema."""
 
     properties: Mapping[str, Any]
-    """name → compiled validator of its subschema."""
+    """name → its subschema, compiled (`_judge`)."""
     required: tuple[str, ...]
     additional: Any
     """None: any other member is allowed; False: none is; else its compiled validator."""
@@ -176,7 +177,7 @@ class ArgumentSchema:
         additional = schema.get("additionalProperties", True)
         if not isinstance(properties, Mapping) or _uses_ref(properties) or _uses_ref(additional):
             return None
-        compiled = {name: cls(sub) for name, sub in properties.items()}
+        compiled = {name: _judge(cls, sub) for name, sub in properties.items()}
         if additional is True or additional == {}:
             extra: Any = None
         elif additional is False:
@@ -272,6 +273,81 @@ def _first(
         if missing:
             path = (*path, missing[0])
     return Violation(_pointer(path), keyword)
+
+
+# -- judges of the common subschemas --------------------------------------------------------
+#
+# The SDKs generate the same few property schemas: a type (`{"type": "string"}`), and an
+# optional value, `anyOf` of a schema and `{"type": "null"}` (pydantic's `X | None`).
+# jsonschema judges an `anyOf` branch through `descend`, which builds a validator for the
+# branch on every call (about 3 µs each). A property is judged instead by what its schema
+# holds, once per reload:
+#
+# - a schema whose only keyword jsonschema applies is `type`, of type names: the
+#   validator's own type checker (`TYPE_CHECKER.is_type`, what the `type` keyword calls);
+# - a schema whose only keyword jsonschema applies is `anyOf`: its branches, each judged
+#   the same way, in order (valid when one is: the keyword's meaning);
+# - any other schema: the jsonschema validator of that schema.
+#
+# The keywords counted are those jsonschema itself applies (`VALIDATORS`); titles,
+# descriptions and defaults are not among them. A violation is always named by the
+# jsonschema validator of the whole property schema (`iter_errors`), so a denial reads the
+# same whichever way the value was judged.
+
+
+class _Types:
+    """A schema that asserts only `type`."""
+
+    __slots__ = ("_is_type", "_types", "_whole")
+
+    def __init__(self, cls: Any, schema: Mapping[str, Any], types: tuple[str, ...]) -> None:
+        self._is_type = cls.TYPE_CHECKER.is_type
+        self._types = types
+        self._whole = cls(schema)
+
+    def is_valid(self, value: Any) -> bool:
+        is_type = self._is_type
+        for name in self._types:  # noqa: SIM110 (a loop: any() of a generator costs 0.4 µs)
+            if is_type(value, name):
+                return True
+        return False
+
+    def iter_errors(self, value: Any) -> Iterator[jsonschema.exceptions.ValidationError]:
+        return self._whole.iter_errors(value)  # type: ignore[no-any-return]
+
+
+class _AnyOf:
+    """A schema that asserts only `anyOf`."""
+
+    __slots__ = ("_branches", "_whole")
+
+    def __init__(self, cls: Any, schema: Mapping[str, Any], branches: tuple[Any, ...]) -> None:
+        self._branches = branches
+        self._whole = cls(schema)
+
+    def is_valid(self, value: Any) -> bool:
+        for branch in self._branches:  # noqa: SIM110 (as above)
+            if branch.is_valid(value):
+                return True
+        return False
+
+    def iter_errors(self, value: Any) -> Iterator[jsonschema.exceptions.ValidationError]:
+        return self._whole.iter_errors(value)  # type: ignore[no-any-return]
+
+
+def _judge(cls: Any, schema: Any) -> Any:
+    """What judges a value against `schema` (`is_valid`, `iter_errors`), as `cls(schema)`
+    does, fastest."""
+    if isinstance(schema, Mapping):
+        applied = [key for key in schema if key in cls.VALIDATORS]
+        if applied == ["type"]:
+            names = schema["type"]
+            names = [names] if isinstance(names, str) else names
+            if isinstance(names, list) and all(isinstance(name, str) for name in names):
+                return _Types(cls, schema, tuple(names))
+        elif applied == ["anyOf"] and isinstance(schema["anyOf"], list):
+            return _AnyOf(cls, schema, tuple(_judge(cls, branch) for branch in schema["anyOf"]))
+    return cls(schema)
 
 
 def _patterns(
