@@ -1,4 +1,5 @@
-"""`mcp-authz` command line: serve, demo, check-policy, grant, approver, approvals, schema."""
+"""`mcp-authz` command line: serve, demo, check-policy, pin, grant, approver, approvals,
+schema."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.cli.approvals import add_approvals_parser
+from authz.cli.pin import add_pin_parser
 from authz.config.approvers import APPROVERS_FILE, load_approvers
 from authz.config.grants import hash_token, load_grants
 
@@ -61,16 +63,88 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, args.port, args.outputs, transport=args.transport)
 
 
+def _check_lock_file(path: Path) -> list[str]:
+    """A tool lock's problems, one `"FILE: $.path: message"` line each (empty: valid)."""
+    from authz.pinning.lock import LockError, load_lock
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror or exc}"]
+    try:
+        load_lock(raw)
+    except LockError as err:
+        return [f"{path}: {where}: {message}" for where, message in err.problems]
+    except Exception as exc:  # e.g. RecursionError from a deeply nested schema
+        return [f"{path}: cannot be loaded: {exc!r}"]
+    return []
+
+
+def _check_config_dir(root: Path) -> tuple[list[str], str]:
+    """A configuration directory's problems as the sidecar would meet them (every policy's
+    and the lock's one per line, then what `load_config` refuses in another file), and a
+    summary of what it holds when it is valid."""
+    from authz.config.source import POLICIES_DIR, ConfigError, load_config
+    from authz.pinning.lock import LOCK_FILE
+    from authz.policy import check_policy_files
+
+    problems: list[str] = []
+    reported: list[Path] = []
+    policy_dir = root / POLICIES_DIR
+    if policy_dir.is_dir():
+        for path in sorted(policy_dir.iterdir()):
+            if path.name.startswith(".") or path.suffix != ".json" or not path.is_file():
+                continue
+            found = check_policy_files([path])
+            problems += found
+            reported += [path] if found else []
+    lock = root / LOCK_FILE
+    if lock.exists():
+        found = _check_lock_file(lock)
+        problems += found
+        reported += [lock] if found else []
+    try:
+        config = load_config(root)
+    except ConfigError as exc:
+        message = str(exc)
+        if not any(message.startswith(f"{path}:") for path in reported):
+            problems.append(message)
+        return problems, ""
+    if problems:  # not expected: load_config accepted what a file check refused
+        return problems, ""
+    pinned = "no lock" if config.pins is None else _count(len(config.pins), "pinned tool")
+    grants = _count(len(config.grants), "grant")
+    policies = f"{len(config.policies)} polic{'y' if len(config.policies) == 1 else 'ies'}"
+    return problems, f"{grants}, {policies}, {pinned}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _cmd_check_policy(args: argparse.Namespace) -> int:
     from authz.policy import check_policy_files
 
-    problems = check_policy_files([Path(p) for p in args.files])
+    problems: list[str] = []
+    oks: list[str] = []
+    for arg in args.files:
+        path = Path(arg)
+        if path.is_dir():
+            found, summary = _check_config_dir(path)
+            oks.append(f"{arg}: ok ({summary})")
+        elif path.name.endswith(".lock.json"):
+            found = _check_lock_file(path)
+            oks.append(f"{arg}: ok")
+        else:
+            found = check_policy_files([path])
+            oks.append(f"{arg}: ok")
+        problems += found
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    for path in args.files:
-        print(f"{path}: ok")
+    for line in oks:
+        print(line)
     return 0
 
 
@@ -218,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
-    check = sub.add_parser("check-policy", help="validate policy files; non-zero on any error")
-    check.add_argument("files", nargs="+")
+    check = sub.add_parser(
+        "check-policy",
+        help="validate policy files, tool locks (*.lock.json) or whole configuration "
+        "directories; non-zero on any error",
+    )
+    check.add_argument("files", nargs="+", metavar="PATH")
     check.set_defaults(func=_cmd_check_policy)
 
     schema = sub.add_parser("schema", help="print the policy document's JSON Schema")
@@ -244,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     aadd.add_argument("--label")
     aadd.set_defaults(func=_cmd_approver_add)
     add_approvals_parser(sub)
+    add_pin_parser(sub)
     return parser
 
 
