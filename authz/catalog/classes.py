@@ -7,17 +7,21 @@ The rule set is deterministic and ordered; the first rule that applies decides:
    the tool: its class (and risk and reason, when given) win over everything below.
 2. **Financial.** The name or description speaks of money: a word such as payment, pay,
    charge, refund, invoice, billing, purchase, checkout, wallet, payout, transfer funds
-   (`FINANCIAL_WORDS`).
+   (`FINANCIAL_WORDS`), or one of its forms (charges, refunded, paid, purchasing).
 3. **Read.** `annotations.readOnlyHint` is true.
-4. **Delete.** `destructiveHint` is true, or absent while `readOnlyHint` is not true (the
-   MCP default for a tool that is not read-only is destructive), or the name's verb is one
-   of delete, remove, drop, destroy, purge, wipe, erase, truncate.
-5. **Execute.** The name's verb is one of exec, execute, run, eval, shell, spawn, invoke,
-   or the input schema has a property named command, cmd, code, script or shell.
-6. **Write.** Everything else: a tool that is declared not read-only and not destructive.
+4. **Delete.** `destructiveHint` is true; or the tool has annotations, `readOnlyHint` is
+   not true and `destructiveHint` is absent (the MCP default for a tool that is not
+   read-only is destructive); or a word of its name is one of delete, remove, drop,
+   destroy, purge, wipe, erase, truncate.
+5. **Execute.** A word of its name is one of exec, execute, run, eval, shell, spawn,
+   invoke, or the input schema has a property named command, cmd, code, script or shell.
+6. **No annotations.** A name with a word that reads like a query (get, list, read,
+   search, fetch, query, describe, show, find, lookup) is Read; any other is Delete (MCP's
+   defaults: destructive and open-world). Annotations, when present, win over such names.
+7. **Write.** Everything else: a tool that is declared not read-only and not destructive.
 
-Without annotations a name that reads like a query (get, list, read, search, fetch,
-query, describe, show, find) is Read (rule 3'); annotations, when present, win over names.
+A name's words are split at dots, dashes, underscores, case changes and digits
+(`deleteUser`, `DROP_TABLE`, `SQLTruncate`: delete, drop, truncate).
 
 Risk: Read is low (medium when it reaches outside systems, `openWorldHint` true); Write is
 medium; Execute and Delete are high; Financial is critical. The reason says which facts
@@ -104,7 +108,16 @@ FINANCIAL_WORDS: Final = (
     "transfer funds",
     "money",
 )
-_FINANCIAL = re.compile(r"\b(" + "|".join(re.escape(w) for w in FINANCIAL_WORDS) + r")\b", re.I)
+
+
+def _forms(word: str) -> list[str]:
+    """A money word and its inflected forms: charge → charges, charged, charging."""
+    stem = word[:-1] if word.endswith("e") else word
+    return [word, word + "s", word + "es", word + "d", word + "ed", stem + "ing"]
+
+
+_MONEY = "|".join(re.escape(f) for w in (*FINANCIAL_WORDS, "paid") for f in _forms(w))
+_FINANCIAL = re.compile(rf"\b({_MONEY})\b", re.I)
 _DELETE_VERBS: Final = frozenset(
     {"delete", "remove", "drop", "destroy", "purge", "wipe", "erase", "truncate"}
 )
@@ -113,7 +126,7 @@ _EXECUTE_PROPERTIES: Final = frozenset({"command", "cmd", "code", "script", "she
 _READ_VERBS: Final = frozenset(
     {"get", "list", "read", "search", "fetch", "query", "describe", "show", "find", "lookup"}
 )
-_WORDS = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])")
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Za-z][a-z]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +146,7 @@ class Classification:
 
 def _words(name: str) -> list[str]:
     """The words of a tool name: `image.generate.gemini` → image, generate, gemini;
-    `deleteUser` → delete, user."""
+    `deleteUser` → delete, user; `DROP_TABLE` → drop, table; `SQLTruncate` → sql, truncate."""
     return [w.lower() for w in _WORDS.findall(name)]
 
 
@@ -277,8 +290,10 @@ def load_overrides(raw: bytes) -> Mapping[str, Override]:
     problems: list[tuple[str, str]] = []
     for key in document:
         if key not in ("version", "tools"):
-            problems.append((f"$.{key}", "unknown member; the file has version and tools"))
-    if document.get("version") != 1:
+            where = strictjson.json_path((key,))
+            problems.append((where, "unknown member; the file has version and tools"))
+    version = document.get("version")
+    if type(version) is not int or version != 1:  # not true, not 1.0
         problems.append(("$.version", "must be 1"))
     tools = document.get("tools", {})
     if not isinstance(tools, dict):
@@ -293,13 +308,14 @@ def load_overrides(raw: bytes) -> Mapping[str, Override]:
             continue
         for key in entry:
             if key not in ("class", "risk", "reason"):
-                problems.append((f"{at}.{key}", "unknown member; use class, risk, reason"))
+                where = strictjson.json_path(("tools", name, key))
+                problems.append((where, "unknown member; use class, risk, reason"))
         value = entry.get("class")
-        if value not in {c.value for c in ToolClass}:
+        if not isinstance(value, str) or value not in {c.value for c in ToolClass}:
             problems.append((f"{at}.class", f"must be one of {classes}"))
             continue
         risk = entry.get("risk")
-        if risk is not None and risk not in {r.value for r in Risk}:
+        if risk is not None and (not isinstance(risk, str) or risk not in {r.value for r in Risk}):
             problems.append((f"{at}.risk", f"must be one of {risks}"))
             continue
         reason = entry.get("reason")
