@@ -241,8 +241,18 @@ async def _all_pages(client: Client, shown: str) -> list[dict[str, Any]]:
 
 
 def _mcp_error(shown: str, exc: MCPError, trace: _HttpTrace) -> str:
-    rpc = f"JSON-RPC error {exc.error.code}: {_printable(exc.error.message)}"
+    message = exc.error.message
+    rpc = f"JSON-RPC error {exc.error.code}: {_printable(message)}"
     if trace.status is None:
+        # the SDK's transport makes up these two for a 200 that is not MCP
+        if message.startswith("Failed to parse JSON response"):
+            return f"{shown}: the upstream's JSON answer is not JSON-RPC; is this its MCP endpoint?"
+        if message.startswith("Unexpected content type:"):
+            kind = _printable(message.partition(":")[2].strip(), 80) or "no content type"
+            return (
+                f"{shown}: the upstream answered {kind}, neither JSON nor an event stream; "
+                "is this its MCP endpoint?"
+            )
         return f"{shown}: the upstream answered {rpc}"
     try:
         phrase = HTTPStatus(trace.status).phrase

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -502,13 +503,9 @@ class InThreadServer:
         return f"http://{LOOPBACK}:{self.port}/mcp"
 
 
-def serve_edited(base: Path, edit: Callable[[dict[str, Any]], None]) -> InThreadServer:
+def serve_in_thread(app: Any) -> InThreadServer:
     port = free_port()
-    settings = from_env({}, host=LOOPBACK, port=port, outputs=base)
-    mcp, admin = build_server(base / "record.jsonl", page_size=1)
-    app = build_app(settings, mcp)
-    app.router.routes.append(admin)
-    config = uvicorn.Config(EditListings(app, edit), host=LOOPBACK, port=port, log_level="error")
+    config = uvicorn.Config(app, host=LOOPBACK, port=port, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -519,14 +516,56 @@ def serve_edited(base: Path, edit: Callable[[dict[str, Any]], None]) -> InThread
     return InThreadServer(port, server, thread)
 
 
-@pytest.fixture
-def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[InThreadServer]:
-    running = serve_edited(tmp_path / "server", request.param)
+@contextmanager
+def running_in_thread(app: Any) -> Iterator[InThreadServer]:
+    running = serve_in_thread(app)
     try:
         yield running
     finally:
         running.server.should_exit = True
         running.thread.join(20)
+
+
+@pytest.fixture
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[InThreadServer]:
+    """The drift upstream's SDK server (pages of 1), its listings edited by `request.param`."""
+    base = tmp_path / "server"
+    mcp, admin = build_server(base / "record.jsonl", page_size=1)
+    app = build_app(from_env({}, host=LOOPBACK, outputs=base), mcp)
+    app.router.routes.append(admin)
+    with running_in_thread(EditListings(app, request.param)) as running:
+        yield running
+
+
+def web_page(content_type: bytes, body: bytes) -> Any:
+    """A web server that is not MCP: every request gets 200 with `body`."""
+
+    async def app(scope: Any, receive: Any, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [(b"content-type", content_type)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "message"),
+    [
+        (b"application/json", b'{"status": "ok"}', "the upstream's JSON answer is not JSON-RPC"),
+        (b"text/html", b"<html></html>", "the upstream answered text/html, neither JSON nor"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["legacy", MODERN, "auto"])
+def test_a_web_server_that_is_not_mcp_cannot_decide(
+    content_type: bytes, body: bytes, message: str, mode: str, tmp_path: Path
+) -> None:
+    with running_in_thread(web_page(content_type, body)) as web:
+        done = pin(web.url, tmp_path / LOCK_FILE, "--mode", mode)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"mcp-authz pin: {web.url}: {message}")
+    assert done.stderr.endswith("is this its MCP endpoint?\n")
+    no_traceback(done)
 
 
 @pytest.mark.parametrize("server", [with_vendor_members], indirect=True)
