@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 import urllib.request
@@ -762,3 +763,47 @@ async def test_strict_arguments_deny_tools_without_a_pinned_schema(stack: DriftS
         assert "has no pinned inputSchema" in text, text
     assert not (await call(stack, "lax", WRITE, valid)).is_error
     assert [run["tool"] for run in runs_since(stack, before)] == [WRITE]
+
+
+# -- mcp-authz pin against the running upstream -------------------------------------------------
+
+
+async def test_pin_check_fails_on_drift_and_pin_brings_the_tool_back(stack: DriftStack) -> None:
+    """The command and the sidecar hash the same wire JSON: `--check` finds no drift in the
+    lock the sidecar sees none in, exits 1 with a diff once a description changes, and the
+    lock `mcp-authz pin` writes then serves the changed tool again."""
+    lock = await reset(stack)
+    cli = Path(sys.executable).parent / "mcp-authz"
+    argv = [
+        str(cli),
+        "pin",
+        "--config",
+        str(stack.config_dir),
+        "--url",
+        f"{stack.upstream_url}/mcp",
+    ]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=60)
+
+    written = stack.lock_path.read_bytes()
+    clean = run("--check")
+    assert clean.returncode == 0, clean
+    stack.change({"describe": READ, "description": POISONED})
+    assert await agent_tools(stack, "enforce") == [WRITE, DELETE]
+    drifted = run("--check")
+    assert drifted.returncode == 1, drifted
+    assert f"~ {READ}: definition changed (sha256 {lock.tools[READ].sha256} -> " in drifted.stdout
+    assert POISONED in drifted.stdout  # the diff shows the operator what changed
+    assert stack.lock_path.read_bytes() == written  # --check writes nothing
+
+    pinned = run()
+    assert pinned.returncode == 0, pinned
+    applied(stack)
+    assert load_lock(stack.lock_path.read_bytes()).tools[READ].sha256 == definition_hash(
+        stack.wire_tool(READ)
+    )
+    assert sorted(await agent_tools(stack, "enforce")) == PINNED
+    before = len(stack.runs())
+    assert not (await call(stack, "enforce", READ, {"query": "x"})).is_error
+    assert [run["tool"] for run in runs_since(stack, before)] == [READ]
