@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from authz.catalog.classes import Classification, most_restrictive
+from authz.catalog.classes import CLASS_ORDER, Classification, most_restrictive
 from authz.model import (
     Approval,
     ApprovalRequirement,
@@ -195,7 +195,7 @@ def decide(
     if not judged.admitted:
         return Decision.deny(
             DenyKind.POLICY,
-            f"tool {tool!r} is not permitted by policy",
+            f"{judged.subject} is not permitted by policy",
             rule=FixedRule.DEFAULT_DENY,
         )
     pinned = _pin_denial(policy, tool, request.arguments, pins)
@@ -482,7 +482,10 @@ class _Judged:
 def _tool_entries(policy: Policy, tool: str, classes: ToolClasses | None) -> _Judged:
     """The tool's own entry; then "*" (which judges every tool but a tool named "*");
     then, for a tool without an entry of its own, its class's entry (`classes`), or for a
-    tool of unknown class the entry of the most restrictive class the policy names."""
+    tool of unknown class the entry of the most restrictive class the policy names. Under
+    `default: deny` a class the policy does not name is denied, so a tool of unknown class
+    is judged as the most restrictive class of all (financial): it is admitted only when
+    the policy names that class (fail closed)."""
     entries: list[tuple[tuple[str, str], EntryPolicy]] = []
     subject = f"tool {tool!r}"
     own = policy.tool(tool)
@@ -496,7 +499,8 @@ def _tool_entries(policy: Policy, tool: str, classes: ToolClasses | None) -> _Ju
         known = classes.get(tool) if classes is not None else None
         tool_class = known.tool_class if known is not None else None
         if tool_class is None:
-            tool_class = most_restrictive(policy.class_names)
+            named = policy.class_names
+            tool_class = CLASS_ORDER[-1] if policy.default == "deny" else most_restrictive(named)
             subject = f"tool {tool!r} (class unknown, judged as {tool_class})"
         entry = policy.class_entry(tool_class)
         if entry is not None and tool_class is not None:

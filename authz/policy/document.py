@@ -550,7 +550,8 @@ class PolicyDocument(PolicyModel):
             "entry of its own under 'tools'. Precedence: the tool's own entry, then '*', then "
             "its class, then 'default'; a class entry admits its tools under default 'deny'. "
             "A tool whose class is unknown (not pinned, not in tool-classes.json) is judged "
-            "by the most restrictive class named here."
+            "by the most restrictive class named here; under default 'deny', as financial "
+            "(denied unless 'financial' is named here)."
         ),
     )
     resources: dict[str, ResourcePolicy] = Field(
