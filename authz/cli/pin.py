@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import os
 import re
@@ -410,7 +411,8 @@ def _pin(args: argparse.Namespace) -> int:
     elements = asyncio.run(fetch_tools(args.url, headers, mode=args.mode, timeout=args.timeout))
     if lock is not None:
         return _check(path, lock, elements)
-    text = render_lock(lock_document(elements))
+    pinned_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = render_lock(lock_document(elements, pinned_at=pinned_at))
     try:
         load_lock(text.encode("utf-8"))
     except LockError as err:

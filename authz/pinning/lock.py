@@ -3,6 +3,7 @@
 `tools.lock.json` in the configuration directory, written by `mcp-authz pin`::
 
     {"version": 1,
+     "pinned_at": "2026-12-02T16:30:00Z",   (when it was pinned; optional)
      "tools": [{"name": "image.generate.gemini",
                 "sha256": "<hex>",
                 "description": "...",
@@ -108,14 +109,21 @@ class ToolLock:
         return self.tools.get(name)
 
 
-def lock_document(elements: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The lock for `tools/list` elements (sorted by name), as a JSON object."""
+def lock_document(
+    elements: Iterable[Mapping[str, Any]], *, pinned_at: str | None = None
+) -> dict[str, Any]:
+    """The lock for `tools/list` elements (sorted by name), as a JSON object. `pinned_at`
+    (an RFC 3339 time) records when an operator pinned them: a new pin of unchanged tools
+    is still a new file, so the sidecar reloads it and forgets the drift it saw."""
     tools = []
     for element in sorted(elements, key=lambda e: str(e.get("name"))):
         entry: dict[str, Any] = {"name": element["name"], "sha256": definition_hash(element)}
         entry.update(definition(element))
         tools.append(entry)
-    return {"version": LOCK_VERSION, "tools": tools}
+    document: dict[str, Any] = {"version": LOCK_VERSION, "tools": tools}
+    if pinned_at is not None:
+        document["pinned_at"] = pinned_at
+    return document
 
 
 def render_lock(document: Mapping[str, Any]) -> str:
@@ -133,8 +141,12 @@ def load_lock(raw: bytes) -> ToolLock:
     if not isinstance(document, dict):
         raise LockError([("$", "a tool lock must be a JSON object")])
     for key in document:
-        if key not in ("version", "tools"):
-            problems.append((json_path((key,)), "unknown member; a lock has version and tools"))
+        if key not in ("version", "tools", "pinned_at"):
+            problems.append(
+                (json_path((key,)), "unknown member; a lock has version, tools and pinned_at")
+            )
+    if "pinned_at" in document and not isinstance(document["pinned_at"], str):
+        problems.append(("$.pinned_at", "must be a time (a string), as mcp-authz pin writes it"))
     version = document.get("version")
     if type(version) is not int or version != LOCK_VERSION:  # neither true nor 1.0
         problems.append(("$.version", f"must be {LOCK_VERSION}"))

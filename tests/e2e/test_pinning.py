@@ -807,3 +807,32 @@ async def test_pin_check_fails_on_drift_and_pin_brings_the_tool_back(stack: Drif
     before = len(stack.runs())
     assert not (await call(stack, "enforce", READ, {"query": "x"})).is_error
     assert [run["tool"] for run in runs_since(stack, before)] == [READ]
+
+
+async def test_pinning_again_after_the_upstream_reverts_clears_the_drift(
+    stack: DriftStack,
+) -> None:
+    """The upstream changed a tool and changed it back: the tool stays cut and denied (a
+    flip does not earn it back) until an operator pins again. `mcp-authz pin` records when
+    it pinned, so a pin of unchanged definitions is a new file: the sidecar reloads it,
+    forgets the drift, and the tool is listed and runs."""
+    lock = await reset(stack)
+    stack.change({"describe": READ, "description": POISONED})
+    assert await agent_tools(stack, "enforce") == [WRITE, DELETE]
+    stack.change({"describe": READ, "description": DESCRIPTIONS[READ]})
+    assert await agent_tools(stack, "enforce") == [WRITE, DELETE]
+    assert_denied(await call(stack, "enforce", READ, {"query": QUERY}), "(pin)")
+
+    cli = Path(sys.executable).parent / "mcp-authz"
+    argv = [str(cli), "pin", "--config", str(stack.config_dir)]
+    argv += ["--url", f"{stack.upstream_url}/mcp"]
+    pinned = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert pinned.returncode == 0, pinned
+    repinned = load_lock(stack.lock_path.read_bytes())
+    assert repinned.tools[READ].sha256 == lock.tools[READ].sha256  # the same definitions
+    assert repinned.content_hash != lock.content_hash  # yet a new file (pinned_at)
+    applied(stack)
+    assert sorted(await agent_tools(stack, "enforce")) == PINNED
+    before = len(stack.runs())
+    assert not (await call(stack, "enforce", READ, {"query": QUERY})).is_error
+    assert [run["tool"] for run in runs_since(stack, before)] == [READ]

@@ -420,3 +420,22 @@ def test_a_changed_schema_shows_in_the_diff() -> None:
     assert lines[0].startswith(f"~ {WRITE}: definition changed")
     assert any(line.startswith("    -") and '"integer"' in line for line in lines)
     assert any(line.startswith("    +") and '"string"' in line for line in lines)
+
+
+def test_a_lock_records_when_it_was_pinned_and_a_new_pin_is_a_new_file() -> None:
+    elements = [{"name": "t", "description": "d", "inputSchema": {"type": "object"}}]
+    first = render_lock(lock_document(elements, pinned_at="2026-12-02T16:00:00Z"))
+    second = render_lock(lock_document(elements, pinned_at="2026-12-02T17:00:00Z"))
+    a, b = load_lock(first.encode()), load_lock(second.encode())
+    assert json.loads(first)["pinned_at"] == "2026-12-02T16:00:00Z"
+    assert a.tools == b.tools  # the same pinned definitions
+    assert a.content_hash != b.content_hash  # a different file: the sidecar reloads it
+
+
+def test_pinned_at_must_be_a_string() -> None:
+    raw = json.dumps({"version": 1, "pinned_at": 5, "tools": []}).encode()
+    with pytest.raises(LockError) as err:
+        load_lock(raw)
+    assert ("$.pinned_at", "must be a time (a string), as mcp-authz pin writes it") in (
+        err.value.problems
+    )
