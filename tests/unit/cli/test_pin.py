@@ -646,6 +646,29 @@ def test_listings_without_one_end_or_one_definition_cannot_decide(
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+def never_answers() -> Any:
+    """A server that takes every request and never answers it."""
+
+    async def app(scope: Any, receive: Any, send: Send) -> None:
+        if scope["type"] == "http":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+    return app
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
+def test_an_upstream_that_never_answers_cannot_decide(mode: str, tmp_path: Path) -> None:
+    path = tmp_path / LOCK_FILE
+    with running_in_thread(never_answers()) as silent:
+        done = cli(
+            "pin", "--url", silent.url, "--lock", str(path), "--mode", mode, "--timeout", "1"
+        )
+    assert done.returncode == 2
+    assert done.stderr == f"mcp-authz pin: {silent.url}: no complete tools/list within 1 s\n"
+    assert not path.exists()
+
+
 # -- through the real Envoy and sidecar: headers reach the gateway ---------------------------
 
 READER, NO_LIST = "pin-reader", "pin-no-list"
