@@ -412,14 +412,18 @@ def _pin(args: argparse.Namespace) -> int:
     if lock is not None:
         return _check(path, lock, elements)
     pinned_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = render_lock(lock_document(elements, pinned_at=pinned_at))
     try:
+        text = render_lock(lock_document(elements, pinned_at=pinned_at))
         load_lock(text.encode("utf-8"))
     except LockError as err:
         # the sidecar would refuse this lock (e.g. an inputSchema it cannot compile)
         problems = "\n".join(f"  {where}: {message}" for where, message in err.problems)
         raise PinError(
             f"the upstream's tools cannot be pinned; nothing written:\n{problems}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # NaN or Infinity, nesting past any limit
+        raise PinError(
+            f"the upstream's tools cannot be pinned; nothing written: {_not_json(exc)}"
         ) from None
     try:
         write_atomically(path, text)
@@ -432,8 +436,21 @@ def _pin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_json(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, RecursionError):
+        return "a definition is nested too deeply"
+    if "JSON compliant" in str(exc):
+        return "a definition holds NaN or Infinity, which JSON does not have"
+    return _printable(str(exc))
+
+
 def _check(path: Path, lock: ToolLock, elements: list[dict[str, Any]]) -> int:
-    report = drift_report(lock, elements)
+    try:
+        report = drift_report(lock, elements)
+    except (ValueError, RecursionError) as exc:  # NaN or Infinity, nesting past any limit
+        raise PinError(
+            f"the upstream's tools cannot be compared with {path}: {_not_json(exc)}"
+        ) from None
     if not report:
         plural = "" if len(lock) == 1 else "s"
         print(f"no drift: {len(lock)} tool{plural} match {path}")

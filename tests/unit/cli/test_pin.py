@@ -411,6 +411,14 @@ def with_a_broken_schema(result: dict[str, Any]) -> None:
             element["inputSchema"]["properties"]["amount"]["type"] = "integr"
 
 
+def with_not_a_number(result: dict[str, Any]) -> None:
+    """An upstream whose probe.write inputSchema has a NaN (not JSON, but Python's encoder
+    writes it and the SDK's reader takes it)."""
+    for element in result["tools"]:
+        if element.get("name") == "probe.write":
+            element["inputSchema"]["properties"]["amount"]["maximum"] = float("nan")
+
+
 def without_an_input_schema(result: dict[str, Any]) -> None:
     """An upstream whose probe.delete has no inputSchema (which MCP requires)."""
     for element in result["tools"]:
@@ -612,6 +620,27 @@ def test_a_lock_the_sidecar_would_refuse_is_not_written(
     assert "$.tools[2].inputSchema.properties.amount.type: not a valid JSON Schema" in done.stderr
     assert path.read_text(encoding="utf-8") == "the previous lock\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]
+
+
+@pytest.mark.parametrize("server", [with_not_a_number], indirect=True)
+def test_a_definition_that_is_not_json_is_neither_pinned_nor_compared(
+    server: InThreadServer, tmp_path: Path
+) -> None:
+    path = tmp_path / LOCK_FILE
+    written = pin(server.url, path)
+    assert written.returncode == 2
+    assert written.stderr == (
+        "mcp-authz pin: the upstream's tools cannot be pinned; nothing written: "
+        "a definition holds NaN or Infinity, which JSON does not have\n"
+    )
+    assert not path.exists()
+    path.write_text('{"version": 1, "tools": []}', encoding="utf-8")
+    checked = pin(server.url, path, "--check")
+    assert checked.returncode == 2
+    assert checked.stderr == (
+        f"mcp-authz pin: the upstream's tools cannot be compared with {path}: "
+        "a definition holds NaN or Infinity, which JSON does not have\n"
+    )
 
 
 @pytest.mark.parametrize("server", [without_an_input_schema], indirect=True)
