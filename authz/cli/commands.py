@@ -1,5 +1,5 @@
-"""`mcp-authz` command line: serve, demo, check-policy, pin, grant, approver, approvals,
-schema."""
+"""`mcp-authz` command line: serve, demo, check-policy, pin, catalog, grant, approver,
+approvals, schema."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.cli.approvals import add_approvals_parser
+from authz.cli.catalog import add_catalog_parser
 from authz.cli.pin import add_pin_parser
 from authz.config.approvers import APPROVERS_FILE, load_approvers
 from authz.config.grants import hash_token, load_grants
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     aadd.set_defaults(func=_cmd_approver_add)
     add_approvals_parser(sub)
     add_pin_parser(sub)
+    add_catalog_parser(sub)
     return parser
 
 
