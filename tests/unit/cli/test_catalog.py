@@ -398,6 +398,10 @@ def test_the_demo_catalog() -> None:
     assert printed["classes"]["write"]["tools"] == sorted(TOOL_NAMES)
     table = ok(cli("--config", str(REPO / "deploy" / "config")))
     assert table.splitlines()[-1] == "4 tools (tools.lock.json): 4 write; blind spots: none"
+    # the README shows this very output
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("$ mcp-authz catalog --config deploy/config\n", 1)[1].split("```", 1)[0]
+    assert shown == table
 
 
 @pytest.mark.processes
