@@ -112,6 +112,18 @@ def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
                 notes.append(f"quota given back ({event.get('reason')})")
             if notes:
                 out.write(f"         ↳ {'; '.join(notes)}\n")
+        elif event.get("event") == "tool_definition_changed":
+            old = (event.get("old_hash") or "")[:12] or "not pinned"
+            new = (event.get("new_hash") or "")[:12]
+            effect = (
+                "removed from tools/list, calls denied (pin)"
+                if event.get("pinning") == "enforce"
+                else "reported only (pinning: report)"
+            )
+            out.write(
+                f"  DRIFT  {event.get('tool')}: definition {event.get('change')} "
+                f"(sha256 {old} → {new}); {effect}\n"
+            )
         elif event.get("event") != "decision":
             out.write(f"  [{event.get('level', 'info')}] {event.get('event')}\n")
         else:
@@ -172,6 +184,7 @@ def run_demo(
     print(f"  ext_authz   {transport} ({config_file})")
     print(f"  config      {config}  (edit policies; changes apply without a restart)")
     print(f"  tools       {_pinned(config)}")
+    print(f"  upstream    {stack.upstream_url}  (the MCP server itself: mcp-authz pin reads it)")
     print(f"  outputs     {outputs_dir}")
     print(f"  Gemini      {'offline endpoint' if offline else 'real API (GOOGLE_API_KEY)'}")
     print(f"  logs        {workdir}")

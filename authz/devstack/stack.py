@@ -190,6 +190,11 @@ class Stack:
         return f"{self.envoy_scheme}://{LOOPBACK}:{self.ports.envoy}/mcp"
 
     @property
+    def upstream_url(self) -> str:
+        """The MCP server itself, behind no gateway (what `mcp-authz pin` reads)."""
+        return f"http://{LOOPBACK}:{self.ports.upstream}/mcp"
+
+    @property
     def envoy_scheme(self) -> str:
         return "https" if self.client_tls is not None else "http"
 
