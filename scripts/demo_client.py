@@ -17,6 +17,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import TextContent
 
+from authz.devstack.demo import running_demo_url
+
 HELD = "[APPROVAL REQUIRED]"
 RETRY_SECONDS = 2.0
 
@@ -48,7 +50,11 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", default="http://127.0.0.1:10000/mcp")
+    parser.add_argument(
+        "--url",
+        default=running_demo_url() or "http://127.0.0.1:10000/mcp",
+        help="the gateway's MCP URL (default: the running demo's, else port 10000)",
+    )
     parser.add_argument("--token", required=True)
     parser.add_argument("--tool", default="image.generate.gemini")
     parser.add_argument("--prompt", default="a lighthouse at dusk")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 from collections.abc import Callable, Sequence
@@ -215,6 +216,13 @@ def _cmd_grant_add(args: argparse.Namespace) -> int:
         return 1
     print(f"grant {args.id!r} added to {path}; its token (shown once, store it now):")
     print(token)
+    policy_file = Path(args.config) / "policies" / f"{args.policy}.json"
+    if not policy_file.is_file():
+        print(
+            f"warning: policy {args.policy!r} is not loaded ({policy_file} does not exist): "
+            "every request of this grant is denied (rule: (no policy)) until it is",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -282,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run Envoy + sidecar + ImageGen upstream locally")
     demo.add_argument("--config", type=Path, help="configuration directory (default deploy/config)")
-    demo.add_argument("--port", type=int, help="Envoy listener port (default: a free port)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        help="Envoy listener port (default: 10000 when free, else a free port; 0: a free port)",
+    )
     demo.add_argument("--outputs", type=Path, help="where generated images are saved")
     demo.add_argument(
         "--transport",
@@ -330,7 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`mcp-authz schema | head`): stop quietly, as a pipe
+        # stage should; stdout is pointed at /dev/null so the exit flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return code
 
 

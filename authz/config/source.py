@@ -236,6 +236,7 @@ class ConfigSource:
                     # reverted to the good set: nothing to report any more
                     self.status.last_error = None
                     self.status.last_error_at = None
+                    log.info("config_applied", fingerprint=fingerprint[:12], restored=True)
                 return False
             candidate = _build(self.root, files)
             # A ConfigMap swap may land between two reads; only apply a stable view.

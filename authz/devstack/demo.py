@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -89,7 +90,31 @@ def _pinned(config_dir: Path) -> str:
     return f"pinned {count} tool{'' if count == 1 else 's'} ({LOCK_FILE})"
 
 
-def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
+def state_file() -> Path:
+    """Where a running demo says where it listens (`scripts/demo_client.py` reads it)."""
+    return Path(tempfile.gettempdir()) / f"mcp-authz-demo-{os.getuid()}.json"
+
+
+def _write_state(mcp_url: str) -> Path:
+    path = state_file()
+    path.write_text(json.dumps({"mcp_url": mcp_url, "pid": os.getpid()}))
+    return path
+
+
+def running_demo_url() -> str | None:
+    """The MCP URL of the demo running now (None: none is)."""
+    try:
+        state = json.loads(state_file().read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    url = state.get("mcp_url")
+    return url if isinstance(url, str) else None
+
+
+def _pump_decisions(stream: IO[bytes], out: IO[str], ready: threading.Event | None = None) -> None:
+    """The sidecar's log lines as the demo terminal shows them. Decisions made before
+    `ready` is set (the stack's own readiness probes) are not shown."""
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", errors="replace").rstrip()
         try:
@@ -124,13 +149,27 @@ def _pump_decisions(stream: IO[bytes], out: IO[str]) -> None:
                 f"  DRIFT  {event.get('tool')}: definition {event.get('change')} "
                 f"(sha256 {old} → {new}); {effect}\n"
             )
+        elif event.get("event") == "config_rejected":
+            out.write(
+                f"  [config] rejected: {event.get('error')}\n"
+                "           kept the last good configuration (fix the file: it applies "
+                "without a restart)\n"
+            )
+        elif event.get("event") == "config_applied":
+            again = " (the last good one again)" if event.get("restored") else ""
+            out.write(
+                f"  [config] config_applied{again}: "
+                f"fingerprint {str(event.get('fingerprint'))[:12]}\n"
+            )
         elif event.get("event") != "decision":
             out.write(f"  [{event.get('level', 'info')}] {event.get('event')}\n")
-        else:
+        elif ready is None or ready.is_set():
             what = event.get("tool") or event.get("method") or event.get("http_method")
             rule = f"  rule={event['rule']}" if event.get("rule") else ""
+            held = event.get("kind") == "approval_required"
+            verdict = "HOLD" if held else str(event.get("decision")).upper()
             out.write(
-                f"  {event['decision'].upper():5}  grant={event.get('grant_id')}  "
+                f"  {verdict:5}  grant={event.get('grant_id') or '-'}  "
                 f"{what}{rule}  {event.get('duration_ms')}ms\n"
             )
         out.flush()
@@ -144,17 +183,25 @@ def run_demo(
 ) -> int:
     """`transport`: how Envoy asks the sidecar, "grpc" (deploy/envoy.yaml) or "http"
     (deploy/envoy-http.yaml)."""
-    config = (config_dir or DEFAULT_CONFIG).resolve()
-    outputs_dir = (outputs or Path.cwd() / "outputs").resolve()
     workdir = Path(tempfile.mkdtemp(prefix="mcp-authz-demo-"))
+    if config_dir is not None:
+        config = config_dir.resolve()
+        config_note = "(edit policies; changes apply without a restart)"
+    else:
+        # a copy: following the README's edits never changes the tracked files
+        config = workdir / "config"
+        shutil.copytree(DEFAULT_CONFIG, config)
+        config_note = f"(a copy of {DEFAULT_CONFIG}: edit it; changes apply without a restart)"
+    outputs_dir = (outputs or Path.cwd() / "outputs").resolve()
     offline = not os.environ.get("GOOGLE_API_KEY")
     read_fd, write_fd = os.pipe()
     reader = os.fdopen(read_fd, "rb")
     writer = os.fdopen(write_fd, "wb")
     ports = Ports()
-    ports.envoy = (
-        port if port is not None else (DEFAULT_PORT if _port_free(DEFAULT_PORT) else ports.envoy)
-    )
+    if port is None:
+        ports.envoy = DEFAULT_PORT if _port_free(DEFAULT_PORT) else ports.envoy
+    elif port != 0:  # 0: any free port (Ports() has picked one)
+        ports.envoy = port
     if _port_free(DEFAULT_ADMIN_PORT):
         ports.authz_admin = DEFAULT_ADMIN_PORT
     stack = Stack(
@@ -167,7 +214,8 @@ def run_demo(
         reload_interval=1.0,
         transport=transport,
     )
-    pump = threading.Thread(target=_pump_decisions, args=(reader, sys.stdout), daemon=True)
+    ready = threading.Event()
+    pump = threading.Thread(target=_pump_decisions, args=(reader, sys.stdout, ready), daemon=True)
     pump.start()
     print("mcp-authz demo: starting Envoy, the policy sidecar and the ImageGen MCP server…")
     try:
@@ -177,12 +225,14 @@ def run_demo(
         return 1
     finally:
         writer.close()
+    ready.set()
+    state = _write_state(stack.mcp_url)
     tokens = _known_demo_tokens(config)
     print()
     print(f"  MCP URL     {stack.mcp_url}")
     config_file = "deploy/envoy-http.yaml" if transport == "http" else "deploy/envoy.yaml"
     print(f"  ext_authz   {transport} ({config_file})")
-    print(f"  config      {config}  (edit policies; changes apply without a restart)")
+    print(f"  config      {config}  {config_note}")
     print(f"  tools       {_pinned(config)}")
     print(f"  upstream    {stack.upstream_url}  (the MCP server itself: mcp-authz pin reads it)")
     print(f"  outputs     {outputs_dir}")
@@ -215,6 +265,7 @@ def run_demo(
                     stop.set()
     finally:
         print("\nstopping…")
+        state.unlink(missing_ok=True)
         stack.stop()
         print("stopped.")
     return 0
