@@ -28,10 +28,17 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Final, Literal
+from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from authz.config.files import load_document
 
@@ -94,7 +101,7 @@ class OAuthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = Field(description="The format's version: 1.")
+    version: StrictInt = Field(description="The format's version: 1.")
     resource: StrictStr = Field(
         description="The canonical URI of the MCP endpoint: the `aud` every token must name."
     )
@@ -107,6 +114,13 @@ class OAuthConfig(BaseModel):
     algorithms: tuple[StrictStr, ...] = Field(default=("RS256", "ES256"), min_length=1)
     jwks_cache_seconds: StrictInt = Field(default=300, ge=1, le=86400)
     jwks_refetch_seconds: StrictInt = Field(default=5, ge=1, le=3600)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("must be 1")
+        return value
 
     @field_validator("resource")
     @classmethod
