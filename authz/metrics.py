@@ -8,9 +8,22 @@ no client input, no URI and no prompt name, can create series.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -25,11 +38,16 @@ __all__ = [
     "CONTENT_TYPE",
     "WEBHOOK_RESULTS",
     "Metrics",
+    "build_version",
     "rule_kind",
 ]
 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+"""No `*_created` series: a counter's start time is `process_start_time_seconds`, and the
+extra series doubled what every counter and histogram costs to scrape and store."""
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -153,12 +171,13 @@ class _ConfigCollector(Collector):
         )
         config.add_metric([current.fingerprint], 1)
         yield config
-        error = GaugeMetricFamily(
-            "mcp_authz_config_last_reload_failed",
-            "1 while the last change to the configuration directory was rejected.",
+        applied = GaugeMetricFamily(
+            "mcp_authz_config_last_reload_successful",
+            "1 when the last change to the configuration directory was applied (or none was "
+            "seen since start), 0 while it is rejected and the last good set is kept.",
         )
-        error.add_metric([], 1 if status.last_error else 0)
-        yield error
+        applied.add_metric([], 0 if status.last_error else 1)
+        yield applied
         pinned = GaugeMetricFamily(
             "mcp_authz_pinned_tools",
             "Tools in the loaded tool lock (tools.lock.json); absent without a lock.",
@@ -188,12 +207,27 @@ class _LogCollector(Collector):
         yield lost
 
 
+def build_version() -> str:
+    """The installed distribution's version of the `authz` package ("unknown" from a tree
+    that was never installed)."""
+    try:
+        names = importlib.metadata.packages_distributions().get("authz", [])
+        return importlib.metadata.version(names[0]) if names else "unknown"
+    except (importlib.metadata.PackageNotFoundError, OSError):
+        return "unknown"
+
+
 class Metrics:
-    """Every metric of one sidecar process, in its own registry."""
+    """Every metric of one sidecar process, in its own registry: the sidecar's own, and the
+    standard process, platform and garbage-collector collectors of `prometheus_client`."""
 
     def __init__(self, config: ConfigSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(standard)
+        build = Info("mcp_authz_build", "The sidecar's version and Python.", registry=r)
+        build.info({"version": build_version(), "python": platform.python_version()})
         if config is not None:
             r.register(_ConfigCollector(config))
         r.register(_LogCollector())

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
+from authz.config.source import ConfigSource
 from authz.metrics import Metrics, rule_kind
 from authz.model import Decision, DenyKind, FixedRule
 from authz.policy import load_policy
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
 
 
 @pytest.mark.parametrize(
@@ -59,3 +65,54 @@ def test_tool_label_only_for_tools_the_policy_names() -> None:
     assert 'tool="known"' in text
     assert 'tool="(unlisted)"' in text
     assert "attacker-chosen" not in text
+
+
+def _samples(text: str) -> dict[str, float]:
+    """`name{labels}` → value of every sample line."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_standard_collectors_and_build_info() -> None:
+    text = Metrics().render().decode()
+    names = {key.partition("{")[0] for key in _samples(text)}
+    assert {"process_start_time_seconds", "process_cpu_seconds_total"} <= names
+    assert "python_info" in names  # the platform collector
+    assert "python_gc_collections_total" in names  # the GC collector
+    build = [key for key in _samples(text) if key.startswith("mcp_authz_build_info{")]
+    assert len(build) == 1
+    assert 'python="' in build[0] and 'version="' in build[0]
+
+
+def test_no_created_series() -> None:
+    metrics = Metrics()
+    metrics.observe_decision(Decision.allow(), tool=None, policy=None, seconds=0.001)
+    metrics.observe_approval("requested")
+    text = metrics.render().decode()
+    assert "mcp_authz_decisions_total" in text
+    assert "_created" not in text
+
+
+def test_last_reload_successful_follows_the_directory(tmp_path: Path) -> None:
+    shutil.copytree(DEMO_CONFIG, tmp_path / "config")
+    root = tmp_path / "config"
+    source = ConfigSource.open(root)
+    metrics = Metrics(source)
+
+    def successful() -> float:
+        return _samples(metrics.render().decode())["mcp_authz_config_last_reload_successful"]
+
+    assert successful() == 1
+    grants = root / "grants.json"
+    good = grants.read_bytes()
+    grants.write_bytes(b"{ not json")
+    assert not source.poll()
+    assert successful() == 0
+    assert "mcp_authz_config_last_reload_failed" not in metrics.render().decode()
+    grants.write_bytes(good)
+    source.poll()
+    assert successful() == 1
