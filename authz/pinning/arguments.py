@@ -12,7 +12,9 @@ Python's `re`, as jsonschema does.
 The common shape of an MCP tool's schema (an object of `properties`, `required` and
 `additionalProperties`, as the SDKs generate it) is checked member by member: only the
 arguments a call carries are validated, each against its own compiled subschema (a bare
-`type`, or an `anyOf` of such, without building a validator per call: `_judge`). A schema
+`type`, scalar keywords (`_Simple`: type, lengths, bounds, pattern, a string enum), or an
+`anyOf` of such, without building a validator per call: `_judge`; any other keyword is
+jsonschema's). A schema
 with anything else at its top (`allOf`, `$ref`, `patternProperties`, `if`, ...) or a `$ref`
 inside a property is validated whole. Both give the same answer; the first is several
 times faster (`bench/inprocess.py`).
@@ -98,7 +100,7 @@ def _re2_pattern(
 ) -> Iterator[jsonschema.exceptions.ValidationError]:
     if not validator.is_type(instance, "string"):
         return
-    if _search(pattern, instance) is None:
+    if not _matches(pattern, instance):
         yield jsonschema.exceptions.ValidationError(f"does not match {pattern!r}")
 
 
@@ -119,8 +121,26 @@ def _compiled(pattern: str) -> Any:
     return found
 
 
-def _search(pattern: str, text: str) -> Any:
-    return _compiled(pattern).search(text)
+_MATCHED: dict[tuple[str, str], bool] = {}
+"""Remembered answers of `_matches` for short values: agents send the same values again
+(an aspect ratio, a size), and one RE2 search through its Python wrapper costs about 3 µs
+against 0.1 µs for this lookup. Bounded: past `_MATCHED_MAX` entries, values are searched
+every time (never a wrong answer, only a slower one)."""
+_MATCHED_MAX: Final = 4096
+_MATCHED_TEXT_MAX: Final = 128
+
+
+def _matches(pattern: str, text: str) -> bool:
+    """Whether `pattern` (RE2, else Python's `re`) finds a match in `text`."""
+    if len(text) > _MATCHED_TEXT_MAX:
+        return _compiled(pattern).search(text) is not None
+    key = (pattern, text)
+    found = _MATCHED.get(key)
+    if found is None:
+        found = _compiled(pattern).search(text) is not None
+        if len(_MATCHED) < _MATCHED_MAX:
+            _MATCHED[key] = found
+    return found
 
 
 def _validator_class(schema: Mapping[str, Any]) -> Any:
@@ -335,11 +355,135 @@ class _AnyOf:
         return self._whole.iter_errors(value)  # type: ignore[no-any-return]
 
 
+_SIMPLE_KEYWORDS: Final = frozenset(
+    {
+        "type",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "pattern",
+        "enum",
+        "format",
+    }
+)
+"""Keywords `_Simple` checks (`format` asserts nothing: no format checker is used)."""
+_NUMERIC_EXCLUSIVE: Final = frozenset(
+    {
+        "https://json-schema.org/draft/2020-12/schema",
+        "https://json-schema.org/draft/2019-09/schema",
+        "http://json-schema.org/draft-07/schema#",
+        "http://json-schema.org/draft-06/schema#",
+    }
+)
+"""Drafts whose `exclusiveMinimum`/`exclusiveMaximum` are numbers (draft 4's are booleans)."""
+
+
+class _Simple:
+    """A schema of scalar keywords only (`_SIMPLE_KEYWORDS`, each of the usual shape):
+    checked in a few comparisons, as jsonschema checks them; violations are named by
+    jsonschema."""
+
+    __slots__ = (
+        "_bounds",
+        "_enum",
+        "_is_type",
+        "_lengths",
+        "_pattern",
+        "_types",
+        "_whole",
+    )
+
+    def __init__(self, cls: Any, schema: Mapping[str, Any]) -> None:
+        self._is_type = cls.TYPE_CHECKER.is_type
+        names = schema.get("type")
+        self._types: tuple[str, ...] | None = (
+            None if names is None else (names,) if isinstance(names, str) else tuple(names)
+        )
+        self._lengths = (schema.get("minLength"), schema.get("maxLength"))
+        self._bounds = (
+            schema.get("minimum"),
+            schema.get("maximum"),
+            schema.get("exclusiveMinimum"),
+            schema.get("exclusiveMaximum"),
+        )
+        self._pattern: str | None = schema.get("pattern")
+        enum = schema.get("enum")
+        self._enum: frozenset[str] | None = None if enum is None else frozenset(enum)
+        self._whole = cls(schema)
+
+    @staticmethod
+    def fits(cls: Any, schema: Mapping[str, Any], applied: list[str]) -> bool:
+        """Whether `_Simple` judges `schema` exactly as `cls(schema)` does."""
+        if not set(applied) <= _SIMPLE_KEYWORDS:
+            return False
+        names = schema.get("type")
+        if names is not None and not (
+            isinstance(names, str)
+            or (isinstance(names, list) and all(isinstance(n, str) for n in names))
+        ):
+            return False
+        for key in ("minLength", "maxLength"):
+            value = schema.get(key)
+            if value is not None and (type(value) is not int or value < 0):
+                return False
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            value = schema.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                return False
+        exclusive = "exclusiveMinimum" in schema or "exclusiveMaximum" in schema
+        if exclusive and cls.META_SCHEMA.get("$schema") not in _NUMERIC_EXCLUSIVE:
+            return False
+        enum = schema.get("enum")
+        if enum is not None and not (
+            isinstance(enum, list) and all(isinstance(item, str) for item in enum)
+        ):
+            return False
+        pattern = schema.get("pattern")
+        return pattern is None or isinstance(pattern, str)
+
+    def is_valid(self, value: Any) -> bool:
+        is_type = self._is_type
+        if self._types is not None:
+            for name in self._types:
+                if is_type(value, name):
+                    break
+            else:
+                return False
+        if isinstance(value, str):
+            low, high = self._lengths
+            if (low is not None or high is not None) and (
+                (low is not None and len(value) < low) or (high is not None and len(value) > high)
+            ):
+                return False
+            if self._pattern is not None and not _matches(self._pattern, value):
+                return False
+        elif is_type(value, "number"):
+            low, high, above, below = self._bounds
+            if (
+                (low is not None and value < low)
+                or (high is not None and value > high)
+                or (above is not None and value <= above)
+                or (below is not None and value >= below)
+            ):
+                return False
+        return self._enum is None or (isinstance(value, str) and value in self._enum)
+
+    def iter_errors(self, value: Any) -> Iterator[jsonschema.exceptions.ValidationError]:
+        return self._whole.iter_errors(value)  # type: ignore[no-any-return]
+
+
 def _judge(cls: Any, schema: Any) -> Any:
     """What judges a value against `schema` (`is_valid`, `iter_errors`), as `cls(schema)`
     does, fastest."""
     if isinstance(schema, Mapping):
         applied = [key for key in schema if key in cls.VALIDATORS]
+        if applied and applied != ["type"] and _Simple.fits(cls, schema, applied):
+            return _Simple(cls, schema)
         if applied == ["type"]:
             names = schema["type"]
             names = [names] if isinstance(names, str) else names
