@@ -7,6 +7,8 @@ import json
 import threading
 from typing import Any
 
+import standardwebhooks
+
 __all__ = ["Receiver"]
 
 
@@ -16,10 +18,19 @@ class Receiver:
     A POST is recorded when it arrives. While `gate` is cleared (`close_gate`), the answer
     waits until it is set again (`open_gate`), as a slow receiver would: the sender's
     deliveries pile up behind it.
+
+    With `secret`, it verifies every POST as a Standard Webhooks receiver does
+    (`standardwebhooks.Webhook(secret).verify(body, headers)`), records the outcome in
+    `verified` (the payload, or the verification error's text) and answers 401 to a POST
+    that fails.
     """
 
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, statuses: tuple[int, ...] = (), *, secret: str | bytes | None = None
+    ) -> None:
         self.posts: list[tuple[str, dict[str, str], bytes]] = []
+        self.verified: list[Any] = []
+        verifier = standardwebhooks.Webhook(secret) if secret is not None else None
         self.statuses = list(statuses)
         self.lock = threading.Lock()
         self.gate = threading.Event()
@@ -30,11 +41,16 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with outer.lock:
-                    outer.posts.append(
-                        (self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                    )
+                    outer.posts.append((self.path, headers, body))
                     status = outer.statuses.pop(0) if outer.statuses else 204
+                    if verifier is not None:
+                        try:
+                            outer.verified.append(verifier.verify(body, headers))
+                        except standardwebhooks.WebhookVerificationError as exc:
+                            outer.verified.append(str(exc))
+                            status = 401
                 outer.gate.wait(30)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

@@ -23,8 +23,20 @@ authenticated admin API.
 
 Argument *values* never leave the sidecar this way. `arguments_hmac` is the HMAC-SHA256 of
 the canonical arguments under the server's digest key: it tells equal calls apart without
-letting anyone recover small values by hashing guesses. With a secret, the header
-``X-Mcp-Authz-Signature: sha256=<hex>`` carries the HMAC-SHA256 of the exact body bytes.
+letting anyone recover small values by hashing guesses.
+
+**Signing** follows Standard Webhooks (https://www.standardwebhooks.com/), through the
+`standardwebhooks` library: every POST carries `webhook-id` (`msg_<approval id>`, the same
+on every attempt, so receivers can drop a repeat) and `webhook-timestamp` (the attempt's
+time, in seconds); with a secret, `webhook-signature: v1,<base64 HMAC-SHA256 of
+"<id>.<timestamp>.<body>">`, signed anew per attempt. A receiver verifies it with
+`standardwebhooks.Webhook(secret).verify(body, headers)`, which also refuses a timestamp
+more than 5 minutes away (a replayed POST). The secret (`webhook_key`) is either a Standard
+Webhooks secret, `whsec_` and base64 of the key bytes, or, as before, any other string,
+whose UTF-8 bytes are the key (its `whsec_` form is `whsec_` + base64 of those bytes). For
+one more release the body-only ``X-Mcp-Authz-Signature: sha256=<hex>`` (HMAC-SHA256 of the
+exact body under the UTF-8 bytes of the configured string) is sent too; it has no timestamp
+and so no replay protection.
 
 **Delivery is fair per grant.** Each grant has its own queue of at most
 `max_pending_per_grant` notices; `concurrency` workers take the next notice from the grants
@@ -37,16 +49,21 @@ secret or any argument. `drain` waits for deliveries in flight at shutdown.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
+import datetime
 import hashlib
 import hmac
 import json
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, Final
 
 import httpx
+import standardwebhooks
 import structlog
 
 from authz.model import Approval
@@ -54,6 +71,8 @@ from authz.model import Approval
 __all__ = [
     "EVENT",
     "SIGNATURE_HEADER",
+    "STANDARD_KEY_MIN_BYTES",
+    "STANDARD_SECRET_PREFIX",
     "UNTRUSTED_MAX_CHARS",
     "UNTRUSTED_MAX_KEYS",
     "UNTRUSTED_WARNING",
@@ -61,12 +80,18 @@ __all__ = [
     "escape_untrusted",
     "sign",
     "webhook_body",
+    "webhook_id",
+    "webhook_key",
 ]
 
 log = structlog.get_logger("mcp_authz.approvals.webhook")
 
 EVENT = "approval.requested"
 SIGNATURE_HEADER = "X-Mcp-Authz-Signature"
+"""The body-only HMAC of earlier releases; sent beside the Standard Webhooks headers."""
+STANDARD_SECRET_PREFIX: Final = "whsec_"
+STANDARD_KEY_MIN_BYTES: Final = 24
+"""Shortest key a `whsec_` secret may decode to (Standard Webhooks: 24 to 64 bytes)."""
 UNTRUSTED_MAX_CHARS: Final = 64
 """Characters of one untrusted string shown (before escaping); longer ones end in `...`."""
 UNTRUSTED_MAX_KEYS: Final = 32
@@ -120,8 +145,36 @@ def webhook_body(approval: Approval) -> bytes:
 
 
 def sign(secret: str, body: bytes) -> str:
-    """The signature header's value: `sha256=` + hex HMAC-SHA256 of `body` under `secret`."""
+    """The legacy `X-Mcp-Authz-Signature` value: `sha256=` + hex HMAC-SHA256 of `body` under
+    the UTF-8 bytes of `secret`."""
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def webhook_key(secret: str) -> bytes:
+    """The Standard Webhooks signing key of a configured secret: the base64-decoded part of
+    a `whsec_` secret, else the secret's UTF-8 bytes (how earlier releases keyed the HMAC).
+    Raises ValueError for a `whsec_` secret that is not base64 of at least
+    `STANDARD_KEY_MIN_BYTES` bytes."""
+    if not secret:
+        raise ValueError("the webhook secret is empty")
+    if not secret.startswith(STANDARD_SECRET_PREFIX):
+        return secret.encode("utf-8")
+    encoded = secret[len(STANDARD_SECRET_PREFIX) :]
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError("a whsec_ secret must be whsec_ followed by base64") from None
+    if len(key) < STANDARD_KEY_MIN_BYTES:
+        raise ValueError(
+            f"a whsec_ secret must decode to at least {STANDARD_KEY_MIN_BYTES} bytes "
+            "(e.g. whsec_$(openssl rand -base64 32))"
+        )
+    return key
+
+
+def webhook_id(approval_id: str) -> str:
+    """The `webhook-id` of the event announcing one approval: the same on every attempt."""
+    return f"msg_{approval_id}"
 
 
 def _origin(url: str) -> str:
@@ -149,13 +202,18 @@ class WebhookNotifier:
         max_pending_per_grant: int = 100,
         concurrency: int = 4,
         on_result: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`secret`: see `webhook_key` (ValueError when it is not a usable secret);
+        `clock`: the time written in `webhook-timestamp`."""
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         if max_pending_per_grant < 1 or concurrency < 1:
             raise ValueError("max_pending_per_grant and concurrency must be at least 1")
         self.url = url
         self._secret = secret or None
+        self._signer = standardwebhooks.Webhook(webhook_key(self._secret)) if self._secret else None
+        self._clock = clock
         self._timeout = timeout
         self._attempts = attempts
         self._backoff = backoff
@@ -260,14 +318,30 @@ class WebhookNotifier:
             log.error("approval_webhook_failed", approval_id=approval_id, error=type(exc).__name__)
             self._result("failed")
 
-    async def _post(self, approval_id: str, body: bytes) -> None:
-        headers = {"Content-Type": "application/json", "X-Mcp-Authz-Event": EVENT}
-        if self._secret is not None:
+    def _headers(self, approval_id: str, body: bytes) -> dict[str, str]:
+        """One attempt's headers: the Standard Webhooks id, timestamp and (with a secret)
+        signature, signed at this attempt's time, and the legacy body-only signature."""
+        message_id = webhook_id(approval_id)
+        sent_at = datetime.datetime.fromtimestamp(int(self._clock()), tz=datetime.UTC)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Mcp-Authz-Event": EVENT,
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+        }
+        if self._secret is not None and self._signer is not None:
+            headers["webhook-signature"] = self._signer.sign(
+                message_id, sent_at, body.decode("ascii")
+            )
             headers[SIGNATURE_HEADER] = sign(self._secret, body)
+        return headers
+
+    async def _post(self, approval_id: str, body: bytes) -> None:
         client = self._http()
         for attempt in range(1, self._attempts + 1):
             status: int | None = None
             error: str | None = None
+            headers = self._headers(approval_id, body)
             try:
                 response = await client.post(self.url, content=body, headers=headers)
             except httpx.HTTPError as exc:  # connection refused, timeouts, protocol errors

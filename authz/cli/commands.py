@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--approval-webhook",
         metavar="URL",
-        help="POST each new pending approval here (http/https); signing secret: "
+        help="POST each new pending approval here (http/https), Standard Webhooks; signing "
+        "secret (whsec_...): "
         "$MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET",
     )
     serve.add_argument(

@@ -61,7 +61,9 @@ class Settings:
     approval_webhook: str | None = None
     """URL that is POSTed once per new pending approval (http:// or https://)."""
     approval_webhook_secret: str | None = field(default=None, repr=False)
-    """HMAC-SHA256 key of the webhook's `X-Mcp-Authz-Signature` (environment only)."""
+    """The approval webhook's signing secret (environment only): a Standard Webhooks
+    `whsec_<base64>` secret, or any other string, whose UTF-8 bytes are the key
+    (`authz.approvals.webhook.webhook_key`)."""
     approval_digest_key: str | None = field(default=None, repr=False)
     """HMAC-SHA256 key of `arguments_hmac` in approvals, webhooks and audit events
     (environment only); None: a random key per process."""
@@ -136,6 +138,14 @@ class Settings:
             check_webhook_url(webhook)
         # The secret comes from the environment only: command lines are visible to others.
         secret = os.environ.get("MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET") or None
+        if secret is not None:
+            # imported only when configured (httpx, standardwebhooks)
+            from authz.approvals.webhook import webhook_key
+
+            try:
+                webhook_key(secret)
+            except ValueError as exc:
+                raise SettingsError(f"MCP_AUTHZ_APPROVAL_WEBHOOK_SECRET: {exc}") from None
         digest_key = os.environ.get("MCP_AUTHZ_APPROVAL_DIGEST_KEY") or None
         if digest_key is not None and len(digest_key) < DIGEST_KEY_MIN:
             raise SettingsError(
