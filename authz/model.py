@@ -93,6 +93,12 @@ class Grant:
     id: str
     label: str
     policy: str
+    token: Mapping[str, Any] | None = field(default=None, compare=False)
+    """The caller's token claims, for this request only (a grant found by an OAuth token or
+    a JWT Envoy verified; None for a static token or a peer certificate): `iss`, `sub`,
+    `client_id`, `scope` (a sorted list) and `groups`, as `authz.oauth.tokens.TokenClaims`
+    lists them. Conditions read them as `token.<claim>`; limits scoped `sub` or `client_id`
+    count per `iss` and that claim. Never the token itself."""
 
 
 class Outcome(enum.Enum):
@@ -115,6 +121,7 @@ class DenyKind(enum.Enum):
     TOO_LARGE = "too_large"  # body truncated by Envoy (partial)
     UNSUPPORTED_MEDIA = "unsupported_media"  # wrong Content-Type or a Content-Encoding
     APPROVAL_REQUIRED = "approval_required"  # held until a person approves (approve_if)
+    INSUFFICIENT_SCOPE = "insufficient_scope"  # 403: the token lacks a scope the call needs
 
 
 class FixedRule(enum.StrEnum):
@@ -421,6 +428,8 @@ class Decision:
     """Set on an allowed tool call that may run only once a person has approved it."""
     ticket: ApprovalTicket | None = None
     """The approval the call is held for (APPROVAL_REQUIRED), was denied by, or used."""
+    scopes: tuple[str, ...] = ()
+    """For INSUFFICIENT_SCOPE: every scope the call needs (named in the challenge)."""
 
     @property
     def allowed(self) -> bool:

@@ -7,7 +7,11 @@ A grant matches exactly one kind of credential:
 - ``spiffe_id``: the peer certificate's identity on an mTLS listener, as Envoy reports it in
   ``attributes.source.principal`` (the first URI SAN), compared exactly;
 - ``jwt``: the claims of a JWT that Envoy's ``jwt_authn`` filter verified (issuer, optional
-  subject, audience and further claims, all compared exactly).
+  subject, audience and further claims, all compared exactly);
+- ``oauth``: the claims of an OAuth access token the sidecar verified itself
+  (:mod:`authz.oauth`): ``issuer`` (required), and any of ``sub``, ``client_id``, ``groups``
+  (the token's groups include each one) and ``scope`` (the token carries it). Unlike the
+  other kinds, several OAuth grants may match one token: the first in file order wins.
 
 Which credential of a request is used is decided in :mod:`authz.pipeline.identity`; this module only
 loads the table and answers "which grant, if any, does this credential name".
@@ -41,6 +45,7 @@ __all__ = [
     "GrantTable",
     "GrantsError",
     "JwtMatcher",
+    "OAuthMatcher",
     "bearer_token",
     "check_spiffe_id",
     "hash_token",
@@ -127,6 +132,32 @@ class _JwtEntry(BaseModel):
         return value
 
 
+class _OAuthEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: StrictStr = Field(min_length=1, max_length=1000)
+    sub: StrictStr | None = Field(default=None, min_length=1, max_length=1000)
+    client_id: StrictStr | None = Field(default=None, min_length=1, max_length=1000)
+    groups: tuple[StrictStr, ...] = Field(default=(), max_length=32)
+    scope: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("scope")
+    @classmethod
+    def _one_scope(cls, value: str | None) -> str | None:
+        if value is not None and (" " in value or not value.isprintable()):
+            raise ValueError("names one scope (no spaces); list further scopes in the policy")
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for group in value:
+            if not 1 <= len(group) <= 1000:
+                raise ValueError("a group name has 1 to 1000 characters")
+            _no_lone_surrogates(group)
+        return value
+
+
 class _GrantEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,6 +166,7 @@ class _GrantEntry(BaseModel):
     token_sha256: str | None = None
     spiffe_id: StrictStr | None = None
     jwt: _JwtEntry | None = None
+    oauth: _OAuthEntry | None = None
     policy: str = Field(min_length=1, max_length=200)
 
     @field_validator("id")
@@ -168,12 +200,15 @@ class _GrantEntry(BaseModel):
                 ("token_sha256", self.token_sha256),
                 ("spiffe_id", self.spiffe_id),
                 ("jwt", self.jwt),
+                ("oauth", self.oauth),
             )
             if value is not None
         ]
         if len(given) != 1:
             found = f"got {', '.join(given)}" if given else "got none"
-            raise ValueError(f"a grant needs exactly one of token_sha256, spiffe_id, jwt ({found})")
+            raise ValueError(
+                f"a grant needs exactly one of token_sha256, spiffe_id, jwt, oauth ({found})"
+            )
         return self
 
 
@@ -275,6 +310,30 @@ class JwtMatcher:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class OAuthMatcher:
+    """What an `oauth` grant requires of a verified token's claims (as
+    `authz.oauth.tokens.TokenClaims.view` gives them). Every listed field must match."""
+
+    issuer: str
+    sub: str | None = None
+    client_id: str | None = None
+    groups: tuple[str, ...] = ()
+    scope: str | None = None
+
+    def matches(self, claims: Mapping[str, Any]) -> bool:
+        if claims.get("iss") != self.issuer:
+            return False
+        if self.sub is not None and claims.get("sub") != self.sub:
+            return False
+        if self.client_id is not None and claims.get("client_id") != self.client_id:
+            return False
+        groups = claims.get("groups") or ()
+        if any(group not in groups for group in self.groups):
+            return False
+        return self.scope is None or self.scope in (claims.get("scope") or ())
+
+
 def _same_claim_value(a: ClaimValue, b: ClaimValue) -> bool:
     return type(a) is type(b) and a == b
 
@@ -290,6 +349,8 @@ class GrantTable:
     by_hash: Mapping[str, Grant]
     by_spiffe_id: Mapping[str, Grant] = field(default_factory=dict)
     jwt_grants: tuple[tuple[JwtMatcher, Grant], ...] = ()
+    oauth_grants: tuple[tuple[OAuthMatcher, Grant], ...] = ()
+    """In file order: the first that matches a token wins."""
     _jwt_index: Mapping[tuple[str, str | None], list[tuple[JwtMatcher, Grant]]] = field(
         init=False, repr=False, compare=False
     )
@@ -321,8 +382,26 @@ class GrantTable:
         # load_grants makes two matches impossible; if it ever happened, fail closed.
         return found[0] if len(found) == 1 else None
 
+    def lookup_oauth(self, claims: Mapping[str, Any]) -> Grant | None:
+        """The first `oauth` grant (in file order) whose matcher a verified token's claims
+        satisfy."""
+        for matcher, grant in self.oauth_grants:
+            if matcher.matches(claims):
+                return grant
+        return None
+
+    @property
+    def oauth_issuers(self) -> frozenset[str]:
+        """The issuers the `oauth` grants name."""
+        return frozenset(matcher.issuer for matcher, _ in self.oauth_grants)
+
     def __len__(self) -> int:
-        return len(self.by_hash) + len(self.by_spiffe_id) + len(self.jwt_grants)
+        return (
+            len(self.by_hash)
+            + len(self.by_spiffe_id)
+            + len(self.jwt_grants)
+            + len(self.oauth_grants)
+        )
 
 
 def load_grants(raw: bytes) -> GrantTable:
@@ -330,6 +409,7 @@ def load_grants(raw: bytes) -> GrantTable:
     by_hash: dict[str, Grant] = {}
     by_spiffe: dict[str, Grant] = {}
     jwt_grants: list[tuple[JwtMatcher, Grant, int]] = []
+    oauth_grants: list[tuple[OAuthMatcher, Grant]] = []
     # Per issuer: matchers without a subject, and matchers by subject. A matcher can only
     # overlap one of the same issuer with the same subject or without one.
     unscoped: dict[str, list[tuple[JwtMatcher, Grant, int]]] = {}
@@ -350,6 +430,20 @@ def load_grants(raw: bytes) -> GrantTable:
                 other = by_spiffe[entry.spiffe_id].id
                 raise GrantsError(f"{where}.spiffe_id: same SPIFFE ID as grant {other!r}")
             by_spiffe[entry.spiffe_id] = grant
+        elif entry.oauth is not None:
+            oauth = entry.oauth
+            oauth_grants.append(
+                (
+                    OAuthMatcher(
+                        issuer=oauth.issuer,
+                        sub=oauth.sub,
+                        client_id=oauth.client_id,
+                        groups=oauth.groups,
+                        scope=oauth.scope,
+                    ),
+                    grant,
+                )
+            )
         elif entry.jwt is not None:
             matcher = JwtMatcher(
                 issuer=entry.jwt.issuer,
@@ -380,6 +474,7 @@ def load_grants(raw: bytes) -> GrantTable:
         by_hash=by_hash,
         by_spiffe_id=by_spiffe,
         jwt_grants=tuple((matcher, grant) for matcher, grant, _ in jwt_grants),
+        oauth_grants=tuple(oauth_grants),
     )
 
 

@@ -7,6 +7,7 @@ Layout::
     CONFIG_DIR/approvers.json          (optional: who may decide held calls)
     CONFIG_DIR/tools.lock.json         (optional: the pinned tools, `mcp-authz pin`)
     CONFIG_DIR/tool-classes.json       (optional: the operator's tool classes)
+    CONFIG_DIR/oauth.json              (optional: OAuth protected resource, `authz.oauth`)
 
 The whole directory is one unit. A change is applied only when every file in it is valid;
 otherwise the last good set stays in force and the error is reported (log + readiness).
@@ -36,6 +37,7 @@ from authz.catalog.classes import (
 )
 from authz.config.approvers import APPROVERS_FILE, ApproversError, ApproverTable, load_approvers
 from authz.config.grants import GrantsError, GrantTable, load_grants
+from authz.oauth.config import OAUTH_FILE, OAuthConfig, OAuthConfigError, load_oauth
 from authz.pinning.lock import LOCK_FILE, LockError, ToolLock, load_lock
 from authz.policy import Policy, PolicyError, load_policy
 
@@ -76,6 +78,9 @@ class ConfigSet:
     has no known class)."""
     overrides: Mapping[str, Override] = field(default_factory=dict)
     """The operator's classes (tool-classes.json)."""
+    oauth: OAuthConfig | None = None
+    """The endpoint as an OAuth protected resource (None without oauth.json: no OAuth
+    tokens are accepted and no metadata is published)."""
 
     def policy(self, name: str) -> Policy | None:
         return self.policies.get(name)
@@ -91,7 +96,7 @@ def _read_files(root: Path) -> dict[str, bytes]:
         raise ConfigError(f"{grants}: file not found") from exc
     except OSError as exc:
         raise ConfigError(f"{grants}: cannot read: {exc.strerror}") from exc
-    for optional in (APPROVERS_FILE, LOCK_FILE, OVERRIDES_FILE):
+    for optional in (APPROVERS_FILE, LOCK_FILE, OVERRIDES_FILE, OAUTH_FILE):
         path = root / optional
         try:
             files[optional] = path.read_bytes()
@@ -152,6 +157,15 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
             raise ConfigError(f"{root / OVERRIDES_FILE}: {exc}") from exc
         except Exception as exc:  # e.g. RecursionError from deeply nested JSON
             raise ConfigError(f"{root / OVERRIDES_FILE}: cannot be loaded: {exc!r}") from exc
+    oauth: OAuthConfig | None = None
+    if OAUTH_FILE in files:
+        try:
+            oauth = load_oauth(files[OAUTH_FILE])
+        except OAuthConfigError as exc:
+            raise ConfigError(f"{root / OAUTH_FILE}: {exc}") from exc
+        except Exception as exc:  # e.g. RecursionError from deeply nested JSON
+            raise ConfigError(f"{root / OAUTH_FILE}: cannot be loaded: {exc!r}") from exc
+    _check_oauth_issuers(root, grants, oauth)
     policies: dict[str, Policy] = {}
     for rel, raw in files.items():
         if not rel.startswith(POLICIES_DIR + "/"):
@@ -172,6 +186,7 @@ def _build(root: Path, files: Mapping[str, bytes]) -> ConfigSet:
         pins=pins,
         classes=tool_classes(pins, overrides),
         overrides=overrides,
+        oauth=oauth,
     )
 
 
@@ -195,6 +210,23 @@ def _check_own_tokens(root: Path, approvers: ApproverTable, grants: GrantTable) 
                 f"{root / APPROVERS_FILE}: $.approvers[{approver.index}].token_sha256 "
                 f"(approver {approver.id!r}): same token as grant {grant.id!r} in "
                 f"{GRANTS_FILE}; an approver's admin token must be its own, never an agent's"
+            )
+
+
+def _check_oauth_issuers(root: Path, grants: GrantTable, oauth: OAuthConfig | None) -> None:
+    """Every issuer an `oauth` grant names is one oauth.json trusts: a grant that no token
+    could ever match is a mistake."""
+    for index, (matcher, grant) in enumerate(grants.oauth_grants):
+        if oauth is None:
+            raise ConfigError(
+                f"{root / GRANTS_FILE}: grant {grant.id!r} is an oauth grant, but there is no "
+                f"{OAUTH_FILE}; add it (the resource and its authorization servers)"
+            )
+        if matcher.issuer not in oauth.authorization_servers:
+            raise ConfigError(
+                f"{root / GRANTS_FILE}: grant {grant.id!r} (oauth grant {index + 1}): issuer "
+                f"{matcher.issuer!r} is not among {OAUTH_FILE}'s authorization_servers "
+                f"({', '.join(oauth.authorization_servers)})"
             )
 
 
@@ -265,6 +297,7 @@ class ConfigSource:
             policies=sorted(candidate.policies),
             approvers=len(candidate.approvers),
             pinned=len(candidate.pins) if candidate.pins is not None else None,
+            oauth=candidate.oauth.resource if candidate.oauth is not None else None,
         )
         if self.on_change is not None:
             self.on_change(candidate)

@@ -4,8 +4,12 @@
 tool result with HTTP 200 (`[POLICY DENIED] …` or `[APPROVAL REQUIRED] …`: many MCP clients
 drop the session on a 4xx), everything else a JSON-RPC error with the status its
 `DenyKind` calls for (401 with a `WWW-Authenticate` challenge, 400, 404, 405, 413, 415,
-429, 403, 503). A held or approval-denied request that is not a `tools/call` (a
-`prompts/get`, a `resources/read`) is such an error (403, `[APPROVAL REQUIRED] …` or
+429, 403, 503). With `oauth.json` the 401's challenge is the one the pipeline computed
+(`Verdict.challenge`: `resource_metadata`, `scope`, `error="invalid_token"`); a token
+without a scope the call needs is a 403 JSON-RPC error with an `insufficient_scope`
+challenge, even for a `tools/call` (a client steps up on it; a policy denial of a
+`tools/call` stays a 200 tool result). A held or approval-denied request that is not a
+`tools/call` (a `prompts/get`, a `resources/read`) is such an error (403, `[APPROVAL REQUIRED] …` or
 `[POLICY DENIED] …`) whose `data` carries the approval as a tool result's `_meta` does.
 Each edge puts the result into its transport's message.
 """
@@ -18,6 +22,7 @@ from typing import Any
 
 from authz.mcp import METHOD_NOT_FOUND
 from authz.model import DenyKind, McpRequest, RequestId
+from authz.oauth.metadata import insufficient_scope_challenge
 from authz.pipeline.gate import Verdict
 
 __all__ = [
@@ -114,11 +119,17 @@ def denial(verdict: Verdict) -> HttpDenial:
             }
         }
     if kind in UNAUTHENTICATED_KINDS:
-        challenge = 'Bearer realm="mcp-authz"'
-        if kind is DenyKind.INVALID_TOKEN:
-            challenge += ', error="invalid_token"'
+        challenge = verdict.challenge
+        if challenge is None:
+            challenge = 'Bearer realm="mcp-authz"'
+            if kind is DenyKind.INVALID_TOKEN:
+                challenge += ', error="invalid_token"'
         headers.append(("www-authenticate", challenge))
         return HttpDenial(401, tuple(headers), _jsonrpc_error(None, _JSONRPC_UNAUTHORIZED, text))
+    if kind is DenyKind.INSUFFICIENT_SCOPE:
+        challenge = verdict.challenge or insufficient_scope_challenge(None, decision.scopes)
+        headers.append(("www-authenticate", challenge))
+        return HttpDenial(403, tuple(headers), _jsonrpc_error(request_id, _JSONRPC_FORBIDDEN, text))
 
     if decision.retry_after is not None:
         headers.append(("retry-after", str(decision.retry_after)))

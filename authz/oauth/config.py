@@ -36,11 +36,12 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
-from authz.config.files import load_document
+from authz import strictjson
 
 __all__ = [
     "ALGORITHMS",
@@ -198,5 +199,15 @@ class OAuthConfig(BaseModel):
 
 
 def load_oauth(raw: bytes) -> OAuthConfig:
-    """Parse and validate `oauth.json`, or raise `OAuthConfigError` naming the field."""
-    return load_document(raw, file_name=OAUTH_FILE, model=OAuthConfig, error=OAuthConfigError)
+    """Parse (the strict JSON reader) and validate `oauth.json`, or raise `OAuthConfigError`
+    naming the field (`oauth.json: $.resource: ...`)."""
+    try:
+        data = strictjson.loads(raw)
+    except strictjson.StrictJsonError as exc:
+        problems = [f"{strictjson.json_path(loc)}: {message}" for loc, message in exc.problems]
+        raise OAuthConfigError(f"{OAUTH_FILE}: " + "; ".join(problems)) from None
+    try:
+        return OAuthConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{strictjson.json_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise OAuthConfigError(f"{OAUTH_FILE}: " + "; ".join(problems)) from exc

@@ -29,6 +29,7 @@ __all__ = [
     "TokenHeader",
     "TokenRejected",
     "VerificationKey",
+    "claims_of",
     "key_fits",
     "keys_from_jwks",
     "looks_like_jwt",
@@ -237,6 +238,13 @@ def validate(
             return TokenRejected("the token's 'nbf' is not a number")
         if now + skew < not_before:
             return TokenRejected("the token is not valid yet (nbf)")
+    return claims_of(payload, header.issuer, expires)
+
+
+def claims_of(payload: Mapping[str, Any], issuer: str, expires_at: float) -> TokenClaims:
+    """The claims a decision reads, from a verified payload: `client_id`, else `azp`; the
+    scopes of a space-separated `scope` string and of an `scp` list (or string), as one
+    set; `groups` (a list of strings, or one string). Values of another type are left out."""
     subject = payload.get("sub")
     client_id = payload.get("client_id")
     if not isinstance(client_id, str):
@@ -246,10 +254,10 @@ def validate(
     if isinstance(scope, str):
         scopes.update(part for part in scope.split(" ") if part)
     return TokenClaims(
-        issuer=header.issuer,
+        issuer=issuer,
         subject=subject if isinstance(subject, str) else None,
         client_id=client_id if isinstance(client_id, str) else None,
         scopes=frozenset(scopes),
         groups=_strings(payload.get("groups")),
-        expires_at=expires,
+        expires_at=expires_at,
     )

@@ -40,8 +40,15 @@ from authz.model import (
     RequestId,
     Reservation,
 )
+from authz.oauth.config import OAuthConfig
+from authz.oauth.jwks import TokenVerifier
+from authz.oauth.metadata import (
+    insufficient_scope_challenge,
+    invalid_token_challenge,
+    missing_token_challenge,
+)
 from authz.pinning.drift import DriftWatch
-from authz.pipeline.identity import identify
+from authz.pipeline.identity import identify, oauth_token
 from authz.pipeline.parsing import ParsePool
 from authz.pipeline.request import (
     BODYLESS_METHODS,
@@ -88,6 +95,9 @@ class Verdict:
     phase frees it when the response ends."""
     pinned: bool = False
     """The configuration had a tool lock when the request was allowed."""
+    challenge: str | None = None
+    """The `WWW-Authenticate` value of a 401 or an INSUFFICIENT_SCOPE 403, computed from
+    `oauth.json` (`authz.oauth.metadata`); None: the edge's own (no oauth.json)."""
 
     @property
     def hides(self) -> bool:
@@ -115,13 +125,16 @@ class Authorizer:
         notify: Callable[[Approval], None] | None = None,
         inflight: InflightStore | None = None,
         drift: DriftWatch | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         """`approvals` holds approvals of held calls (memory when None); `notify` is called
         (synchronously: it must only schedule work) once per new pending approval;
         `inflight` registers the ids of requests in flight per session (memory when None);
         `drift` is the tool lock's memory of drifted tools, shared with the response phase
+        (its own when None); `verifier` checks OAuth tokens against their issuers' keys
         (its own when None)."""
         self._config = config
+        self.verifier = verifier if verifier is not None else TokenVerifier()
         self._drift = drift if drift is not None else DriftWatch()
         self._counters = counters
         self._inflight: InflightStore = inflight if inflight is not None else MemoryInflightStore()
@@ -148,6 +161,10 @@ class Authorizer:
             verdict = await self._check(http, decision_id)
             if verdict.decision.allowed and self._config.current.pins is not None:
                 verdict = dataclasses.replace(verdict, pinned=True)
+            elif not verdict.decision.allowed:
+                challenge = _challenge(verdict.decision, self._config.current.oauth)
+                if challenge is not None:
+                    verdict = dataclasses.replace(verdict, challenge=challenge)
         except Exception:
             log.exception("check_failed", decision_id=decision_id)
             verdict = Verdict(
@@ -182,7 +199,12 @@ class Authorizer:
         refused = check_shape(http)
         if refused is not None:
             return Verdict(refused, decision_id)
-        identified = identify(config.grants, http)
+        token = oauth_token(config.grants, config.oauth, http)
+        checked = None
+        if token is not None:
+            assert config.oauth is not None
+            checked = await self.verifier.verify(config.oauth, token)
+        identified = identify(config.grants, http, checked)
         if isinstance(identified, Decision):
             return Verdict(identified, decision_id)
         grant = identified
@@ -481,6 +503,21 @@ class Authorizer:
             self._store_seconds.observe(time.perf_counter() - started)
         if failed and self._store_errors is not None:
             self._store_errors.inc()
+
+
+def _challenge(decision: Decision, oauth: OAuthConfig | None) -> str | None:
+    """The `WWW-Authenticate` value of a denial: for a 401 with oauth.json, the challenge
+    that sends a client to the protected resource metadata; for INSUFFICIENT_SCOPE, the
+    scopes the call needs. None for any other denial, and for a 401 without oauth.json."""
+    if decision.kind is DenyKind.INSUFFICIENT_SCOPE:
+        return insufficient_scope_challenge(oauth, decision.scopes)
+    if oauth is None:
+        return None
+    if decision.kind is DenyKind.UNAUTHENTICATED:
+        return missing_token_challenge(oauth)
+    if decision.kind is DenyKind.INVALID_TOKEN:
+        return invalid_token_challenge(oauth)
+    return None
 
 
 def _inflight_key(request: McpRequest) -> str | None:

@@ -44,6 +44,7 @@ def test_deny_kinds() -> None:
     assert {kind.value for kind in DenyKind} == {
         "unauthenticated",
         "invalid_token",
+        "insufficient_scope",
         "not_found",
         "bad_request",
         "policy",
