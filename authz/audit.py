@@ -43,7 +43,7 @@ from typing import Any, Final, TextIO
 
 import structlog
 
-from authz.model import Approval, Decision, Grant, McpRequest
+from authz.model import Approval, Decision, Grant, McpRequest, RequestId
 
 __all__ = [
     "DECISION_FIELDS",
@@ -55,6 +55,7 @@ __all__ = [
     "log_decision",
     "log_writer",
     "path_without_query",
+    "rpc_id_text",
 ]
 
 
@@ -251,6 +252,8 @@ class AuditContext:
     http_method: str
     path: str
     """The request's path; logged without its query string (`path_without_query`)."""
+    trace_id: str | None = None
+    """The decision's trace (32 hex digits) when tracing is on (`authz.tracing`)."""
 
 
 _audit = structlog.get_logger("mcp_authz.audit")
@@ -264,6 +267,10 @@ DECISION_FIELDS: Final = (
     "grant_label",
     "method",
     "tool",
+    "mcp.method.name",
+    "gen_ai.tool.name",
+    "mcp.session.id",
+    "jsonrpc.request.id",
     "arg_keys",
     "decision",
     "kind",
@@ -274,7 +281,18 @@ DECISION_FIELDS: Final = (
     "policy_hash",
     "duration_ms",
 )
-"""The decision event's fields, in order; `fail_open` and `approval_id` follow when set."""
+"""The decision event's fields, in order; `fail_open`, `approval_id` and `trace_id` follow
+when set. `mcp.method.name`, `gen_ai.tool.name`, `mcp.session.id` and `jsonrpc.request.id`
+are the OpenTelemetry semantic-convention names for MCP (the method, the tool of a
+`tools/call`, the `Mcp-Session-Id`, the JSON-RPC id as a string), beside the older names."""
+
+
+def rpc_id_text(request_id: RequestId) -> str | None:
+    """`jsonrpc.request.id`: the JSON-RPC id as a string (numbers in decimal), None for a
+    notification or a null id."""
+    if request_id is None or isinstance(request_id, bool):
+        return None
+    return request_id if isinstance(request_id, str) else str(request_id)
 
 
 def _decision_fields(
@@ -296,6 +314,10 @@ def _decision_fields(
         "grant_label": grant.label if grant else None,
         "method": request.method if request else None,
         "tool": request.tool if request else None,
+        "mcp.method.name": request.method if request else None,
+        "gen_ai.tool.name": request.tool if request else None,
+        "mcp.session.id": request.session_id if request else None,
+        "jsonrpc.request.id": rpc_id_text(request.id) if request else None,
         "arg_keys": sorted(request.arguments) if request else [],
         "decision": decision.outcome.value,
         "kind": decision.kind.value if decision.kind else None,
@@ -310,6 +332,8 @@ def _decision_fields(
         fields["fail_open"] = True
     if decision.ticket is not None:
         fields["approval_id"] = decision.ticket.id
+    if ctx.trace_id is not None:
+        fields["trace_id"] = ctx.trace_id
     return fields
 
 
@@ -376,10 +400,21 @@ def _decision_line(
         called = _piece(
             _call_pieces,
             key,
-            {"method": request.method, "tool": request.tool}
+            {
+                "method": request.method,
+                "tool": request.tool,
+                "mcp.method.name": request.method,
+                "gen_ai.tool.name": request.tool,
+            }
             if request
-            else {"method": None, "tool": None},
+            else {"method": None, "tool": None, "mcp.method.name": None, "gen_ai.tool.name": None},
         )
+    session = request.session_id if request else None
+    rpc_id = rpc_id_text(request.id) if request else None
+    ids = (
+        f'"mcp.session.id": {"null" if session is None else _quote(session)}, '
+        f'"jsonrpc.request.id": {"null" if rpc_id is None else _quote(rpc_id)}'
+    )
     names = sorted(request.arguments) if request else ()
     arg_keys = f"[{', '.join(map(_quote, names))}]" if names else "[]"
     kind = decision.kind.value if decision.kind else None
@@ -412,8 +447,10 @@ def _decision_line(
         tail = ', "fail_open": true'
     if decision.ticket is not None:
         tail += f', "approval_id": {_quote(decision.ticket.id)}'
+    if ctx.trace_id is not None:
+        tail += f', "trace_id": {_quote(ctx.trace_id)}'
     return (
-        f"{head}{granted}, {called}, "
+        f"{head}{granted}, {called}, {ids}, "
         f'"arg_keys": {arg_keys}, {decided}, '
         f'"duration_ms": {_number(round(duration_ms, 3))}{tail}, '
         f'"event": "decision", "level": "info", "time": {_quote(time_text)}}}'
@@ -431,8 +468,8 @@ def log_decision(
     duration_ms: float,
     fail_open: bool = False,
 ) -> None:
-    """Write the audit event of one decision (`DECISION_FIELDS`, then `fail_open` and
-    `approval_id` when they apply)."""
+    """Write the audit event of one decision (`DECISION_FIELDS`, then `fail_open`,
+    `approval_id` and `trace_id` when they apply)."""
     writer = _writer
     processors = structlog.get_config()["processors"]
     # still the chain configure_logging set up (structlog.testing edits the list in place)

@@ -239,6 +239,7 @@ def _cases() -> Iterator[tuple[Any, ...]]:
         McpRequest("tools/call", "x", False, tool="t", arguments={"b": 1, "a": 2, "ü\x00": 3}),
         McpRequest("tools/call", None, True, tool="t\u2028", arguments={}),
         McpRequest("notifications/initialized", None, True),
+        McpRequest("tools/call", 7, False, tool="t", session_id='s"\u00e9\x01', arguments={"a": 1}),
     ]
     decisions = [
         Decision.allow(),
@@ -251,6 +252,7 @@ def _cases() -> Iterator[tuple[Any, ...]]:
         AuditContext("d1", None, "POST", "/mcp"),
         AuditContext("d2", 'r"\\\x7f', "post", "/mcp?token=x#y"),
         AuditContext("d3", "ünï", "GET", "/m\u00e9cp"),
+        AuditContext("d4", None, "POST", "/mcp", trace_id="0af7651916cd43dd8448eb211c80319c"),
     ]
     for n, decision in enumerate(decisions):
         for grant in grants:
@@ -283,7 +285,7 @@ def test_the_decision_line_from_pieces_is_the_encoded_event() -> None:
         assert audit._decision_line(*case, "T") == expected
         assert audit._decision_line(*case, "T") == expected
         seen += 1
-    assert seen == 5 * 4 * 5 * 4
+    assert seen == 5 * 4 * 6 * 4
 
 
 def test_the_decision_line_names_the_approval() -> None:
@@ -295,3 +297,30 @@ def test_the_decision_line_names_the_approval() -> None:
     assert audit._decision_line(*case, "T") == json.dumps(
         {**audit._decision_fields(*case), "event": "decision", "level": "info", "time": "T"}
     )
+
+
+def test_the_decision_line_carries_the_semantic_convention_names() -> None:
+    request = McpRequest(
+        "tools/call", 42, False, tool="image.generate", session_id="sess-1", arguments={"p": "v"}
+    )
+    ctx = AuditContext("d", None, "POST", "/mcp", trace_id="0af7651916cd43dd8448eb211c80319c")
+    case = (ctx, Decision.allow(), Grant("g", "G", "p"), request, "p", None, 0.5, False)
+    line = json.loads(audit._decision_line(*case, "T"))
+    assert line["mcp.method.name"] == "tools/call" == line["method"]
+    assert line["gen_ai.tool.name"] == "image.generate" == line["tool"]
+    assert line["mcp.session.id"] == "sess-1"
+    assert line["jsonrpc.request.id"] == "42"  # a string, as the convention has it
+    assert line["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert list(line)[-4:] == ["trace_id", "event", "level", "time"]
+    assert '"v"' not in json.dumps(line)  # argument values stay out
+    listing = McpRequest("tools/list", "abc", False)
+    line = json.loads(
+        audit._decision_line(ctx, Decision.allow(), None, listing, None, None, 1.0, False, "T")
+    )
+    assert line["gen_ai.tool.name"] is None and line["jsonrpc.request.id"] == "abc"
+    assert line["mcp.session.id"] is None
+    untraced = AuditContext("d", None, "POST", "/mcp")
+    line = json.loads(
+        audit._decision_line(untraced, Decision.allow(), None, None, None, None, 1.0, False, "T")
+    )
+    assert "trace_id" not in line and line["mcp.method.name"] is None
