@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -58,6 +59,9 @@ from authz.pipeline.request import (
     check_shape,
 )
 from authz.policy import Policy
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when tracing is configured
+    from authz.tracing import DecisionTracer
 
 __all__ = ["HEADER_MISMATCH", "Authorizer", "Verdict", "new_decision_id"]
 
@@ -126,14 +130,17 @@ class Authorizer:
         inflight: InflightStore | None = None,
         drift: DriftWatch | None = None,
         verifier: TokenVerifier | None = None,
+        tracer: DecisionTracer | None = None,
     ) -> None:
         """`approvals` holds approvals of held calls (memory when None); `notify` is called
         (synchronously: it must only schedule work) once per new pending approval;
         `inflight` registers the ids of requests in flight per session (memory when None);
         `drift` is the tool lock's memory of drifted tools, shared with the response phase
         (its own when None); `verifier` checks OAuth tokens against their issuers' keys
-        (its own when None)."""
+        (its own when None); `tracer` opens a span per decision (`authz.tracing`; None: no
+        tracing, at no cost)."""
         self._config = config
+        self._tracer = tracer
         self.verifier = verifier if verifier is not None else TokenVerifier()
         self._drift = drift if drift is not None else DriftWatch()
         self._counters = counters
@@ -157,6 +164,8 @@ class Authorizer:
     async def check(self, http: HttpRequest) -> Verdict:
         started = time.perf_counter()
         decision_id = new_decision_id()
+        tracer = self._tracer
+        span = tracer.start(http.headers, http.method) if tracer is not None else None
         try:
             verdict = await self._check(http, decision_id)
             if verdict.decision.allowed and self._config.current.pins is not None:
@@ -175,8 +184,14 @@ class Authorizer:
                 ),
                 decision_id,
             )
+        trace_id = None
+        if span is not None:
+            assert tracer is not None
+            trace_id = tracer.finish(
+                span, verdict.decision, decision_id, verdict.grant, verdict.request
+            )
         log_decision(
-            AuditContext(decision_id, http.request_id, http.method, http.path),
+            AuditContext(decision_id, http.request_id, http.method, http.path, trace_id),
             verdict.decision,
             grant=verdict.grant,
             request=verdict.request,
