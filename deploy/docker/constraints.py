@@ -4,10 +4,11 @@ Both images install the project with ``pip install -c constraints.txt``, so ever
 the sidecar and the upstream import at run time, and the build backend that builds the
 project, is installed at exactly the version pinned in that file.
 
-The list is the transitive closure of ``[project].dependencies`` in pyproject.toml (markers
-evaluated for CPython 3.11 on Linux, x86_64 and aarch64), read from the distributions
-installed in the running environment (the venv that ``make venv`` builds), plus
-``[build-system].requires``. So the pins are versions this repository's tests ran against.
+The list is the transitive closure of ``[project].dependencies`` in pyproject.toml and of
+the ``imagegen`` extra that the upstream image adds (markers evaluated for CPython 3.11 on
+Linux, x86_64 and aarch64), read from the distributions installed in the running environment
+(the venv that ``make venv`` builds), plus ``[build-system].requires``. So the pins are
+versions this repository's tests ran against.
 
   .venv/bin/python deploy/docker/constraints.py          # rewrite constraints.txt
   .venv/bin/python deploy/docker/constraints.py --check  # exit 1 when it is out of date
@@ -40,6 +41,8 @@ CONSTRAINTS = HERE / "constraints.txt"
 IMAGE_PYTHON = "3.11.15"
 """The Python of the base image of both Dockerfiles (python:3.11.15-slim)."""
 IMAGE_MACHINES = ("x86_64", "aarch64")
+IMAGE_EXTRAS = ("imagegen",)
+"""The extras an image installs: upstream.Dockerfile installs ``.[imagegen]``."""
 
 HEADER = """\
 # Exact versions for the container images (deploy/docker/*.Dockerfile), used as
@@ -89,9 +92,12 @@ def pyproject() -> Mapping[str, object]:
 
 
 def direct_requirements() -> list[Requirement]:
+    """``[project].dependencies`` and the requirements of :data:`IMAGE_EXTRAS`."""
     project = pyproject()["project"]
     assert isinstance(project, dict)
-    return [Requirement(text) for text in project["dependencies"]]
+    optional = project.get("optional-dependencies", {})
+    extras = [text for extra in IMAGE_EXTRAS for text in optional[extra]]
+    return [Requirement(text) for text in (*project["dependencies"], *extras)]
 
 
 def build_requirements() -> list[Requirement]:

@@ -18,7 +18,9 @@
 ARG PYTHON_IMAGE=python:3.11.15-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 FROM ${PYTHON_IMAGE} AS build
-# Every runtime dependency and the build backend at the exact versions in constraints.txt
+# The sidecar without extras (no MCP SDK, google-genai or pillow: the ImageGen upstream's
+# image has them), every runtime dependency and the build backend at the exact versions in
+# constraints.txt
 # (PIP_CONSTRAINT also reaches pip's isolated build environment); wheels only, no compiler.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -14,7 +14,8 @@
 ARG PYTHON_IMAGE=python:3.11.15-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 FROM ${PYTHON_IMAGE} AS build
-# Every runtime dependency and the build backend at the exact versions in constraints.txt
+# The project with its imagegen extra (the MCP SDK, google-genai, pillow), every runtime
+# dependency and the build backend at the exact versions in constraints.txt
 # (PIP_CONSTRAINT also reaches pip's isolated build environment); wheels only, no compiler.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -25,7 +26,7 @@ COPY pyproject.toml README.md ./
 COPY authz authz
 COPY imagegen_upstream imagegen_upstream
 RUN python -m venv /opt/mcp-authz \
-    && /opt/mcp-authz/bin/pip install --only-binary=:all: /src \
+    && /opt/mcp-authz/bin/pip install --only-binary=:all: '/src[imagegen]' \
     && /opt/mcp-authz/bin/pip check
 
 FROM ${PYTHON_IMAGE}

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -119,9 +119,18 @@ def test_base_image_is_pinned_python_311_slim(path: Path) -> None:
 
 
 def test_both_images_share_the_base_and_the_build() -> None:
+    """One project install; only the upstream adds the imagegen extra (the sidecar's image
+    carries no MCP SDK, google-genai or pillow)."""
     assert arg_default(SIDECAR, "PYTHON_IMAGE") == arg_default(UPSTREAM, "PYTHON_IMAGE")
-    build = [[s for s in instructions(p) if s.stage == 0] for p in DOCKERFILES]
-    assert build[0] == build[1], "the build stages must stay identical (one project install)"
+    sidecar, upstream = [[s for s in instructions(p) if s.stage == 0] for p in DOCKERFILES]
+    install = " --only-binary=:all: /src "
+    (run,) = [s.args for s in sidecar if s.keyword == "RUN"]
+    assert install in run, "the sidecar installs the project without extras"
+    as_upstream = [
+        replace(s, args=s.args.replace(install, " --only-binary=:all: '/src[imagegen]' "))
+        for s in sidecar
+    ]
+    assert as_upstream == upstream, "the build stages differ only in the upstream's extra"
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
@@ -152,6 +161,11 @@ def test_constraints_check_catches_a_missing_pin() -> None:
     )
     assert any("grpcio" in p for p in constraints.problems(without_grpcio))
     assert constraints.problems(text.replace("pydantic==", "pydantic>=")) != []
+    # the upstream image's imagegen extra is pinned too, though the sidecar does not need it
+    without_genai = "\n".join(
+        line for line in text.splitlines() if not line.startswith("google-genai==")
+    )
+    assert any("google-genai" in p for p in constraints.problems(without_genai))
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
