@@ -45,6 +45,7 @@ from authz.pipeline.response import Responder
 
 if TYPE_CHECKING:
     from authz.approvals.webhook import WebhookNotifier
+    from authz.tracing import DecisionTracer
 
 __all__ = [
     "Sidecar",
@@ -54,6 +55,7 @@ __all__ = [
     "build_counter_store",
     "build_inflight_store",
     "build_notifier",
+    "build_tracer",
     "readiness",
     "serve",
 ]
@@ -287,6 +289,15 @@ def build_notifier(settings: Settings, metrics: Metrics | None = None) -> Webhoo
     )
 
 
+def build_tracer(settings: Settings) -> DecisionTracer | None:
+    if settings.otlp_traces_url is None:
+        return None
+    # imported only when configured: tracing off costs nothing (authz/tracing.py)
+    from authz.tracing import otlp_tracer
+
+    return otlp_tracer(settings.otlp_traces_url, service_name=settings.service_name)
+
+
 class _AdminServer(uvicorn.Server):
     """uvicorn inside our event loop: the sidecar owns SIGINT/SIGTERM, not uvicorn."""
 
@@ -313,6 +324,7 @@ class Sidecar:
             also=(self.approvals, self.inflight),
         )
         self.notifier = build_notifier(settings, self.metrics)
+        self.tracer = build_tracer(settings)
         # The tool lock's memory of drifted tools: the response phase sees the listings,
         # the request phase denies calls of what drifted.
         self.drift = DriftWatch(self.config.current.pins)
@@ -325,6 +337,7 @@ class Sidecar:
             notify=self.notifier.notify if self.notifier is not None else None,
             inflight=self.inflight,
             drift=self.drift,
+            tracer=self.tracer,
         )
         # The response phase (ext_proc): hidden tools filtered out of every answer, quota
         # given back for calls the server did not run, in-flight ids freed.
@@ -449,6 +462,8 @@ class Sidecar:
         await self.responder.drain()  # give-backs of the last responses
         if self.notifier is not None:
             await self.notifier.drain()  # approval webhooks in flight
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # the last spans, exported
         await self.approvals.close()
         await self.inflight.close()
         await self.counters.close()

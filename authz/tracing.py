@@ -100,16 +100,11 @@ class DecisionTracer:
         self.provider.shutdown()
 
 
-def otlp_tracer(endpoint: str, *, service_name: str = "mcp-authz") -> DecisionTracer:
-    """A tracer exporting over OTLP/HTTP (protobuf) to `endpoint`: a collector's base URL
-    (`http://collector:4318`, `/v1/traces` appended) or its full traces URL."""
+def otlp_tracer(traces_url: str, *, service_name: str = "mcp-authz") -> DecisionTracer:
+    """A tracer exporting over OTLP/HTTP (protobuf) to `traces_url`, the collector's traces
+    URL as it is (`http://collector:4318/v1/traces`; `authz.config.settings` builds it)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else _traces_url(endpoint)
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url)))
     return DecisionTracer(provider)
-
-
-def _traces_url(base: str) -> str:
-    return base.rstrip("/") + "/v1/traces"

@@ -43,6 +43,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             approval_webhook=args.approval_webhook,
             approvals_remote=args.approvals_remote or None,
             http_authz=args.http_authz,
+            otlp_endpoint=args.otlp_endpoint,
         )
     except SettingsError as exc:
         print(f"mcp-authz serve: {exc}", file=sys.stderr)
@@ -256,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also serve Envoy's ext_authz over HTTP (http_service, deploy/envoy-http.yaml) "
         "on this address; default: gRPC only",
+    )
+    serve.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="trace every decision (OpenTelemetry, needs mcp-authz[otel]) and export the spans "
+        "over OTLP/HTTP to this collector (http://collector:4318); default: "
+        "$MCP_AUTHZ_OTLP_ENDPOINT, $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "$OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing",
     )
     serve.add_argument("--reload-interval", type=float, help="seconds between config polls")
     serve.add_argument("--log-level", help="debug, info, warning, error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import urllib.parse
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "check_webhook_url",
+    "otlp_traces_url",
     "parse_hostport",
 ]
 
@@ -71,6 +73,10 @@ class Settings:
     """Pending approvals one grant may have at once; past that, new held calls are denied."""
     approval_max_argument_bytes: int = 64 * 1024
     """Bytes of canonical arguments JSON a held call may carry; larger ones are denied."""
+    otlp_traces_url: str | None = None
+    """Where decision spans are exported (OTLP/HTTP); None: tracing is off."""
+    service_name: str = "mcp-authz"
+    """`service.name` of the spans (`OTEL_SERVICE_NAME`)."""
 
     @property
     def grpc_address(self) -> str:
@@ -99,6 +105,7 @@ class Settings:
         approval_webhook: str | None = None,
         approvals_remote: bool | None = None,
         http_authz: str | None = None,
+        otlp_endpoint: str | None = None,
     ) -> Settings:
         """Flags win over environment variables (MCP_AUTHZ_*), which win over defaults."""
         config_dir = config or os.environ.get("MCP_AUTHZ_CONFIG")
@@ -153,6 +160,8 @@ class Settings:
                 "(e.g. openssl rand -hex 32)"
             )
         return cls(
+            otlp_traces_url=otlp_traces_url(otlp_endpoint),
+            service_name=os.environ.get("OTEL_SERVICE_NAME", "").strip() or "mcp-authz",
             approval_digest_key=digest_key,
             approval_max_pending=_positive_int(
                 "MCP_AUTHZ_APPROVAL_MAX_PENDING", 100, maximum=100_000
@@ -178,6 +187,42 @@ class Settings:
             reload_interval=interval,
             log_level=(log_level or os.environ.get("MCP_AUTHZ_LOG_LEVEL", "info")).lower(),
         )
+
+
+def otlp_traces_url(flag: str | None) -> str | None:
+    """The OTLP/HTTP traces URL tracing exports to, or None (tracing off).
+
+    In order: `--otlp-endpoint` or `MCP_AUTHZ_OTLP_ENDPOINT` (a collector's base URL,
+    `/v1/traces` appended unless present), `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the traces
+    URL as it is), `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL). `OTEL_SDK_DISABLED=true` or
+    `OTEL_TRACES_EXPORTER=none` turn tracing off whatever is set.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return None
+    base = flag or os.environ.get("MCP_AUTHZ_OTLP_ENDPOINT") or None
+    option = "--otlp-endpoint"
+    url: str | None = None
+    if base is None:
+        url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None
+        option = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        if url is None:
+            base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
+            option = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    if base is not None:
+        base = base.strip()
+        url = base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{option}: expected an http:// or https:// URL, got {url!r}")
+    if importlib.util.find_spec("opentelemetry.sdk") is None:
+        raise SettingsError(
+            f"{option}: tracing needs the OpenTelemetry SDK: pip install 'mcp-authz[otel]'"
+        )
+    return url
 
 
 def check_webhook_url(url: str) -> None:

@@ -19,8 +19,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from authz.config.settings import Settings, SettingsError
 from authz.pipeline.gate import Authorizer
 from authz.pipeline.request import HttpRequest
+from authz.server import build_tracer
 from authz.tracing import SPAN_NAME, DecisionTracer, otlp_tracer
 from tests.unit.calls import JSON_HEADERS, seed_authorizer_at, tool_call
 
@@ -184,7 +186,7 @@ def collector() -> Iterator[_Collector]:
 
 @pytest.mark.processes
 async def test_spans_are_exported_over_otlp_http(tmp_path: Path, collector: _Collector) -> None:
-    tracer = otlp_tracer(collector.endpoint, service_name="mcp-authz-test")
+    tracer = otlp_tracer(f"{collector.endpoint}/v1/traces", service_name="mcp-authz-test")
     authorizer = seed_authorizer_at(tmp_path)
     authorizer._tracer = tracer
     verdict = await authorizer.check(_call(TRACEPARENT, rid=5))
@@ -205,3 +207,59 @@ async def test_spans_are_exported_over_otlp_http(tmp_path: Path, collector: _Col
     assert attributes["mcp_authz.decision_id"] == verdict.decision_id
     assert attributes["gen_ai.tool.name"] == "image.generate.gemini"
     assert attributes["mcp_authz.grant"] == "g1"
+
+
+_OTEL_ENV = (
+    "MCP_AUTHZ_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SERVICE_NAME",
+)
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "url"),
+    [
+        (None, {}, None),
+        ("http://c:4318", {}, "http://c:4318/v1/traces"),
+        (
+            "http://c:4318/",
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://o:1"},
+            "http://c:4318/v1/traces",
+        ),
+        (None, {"MCP_AUTHZ_OTLP_ENDPOINT": "https://c/v1/traces"}, "https://c/v1/traces"),
+        (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://o:4318"}, "http://o:4318/v1/traces"),
+        (
+            None,
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4318/custom",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://o:4318",
+            },
+            "http://t:4318/custom",
+        ),
+        ("http://c:4318", {"OTEL_SDK_DISABLED": "true"}, None),
+        (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://o", "OTEL_TRACES_EXPORTER": "none"}, None),
+    ],
+)
+def test_tracing_is_configured_by_flag_or_environment(
+    monkeypatch: pytest.MonkeyPatch, flag: str | None, env: dict[str, str], url: str | None
+) -> None:
+    for name in _OTEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.build(config="/cfg", grpc=None, admin=None, otlp_endpoint=flag)
+    assert settings.otlp_traces_url == url
+    assert (build_tracer(settings) is None) == (url is None)
+
+
+def test_a_bad_endpoint_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _OTEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SettingsError, match="--otlp-endpoint"):
+        Settings.build(config="/cfg", grpc=None, admin=None, otlp_endpoint="collector:4318")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "authz-eu")
+    settings = Settings.build(config="/cfg", grpc=None, admin=None)
+    assert settings.service_name == "authz-eu"
