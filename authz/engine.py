@@ -198,6 +198,9 @@ def decide(
             f"{judged.subject} is not permitted by policy",
             rule=FixedRule.DEFAULT_DENY,
         )
+    scoped = _scope_denial(policy, tool, grant)
+    if scoped is not None:
+        return scoped
     pinned = _pin_denial(policy, tool, request.arguments, pins)
     if pinned is not None:
         return pinned
@@ -207,7 +210,7 @@ def decide(
     strict = policy.strict_types
     subject = judged.subject
     for where, entry, _ in entries:
-        denial = _check_entry(subject, where, entry, args, strict)
+        denial = _check_entry(subject, where, entry, args, strict, grant.token)
         if denial is not None:
             return denial
 
@@ -234,7 +237,36 @@ def decide(
     return Decision(
         Outcome.ALLOW,
         claims=tuple(claims),
-        approval=_approval_requirement(entries, strict),
+        approval=_approval_requirement(entries, strict, grant.token),
+    )
+
+
+def _scope_denial(policy: Policy, tool: str, grant: Grant) -> Decision | None:
+    """The `scopes` of the tool's own entry and of the "*" entry: the caller's token must
+    carry every one (a caller without token claims carries none), else INSUFFICIENT_SCOPE
+    (answered 403 with a challenge naming every scope the call needs), at the pointer of
+    the first entry whose scopes are missing."""
+    carried = grant.token.get("scope", ()) if grant.token is not None else ()
+    needed: list[str] = []
+    where: str | None = None
+    for key in (tool, WILDCARD) if tool != WILDCARD else (tool,):
+        entry = policy.document.tools.get(key)
+        if entry is None or not entry.scopes:
+            continue
+        needed += [scope for scope in entry.scopes if scope not in needed]
+        if where is None and any(scope not in carried for scope in entry.scopes):
+            where = pointer("tools", key, "scopes")
+    if where is None:
+        return None
+    missing = " ".join(scope for scope in needed if scope not in carried)
+    return dataclasses.replace(
+        Decision.deny(
+            DenyKind.INSUFFICIENT_SCOPE,
+            f"tool {tool!r} needs the OAuth scope {' '.join(needed)!r}; the caller's token "
+            f"lacks {missing!r}: obtain a token with these scopes and retry",
+            rule=where,
+        ),
+        scopes=tuple(needed),
     )
 
 
@@ -360,7 +392,9 @@ def _decide_content(policy: Policy, grant: Grant, request: McpRequest) -> Decisi
 
     strict = policy.strict_types
     for key, entry, args in found:
-        denial = _check_entry(content.label, (content.section, key), entry, args, strict)
+        denial = _check_entry(
+            content.label, (content.section, key), entry, args, strict, grant.token
+        )
         if denial is not None:
             return denial
     claims: list[Claim] = []
@@ -372,7 +406,7 @@ def _decide_content(policy: Policy, grant: Grant, request: McpRequest) -> Decisi
                 return claim
             claims.append(claim)
     placed: list[_Placed] = [((content.section, key), entry, args) for key, entry, args in found]
-    approval = _approval_requirement(placed, strict)
+    approval = _approval_requirement(placed, strict, grant.token)
     if approval is not None:
         name = content.name if _plain(content.name) else shown(content.name)
         approval = dataclasses.replace(
@@ -692,12 +726,14 @@ def _tool_hides(policy: Policy, classes: ToolClasses | None = None) -> Hides | N
 # -- approvals -------------------------------------------------------------------------
 
 
-def _approval_requirement(entries: list[_Placed], strict: bool) -> ApprovalRequirement | None:
+def _approval_requirement(
+    entries: list[_Placed], strict: bool, token: Mapping[str, Any] | None = None
+) -> ApprovalRequirement | None:
     """The first approval rule that holds, true or unknown (in the entries' order: own
     entry, then "*", then the class's), or None."""
     for placed, entry, args in entries:
         for where, rule in entry.approval_rules:
-            found = conditions.check_all(rule.conditions, args, strict=strict)
+            found = conditions.check_all(rule.conditions, args, strict=strict, token=token)
             if found.truth is not Truth.FALSE:
                 return ApprovalRequirement(
                     rule=pointer(*placed, *where),
@@ -792,6 +828,7 @@ def _check_entry(
     entry: EntryPolicy,
     args: Mapping[str, Any],
     strict: bool,
+    token: Mapping[str, Any] | None = None,
 ) -> Decision | None:
     """The first denial of the entry's rules, or None. `subject` names what is judged in
     messages (`tool 'x'`, `resource '…'`); `where` is the entry's (section, key).
@@ -800,13 +837,13 @@ def _check_entry(
     unknown. A denial for an unknown condition says which argument has which wrong type.
     """
     for i, rule in enumerate(entry.require):
-        found = conditions.check_all(rule.conditions, args, strict=strict)
+        found = conditions.check_all(rule.conditions, args, strict=strict, token=token)
         if found.truth is not Truth.TRUE:
             default = f"{subject} requires {_describe(rule)}"
             message = _noted(rule.on_deny or default, found)
             return _policy_deny(message, pointer(*where, "require", i))
     for i, rule in enumerate(entry.deny_if):
-        found = conditions.check_all(rule.conditions, args, strict=strict)
+        found = conditions.check_all(rule.conditions, args, strict=strict, token=token)
         if found.truth is not Truth.FALSE:
             if rule.conditions:
                 default = f"{subject} is denied when {_describe(rule)}"
@@ -820,7 +857,7 @@ def _check_entry(
         found = (
             conditions.FALSE
             if action_rule.action == "deny"
-            else conditions.check_all(action_rule.arg_conditions, args, strict=strict)
+            else conditions.check_all(action_rule.arg_conditions, args, strict=strict, token=token)
         )
         if found.truth is not Truth.TRUE:
             default = f"{subject} denied by rule {action_rule.label!r}"
@@ -864,6 +901,14 @@ def _scope_key(scope: str, grant: Grant, request: McpRequest) -> tuple[str, ...]
     if scope == "session":
         # under the grant: a caller cannot spend another grant's session bucket
         return (grant.id, request.session_id) if request.session_id else (grant.id,)
+    if scope in ("sub", "client_id"):
+        # the claim under its issuer (two issuers' subjects never share a bucket); a caller
+        # without the claim counts in its grant's bucket of this scope
+        token = grant.token or {}
+        issuer, value = token.get("iss"), token.get(scope)
+        if isinstance(issuer, str) and isinstance(value, str):
+            return (issuer, scope, value)
+        return (grant.id,)
     return ()
 
 
@@ -965,4 +1010,9 @@ def _window_name(seconds: int) -> str:
 
 
 def _scope_phrase(scope: str) -> str:
-    return {"grant": "per grant", "session": "per session"}.get(scope, "across all callers")
+    return {
+        "grant": "per grant",
+        "session": "per session",
+        "sub": "per token subject",
+        "client_id": "per OAuth client",
+    }.get(scope, "across all callers")

@@ -237,11 +237,12 @@ class Claim:
     """The counter as the policy names it: a limit's `counter`, or `state.<tool>.<counter>`
     for an Intercept `state` rule (the path its conditions read). For messages."""
     scope: str
-    """`grant`, `session` or `global`."""
+    """`grant`, `session`, `sub`, `client_id` or `global`."""
     scope_key: tuple[str, ...]
     """Who shares the bucket within its scope: `(grant id,)` for `grant`; `(grant id,
-    session id)` for `session`, or `(grant id,)` when the request has no session; `()` for
-    `global`."""
+    session id)` for `session`, or `(grant id,)` when the request has no session; `(issuer,
+    "sub", subject)` for `sub` and `(issuer, "client_id", client id)` for `client_id`, or
+    `(grant id,)` when the caller's token has no such claim; `()` for `global`."""
     window_seconds: int
     max: int
     cost: int

@@ -4,6 +4,13 @@ A condition is `{"path": "args.<key>[.<key>...]", "op": OP, "value": V}`. The pa
 resolved inside the `tools/call` arguments object; each dot descends one level into an
 object (there are no list indices, as in Intercept).
 
+A path may also name the caller's verified token (`TOKEN_PATHS`): `token.iss`,
+`token.sub`, `token.client_id` (strings), `token.scope` and `token.groups` (arrays of
+strings: a `scope` string counts as the space-separated set it spells, so
+`token.scope contains "images:generate"` tests membership). A caller without token
+claims (a static token, a client certificate) has none of them: the condition is false,
+`exists: false` true.
+
 A condition is true, false or *unknown*. It is unknown when the argument has a JSON type
 the operator does not compare, because the MCP server may convert it before the tool runs:
 the official Python SDK reads `"500"` as 500, `"yes"`, `"on"`, `"t"`, `1` as true and
@@ -79,6 +86,8 @@ __all__ = [
     "MISSING",
     "NUMERIC_OPS",
     "OPERATORS",
+    "TOKEN_PATHS",
+    "TOKEN_PREFIX",
     "TRUE",
     "Blocked",
     "ConditionLike",
@@ -87,6 +96,7 @@ __all__ = [
     "Truth",
     "check",
     "check_all",
+    "condition_path_problem",
     "evaluate",
     "is_number",
     "json_equal",
@@ -100,6 +110,15 @@ __all__ = [
 
 
 ARGS_PREFIX: Final = "args."
+TOKEN_PREFIX: Final = "token."
+TOKEN_PATHS: Final[tuple[str, ...]] = (
+    "token.iss",
+    "token.sub",
+    "token.client_id",
+    "token.scope",
+    "token.groups",
+)
+"""The claims of the caller's token a condition can read (`authz.model.Grant.token`)."""
 
 OPERATORS: Final[tuple[str, ...]] = (
     "eq",
@@ -287,6 +306,22 @@ def path_problem(path: str) -> str | None:
     if any(part == "" for part in path[len(ARGS_PREFIX) :].split(".")):
         return f"path has an empty segment; write 'args.a.b'; got {path!r}"
     return None
+
+
+def condition_path_problem(path: str) -> str | None:
+    """Why `path` is not a path a condition can read (an argument path, or one of
+    `TOKEN_PATHS`), or None."""
+    if path.startswith(TOKEN_PREFIX):
+        if path in TOKEN_PATHS:
+            return None
+        return f"unknown token path {path!r}; use one of: {', '.join(TOKEN_PATHS)}"
+    problem = path_problem(path)
+    if problem is not None and not path.startswith(ARGS_PREFIX):
+        return (
+            f"path must start with 'args.' (e.g. 'args.mode') or name a token claim "
+            f"({', '.join(TOKEN_PATHS)}); got {path!r}"
+        )
+    return problem
 
 
 def resolve(arguments: Mapping[str, Any], path: str) -> Any:
@@ -477,10 +512,21 @@ def evaluate(
 
 
 def check(
-    condition: ConditionLike, arguments: Mapping[str, Any], *, strict: bool = True
+    condition: ConditionLike,
+    arguments: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    token: Mapping[str, Any] | None = None,
 ) -> Evaluation:
-    """One condition on the call's arguments, with the mismatch when it is unknown."""
-    actual = locate(arguments, condition.path)
+    """One condition on the call's arguments (or, for a `token.` path, on the caller's
+    token claims: `token`, None when the caller has none), with the mismatch when it is
+    unknown."""
+    path = condition.path
+    if path.startswith(TOKEN_PREFIX):
+        claims = token if token is not None else {}
+        actual = claims.get(path[len(TOKEN_PREFIX) :], MISSING)
+    else:
+        actual = locate(arguments, path)
     outcome = _outcome(condition.op, actual, condition.value, condition.pattern, strict)
     if isinstance(outcome, Truth):
         return TRUE if outcome is Truth.TRUE else FALSE
@@ -492,7 +538,11 @@ def check(
 
 
 def check_all(
-    conditions: Iterable[ConditionLike], arguments: Mapping[str, Any], *, strict: bool = True
+    conditions: Iterable[ConditionLike],
+    arguments: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    token: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Kleene AND of the conditions (true for none), with the first mismatch if unknown.
 
@@ -500,7 +550,7 @@ def check_all(
     """
     unknown: Evaluation | None = None
     for condition in conditions:
-        found = check(condition, arguments, strict=strict)
+        found = check(condition, arguments, strict=strict, token=token)
         if found.truth is Truth.FALSE:
             return FALSE
         if found.truth is Truth.UNKNOWN and unknown is None:

@@ -41,6 +41,7 @@ what would fix it (`PolicyError`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 
@@ -87,6 +88,9 @@ __all__ = [
 ]
 
 WILDCARD: Final = "*"
+
+_SCOPE: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")
+"""An OAuth scope token (RFC 6749 §3.3), used with fullmatch."""
 
 ArgumentsMode = Literal["strict", "lax"]
 """How a tool call's arguments are checked against the pinned inputSchema."""
@@ -185,6 +189,17 @@ class ToolPolicy(EntryPolicy):
         title="Rules (Intercept v1)",
         description="Intercept-style rules, evaluated in order after require and deny_if.",
     )
+    scopes: tuple[StrictStr, ...] = Field(
+        default=(),
+        title="Scopes",
+        description=(
+            "mcp-authz extension: OAuth scopes the caller's token must carry, every one, to "
+            "call this tool (the '*' entry's: every tool); else the call is refused 403 "
+            "with an insufficient_scope challenge naming them, so the client can ask for "
+            "them (rule /tools/<tool>/scopes). A caller without a token carries no scope."
+        ),
+        json_schema_extra={"items": {"type": "string", "pattern": r"^[\x21\x23-\x5b\x5d-\x7e]+$"}},
+    )
     arguments: ArgumentsMode | None = Field(
         default=None,
         title="Arguments",
@@ -194,6 +209,21 @@ class ToolPolicy(EntryPolicy):
             "not check them. Unset: the '*' entry's setting, else the policy's."
         ),
     )
+
+    @field_validator("scopes", mode="after")
+    @classmethod
+    def _scope_tokens(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[RelProblem] = []
+        for i, scope in enumerate(value):
+            if _SCOPE.fullmatch(scope) is None:
+                problems.append(
+                    ((i,), f'{show_value(scope)} is not a scope (visible ASCII, no space, " or \\)')
+                )
+            elif scope in value[:i]:
+                problems.append(((i,), f"duplicate scope {scope!r}; remove the duplicate"))
+        if problems:
+            raise invalid(*problems)
+        return value
 
     def counter_problems(self) -> list[RelProblem]:
         problems = super().counter_problems()
@@ -232,7 +262,7 @@ class ContentPolicy(EntryPolicy):
                 "are strings, so write one segment, args.<name>",
             )
             for where, cond in self.all_conditions
-            if "." in cond.path[len(conditions.ARGS_PREFIX) :]
+            if not cond.is_token and "." in cond.path[len(conditions.ARGS_PREFIX) :]
         ]
         problems += [
             (
@@ -632,6 +662,8 @@ class PolicyDocument(PolicyModel):
                     continue
             readable = ("uri", *names)
             for where, cond in entry.all_conditions:
+                if cond.is_token:
+                    continue
                 name = cond.path[len(conditions.ARGS_PREFIX) :]
                 if "." not in name and name not in readable:
                     shown = ", ".join(f"args.{n}" for n in readable)

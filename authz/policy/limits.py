@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 Window = Literal["second", "minute", "hour", "day"]
-Scope = Literal["grant", "session", "global"]
+Scope = Literal["grant", "session", "global", "sub", "client_id"]
 
 WINDOW_SECONDS: Final[Mapping[str, int]] = {
     "second": 1,
@@ -125,8 +125,9 @@ class Limit(PolicyModel):
         title="Scope",
         description=(
             "Who shares the counter: 'grant' (one bucket per credential grant), 'session' "
-            "(per Mcp-Session-Id; the grant when there is no session) or 'global' (every "
-            "caller; the default, as in Intercept)."
+            "(per Mcp-Session-Id; the grant when there is no session), 'sub' or 'client_id' "
+            "(per OAuth token subject or client, with its issuer; the grant when the caller "
+            "has no such claim) or 'global' (every caller; the default, as in Intercept)."
         ),
     )
     cost: Annotated[StrictInt, Field(ge=0)] | LimitCost = Field(

@@ -43,10 +43,16 @@ class Condition(PolicyModel):
         title="Path",
         description=(
             "Where to read the value: 'args.<key>[.<key>...]' inside the tools/call "
-            "arguments; each dot descends one object level. 'state.<tool>.<counter>' is "
+            "arguments; each dot descends one object level. 'token.iss', 'token.sub', "
+            "'token.client_id', 'token.scope' and 'token.groups' read the caller's verified "
+            "token (scope and groups are arrays: use contains). 'state.<tool>.<counter>' is "
             "accepted only in Intercept-style 'rules' with a 'state' block."
         ),
-        json_schema_extra={"pattern": r"^(args|state)\.[^.]+(\.[^.]+)*$"},
+        json_schema_extra={
+            "pattern": (
+                r"^((args|state)\.[^.]+(\.[^.]+)*|token\.(iss|sub|client_id|scope|groups))$"
+            )
+        },
     )
     op: StrictStr = Field(
         title="Operator",
@@ -89,10 +95,15 @@ class Condition(PolicyModel):
             if len(path) == len(STATE_PREFIX):
                 raise invalid(((), "write 'state.<tool>.<counter>'"))
             return path
-        problem = conditions.path_problem(path)
+        problem = conditions.condition_path_problem(path)
         if problem is not None:
             raise invalid(((), problem))
         return path
+
+    @property
+    def is_token(self) -> bool:
+        """Whether the condition reads the caller's token, not the request."""
+        return self.path.startswith(conditions.TOKEN_PREFIX)
 
     @model_validator(mode="after")
     def _valid_value(self) -> Condition:
