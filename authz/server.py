@@ -1,8 +1,11 @@
 """Process wiring: grpc.aio (ext_authz, ext_proc, health), ext_authz over HTTP (optional,
 its own port), the admin HTTP endpoint, reloads.
 
-The admin HTTP endpoint serves /healthz, /readyz and /metrics without authentication and
-the approvals API (`authz.approvals.admin`, approver tokens only) under /approvals.
+The admin HTTP endpoint serves /healthz, /readyz and /metrics without authentication, the
+approvals API (`authz.approvals.admin`, approver tokens only) under /approvals, and, with
+`oauth.json`, the protected resource metadata (RFC 9728) at
+`/.well-known/oauth-protected-resource` and its path-suffixed form (public: Envoy routes
+that prefix here without ext_authz).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from authz.inflight.base import InflightStore
 from authz.inflight.memory import MemoryInflightStore
 from authz.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authz.metrics import Metrics
+from authz.oauth.config import PRM_PATH
+from authz.oauth.jwks import TokenVerifier
+from authz.oauth.metadata import protected_resource_metadata
 from authz.pinning.drift import DriftWatch
 from authz.pipeline.gate import Authorizer
 from authz.pipeline.response import Responder
@@ -56,6 +62,7 @@ __all__ = [
     "build_inflight_store",
     "build_notifier",
     "build_tracer",
+    "metadata_routes",
     "readiness",
     "serve",
 ]
@@ -177,6 +184,25 @@ def readiness(
     return ready, report
 
 
+def metadata_routes(config: ConfigSource) -> list[BaseRoute]:
+    """The protected resource metadata at `PRM_PATH` and `PRM_PATH` + the resource's path,
+    from the current `oauth.json`; 404 without it, or at any other path under the prefix."""
+
+    async def metadata(request: Request) -> JSONResponse:
+        oauth = config.current.oauth
+        if oauth is None or request.url.path not in oauth.metadata_paths:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return JSONResponse(
+            protected_resource_metadata(oauth),
+            headers={"cache-control": "max-age=60", "access-control-allow-origin": "*"},
+        )
+
+    return [
+        Route(PRM_PATH, metadata, methods=["GET"]),
+        Route(PRM_PATH + "/{rest:path}", metadata, methods=["GET"]),
+    ]
+
+
 def admin_app(
     config: ConfigSource,
     counters: CounterStore,
@@ -188,8 +214,8 @@ def admin_app(
     notifier: WebhookNotifier | None = None,
     approvals_remote: bool = False,
 ) -> Starlette:
-    """/healthz, /readyz, /metrics (open) and, with an approval store, /approvals (approvers
-    only)."""
+    """/healthz, /readyz, /metrics and the protected resource metadata (open) and, with an
+    approval store, /approvals (approvers only)."""
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -209,6 +235,7 @@ def admin_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        *metadata_routes(config),
     ]
     if approvals is not None:
         routes += approval_routes(config, approvals, metrics=metrics, allow_remote=approvals_remote)
@@ -328,6 +355,8 @@ class Sidecar:
         # The tool lock's memory of drifted tools: the response phase sees the listings,
         # the request phase denies calls of what drifted.
         self.drift = DriftWatch(self.config.current.pins)
+        # OAuth access tokens: the trusted issuers' keys, fetched and kept (oauth.json)
+        self.verifier = TokenVerifier()
         self.authorizer = Authorizer(
             self.config,
             self.counters,
@@ -337,6 +366,7 @@ class Sidecar:
             notify=self.notifier.notify if self.notifier is not None else None,
             inflight=self.inflight,
             drift=self.drift,
+            verifier=self.verifier,
             tracer=self.tracer,
         )
         # The response phase (ext_proc): hidden tools filtered out of every answer, quota
@@ -425,6 +455,8 @@ class Sidecar:
         self._admin_task = asyncio.get_running_loop().create_task(admin.serve())
         self.config.start()
         self.store_health.start()
+        if self.config.current.oauth is not None:
+            self.verifier.prefetch(self.config.current.oauth)  # the first token need not wait
         log.info(
             "sidecar_started",
             grpc=f"{s.grpc_host}:{self.grpc_port}",
@@ -464,6 +496,7 @@ class Sidecar:
             await self.notifier.drain()  # approval webhooks in flight
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # the last spans, exported
+        await self.verifier.aclose()
         await self.approvals.close()
         await self.inflight.close()
         await self.counters.close()

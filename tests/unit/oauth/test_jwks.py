@@ -5,12 +5,6 @@ is the test's own, so no test waits."""
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,56 +13,8 @@ from authz.devstack.stack import free_port
 from authz.oauth.config import OAuthConfig
 from authz.oauth.jwks import KeysUnavailable, TokenVerifier, discovery_urls
 from authz.oauth.tokens import TokenClaims, TokenRejected
-from tests.unit.oauth.keys import SigningKey, jwks, oauth_config
-
-
-@dataclass
-class Site:
-    """What the local server answers: path → (status, JSON), and the hits per path."""
-
-    url: str
-    documents: dict[str, tuple[int, Any]] = field(default_factory=dict)
-    hits: Counter[str] = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def publish(self, *keys: SigningKey, issuer: str | None = None) -> None:
-        self.documents["/.well-known/openid-configuration"] = (
-            200,
-            {"issuer": issuer or self.url, "jwks_uri": f"{self.url}/jwks"},
-        )
-        self.documents["/jwks"] = (200, jwks(*keys))
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    holder: list[Site] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            current = holder[0]
-            with current.lock:
-                current.hits[self.path] += 1
-                status, body = current.documents.get(self.path, (404, {"error": "not found"}))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder.append(Site(f"http://127.0.0.1:{server.server_address[1]}"))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield holder[0]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+from tests.unit.oauth.conftest import Site
+from tests.unit.oauth.keys import SigningKey, oauth_config
 
 
 class Clock:
