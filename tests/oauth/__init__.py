@@ -1,0 +1,1 @@
+"""The real OAuth authorization server (oidc-provider, server.mjs) and what tests do with it."""
