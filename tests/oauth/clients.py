@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -118,9 +118,18 @@ def _code_from(url: str) -> AuthorizationCodeResult:
     )
 
 
+ResponseHook = Callable[[httpx2.Response], Awaitable[None]]
+"""Sees every response the client's HTTP client gets: the MCP endpoint's and those of
+the OAuth flow (metadata, registration, token), which the SDK sends through it too."""
+
+
 @asynccontextmanager
-async def _session(url: str, auth: httpx2.Auth, *, mode: str = "legacy") -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
+async def _session(
+    url: str, auth: httpx2.Auth, *, mode: str, hooks: Sequence[ResponseHook]
+) -> AsyncIterator[Client]:
+    async with httpx2.AsyncClient(
+        auth=auth, timeout=30, event_hooks={"response": list(hooks)}
+    ) as http:
         transport = streamable_http_client(url, http_client=http)
         async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
             yield client
@@ -128,7 +137,12 @@ async def _session(url: str, auth: httpx2.Auth, *, mode: str = "legacy") -> Asyn
 
 @asynccontextmanager
 async def signed_in_client(
-    url: str, sign_in: SignIn, storage: MemoryTokenStorage, *, mode: str = "legacy"
+    url: str,
+    sign_in: SignIn,
+    storage: MemoryTokenStorage,
+    *,
+    mode: str = "legacy",
+    hooks: Sequence[ResponseHook] = (),
 ) -> AsyncIterator[Client]:
     """An MCP client that knows only `url`: the SDK discovers, registers and signs in."""
     provider = OAuthClientProvider(
@@ -144,7 +158,7 @@ async def signed_in_client(
         redirect_handler=sign_in.redirect,
         callback_handler=sign_in.callback,
     )
-    async with _session(url, provider, mode=mode) as client:
+    async with _session(url, provider, mode=mode, hooks=hooks) as client:
         yield client
 
 
@@ -157,6 +171,7 @@ async def machine_client(
     *,
     scope: str | None = None,
     mode: str = "legacy",
+    hooks: Sequence[ResponseHook] = (),
 ) -> AsyncIterator[Client]:
     """An MCP client with client credentials: the SDK discovers the server and gets tokens."""
     provider = ClientCredentialsOAuthProvider(
@@ -167,16 +182,17 @@ async def machine_client(
         scope=scope,
         issuer=issuer,
     )
-    async with _session(url, provider, mode=mode) as session:
+    async with _session(url, provider, mode=mode, hooks=hooks) as session:
         yield session
 
 
 def token_for(
     issuer: str, client: MachineClient, *, resource: str | None, scope: str = "mcp:tools"
 ) -> dict[str, object]:
-    """The token endpoint's answer to a client credentials request (raises on an error)."""
+    """The token endpoint's answer to a client credentials request (raises on an error);
+    without a `resource` (None or empty) oidc-provider issues an opaque token."""
     data = {"grant_type": "client_credentials", "scope": scope}
-    if resource is not None:
+    if resource:
         data["resource"] = resource
     response = httpx2.post(
         f"{issuer}/token",
