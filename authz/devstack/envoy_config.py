@@ -42,6 +42,7 @@ from authz.envoy.http_authz import (
 )
 
 __all__ = [
+    "AUTHZ_ADMIN_CLUSTER",
     "AUTHZ_CLUSTER",
     "HTTP_AUTHZ_CLUSTER",
     "LISTENER_NAME",
@@ -60,6 +61,8 @@ __all__ = [
 
 LISTENER_NAME = "mcp_ingress"
 AUTHZ_CLUSTER = "mcp_authz"
+AUTHZ_ADMIN_CLUSTER = "mcp_authz_admin"
+"""The sidecar's admin HTTP port: Envoy routes the protected resource metadata there."""
 HTTP_AUTHZ_CLUSTER = "mcp_authz_http"
 """The sidecar's HTTP ext_authz port (``--http-authz``) in deploy/envoy-http.yaml."""
 UPSTREAM_CLUSTER = "imagegen_upstream"
@@ -113,6 +116,7 @@ def render_envoy_config(
     transport: str = "grpc",
     authz_http_port: int | None = None,
     extra_authz_http_ports: Sequence[int] = (),
+    authz_admin_port: int | None = None,
 ) -> EnvoyConfig:
     """Load ``source`` (default: :func:`repo_envoy_config_path` of ``transport``) and
     retarget it.
@@ -123,6 +127,9 @@ def render_envoy_config(
     - the ``mcp_ingress`` listener's address and port;
     - the single endpoint of the ``mcp_authz`` and ``imagegen_upstream`` clusters, and of
       ``mcp_authz_http`` (at ``authz_http_port``) when ext_authz speaks HTTP;
+    - the host of the ``mcp_authz_admin`` cluster's endpoint (the sidecar's admin port,
+      where the protected resource metadata is served), when the layout has one: the
+      ``authz_host``, at ``authz_admin_port`` (the file's port when None);
     - with ``extra_authz_ports`` (and ``extra_authz_http_ports``), further endpoints of
       those clusters on ``authz_host`` (several sidecar replicas behind one Envoy), copies
       of the first one but for the port.
@@ -148,6 +155,7 @@ def render_envoy_config(
         *(("extra_authz_ports", extra) for extra in extra_authz_ports),
         *(("authz_http_port", p) for p in (authz_http_port,) if transport == "http"),
         *(("extra_authz_http_ports", extra) for extra in extra_authz_http_ports),
+        *(("authz_admin_port", p) for p in (authz_admin_port,) if p is not None),
     ):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise EnvoyConfigError(f"{name} must be a TCP port (1-65535), got {port!r}")
@@ -177,6 +185,11 @@ def render_envoy_config(
         _retarget(_single_endpoint(cluster, cluster_name), host, port)
     if extra_authz_ports:
         _add_endpoints(_named(clusters, AUTHZ_CLUSTER, "cluster"), extra_authz_ports)
+    if any(isinstance(c, dict) and c.get("name") == AUTHZ_ADMIN_CLUSTER for c in clusters):
+        admin_cluster = _named(clusters, AUTHZ_ADMIN_CLUSTER, "cluster")
+        admin_sock = _single_endpoint(admin_cluster, AUTHZ_ADMIN_CLUSTER)
+        port = authz_admin_port if authz_admin_port is not None else admin_sock["port_value"]
+        _retarget(admin_sock, authz_host, port)
     if transport == "http":
         assert authz_http_port is not None
         http_cluster = _named(clusters, HTTP_AUTHZ_CLUSTER, "cluster")

@@ -308,6 +308,7 @@ class Stack:
             transport=self.transport,
             authz_http_port=self.ports.authz_http,
             extra_authz_http_ports=self.replica_http_ports[1:],
+            authz_admin_port=self.replica_ports[0][1],
         )
         if self.envoy_transform is not None:
             self.envoy_transform(cfg)

@@ -207,7 +207,7 @@ def test_gateway_envoy_config_is_the_repo_config_with_pod_addresses(
     assert actual == expected == gen.gateway_envoy_config(transport)
 
     # Against deploy/envoy.yaml (envoy-http.yaml) itself: the cluster endpoints' hosts differ
-    # (the sidecar's one or two, the upstream's), nothing else.
+    # (the sidecar's two or three: gRPC, HTTP, admin; the upstream's), nothing else.
     source = dict(walk(load_envoy_config(repo_envoy_config_path(transport))))
     rendered = dict(walk(actual))
     assert source.keys() == rendered.keys()
@@ -217,7 +217,7 @@ def test_gateway_envoy_config_is_the_repo_config_with_pod_addresses(
         if not isinstance(value, dict | list) and source[path] != value
     }
     assert {path[-1] for path in changed} == {"address"}
-    sidecar = ["127.0.0.1"] * (2 if transport == "http" else 1)
+    sidecar = ["127.0.0.1"] * (3 if transport == "http" else 2)
     assert sorted(rendered[path] for path in changed) == [*sidecar, upstream_host]
 
 
