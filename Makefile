@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= parser policy
 
-.PHONY: venv system-deps bench-deps demo test test-unit test-e2e test-pure bench lint fmt protos schema dist clean
+.PHONY: venv system-deps oauth-deps bench-deps demo test test-unit test-e2e test-pure bench lint fmt protos schema dist clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # redis-server (Debian's package) for the tests that run a real Redis; docker-compose
-# (Debian's package) for tests/deploy, which resolves deploy/docker-compose.yaml with it.
+# (Debian's package) for tests/deploy, which resolves deploy/docker-compose.yaml with it;
+# node and npm (Debian's nodejs, npm) for the OAuth authorization server (tests/oauth).
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -30,17 +31,26 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose; }
 	@command -v docker-compose >/dev/null || test -x /usr/libexec/docker/cli-plugins/docker-compose || { echo "docker-compose is required for the tests"; exit 1; }
+	@{ command -v node >/dev/null && command -v npm >/dev/null; } || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+	@{ command -v node >/dev/null && command -v npm >/dev/null; } || { echo "node and npm are required for the OAuth tests"; exit 1; }
+
+# The authorization server's pinned packages (tests/oauth/package-lock.json), with npm ci,
+# unless node_modules holds that lock file's install already.
+oauth-deps: venv system-deps
+	$(BIN)/python -c 'from authz.devstack.oauth import ensure_node_modules; ensure_node_modules()'
 
 demo: venv
 	$(BIN)/mcp-authz demo $(DEMO_ARGS)
 
-test: venv system-deps
+test: venv system-deps oauth-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 test-unit: venv system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/unit $(PYTEST_ARGS)
 
-test-e2e: venv system-deps
+test-e2e: venv system-deps oauth-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/e2e $(PYTEST_ARGS)
 
 # The pure tests only: no process, no listening socket (tests/conftest.py checks the marker).
