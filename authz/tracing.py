@@ -2,7 +2,7 @@
 
 Off unless configured (`--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`: see
 `authz.config.settings`). Off, nothing here is imported and the pipeline pays one `is None`
-test per request; the OpenTelemetry SDK is an optional extra (`mcp-authz[otel]`).
+test per request; the OpenTelemetry SDK is an optional extra (`mcp-authz-sidecar[otel]`).
 
 On, `Authorizer.check` opens a `mcp_authz.decide` span (kind SERVER: it answers Envoy's
 check) whose parent is the `traceparent` (and `tracestate`) among the request's headers, as

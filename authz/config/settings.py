@@ -220,7 +220,7 @@ def otlp_traces_url(flag: str | None) -> str | None:
         raise SettingsError(f"{option}: expected an http:// or https:// URL, got {url!r}")
     if importlib.util.find_spec("opentelemetry.sdk") is None:
         raise SettingsError(
-            f"{option}: tracing needs the OpenTelemetry SDK: pip install 'mcp-authz[otel]'"
+            f"{option}: tracing needs the OpenTelemetry SDK: pip install 'mcp-authz-sidecar[otel]'"
         )
     return url
 
