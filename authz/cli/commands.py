@@ -63,7 +63,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from authz.devstack.demo import run_demo
 
-    return run_demo(args.config, args.port, args.outputs, transport=args.transport)
+    return run_demo(
+        args.config, args.port, args.outputs, transport=args.transport, oauth=args.oauth
+    )
 
 
 def _check_lock_file(path: Path) -> list[str]:
@@ -79,6 +81,21 @@ def _check_lock_file(path: Path) -> list[str]:
     except LockError as err:
         return [f"{path}: {where}: {message}" for where, message in err.problems]
     except Exception as exc:  # e.g. RecursionError from a deeply nested schema
+        return [f"{path}: cannot be loaded: {exc!r}"]
+    return []
+
+
+def _check_oauth_file(path: Path) -> list[str]:
+    """oauth.json's problems, one line (empty: valid)."""
+    from authz.oauth.config import OAuthConfigError, load_oauth
+
+    try:
+        load_oauth(path.read_bytes())
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror or exc}"]
+    except OAuthConfigError as exc:
+        return [f"{path}: {exc}"]
+    except Exception as exc:  # e.g. RecursionError from deeply nested JSON
         return [f"{path}: cannot be loaded: {exc!r}"]
     return []
 
@@ -118,7 +135,8 @@ def _check_config_dir(root: Path) -> tuple[list[str], str]:
     pinned = "no lock" if config.pins is None else _count(len(config.pins), "pinned tool")
     grants = _count(len(config.grants), "grant")
     policies = f"{len(config.policies)} polic{'y' if len(config.policies) == 1 else 'ies'}"
-    return problems, f"{grants}, {policies}, {pinned}"
+    oauth = f", OAuth resource {config.oauth.resource}" if config.oauth is not None else ""
+    return problems, f"{grants}, {policies}, {pinned}{oauth}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -137,6 +155,9 @@ def _cmd_check_policy(args: argparse.Namespace) -> int:
             oks.append(f"{arg}: ok ({summary})")
         elif path.name.endswith(".lock.json"):
             found = _check_lock_file(path)
+            oks.append(f"{arg}: ok")
+        elif path.name == "oauth.json":
+            found = _check_oauth_file(path)
             oks.append(f"{arg}: ok")
         else:
             found = check_policy_files([path])
@@ -313,12 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="how Envoy asks the sidecar: ext_authz over gRPC (deploy/envoy.yaml, default) or "
         "over HTTP (deploy/envoy-http.yaml)",
     )
+    demo.add_argument(
+        "--oauth",
+        action="store_true",
+        help="also run an OAuth authorization server (oidc-provider, needs node) and serve the "
+        "endpoint as an OAuth protected resource: oauth.json and OAuth grants in the demo's copy "
+        "of the configuration",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     check = sub.add_parser(
         "check-policy",
-        help="validate policy files, tool locks (*.lock.json) or whole configuration "
-        "directories; non-zero on any error",
+        help="validate policy files, tool locks (*.lock.json), oauth.json or whole "
+        "configuration directories; non-zero on any error",
     )
     check.add_argument("files", nargs="+", metavar="PATH")
     check.set_defaults(func=_cmd_check_policy)
