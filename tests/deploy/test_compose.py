@@ -53,6 +53,7 @@ PASSED_THROUGH = (
     "OPENAI_API_KEY",
     "REPLICATE_API_TOKEN",
     "MCP_AUTHZ_BIND",
+    "MCP_AUTHZ_PORT",
 )
 
 
@@ -159,6 +160,14 @@ def test_only_envoy_is_published_on_10000(resolved: dict[str, Any]) -> None:
     assert ports(services["envoy"]) == [Port("127.0.0.1", 10000, 10000)]
     for name in SERVICES - {"envoy"}:
         assert ports(services[name]) == [], f"{name} must not be published"
+
+
+@pytest.mark.processes
+def test_published_port_can_be_moved() -> None:
+    """MCP_AUTHZ_PORT publishes Envoy on another host port (0: one Docker picks); Envoy
+    still listens on 10000 inside its container."""
+    moved = compose_config(MCP_AUTHZ_PORT="18080")
+    assert ports(moved["services"]["envoy"]) == [Port("127.0.0.1", 18080, 10000)]
 
 
 @pytest.mark.processes
