@@ -236,7 +236,12 @@ ERRORS: list[tuple[str, Any, str, str]] = [
     (f"{G}/limits/0/max", 2.5, f"{T}.limits[0].max", "must be an integer"),
     (f"{G}/limits/0/max", "3", f"{T}.limits[0].max", "must be an integer"),
     (f"{G}/limits/0/max", True, f"{T}.limits[0].max", "must be an integer"),
-    (f"{G}/limits/0/scope", "user", f"{T}.limits[0].scope", "'grant', 'session', 'global', 'sub' or 'client_id'"),
+    (
+        f"{G}/limits/0/scope",
+        "user",
+        f"{T}.limits[0].scope",
+        "'grant', 'session', 'global', 'sub' or 'client_id'",
+    ),
     (f"{G}/limits/0/counter", "", f"{T}.limits[0].counter", "must not be empty"),
     (f"{G}/limits/0/counter", ..., f"{T}.limits[0].counter", "required field 'counter'"),
     (
