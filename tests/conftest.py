@@ -40,6 +40,7 @@ PROCESS_FIXTURES = frozenset(
         "adv_stack",
         "big_stack",
         "bucket_stack",
+        "compose_stack",
         "demo",
         "fleet",
         "gemini",

@@ -43,6 +43,10 @@ IMAGE_PYTHON = "3.11.15"
 IMAGE_MACHINES = ("x86_64", "aarch64")
 IMAGE_EXTRAS = ("imagegen",)
 """The extras an image installs: upstream.Dockerfile installs ``.[imagegen]``."""
+LOCAL_BASE_PINS = {"async-timeout": "5.0.1"}
+"""What only the local base image's Python installs, which this venv cannot report: the images
+deploy/docker/offline-images.sh builds run Debian bookworm's Python 3.11.2, where redis needs
+async-timeout (its marker: python_full_version < "3.11.3")."""
 
 HEADER = """\
 # Exact versions for the container images (deploy/docker/*.Dockerfile), used as
@@ -134,10 +138,14 @@ def installed_closure(roots: Iterable[Requirement]) -> dict[NormalizedName, str]
     return versions
 
 
+def _local_base_pins() -> dict[NormalizedName, str]:
+    return {canonicalize_name(name): version for name, version in LOCAL_BASE_PINS.items()}
+
+
 def render() -> str:
     runtime = installed_closure(direct_requirements())
     build = installed_closure(build_requirements())
-    pins = {**build, **runtime}
+    pins = {**build, **runtime, **_local_base_pins()}
     lines = [f"{name}=={pins[name]}" for name in sorted(pins)]
     return HEADER + "\n".join(lines) + "\n"
 
@@ -169,6 +177,7 @@ def problems(text: str) -> list[str]:
     wanted = {
         **installed_closure(build_requirements()),
         **installed_closure(direct_requirements()),
+        **_local_base_pins(),
     }
     for name in sorted(set(wanted) - set(pins)):
         found.append(f"{name} is installed at run time but not pinned")

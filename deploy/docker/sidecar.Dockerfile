@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The mcp-authz sidecar: Envoy ext_authz v3 and ext_proc over gRPC (and grpc.health.v1) on
 # :9001, the admin HTTP endpoint (/healthz, /readyz, /metrics) on :9002. With
 # `--http-authz 0.0.0.0:9003` (or MCP_AUTHZ_HTTP_AUTHZ=0.0.0.0:9003) it also answers Envoy's
@@ -14,7 +13,8 @@
 # The configuration directory (grants.json, policies/) is not in the image: mount it at
 # /etc/mcp-authz (MCP_AUTHZ_CONFIG). The sidecar polls it, so edits apply without a restart.
 
-# Python 3.11.15 on Debian slim, pinned by the multi-arch index digest.
+# Python 3.11.15 on Debian slim, pinned by the multi-arch index digest. Where no registry is
+# reachable, deploy/docker/offline-images.sh passes local/python:3.11 (Debian bookworm's).
 ARG PYTHON_IMAGE=python:3.11.15-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 FROM ${PYTHON_IMAGE} AS build

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The ImageGen MCP server (Streamable HTTP at /mcp, plain GET /healthz) on :8000; the same
 # image runs the offline Gemini-compatible endpoint with another command:
 #
@@ -10,7 +9,8 @@
 # IMAGEGEN_OFFLINE_GEMINI_URL when no GOOGLE_API_KEY is given. Images are written to
 # /data/outputs (IMAGEGEN_OUTPUTS); mount a volume there to keep them.
 
-# Python 3.11.15 on Debian slim, pinned by the multi-arch index digest.
+# Python 3.11.15 on Debian slim, pinned by the multi-arch index digest. Where no registry is
+# reachable, deploy/docker/offline-images.sh passes local/python:3.11 (Debian bookworm's).
 ARG PYTHON_IMAGE=python:3.11.15-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 FROM ${PYTHON_IMAGE} AS build
