@@ -15,7 +15,14 @@ from typing import IO
 
 from authz.config.grants import hash_token
 from authz.devstack.assets import AssetMissing, asset_path
-from authz.devstack.stack import Ports, Stack, StackError, find_envoy
+from authz.devstack.oauth import (
+    DEMO_ISSUER_PORT,
+    DEMO_MACHINE,
+    DEMO_USER,
+    AuthorizationServer,
+    write_demo_config,
+)
+from authz.devstack.stack import LOOPBACK, Ports, Stack, StackError, find_envoy, free_port
 from authz.extras import ExtraMissing, require_extra
 from authz.pinning.lock import LOCK_FILE, LockError, load_lock
 
@@ -178,14 +185,61 @@ def _pump_decisions(stream: IO[bytes], out: IO[str], ready: threading.Event | No
         out.flush()
 
 
+def _start_oauth(
+    config: Path, target: Path, workdir: Path, ports: Ports
+) -> AuthorizationServer | None:
+    """`--oauth`: the real authorization server (oidc-provider) on port 9400 (or a free
+    one), and `config` at `target` (itself, or a copy) with oauth.json and the demo's OAuth
+    grants."""
+    issuer_port = DEMO_ISSUER_PORT if _port_free(DEMO_ISSUER_PORT) else free_port()
+    resource = f"http://{LOOPBACK}:{ports.envoy}/mcp"
+    server = AuthorizationServer(
+        resources=[resource],
+        log_path=workdir / "authorization-server.log",
+        port=issuer_port,
+        users=[DEMO_USER],
+        clients=[DEMO_MACHINE],
+    )
+    print("mcp-authz demo: starting the OAuth authorization server (oidc-provider)…")
+    try:
+        server.start()
+    except StackError as exc:
+        print(f"demo failed to start: {exc}", file=sys.stderr)
+        return None
+    write_demo_config(config, target, resource, server.issuer)
+    return server
+
+
+def _print_oauth(server: AuthorizationServer, stack: Stack) -> None:
+    origin = f"http://{LOOPBACK}:{stack.ports.envoy}"
+    print(f"  OAuth       authorization server {server.issuer} (oidc-provider)")
+    print(f"  metadata    {origin}/.well-known/oauth-protected-resource/mcp")
+    print(
+        f"  sign in     {DEMO_USER.name} / {DEMO_USER.password}  (grant oauth-artists; an MCP "
+        "client that speaks OAuth needs only the MCP URL)"
+    )
+    print(
+        f"  machine     client {DEMO_MACHINE.client_id} / {DEMO_MACHINE.client_secret} "
+        "(grant oauth-machine), client credentials:"
+    )
+    print(
+        f"              curl -s -u {DEMO_MACHINE.client_id}:{DEMO_MACHINE.client_secret} "
+        f"-d grant_type=client_credentials -d scope=mcp:tools -d resource={stack.mcp_url} "
+        f"{server.issuer}/token"
+    )
+
+
 def run_demo(
     config_dir: Path | None,
     port: int | None,
     outputs: Path | None,
     transport: str = "grpc",
+    oauth: bool = False,
 ) -> int:
     """`transport`: how Envoy asks the sidecar, "grpc" (deploy/envoy.yaml) or "http"
-    (deploy/envoy-http.yaml)."""
+    (deploy/envoy-http.yaml). `oauth`: also run the OAuth authorization server and serve the
+    endpoint as a protected resource (oauth.json and OAuth grants in the demo's copy of the
+    configuration)."""
     try:  # what an installation may lack: say what to install before starting anything
         require_extra("imagegen", "mcp-authz demo", install=("imagegen", "envoy"))
         find_envoy()
@@ -214,6 +268,13 @@ def run_demo(
         ports.envoy = port
     if _port_free(DEFAULT_ADMIN_PORT):
         ports.authz_admin = DEFAULT_ADMIN_PORT
+    authorization: AuthorizationServer | None = None
+    if oauth:
+        target = workdir / "config-oauth" if config_dir is not None else config
+        authorization = _start_oauth(config, target, workdir, ports)
+        if authorization is None:
+            return 1
+        config = target
     stack = Stack(
         config_dir=config,
         outputs_dir=outputs_dir,
@@ -232,6 +293,8 @@ def run_demo(
         stack.start()
     except StackError as exc:
         print(f"demo failed to start: {exc}", file=sys.stderr)
+        if authorization is not None:
+            authorization.stop()
         return 1
     finally:
         writer.close()
@@ -252,6 +315,8 @@ def run_demo(
         print(f"  grant {grant_id:<10} Authorization: Bearer {token}")
     if not tokens:
         print("  (no demo grants in this config: use your own tokens)")
+    if authorization is not None:
+        _print_oauth(authorization, stack)
     print(f"  admin API   {stack.admin_url}  (approvals; probes /healthz /readyz /metrics)")
     approver = _demo_approver(config)
     if approver is not None:
@@ -277,5 +342,7 @@ def run_demo(
         print("\nstopping…")
         state.unlink(missing_ok=True)
         stack.stop()
+        if authorization is not None:
+            authorization.stop()
         print("stopped.")
     return 0

@@ -30,12 +30,17 @@ from authz.devstack.stack import LOOPBACK, StackError, free_port
 __all__ = [
     "APP_DIR",
     "DEFAULT_SCOPES",
+    "DEMO_ISSUER_PORT",
+    "DEMO_MACHINE",
+    "DEMO_USER",
     "AuthorizationServer",
     "MachineClient",
     "User",
+    "demo_grants",
     "ensure_node_modules",
     "find_node",
     "oauth_config",
+    "write_demo_config",
 ]
 
 
@@ -287,3 +292,44 @@ def oauth_config(
         "algorithms": ["RS256", "ES256"],
         **(extra or {}),
     }
+
+
+DEMO_USER = User("artist", "artist-password", ("artists",))
+"""Who signs in on the demo's authorization server (demo use only)."""
+DEMO_MACHINE = MachineClient("demo-machine", "demo-machine-secret")
+"""The demo's registered client credentials client (demo use only)."""
+DEMO_ISSUER_PORT = 9400
+
+
+def demo_grants(issuer: str) -> list[dict[str, object]]:
+    """The OAuth grants `mcp-authz demo --oauth` adds to the demo's grants.json: people of
+    the group `artists` get the imagegen policy, the demo machine client the limited one."""
+    return [
+        {
+            "id": "oauth-artists",
+            "label": "OAuth: anyone signed in from the group artists",
+            "policy": "imagegen",
+            "oauth": {"issuer": issuer, "groups": list(DEMO_USER.groups)},
+        },
+        {
+            "id": "oauth-machine",
+            "label": "OAuth: the demo machine client (client credentials)",
+            "policy": "imagegen-limited",
+            "oauth": {"issuer": issuer, "client_id": DEMO_MACHINE.client_id},
+        },
+    ]
+
+
+def write_demo_config(source: Path, target: Path, resource: str, issuer: str) -> Path:
+    """The configuration directory `source` at `target` (copied unless it is the same),
+    with `oauth.json` for `resource` and the demo's OAuth grants after the grants it has."""
+    if source.resolve() != target.resolve():
+        shutil.copytree(source, target)
+    grants_path = target / "grants.json"
+    document = json.loads(grants_path.read_text()) if grants_path.exists() else None
+    if not isinstance(document, dict):
+        document = {"version": "1", "grants": []}
+    document["grants"] = [*document.get("grants", []), *demo_grants(issuer)]
+    grants_path.write_text(json.dumps(document, indent=2) + "\n")
+    (target / "oauth.json").write_text(json.dumps(oauth_config(resource, [issuer]), indent=2))
+    return target
