@@ -27,6 +27,7 @@ from authz._pb.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2
 from authz._pb.envoy.type.v3 import http_status_pb2
 from authz._pb.google.rpc import status_pb2
 from authz.devstack.envoy_config import (
+    AUTHZ_ADMIN_CLUSTER,
     AUTHZ_CLUSTER,
     LISTENER_NAME,
     UPSTREAM_CLUSTER,
@@ -39,6 +40,7 @@ from authz.devstack.envoy_config import (
 from authz.devstack.stack import free_port
 from authz.envoy.grpc_authz import check_response
 from authz.model import Decision, DenyKind
+from authz.oauth.config import PRM_PATH
 from authz.pipeline.gate import Verdict
 
 LOOPBACK = "127.0.0.1"
@@ -161,8 +163,10 @@ def test_render_changes_only_addresses_and_ports() -> None:
     endpoint = ("load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint")
     authz = ("static_resources", "clusters", _index_by_name(res["clusters"], AUTHZ_CLUSTER))
     upstream = ("static_resources", "clusters", _index_by_name(res["clusters"], UPSTREAM_CLUSTER))
+    admin = ("static_resources", "clusters", _index_by_name(res["clusters"], AUTHZ_ADMIN_CLUSTER))
     sock = ("address", "socket_address")
     assert changed == {
+        (*admin, *endpoint, *sock, "address"),
         ("admin", *sock, "port_value"),
         (*listener, *sock, "address"),
         (*listener, *sock, "port_value"),
@@ -174,6 +178,12 @@ def test_render_changes_only_addresses_and_ports() -> None:
     assert after[("admin", *sock, "address")] == "127.0.0.1"  # admin stays on loopback
     assert after[(*authz, *endpoint, *sock, "port_value")] == 19001
     assert after[(*upstream, *endpoint, *sock, "address")] == LOOPBACK
+    # the sidecar's admin port (the protected resource metadata): its host, and its port
+    # when given
+    assert after[(*admin, *endpoint, *sock, "address")] == LOOPBACK
+    assert after[(*admin, *endpoint, *sock, "port_value")] == 9002
+    moved = _flatten(rendered(authz_admin_port=19002))
+    assert moved[(*admin, *endpoint, *sock, "port_value")] == 19002
     # The source file is not modified by rendering.
     assert load_envoy_config() == source
 
@@ -215,12 +225,18 @@ def test_repo_config_key_choices() -> None:
     )
     # only /mcp is routed to the upstream; every other path is a 404 from Envoy itself
     # (the first /mcp route serves grants that hide tools: tests/unit/test_extproc_edge.py)
-    hiding, route, fallback = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    hiding, route, metadata, fallback = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert hiding["match"]["path"] == "/mcp" and hiding["route"] == route["route"]
     assert route["match"] == {"path": "/mcp"}
     assert route["route"]["cluster"] == UPSTREAM_CLUSTER
     assert route["route"]["timeout"] == "0s"
     assert route["route"]["idle_timeout"] == "300s"
+    # the protected resource metadata: public, to the sidecar's admin port
+    assert metadata["match"] == {"prefix": PRM_PATH}
+    assert metadata["route"]["cluster"] == AUTHZ_ADMIN_CLUSTER
+    per_route = metadata["typed_per_filter_config"]
+    assert per_route["envoy.filters.http.ext_authz"]["disabled"] is True
+    assert per_route["envoy.filters.http.ext_proc"]["disabled"] is True
     assert fallback["match"] == {"prefix": "/"}
     assert fallback["direct_response"]["status"] == 404
     assert "route" not in fallback

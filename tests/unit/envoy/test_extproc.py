@@ -39,6 +39,7 @@ from authz.envoy.grpc_authz import METADATA_NAMESPACE, check_response
 from authz.inflight import InflightStore, MemoryInflightStore
 from authz.inflight.redis import RedisInflightStore
 from authz.model import Reservation
+from authz.oauth.config import PRM_PATH
 from authz.pipeline.gate import Authorizer, Verdict
 from authz.pipeline.request import HttpRequest
 from authz.pipeline.response import Responder
@@ -383,7 +384,11 @@ def test_envoy_filter_config_matches_the_service(name: str) -> None:
         [f["name"] for f in hcm["http_filters"]].index("envoy.filters.http.ext_authz")
     ]["typed_config"]
     assert ext_authz["clear_route_cache"] is True
-    assert all("typed_per_filter_config" not in r for r in routes if r not in (mcp, hiding))
+    # the protected resource metadata (public): neither ext_authz nor ext_proc
+    metadata = next(r for r in routes if r["match"] == {"prefix": PRM_PATH})
+    assert metadata["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["disabled"] is True
+    others = [r for r in routes if r not in (mcp, hiding, metadata)]
+    assert all("typed_per_filter_config" not in r for r in others)
     assert config["allow_mode_override"] is True
     assert [_mode(m) for m in config["allowed_override_modes"]] == [STREAMED_RESPONSE]
     forwarded = config["metadata_options"]["forwarding_namespaces"]["untyped"]
