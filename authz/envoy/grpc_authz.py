@@ -15,6 +15,7 @@ classes would build, which `check_response` returns parsed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Iterator, Mapping
@@ -413,6 +414,10 @@ def check_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
     return response
 
 
+TRACE_METADATA = frozenset({"traceparent", "tracestate"})
+"""The W3C trace context keys read from a check's gRPC call metadata."""
+
+
 class AuthorizationService:
     """`envoy.service.auth.v3.Authorization/Check`: one check per request, answered with
     the CheckResponse's bytes (gRPC sends them as they are)."""
@@ -421,7 +426,17 @@ class AuthorizationService:
         self._authorizer = authorizer
 
     async def Check(self, request: external_auth_pb2.CheckRequest, context: Any) -> bytes:
-        verdict = await self._authorizer.check(http_request_from_check(request))
+        http = http_request_from_check(request)
+        if self._authorizer.traces:
+            # Envoy's own ext_authz span travels as call metadata: the decision's parent
+            trace = {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if key in TRACE_METADATA and isinstance(value, str)
+            }
+            if "traceparent" in trace:
+                http = dataclasses.replace(http, trace_context=trace)
+        verdict = await self._authorizer.check(http)
         return check_response_bytes(verdict)
 
 

@@ -161,11 +161,20 @@ class Authorizer:
         )
         self._parser = ParsePool()
 
+    @property
+    def traces(self) -> bool:
+        """Whether decisions are traced (a span each)."""
+        return self._tracer is not None
+
     async def check(self, http: HttpRequest) -> Verdict:
         started = time.perf_counter()
         decision_id = new_decision_id()
         tracer = self._tracer
-        span = tracer.start(http.headers, http.method) if tracer is not None else None
+        span = (
+            tracer.start(http.trace_context or http.headers, http.method)
+            if tracer is not None
+            else None
+        )
         try:
             verdict = await self._check(http, decision_id)
             if verdict.decision.allowed and self._config.current.pins is not None:

@@ -81,6 +81,10 @@ class HttpRequest:
     """The dynamic metadata Envoy's jwt_authn filter wrote for this request (namespace
     `envoy.filters.http.jwt_authn`, sent in `attributes.metadata_context`), as plain JSON
     values; None when no JWT was verified. Never taken from a header."""
+    trace_context: Mapping[str, str] | None = None
+    """The W3C trace context of the check itself (`traceparent`, `tracestate`), when the
+    transport carries it apart from the request's headers: Envoy's ext_authz span, sent as
+    gRPC call metadata. None: the decision's span continues the request's headers."""
 
 
 def check_shape(http: HttpRequest) -> Decision | None:

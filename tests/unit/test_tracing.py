@@ -263,3 +263,46 @@ def test_a_bad_endpoint_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "authz-eu")
     settings = Settings.build(config="/cfg", grpc=None, admin=None)
     assert settings.service_name == "authz-eu"
+
+
+@pytest.mark.processes
+async def test_over_grpc_the_span_continues_envoys_check_span_from_call_metadata(
+    traced: Authorizer, exporter: InMemorySpanExporter
+) -> None:
+    """Envoy sends its ext_authz span's context as gRPC call metadata, apart from the
+    request's own headers (the client's trace): the decision's span is that span's child.
+    A real gRPC server and client on loopback."""
+    import grpc
+
+    from authz._pb.envoy.service.auth.v3 import external_auth_pb2
+    from authz.envoy.grpc_authz import AUTHZ_SERVICE, add_authorization_service
+
+    envoy_span = "b7ad6b7169203331"
+    server = grpc.aio.server()
+    add_authorization_service(server, traced)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        check = external_auth_pb2.CheckRequest()
+        http = check.attributes.request.http
+        http.method, http.path = "POST", "/mcp"
+        http.headers.update(
+            {**JSON_HEADERS, "authorization": "Bearer tok", "traceparent": TRACEPARENT}
+        )
+        http.raw_body = tool_call()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                f"/{AUTHZ_SERVICE}/Check",
+                request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
+                response_deserializer=external_auth_pb2.CheckResponse.FromString,
+            )
+            envoy_context = f"00-{TRACE_ID}-{envoy_span}-01"
+            await call(check, metadata=(("traceparent", envoy_context),))
+            span = _only(exporter)
+            assert span.parent is not None and f"{span.parent.span_id:016x}" == envoy_span
+            # without call metadata, the request's own traceparent is the parent
+            await call(check)
+            span = _only(exporter)
+            assert span.parent is not None and f"{span.parent.span_id:016x}" == PARENT_ID
+    finally:
+        await server.stop(None)
