@@ -111,6 +111,15 @@ def _write_state(mcp_url: str) -> Path:
     return path
 
 
+def _clear_state(path: Path) -> None:
+    """Remove the state file if it still names this demo (another may have started since)."""
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def running_demo_url() -> str | None:
     """The MCP URL of the demo running now (None: none is)."""
     try:
@@ -340,7 +349,7 @@ def run_demo(
                     stop.set()
     finally:
         print("\nstopping…")
-        state.unlink(missing_ok=True)
+        _clear_state(state)
         stack.stop()
         if authorization is not None:
             authorization.stop()
