@@ -92,6 +92,9 @@ def configured() -> Iterator[Stream]:
     saved_audit = (audit._writer, audit._processors, audit._decisions_logged)
     stream = Stream()
     writer = configure_logging("info", stream)
+    # no logger may keep this chain once the test is over: a module's logger cached on its
+    # first use would write to this stream (at this level) in every later test
+    structlog.configure(cache_logger_on_first_use=False)
     try:
         yield stream
     finally:
@@ -218,6 +221,7 @@ def test_at_warning_level_no_decision_line_is_written() -> None:
     saved_audit = (audit._writer, audit._processors, audit._decisions_logged)
     stream = Stream()
     writer = configure_logging("warning", stream)
+    structlog.configure(cache_logger_on_first_use=False)  # as in `configured`
     try:
         decide()
         structlog.get_logger("test").warning("kept")

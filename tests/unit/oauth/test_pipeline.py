@@ -244,6 +244,7 @@ async def test_no_token_reaches_a_log_line(tmp_path: Path, site: Site) -> None:
     saved_audit = (audit._writer, audit._processors, audit._decisions_logged)
     stream = io.StringIO()
     writer = audit.configure_logging("info", stream)
+    structlog.configure(cache_logger_on_first_use=False)  # no logger keeps this stream
     tokens = [
         token(site, scope="images:generate"),
         token(site, exp=int(time.time()) - 3600),
