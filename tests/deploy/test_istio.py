@@ -3,9 +3,12 @@
 No Istio schema package is a dependency, so the Istio resources are checked here against the
 fields of Istio's API (MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider and
 EnvoyExternalAuthorizationHttpProvider, AuthorizationPolicy, PeerAuthentication,
-EnvoyFilter), rejecting unknown fields. What reaches Envoy is checked with the real Envoy 1.40:
-the ext_authz filters that istiod builds from the providers (as pilot/pkg/security/authz/
-builder/extauthz.go does; tests/deploy/istiod.py for the HTTP one) and the EnvoyFilters'
+EnvoyFilter, VirtualService), rejecting unknown fields. The VirtualService of oauth.yaml is
+followed path by path: the OAuth protected resource metadata goes to the sidecar's admin port,
+where `mcp-authz-callers` lets it in and the admin app serves it, and nothing else is let
+in. What reaches Envoy is checked with the real Envoy 1.40: the ext_authz filters that
+istiod builds from the providers (as pilot/pkg/security/authz/builder/extauthz.go does;
+tests/deploy/istiod.py for the HTTP one) and the EnvoyFilters'
 patches pass `envoy --mode validate`. The gRPC provider must match deploy/envoy.yaml's
 ext_authz, the HTTP provider (with its optional EnvoyFilter) deploy/envoy-http.yaml's, but
 for what Istio cannot express, listed in `HTTP_CONTRACT_GAPS`. tests/e2e/test_istio_http.py
@@ -17,13 +20,17 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from authz._pb.envoy.type.v3 import http_status_pb2
+from authz.config.source import ConfigSource
 from authz.devstack.envoy_config import (
     AUTHZ_CLUSTER,
     HTTP_AUTHZ_CLUSTER,
@@ -40,8 +47,11 @@ from authz.envoy.http_authz import (
     WIRE_STATUS,
     http_request,
 )
+from authz.oauth.config import PRM_PATH
 from authz.pipeline.request import HttpRequest
+from authz.server import metadata_routes
 from tests.unit.calls import seed_authorizer_at, tool_call
+from tests.unit.oauth.keys import oauth_json
 
 from . import istiod
 from .support import (
@@ -68,6 +78,7 @@ AUTHZ = ISTIO / "mcp-authz.yaml"
 EXT_PROC = ISTIO / "optional" / "ext-proc-envoyfilter.yaml"
 HTTP_POLICY = ISTIO / "http" / "imagegen-mcp-authz.yaml"
 HTTP_ENVOY_FILTER = ISTIO / "http" / "optional" / "authz-http-envoyfilter.yaml"
+OAUTH = ISTIO / "oauth.yaml"
 
 # Fields of Istio's API (istio.io/api), by message.
 GRPC_PROVIDER_FIELDS = {
@@ -343,9 +354,210 @@ def test_peer_authentication_is_strict() -> None:
 
 def test_plain_apply_of_the_folder_skips_install_and_optional_files() -> None:
     """`kubectl apply -f deploy/istio/` is not recursive: only cluster resources at the top."""
-    kinds = {doc["kind"] for path in ISTIO.glob("*.yaml") for doc in load_docs(path)}
+    docs = [doc for path in sorted(ISTIO.glob("*.yaml")) for doc in load_docs(path)]
+    kinds = {doc["kind"] for doc in docs}
     assert "IstioOperator" not in kinds and "EnvoyFilter" not in kinds
     assert OPERATOR.parent != ISTIO and EXT_PROC.parent != ISTIO
+    # the OAuth metadata route comes with the folder, once
+    assert OAUTH.parent == ISTIO
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "VirtualService"] == ["imagegen"]
+
+
+# -- OAuth discovery: the protected resource metadata routed to the sidecar -------------------
+
+# Fields of Istio's API (networking/v1alpha3/virtual_service.proto), by message.
+VIRTUAL_SERVICE_FIELDS = {"hosts", "gateways", "http", "tls", "tcp", "exportTo"}
+HTTP_ROUTE_FIELDS = {
+    "name", "match", "route", "redirect", "directResponse", "delegate", "rewrite", "timeout",
+    "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "corsPolicy", "headers",
+}  # fmt: skip
+HTTP_MATCH_FIELDS = {
+    "name", "uri", "scheme", "method", "authority", "headers", "port", "sourceLabels",
+    "gateways", "queryParams", "ignoreUriCase", "withoutHeaders", "sourceNamespace",
+    "statPrefix",
+}  # fmt: skip
+STRING_MATCH_FIELDS = {"exact", "prefix", "regex"}
+ROUTE_DESTINATION_FIELDS = {"destination", "weight", "headers"}
+DESTINATION_FIELDS = {"host", "subset", "port"}
+
+
+def virtual_service() -> Doc:
+    (doc,) = load_docs(OAUTH)
+    assert doc["apiVersion"] == "networking.istio.io/v1" and doc["kind"] == "VirtualService"
+    return doc
+
+
+def service_host(name: str, docs: list[Doc]) -> str:
+    """The cluster-local name of the Service `name` among `docs`."""
+    service = one(docs, "Service", name)
+    return f"{name}.{service['metadata']['namespace']}.svc.cluster.local"
+
+
+def sidecar_admin_port() -> int:
+    """The `mcp-authz` Service port that reaches the sidecar's `--admin` listener."""
+    docs = load_docs(AUTHZ)
+    (authz,) = one(docs, "Deployment", "mcp-authz")["spec"]["template"]["spec"]["containers"]
+    _, listen_port = host_port(option(authz["args"], "--admin"))
+    (name,) = [p["name"] for p in authz["ports"] if p["containerPort"] == listen_port]
+    (port,) = [
+        p for p in one(docs, "Service", "mcp-authz")["spec"]["ports"] if p["targetPort"] == name
+    ]
+    assert port["appProtocol"] == "http", "the caller's proxy must route it as HTTP"
+    number: int = port["port"]
+    return number
+
+
+def imagegen_port() -> int:
+    (port,) = one(k8s_docs(), "Service", "imagegen")["spec"]["ports"]
+    number: int = port["port"]
+    return number
+
+
+def routed_to(vs: Doc, path: str) -> tuple[str, int]:
+    """Where Istio sends a request for `path` to the VirtualService's host: the first HTTP
+    route with no match or a matching `uri` (exact or prefix), as Envoy takes routes in order."""
+    for route in vs["spec"]["http"]:
+        matches = route.get("match")
+        if matches is None or any(
+            path == m["uri"].get("exact") or path.startswith(m["uri"].get("prefix", "\0"))
+            for m in matches
+        ):
+            (target,) = route["route"]
+            return target["destination"]["host"], target["destination"]["port"]["number"]
+    raise AssertionError(f"no route for {path}")
+
+
+def callers_allow(port: int, method: str, path: str, principal: str) -> bool:
+    """Whether `mcp-authz-callers` lets a mesh caller with SPIFFE ID `principal` send
+    `method path` to the sidecar's `port` (Istio's ALLOW: any rule whose `from` and `to`
+    both match; paths compared as sent, see `_operation_allows`)."""
+    spec = one(load_docs(SECURITY), "AuthorizationPolicy", "mcp-authz-callers")["spec"]
+    for rule in spec["rules"]:
+        sources = [peer["source"] for peer in rule.get("from", [])]
+        if sources and not any(principal in s.get("principals", []) for s in sources):
+            continue
+        for target in rule.get("to", []):
+            operation = target["operation"]
+            if str(port) not in operation.get("ports", [str(port)]):
+                continue
+            if method not in operation.get("methods", [method]):
+                continue
+            if _operation_allows(operation, path):
+                return True
+    return False
+
+
+ANY_CALLER = "cluster.local/ns/elsewhere/sa/default"
+
+
+def test_virtual_service_fields() -> None:
+    doc = virtual_service()
+    spec = doc["spec"]
+    unknown(spec, VIRTUAL_SERVICE_FIELDS, "VirtualService")
+    assert "gateways" not in spec, "mesh only: the layout has no ingress gateway"
+    for route in spec["http"]:
+        unknown(route, HTTP_ROUTE_FIELDS, "VirtualService http")
+        for match in route.get("match", []):
+            unknown(match, HTTP_MATCH_FIELDS, "HTTPMatchRequest")
+            unknown(match["uri"], STRING_MATCH_FIELDS, "HTTPMatchRequest.uri")
+        for target in route["route"]:
+            unknown(target, ROUTE_DESTINATION_FIELDS, "HTTPRouteDestination")
+            unknown(target["destination"], DESTINATION_FIELDS, "Destination")
+            unknown(target["destination"]["port"], {"number"}, "PortSelector")
+
+
+def test_virtual_service_routes_the_metadata_prefix_to_the_sidecar_admin_port() -> None:
+    """Like deploy/envoy*.yaml's route: the prefix (no rewrite: the same paths) to the
+    sidecar's admin port, everything else of the MCP host to imagegen as before."""
+    doc = virtual_service()
+    imagegen = service_host("imagegen", k8s_docs())
+    assert (
+        doc["metadata"]["namespace"]
+        == one(k8s_docs(), "Service", "imagegen")["metadata"]["namespace"]
+    )
+    assert doc["spec"]["hosts"] == [imagegen]
+    metadata, rest = doc["spec"]["http"]
+    assert metadata["match"] == [{"uri": {"prefix": PRM_PATH}}]
+    assert set(metadata) == {"name", "match", "route"}, "no rewrite, no retries, no mirror"
+    assert metadata["route"] == [
+        {
+            "destination": {
+                "host": service_host("mcp-authz", load_docs(AUTHZ)),
+                "port": {"number": sidecar_admin_port()},
+            }
+        }
+    ]
+    assert "match" not in rest
+    assert rest["route"] == [
+        {"destination": {"host": imagegen, "port": {"number": imagegen_port()}}}
+    ]
+
+
+def test_metadata_is_routed_to_the_sidecar_allowed_and_served(tmp_path: Path) -> None:
+    """A mesh client's GET of either metadata path of the Istio MCP URL goes to the sidecar's
+    admin port, where `mcp-authz-callers` lets any caller in and the admin app serves the
+    document; the rest of the MCP host still goes to imagegen, whose CUSTOM policy therefore
+    never sees the metadata requests."""
+    vs = virtual_service()
+    resource = f"http://{service_host('imagegen', k8s_docs())}:{imagegen_port()}/mcp"
+    (tmp_path / "grants.json").write_text(json.dumps({"version": "1", "grants": []}))
+    (tmp_path / "oauth.json").write_bytes(oauth_json(resource=resource))
+    source = ConfigSource.open(tmp_path)
+    oauth = source.current.oauth
+    assert oauth is not None
+    sidecar = (service_host("mcp-authz", load_docs(AUTHZ)), sidecar_admin_port())
+    app = Starlette(routes=metadata_routes(source))
+    with TestClient(app) as client:
+        for path in oauth.metadata_paths:
+            assert routed_to(vs, path) == sidecar, path
+            assert callers_allow(sidecar[1], "GET", path, ANY_CALLER), path
+            got = client.get(path)
+            assert got.status_code == 200 and got.json()["resource"] == resource, path
+    assert oauth.metadata_url.startswith(resource.removesuffix("/mcp") + PRM_PATH)
+    assert routed_to(vs, urllib.parse.urlsplit(oauth.metadata_url).path) == sidecar
+    assert routed_to(vs, "/mcp") == (service_host("imagegen", k8s_docs()), imagegen_port())
+
+    custom = one(load_docs(SECURITY), "AuthorizationPolicy", "imagegen-mcp-authz")["spec"]
+    pod = one(load_docs(AUTHZ), "Deployment", "mcp-authz")["spec"]["template"]["metadata"]
+    assert not custom["selector"]["matchLabels"].items() <= pod["labels"].items()
+
+
+def test_only_the_metadata_is_new_on_the_admin_port(
+    provider: dict[str, Any], http_provider: dict[str, Any]
+) -> None:
+    """The ALLOW rule for the metadata is GET of exactly the paths the sidecar serves it at:
+    other paths under the routed prefix, other methods and the approvals API stay refused."""
+    admin = sidecar_admin_port()
+    paths = [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ]
+    spec = one(load_docs(SECURITY), "AuthorizationPolicy", "mcp-authz-callers")["spec"]
+    (rule,) = [r for r in spec["rules"] if PRM_PATH in r["to"][0]["operation"].get("paths", [])]
+    assert "from" not in rule and "when" not in rule, "any mesh caller"
+    assert rule["to"] == [
+        {"operation": {"ports": [str(admin)], "methods": ["GET"], "paths": paths}}
+    ]
+    for path in paths:
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            assert not callers_allow(admin, method, path, ANY_CALLER), (method, path)
+    for path in (
+        PRM_PATH + "/",
+        PRM_PATH + "/other",
+        PRM_PATH + "x",
+        PRM_PATH + "/mcp/",
+        PRM_PATH + "%2Fmcp",
+        PRM_PATH + "/..%2F..%2Fapprovals",
+        PRM_PATH + "%2F..%2F..%2Fapprovals",
+        PRM_PATH + "/../../approvals",
+        "/approvals",
+        "/approvals/apr_000000000000000000000000/approve",
+        "/.well-known/oauth-authorization-server",
+    ):
+        assert not callers_allow(admin, "GET", path, ANY_CALLER), path
+    # the check ports stay the MCP workload's proxy's alone
+    for port in (provider["port"], http_provider["port"]):
+        assert not callers_allow(port, "GET", paths[1], ANY_CALLER), port
 
 
 # -- the EnvoyFilter (optional) ---------------------------------------------------------------
