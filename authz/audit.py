@@ -281,10 +281,11 @@ DECISION_FIELDS: Final = (
     "policy_hash",
     "duration_ms",
 )
-"""The decision event's fields, in order; `fail_open`, `approval_id` and `trace_id` follow
-when set. `mcp.method.name`, `gen_ai.tool.name`, `mcp.session.id` and `jsonrpc.request.id`
-are the OpenTelemetry semantic-convention names for MCP (the method, the tool of a
-`tools/call`, the `Mcp-Session-Id`, the JSON-RPC id as a string), beside the older names."""
+"""The decision event's fields, in order; `fail_open`, `approval_id`, `trace_id` and, for a
+grant found by a token's claims, `caller_sub` and `caller_client_id` follow when set.
+`mcp.method.name`, `gen_ai.tool.name`, `mcp.session.id` and `jsonrpc.request.id` are the
+OpenTelemetry semantic-convention names for MCP (the method, the tool of a `tools/call`, the
+`Mcp-Session-Id`, the JSON-RPC id as a string), beside the older names."""
 
 
 def rpc_id_text(request_id: RequestId) -> str | None:
@@ -334,7 +335,18 @@ def _decision_fields(
         fields["approval_id"] = decision.ticket.id
     if ctx.trace_id is not None:
         fields["trace_id"] = ctx.trace_id
+    fields.update(_caller(grant))
     return fields
+
+
+def _caller(grant: Grant | None) -> dict[str, str]:
+    """Who signed in, for a grant found by a token's claims: `caller_sub` and
+    `caller_client_id` (the identity, never the token), when the token names them."""
+    claims = grant.token if grant is not None else None
+    if not claims:
+        return {}
+    found = {f"caller_{name}": claims.get(name) for name in ("sub", "client_id")}
+    return {key: value for key, value in found.items() if isinstance(value, str)}
 
 
 # The decision line is written from pieces: each piece is `_encode` of a few of its fields
@@ -449,6 +461,9 @@ def _decision_line(
         tail += f', "approval_id": {_quote(decision.ticket.id)}'
     if ctx.trace_id is not None:
         tail += f', "trace_id": {_quote(ctx.trace_id)}'
+    if grant is not None and grant.token:
+        for name, value in _caller(grant).items():
+            tail += f", {_quote(name)}: {_quote(value)}"
     return (
         f"{head}{granted}, {called}, {ids}, "
         f'"arg_keys": {arg_keys}, {decided}, '

@@ -236,7 +236,13 @@ def test_at_warning_level_no_decision_line_is_written() -> None:
 
 
 def _cases() -> Iterator[tuple[Any, ...]]:
-    grants = [None, Grant("g1", "G1", "p"), Grant("g1", "other label", "p"), Grant("é\n", '"', "p")]
+    grants = [
+        None,
+        Grant("g1", "G1", "p"),
+        Grant("g1", "other label", "p"),
+        Grant("é\n", '"', "p"),
+        Grant("oauth", "O", "p", token={"sub": 'ali"ce', "client_id": "c1", "scope": ["a"]}),
+    ]
     requests = [
         None,
         McpRequest("tools/list", 1, False),
@@ -289,7 +295,19 @@ def test_the_decision_line_from_pieces_is_the_encoded_event() -> None:
         assert audit._decision_line(*case, "T") == expected
         assert audit._decision_line(*case, "T") == expected
         seen += 1
-    assert seen == 5 * 4 * 6 * 4
+    assert seen == 5 * 5 * 6 * 4
+
+
+def test_a_signed_in_caller_is_named_by_its_identity_only() -> None:
+    """A grant found by a token's claims: the line names the subject and the client, and
+    nothing else of the token."""
+    grant = Grant("oauth", "O", "p", token={"sub": "alice", "client_id": "c1", "scope": ["x"]})
+    case = (AuditContext("d1", None, "POST", "/mcp"), Decision.allow(), grant, None, "p", None)
+    line = json.loads(audit._decision_line(*case, 1.0, False, "T"))
+    assert (line["caller_sub"], line["caller_client_id"]) == ("alice", "c1")
+    assert "scope" not in line and "token" not in line
+    plain = (case[0], case[1], Grant("g1", "G1", "p"), None, "p", None)
+    assert "caller_sub" not in json.loads(audit._decision_line(*plain, 1.0, False, "T"))
 
 
 def test_the_decision_line_names_the_approval() -> None:
