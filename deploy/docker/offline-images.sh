@@ -22,14 +22,15 @@
 # Usage: deploy/docker/offline-images.sh [options] [up|images|override|down]
 #   up        (default) everything below, then build the project's images, bring the stack
 #             up and wait until every service is healthy (`docker-compose logs` on failure)
-#   images    install what is missing, start dockerd if none runs, build the local images
+#   images    install what is missing, start dockerd if none runs (and stop it again), build
+#             the local images
 #   override  only write the override file and print its path
-#   down      `docker-compose down -v`, then stop dockerd if this script started it (and no
-#             container is left)
+#   down      `docker-compose down -v`, then stop dockerd if this script started it and no
+#             other project of it (lease in /run/mcp-authz-offline) or container is left
 # Options:
 #   -p, --project NAME    compose project name (default mcp-authz)
 #   -f, --file FILE       another compose file, given after the override (repeatable)
-#   --state-dir DIR       the override, dockerd's pid file and log (default
+#   --state-dir DIR       the override and the build logs (default
 #                         ${XDG_CACHE_HOME:-~/.cache}/mcp-authz/offline)
 #   --timeout SECONDS     how long `up` waits for health (default 300)
 #   --mirror URL          Debian mirror for debootstrap (default: the one apt uses here)
@@ -89,8 +90,17 @@ done
 mkdir -p "$state_dir"
 state_dir="$(realpath "$state_dir")"
 OVERRIDE="$state_dir/docker-compose.offline.yaml"
-DOCKERD_PID="$state_dir/dockerd.pid"
-DOCKERD_LOG="$state_dir/dockerd.log"
+# Shared by every run of this script on the machine (per user): the dockerd it started, and a
+# lease per project using it, so that the last `down` stops it and no `down` stops it under a
+# build or stack of another run.
+if [ "$(id -u)" = 0 ]; then
+    RUN_DIR=/run/mcp-authz-offline
+else
+    RUN_DIR="${XDG_RUNTIME_DIR:-/tmp}/mcp-authz-offline-$(id -u)"
+fi
+DOCKERD_PID="$RUN_DIR/dockerd.pid"
+DOCKERD_LOG="$RUN_DIR/dockerd.log"
+LEASES="$RUN_DIR/leases"
 
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
 COMPOSE_ARGS=()
@@ -130,16 +140,34 @@ ensure_packages() {
 
 engine_up() { docker info >/dev/null 2>&1; }
 
-ensure_engine() {
+# "$@" holding the machine-wide lock of RUN_DIR (in a subshell: an exit status, no variables).
+locked() {
+    mkdir -p "$LEASES"
+    (
+        flock 9
+        "$@"
+    ) 9>"$RUN_DIR/lock"
+}
+
+# The engine, running, with a lease named $1 on it.
+ensure_engine() { locked lease_engine "$1"; }
+
+lease_engine() {
+    printf '%s\n' "$state_dir" >"$LEASES/$1"
     engine_up && return
+    # shellcheck disable=SC2064 # expand now: the lease's path
+    trap "rm -f '$LEASES/$1'" EXIT  # no lease when no engine
     if [ -S /var/run/docker.sock ] && ! [ -w /var/run/docker.sock ]; then
         cannot "no access to /var/run/docker.sock: run as root or join the docker group"
     fi
     need_root "no Docker engine runs: starting dockerd"
     say "starting dockerd (log: $DOCKERD_LOG)"
     # Its own session, so it outlives this script; its pid file says that this script started
-    # it (down stops it).
-    as_root setsid dockerd --pidfile "$DOCKERD_PID" >"$DOCKERD_LOG" 2>&1 </dev/null &
+    # it (down stops it). A simple command, so no copy of this shell stays behind to wait.
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+    ${sudo[@]+"${sudo[@]}"} setsid dockerd --pidfile "$DOCKERD_PID" \
+        >"$DOCKERD_LOG" 2>&1 </dev/null 9>&- &
     local started=$! deadline=$((SECONDS + 60))
     until engine_up; do
         if ! kill -0 "$started" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
@@ -150,6 +178,22 @@ ensure_engine() {
         fi
         sleep 0.5
     done
+    trap - EXIT
+}
+
+# Give up the lease named $1; stop dockerd if this script started it and nothing uses it.
+release_engine() { locked release_and_stop "$1"; }
+
+release_and_stop() {
+    rm -f "$LEASES/$1"
+    [ -s "$DOCKERD_PID" ] || return 0
+    local holders
+    holders="$(ls -A "$LEASES")"
+    if [ -n "$holders" ]; then
+        say "dockerd left running: in use by $(printf '%s' "$holders" | tr '\n' ' ')"
+        return 0
+    fi
+    stop_engine
 }
 
 stop_engine() {
@@ -157,7 +201,7 @@ stop_engine() {
     local pid
     pid="$(cat "$DOCKERD_PID")"
     if [ -n "$(docker ps -aq 2>/dev/null)" ]; then
-        say "dockerd (pid $pid) still has containers: left running"
+        say "dockerd (pid $pid) still has containers of others: left running"
         return 0
     fi
     say "stopping dockerd (pid $pid), which this script started"
@@ -363,7 +407,7 @@ wait_healthy() {
 
 cmd_up() {
     ensure_packages
-    ensure_engine
+    ensure_engine "$project"
     build_images
     write_override
     local started=$SECONDS
@@ -386,13 +430,18 @@ cmd_down() {
         write_override
         compose down -v --remove-orphans
     fi
-    stop_engine
+    release_engine "$project"
 }
 
 compose_args
 case "$command" in
     override) write_override; printf '%s\n' "$OVERRIDE" ;;
-    images) ensure_packages; ensure_engine; build_images ;;
+    images)
+        ensure_packages
+        ensure_engine "images.$$"
+        build_images
+        release_engine "images.$$"
+        ;;
     up) cmd_up ;;
     down) cmd_down ;;
 esac

@@ -131,15 +131,26 @@ def script(
 SERVICES = ("envoy", "authz", "imagegen", "gemini", "redis")
 
 
-def module_override(config: Path) -> str:
+def own_tags(project: str) -> dict[str, str]:
+    """Image tags of this run's project images, by service: concurrent runs from other
+    checkouts on the same engine never use each other's images."""
+    sidecar, upstream = f"mcp-authz-sidecar:{project}", f"mcp-authz-imagegen:{project}"
+    return {"authz": sidecar, "imagegen": upstream, "gemini": upstream}
+
+
+def module_override(config: Path, project: str) -> str:
     """This module's compose file: the configuration copy, the upstream's execution record,
-    and the same healthchecks every 2 s instead of 5 or 10 (the start order waits on them)."""
+    this run's image tags, and the same healthchecks every 2 s instead of 5 or 10 (the start
+    order waits on them)."""
     services: dict[str, dict[str, Any]] = {
         name: {"healthcheck": {"interval": "2s"}} for name in SERVICES
     }
+    for name, tag in own_tags(project).items():
+        services[name]["image"] = tag
     services["authz"]["volumes"] = [f"{config}:/etc/mcp-authz:ro"]
     services["imagegen"]["environment"] = {"IMAGEGEN_RECORD_FILE": RECORD}
-    return yaml.safe_dump({"services": services})
+    rendered: str = yaml.safe_dump({"services": services})
+    return rendered
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +158,10 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
     base = tmp_path_factory.mktemp("compose")
     config = base / "config"
     shutil.copytree(DEPLOY / "config", config)
-    extra = base / "test-override.yaml"
-    extra.write_text(module_override(config), encoding="utf-8")
-    state = base / "state"
     project = f"mcp-authz-e2e-{os.getpid()}"
+    extra = base / "test-override.yaml"
+    extra.write_text(module_override(config, project), encoding="utf-8")
+    state = base / "state"
     env = {k: v for k, v in os.environ.items() if k not in NOT_PASSED}
     # Published on a port Docker picks: nothing else can take it between the choice and `up`.
     env.update(MCP_AUTHZ_BIND="127.0.0.1", MCP_AUTHZ_PORT="0")
@@ -160,13 +171,17 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"the compose end-to-end test must run under CI: {reason}")
         pytest.skip(reason)
+    files = (DEPLOY / "docker-compose.yaml", state / "docker-compose.offline.yaml", extra)
+    stack = ComposeStack(project, files, config, "", env)
     try:
         assert up.returncode == 0, up.stderr[-6000:]
-        files = (DEPLOY / "docker-compose.yaml", state / "docker-compose.offline.yaml", extra)
-        stack = ComposeStack(project, files, config, "", env)
         published = stack.compose("port", "envoy", "10000").stdout.strip()
         yield replace(stack, url=f"http://{published}/mcp")
     finally:
+        if up.returncode == 0:
+            stack.compose("down", "-v", "--remove-orphans")
+            # the tags only: the layers stay, the next run's build cache
+            docker("rmi", "--no-prune", *sorted(set(own_tags(project).values())))
         down = script(state, project, "down", env=env, timeout=300)
         assert down.returncode == 0, down.stderr
 
@@ -178,14 +193,14 @@ async def call(url: str, token: str, *calls: tuple[str, dict[str, Any]]) -> list
     """The tool calls in order, in one MCP session (the real SDK client, handshake era)."""
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
         transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode="legacy") as client:  # type: ignore[arg-type]
+        async with Client(transport, mode="legacy") as client:
             return [await client.call_tool(name, args) for name, args in calls]
 
 
 async def listed(url: str, token: str) -> list[str]:
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
         transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode="legacy") as client:  # type: ignore[arg-type]
+        async with Client(transport, mode="legacy") as client:
             return sorted(tool.name for tool in (await client.list_tools()).tools)
 
 
