@@ -187,6 +187,10 @@ release_engine() { locked release_and_stop "$1"; }
 release_and_stop() {
     rm -f "$LEASES/$1"
     [ -s "$DOCKERD_PID" ] || return 0
+    local lease
+    for lease in "$LEASES"/images.*; do  # `images` of a process that is gone (it failed)
+        [ -e "$lease" ] && ! kill -0 "${lease##*.}" 2>/dev/null && rm -f "$lease"
+    done
     local holders
     holders="$(ls -A "$LEASES")"
     if [ -n "$holders" ]; then
