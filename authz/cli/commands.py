@@ -282,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--otlp-endpoint",
         metavar="URL",
-        help="trace every decision (OpenTelemetry, needs mcp-authz-sidecar[otel]) and export the spans "
-        "over OTLP/HTTP to this collector (http://collector:4318); default: "
+        help="trace every decision (OpenTelemetry, needs mcp-authz-sidecar[otel]) and export "
+        "the spans over OTLP/HTTP to this collector (http://collector:4318); default: "
         "$MCP_AUTHZ_OTLP_ENDPOINT, $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
         "$OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing",
     )
