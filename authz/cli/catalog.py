@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from authz.catalog.classes import OVERRIDES_FILE, RECOMMENDATIONS
-from authz.catalog.report import Catalog, CatalogTool, GrantAccess, build_catalog, catalog_document
+from authz.cli.catalog_report import (
+    Catalog,
+    CatalogTool,
+    GrantAccess,
+    build_catalog,
+    catalog_document,
+)
 from authz.cli.pin import MODES, PinError, fetch_tools, parse_header
 from authz.config.grants import GrantTable
 from authz.model import Grant

@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from authz.catalog.classes import OVERRIDES_FILE, RECOMMENDATIONS, ToolClass
-from authz.catalog.report import Catalog, CatalogTool, build_catalog, catalog_document
 from authz.cli.catalog import all_grants, render_table
+from authz.cli.catalog_report import Catalog, CatalogTool, build_catalog, catalog_document
 from authz.config.source import load_config
 from authz.devstack.stack import LOOPBACK, free_port
 from authz.engine import decide
