@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from authz.devstack.stack import LOOPBACK, StackError, free_port
+from authz.devstack.stack import LOOPBACK, StackError, free_port, json_request
 
 __all__ = [
     "APP_DIR",
@@ -256,20 +256,7 @@ class AuthorizationServer:
         return MachineClient(str(body["client_id"]), str(body["client_secret"]), self.scopes)
 
     def _request(self, method: str, url: str, body: object | None = None) -> tuple[int, object]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, None
+        return json_request(method, url, body)
 
 
 def oauth_config(

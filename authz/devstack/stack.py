@@ -43,6 +43,7 @@ __all__ = [
     "StackError",
     "find_envoy",
     "free_port",
+    "json_request",
     "reserve_port",
     "sidecar_name",
 ]
@@ -126,6 +127,28 @@ def sidecar_name(index: int) -> str:
 
 def _python_main(module: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
+
+
+def json_request(
+    method: str, url: str, body: object | None = None, headers: Mapping[str, str] | None = None
+) -> tuple[int, object]:
+    """One JSON request over plain HTTP: (status, the decoded JSON answer or None). An HTTP
+    error status is returned, not raised."""
+    sent = {"Accept": "application/json", **(headers or {})}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        sent["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, None
 
 
 @dataclass
@@ -433,25 +456,8 @@ class Stack:
     ) -> tuple[int, object]:
         """One request to a sidecar's admin API (e.g. `/approvals`, with an approver token);
         returns (status, decoded JSON or None)."""
-        headers = {"Accept": "application/json"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(
-            self.replica_admin_url(index) + path, data=data, method=method, headers=headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, None
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return json_request(method, self.replica_admin_url(index) + path, body, headers)
 
     def post_raw(
         self, body: bytes, headers: Mapping[str, str] | None = None, path: str = "/mcp"
