@@ -23,7 +23,7 @@ from authz import engine
 from authz.approvals.base import ApprovalRefused, ApprovalRequest, ApprovalStore
 from authz.approvals.memory import MemoryApprovalStore
 from authz.audit import AuditContext, log_approval, log_decision
-from authz.config.source import ConfigSource
+from authz.config.source import ConfigSet, ConfigSource
 from authz.counters.base import CounterStore
 from authz.inflight.base import InflightStore, InflightStoreUnavailable, inflight_key
 from authz.inflight.memory import MemoryInflightStore
@@ -176,11 +176,13 @@ class Authorizer:
             else None
         )
         try:
-            verdict = await self._check(http, decision_id)
-            if verdict.decision.allowed and self._config.current.pins is not None:
+            # one snapshot of the configuration decides the request and shapes the answer
+            config = self._config.current
+            verdict = await self._check(http, decision_id, config)
+            if verdict.decision.allowed and config.pins is not None:
                 verdict = dataclasses.replace(verdict, pinned=True)
             elif not verdict.decision.allowed:
-                challenge = _challenge(verdict.decision, self._config.current.oauth)
+                challenge = _challenge(verdict.decision, config.oauth)
                 if challenge is not None:
                     verdict = dataclasses.replace(verdict, challenge=challenge)
         except Exception:
@@ -218,8 +220,7 @@ class Authorizer:
             )
         return verdict
 
-    async def _check(self, http: HttpRequest, decision_id: str) -> Verdict:
-        config = self._config.current
+    async def _check(self, http: HttpRequest, decision_id: str, config: ConfigSet) -> Verdict:
         refused = check_shape(http)
         if refused is not None:
             return Verdict(refused, decision_id)
